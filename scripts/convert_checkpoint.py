@@ -1,0 +1,9 @@
+"""Convert an original Clay v0 Lightning checkpoint into a transformers folder.
+
+python scripts/convert_checkpoint.py --checkpoint Clay_v0.1_epoch-24_val-loss-0.46.ckpt --output_dir clay-v0.1
+"""
+
+from clay_hf.convert_clay_original_checkpoint import main
+
+if __name__ == "__main__":
+    main()

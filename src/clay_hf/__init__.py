@@ -1,0 +1,43 @@
+"""Clay v0, the geospatial foundation model, as a Hugging Face Transformers package.
+
+Importing `clay_hf` registers the Clay classes with the Auto classes of transformers.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedImageModeling, AutoModelForPreTraining
+
+from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
+from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
+from .modeling_clay import (
+    ClayForMaskedImageModeling,
+    ClayForMaskedImageModelingOutput,
+    ClayModel,
+    ClayModelOutput,
+    ClayPreTrainedModel,
+    clay_masked_reconstruction_loss,
+    patchify,
+    unpatchify,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(ClayConfig.model_type, ClayConfig, exist_ok=True)
+AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
+AutoModelForMaskedImageModeling.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
+AutoModelForPreTraining.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
+
+__all__ = [
+    "CLAY_V0_BAND_GROUPS",
+    "CLAY_V0_BAND_NAMES",
+    "CLAY_V0_PRESETS",
+    "CheckpointConversionError",
+    "ClayConfig",
+    "ClayForMaskedImageModeling",
+    "ClayForMaskedImageModelingOutput",
+    "ClayModel",
+    "ClayModelOutput",
+    "ClayPreTrainedModel",
+    "clay_masked_reconstruction_loss",
+    "convert_original_checkpoint",
+    "patchify",
+    "unpatchify",
+]

@@ -1,0 +1,61 @@
+"""Shared helpers: small Clay configs and the reference fixtures of the original v0 code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clay_hf import ClayConfig, convert_original_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_CKPT = FIXTURES / "clay_v0_tiny.ckpt"
+
+
+def small_config(**overrides) -> ClayConfig:
+    """A fast 13-band, six-group config for tests (not the fixture's shape)."""
+    fields = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        head_dim=16,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_head_dim=8,
+        decoder_intermediate_size=32,
+    )
+    fields.update(overrides)
+    return ClayConfig(**fields)
+
+
+def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = None, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    size = size or config.image_size
+    return {
+        "pixel_values": torch.randn(batch_size, config.num_channels, size, size, generator=generator),
+        "timestep": torch.randn(batch_size, 3, generator=generator),
+        "latlon": torch.randn(batch_size, 2, generator=generator),
+    }
+
+
+@pytest.fixture(scope="session")
+def fixture_meta() -> dict:
+    return json.loads((FIXTURES / "clay_v0_tiny.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict[str, torch.Tensor]:
+    return load_file(FIXTURES / "clay_v0_tiny.expected.safetensors")
+
+
+@pytest.fixture()
+def tiny_model():
+    """The fixture checkpoint through the converter (its `model_size` is 'custom', so heads are given)."""
+    return convert_original_checkpoint(TINY_CKPT, num_attention_heads=4, decoder_num_attention_heads=2)

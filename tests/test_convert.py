@@ -1,0 +1,130 @@
+"""The converter maps every tensor of the original layout and refuses anything that does not fit."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_CKPT
+from safetensors import safe_open
+
+from clay_hf import ClayConfig, ClayForMaskedImageModeling, convert_original_checkpoint
+from clay_hf.convert_clay_original_checkpoint import (
+    CheckpointConversionError,
+    convert_state_dict,
+    derive_config,
+    load_original_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_KEYS = Path(__file__).parent / "fixtures" / "clay_v0_small_state_dict_keys.tsv"
+HEADS = {"num_attention_heads": 4, "decoder_num_attention_heads": 2}
+
+
+def write_checkpoint(path, checkpoint):
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture()
+def original():
+    return torch.load(TINY_CKPT, weights_only=True)
+
+
+def test_every_released_key_maps_onto_clay_small():
+    """All 267 tensors of the released v0.1 file map, with their shapes, onto ClayForMaskedImageModeling()."""
+    rows = [line.split("\t") for line in REFERENCE_KEYS.read_text().splitlines()[1:]]
+    assert len(rows) == 267
+    fake = {key: torch.empty(eval(shape)) for key, shape, _ in rows}  # shapes are literal lists
+    converted = convert_state_dict(fake)
+    expected = ClayForMaskedImageModeling(ClayConfig()).state_dict()
+    assert set(converted) == set(expected)
+    for key, tensor in converted.items():
+        assert tensor.shape == expected[key].shape, key
+
+
+def test_config_is_derived_from_hyper_parameters_and_shapes(original):
+    config = derive_config(original, **HEADS)
+    assert (config.image_size, config.patch_size, config.mask_ratio) == (64, 16, 0.75)
+    assert (config.hidden_size, config.num_hidden_layers, config.head_dim, config.intermediate_size) == (64, 2, 16, 128)
+    assert (config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_head_dim) == (32, 1, 16)
+    assert config.group_names == ["rgb", "rededge", "nir", "swir", "sar", "dem"]
+
+
+def test_custom_size_without_heads_says_what_it_cannot_derive():
+    with pytest.raises(CheckpointConversionError, match=r"cannot derive num_attention_heads.*heads × head_dim = 64"):
+        convert_original_checkpoint(TINY_CKPT)
+
+
+def test_preset_model_size_gives_the_heads(original, tmp_path):
+    original["hyper_parameters"]["model_size"] = "tiny"  # tiny has 4 encoder heads and 2 decoder heads
+    model = convert_original_checkpoint(write_checkpoint(tmp_path / "preset.ckpt", original))
+    assert (model.config.num_attention_heads, model.config.head_dim) == (4, 16)
+    assert (model.config.decoder_num_attention_heads, model.config.decoder_head_dim) == (2, 16)
+
+
+def test_missing_tensor_is_named(original, tmp_path):
+    del original["state_dict"]["model.decoder.transformer.layers.0.1.net.4.bias"]
+    path = write_checkpoint(tmp_path / "missing.ckpt", original)
+    with pytest.raises(
+        CheckpointConversionError, match=r"missing tensors: decoder\.transformer\.layers\.0\.mlp\.fc2\.bias"
+    ):
+        convert_original_checkpoint(path, **HEADS)
+
+
+def test_unexpected_tensor_is_named(original, tmp_path):
+    original["state_dict"]["model.encoder.extra_head.weight"] = torch.zeros(3)
+    path = write_checkpoint(tmp_path / "extra.ckpt", original)
+    with pytest.raises(CheckpointConversionError, match=r"unexpected tensor model\.encoder\.extra_head\.weight"):
+        convert_original_checkpoint(path, **HEADS)
+
+
+def test_misshapen_tensor_is_named(original, tmp_path):
+    original["state_dict"]["model.encoder.transformer.layers.1.0.to_out.0.weight"] = torch.zeros(64, 60)
+    path = write_checkpoint(tmp_path / "shape.ckpt", original)
+    with pytest.raises(
+        CheckpointConversionError,
+        match=r"misshapen tensors: clay\.encoder\.layers\.1\.attention\.proj\.weight: checkpoint \(64, 60\), model \(64, 64\)",
+    ):
+        convert_original_checkpoint(path, **HEADS)
+
+
+class NotATensor:
+    """A class that weights_only unpickling must refuse."""
+
+
+def test_pickle_with_arbitrary_objects_is_refused_by_default(original, tmp_path):
+    original["callbacks"] = NotATensor()
+    path = write_checkpoint(tmp_path / "pickle.ckpt", original)
+    with pytest.raises(CheckpointConversionError, match="refused to unpickle it with weights_only=True"):
+        load_original_checkpoint(path)
+    model = convert_original_checkpoint(path, allow_unsafe_pickle=True, **HEADS)
+    assert model.num_parameters() == 401_728
+
+
+def test_not_a_lightning_checkpoint(tmp_path):
+    path = write_checkpoint(tmp_path / "plain.ckpt", {"weights": torch.zeros(2)})
+    with pytest.raises(CheckpointConversionError, match="no 'state_dict' entry"):
+        convert_original_checkpoint(path)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointConversionError, match=r"garbage\.ckpt: not a readable PyTorch checkpoint"):
+        convert_original_checkpoint(garbage)
+
+
+def test_script_writes_a_folder_in_our_names(tmp_path, expected):
+    output = tmp_path / "converted"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "convert_checkpoint.py"), "--checkpoint", str(TINY_CKPT),
+         "--output_dir", str(output), "--num_attention_heads", "4", "--decoder_num_attention_heads", "2"],
+        check=True,
+    )  # fmt: skip
+    with safe_open(output / "model.safetensors", "pt") as weights:
+        keys = set(weights.keys())
+    assert "clay.encoder.layers.0.attention.qkv.weight" in keys
+    assert not any(key.startswith("model.") or "to_qkv" in key for key in keys)
+    model = ClayForMaskedImageModeling.from_pretrained(output).eval()
+    with torch.no_grad():
+        hidden = model.clay(expected["pixels"], expected["timestep"], expected["latlon"]).last_hidden_state
+    torch.testing.assert_close(hidden, expected["encoder_last_hidden_state"], atol=1e-5, rtol=1e-5)
