@@ -3,10 +3,17 @@
 Importing `clay_hf` registers the Clay classes with the Auto classes of transformers.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedImageModeling, AutoModelForPreTraining
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForMaskedImageModeling,
+    AutoModelForPreTraining,
+)
 
 from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
 from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
+from .image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor, encode_dates, encode_lonlat
 from .modeling_clay import (
     ClayForMaskedImageModeling,
     ClayForMaskedImageModelingOutput,
@@ -24,20 +31,25 @@ AutoConfig.register(ClayConfig.model_type, ClayConfig, exist_ok=True)
 AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
 AutoModelForMaskedImageModeling.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
 AutoModelForPreTraining.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
+AutoImageProcessor.register(ClayConfig, image_processor_classes={"pil": ClayImageProcessor}, exist_ok=True)
 
 __all__ = [
     "CLAY_V0_BAND_GROUPS",
     "CLAY_V0_BAND_NAMES",
+    "CLAY_V0_BAND_STATISTICS",
     "CLAY_V0_PRESETS",
     "CheckpointConversionError",
     "ClayConfig",
     "ClayForMaskedImageModeling",
     "ClayForMaskedImageModelingOutput",
+    "ClayImageProcessor",
     "ClayModel",
     "ClayModelOutput",
     "ClayPreTrainedModel",
     "clay_masked_reconstruction_loss",
     "convert_original_checkpoint",
+    "encode_dates",
+    "encode_lonlat",
     "patchify",
     "unpatchify",
 ]

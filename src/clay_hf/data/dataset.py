@@ -1,0 +1,316 @@
+"""A `datasets` loader for folders (or buckets) of GeoTIFF chips, from one notebook chip to millions in training.
+
+`datasets` has no GeoTIFF builder and no longer runs loading scripts, so this builds on its public API:
+`IterableDataset.from_generator` over shards of paths (streaming), or a map-style `Dataset` of paths and
+metadata whose pixels are read lazily by a transform (no Arrow copy of the pixels is ever written).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from datasets import Array3D, Dataset, Features, IterableDataset, List, Value
+
+from ..image_processing_clay import encode_dates, encode_lonlat
+from .chips import Chip, ChipError, read_chip
+
+logger = logging.getLogger(__name__)
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
+#: Upper bound of the automatic shard count: enough to spread work, few enough to start in seconds.
+MAX_AUTO_SHARDS = 4096
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sources, shards and the split
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_sources(source: str | PathLike | Sequence[str | PathLike]) -> list[str]:
+    """A folder (searched recursively), a glob, a list of paths/URLs, or a text file listing them → sorted list."""
+    if isinstance(source, (list, tuple)):
+        return [str(item) for item in source]
+    text = str(source)
+    if _is_url(text):
+        return [text]
+    path = Path(text)
+    if path.is_dir():
+        paths = sorted(str(p) for p in path.rglob("*") if p.suffix in GEOTIFF_SUFFIXES)
+    elif path.is_file() and path.suffix not in GEOTIFF_SUFFIXES:
+        lines = (line.strip() for line in path.read_text().splitlines())
+        paths = [line for line in lines if line and not line.startswith("#")]
+    elif path.is_file():
+        paths = [text]
+    else:
+        paths = sorted(glob.glob(text, recursive=True))
+    if not paths:
+        raise FileNotFoundError(f"no GeoTIFF chips found in {text!r} (a folder, a glob, a list file or a URL).")
+    return paths
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text or text.startswith("/vsi")
+
+
+def auto_num_shards(num_paths: int, world_size: int = 1, num_workers: int = 1) -> int:
+    """A shard count that is a multiple of world_size × max(num_workers, 1), as large as the data allows
+    up to about `MAX_AUTO_SHARDS`, so every rank and worker reads disjoint shards."""
+    unit = world_size * max(num_workers, 1)
+    per_unit = max(1, min(num_paths // unit, math.ceil(MAX_AUTO_SHARDS / unit)))
+    return unit * per_unit
+
+
+def shard_paths(paths: Sequence[str], num_shards: int) -> list[list[str]]:
+    """Split paths into `num_shards` contiguous shards of near-equal size (some may be empty if paths are few)."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be at least 1, got {num_shards}.")
+    bounds = np.linspace(0, len(paths), num_shards + 1).round().astype(int)
+    return [list(paths[start:stop]) for start, stop in itertools.pairwise(bounds)]
+
+
+def split_of(path: str, validation_fraction: float = 0.2) -> str:
+    """'train' or 'validation', from a hash of the file NAME: stable across runs, machines and storage places."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    return "validation" if digest / 2**64 < validation_fraction else "train"
+
+
+def split_paths(paths: Sequence[str], validation_fraction: float = 0.2) -> dict[str, list[str]]:
+    """The deterministic train/validation split (v0 used 80/20)."""
+    splits: dict[str, list[str]] = {"train": [], "validation": []}
+    for path in paths:
+        splits[split_of(path, validation_fraction)].append(path)
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Features and reading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def chip_features(num_bands: int, height: int, width: int, dtype: str, with_pixels: bool = True) -> Features:
+    """The explicit schema of a chip record (pixels in the file's dtype)."""
+    fields: dict[str, Any] = {}
+    if with_pixels:
+        fields["pixels"] = Array3D(shape=(num_bands, height, width), dtype=dtype)
+    fields.update(
+        date=Value("date32"),
+        lon=Value("float64"),
+        lat=Value("float64"),
+        bbox=List(Value("float64"), length=4),
+        epsg=Value("int32"),
+        source_url=Value("string"),
+    )
+    if with_pixels:
+        fields["bad_chips_before"] = Value("int32")
+    return Features(fields)
+
+
+def probe_layout(paths: Sequence[str]) -> tuple[int, int, int, str]:
+    """(bands, height, width, dtype) of the first readable chip."""
+    problems = []
+    for path in paths[:100]:
+        try:
+            with rasterio.open(path) as dataset:
+                return dataset.count, dataset.height, dataset.width, dataset.dtypes[0]
+        except Exception as error:  # a bad first file must not hide the good ones
+            problems.append(f"{path}: {error}")
+    raise ChipError(
+        str(paths[0]) if paths else "<no paths>", "no readable chip among the first 100: " + "; ".join(problems[:3])
+    )
+
+
+class BadChipLog:
+    """Counts and reports chips that were skipped (a long job never stops for one bad chip)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def skip(self, error: ChipError) -> None:
+        self.count += 1
+        logger.warning("skipping bad chip %s (%d skipped so far)", error, self.count)
+
+
+def generate_chips(
+    shards: Sequence[Sequence[str]], num_bands: int, height: int, width: int
+) -> Iterator[dict[str, Any]]:
+    """The generator behind the streaming loader: reads each chip of the given shards, skipping bad ones.
+
+    `datasets` hands each call a SLICE of the outer shard list, so the shards are flattened here. Every record
+    carries `bad_chips_before`: how many bad chips were skipped since the previous record, so that the count
+    survives DataLoader workers and ranks and can be summed by the training loop.
+    """
+    log = BadChipLog()
+    pending = 0
+    for shard in shards:
+        for path in shard:
+            try:
+                chip = read_chip(path, num_bands=num_bands, size=(height, width))
+            except ChipError as error:
+                log.skip(error)
+                pending += 1
+                continue
+            yield {**chip.to_example(), "bad_chips_before": pending}
+            pending = 0
+    if pending:
+        logger.warning("%d bad chips at the end of this stream were skipped", pending)
+
+
+def read_metadata(
+    paths: Sequence[str], num_threads: int = 8, num_bands: int | None = None, size: tuple[int, int] | None = None
+) -> tuple[list[Chip], list[ChipError]]:
+    """Read the headers (not the pixels) of many chips in parallel threads; bad chips are returned apart."""
+
+    def read(path: str) -> Chip | ChipError:
+        try:
+            return read_chip(path, read_pixels=False, num_bands=num_bands, size=size)
+        except ChipError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        results = list(pool.map(read, paths))
+    return [r for r in results if isinstance(r, Chip)], [r for r in results if isinstance(r, ChipError)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_geotiff_dataset(
+    source: str | PathLike | Sequence[str | PathLike],
+    streaming: bool = True,
+    split: str | None = None,
+    validation_fraction: float = 0.2,
+    num_shards: int | None = None,
+    world_size: int = 1,
+    num_workers: int = 1,
+    layout: tuple[int, int, int, str] | None = None,
+    num_threads: int = 8,
+) -> IterableDataset | Dataset:
+    """Load GeoTIFF chips as a `datasets` dataset.
+
+    Args:
+        source: a folder, a glob, a list of paths/URLs, or a text file listing them.
+        streaming: an `IterableDataset` reading chips as it goes (training), or a map-style `Dataset` of metadata
+            whose `pixels` are read lazily on access.
+        split: `None` for all chips, or "train"/"validation" of the deterministic hash split.
+        num_shards: streaming shards; by default a multiple of `world_size × num_workers` (see `auto_num_shards`),
+            so `datasets.distributed.split_dataset_by_node` gives each rank disjoint shards.
+        layout: (bands, height, width, dtype) that every chip must have; read from the first chip by default.
+        num_threads: threads reading headers for the map-style dataset.
+
+    Shuffle with `dataset.shuffle(seed=…, buffer_size=…)` (shard order + buffer), reshuffle with `set_epoch`,
+    resume with `state_dict()`/`load_state_dict()`. Bad chips are skipped with a warning naming them.
+    """
+    paths = resolve_sources(source)
+    if split is not None:
+        if split not in ("train", "validation"):
+            raise ValueError(f"split must be None, 'train' or 'validation', got {split!r}.")
+        paths = split_paths(paths, validation_fraction)[split]
+        if not paths:
+            raise FileNotFoundError(f"the {split} split of {source!r} is empty ({validation_fraction=}).")
+    num_bands, height, width, dtype = layout or probe_layout(paths)
+    if streaming:
+        shards = shard_paths(paths, num_shards or auto_num_shards(len(paths), world_size, num_workers))
+        return IterableDataset.from_generator(
+            generate_chips,
+            gen_kwargs={"shards": shards, "num_bands": num_bands, "height": height, "width": width},
+            features=chip_features(num_bands, height, width, dtype),
+        )
+    return _map_style_dataset(paths, num_bands, height, width, dtype, num_threads)
+
+
+def _map_style_dataset(
+    paths: Sequence[str], num_bands: int, height: int, width: int, dtype: str, num_threads: int
+) -> Dataset:
+    chips, errors = read_metadata(paths, num_threads, num_bands, (height, width))
+    log = BadChipLog()
+    for error in errors:
+        log.skip(error)
+    records = [chip.to_example() for chip in chips]
+    columns = {key: [record[key] for record in records] for key in chip_features(1, 1, 1, dtype, with_pixels=False)}
+    dataset = Dataset.from_dict(columns, features=chip_features(num_bands, height, width, dtype, with_pixels=False))
+    dataset.info.description = f"{len(errors)} bad chips skipped"
+    return dataset.with_transform(PixelReader(num_bands, height, width))
+
+
+class PixelReader:
+    """`with_transform` function: adds `pixels` (file dtype) to a batch of metadata rows by reading the files."""
+
+    def __init__(self, num_bands: int, height: int, width: int) -> None:
+        self.num_bands, self.height, self.width = num_bands, height, width
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        batch = dict(batch)
+        batch["pixels"] = [
+            read_chip(url, num_bands=self.num_bands, size=(self.height, self.width)).pixels
+            for url in batch["source_url"]
+        ]
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Collation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def chip_dataloader(
+    dataset: IterableDataset | Dataset, batch_size: int, num_workers: int = 0, **kwargs: Any
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over chips with [`collate_chips`].
+
+    With GDAL_NUM_THREADS other than 1, workers start with `forkserver`: GDAL's decoding thread pool does not
+    survive `fork`, and a forked worker of a process that already decoded with threads deadlocks.
+    """
+    if num_workers > 0 and os.environ.get("GDAL_NUM_THREADS", "1") not in ("", "1"):
+        kwargs.setdefault("multiprocessing_context", "forkserver")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_chips, **kwargs
+    )
+
+
+def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Stack chip records into a batch with compact pixels (the file dtype, e.g. uint16 or float32; no widening)
+    and the v0 `timestep` and `latlon` encodings. Normalise on the device (`ClayImageProcessor.normalize_tensor`)."""
+    examples = list(examples)
+    pixels = torch.from_numpy(np.stack([np.asarray(example["pixels"]) for example in examples]))  # (B, C, H, W)
+    lonlat = np.array([[example["lon"], example["lat"]] for example in examples], dtype=np.float64)
+    return {
+        "pixels": pixels,
+        "timestep": torch.from_numpy(encode_dates([example["date"] for example in examples])),
+        "latlon": torch.from_numpy(encode_lonlat(lonlat)),
+        "date": [example["date"] for example in examples],
+        "bbox": torch.tensor([list(example["bbox"]) for example in examples], dtype=torch.float64),
+        "epsg": torch.tensor([example["epsg"] for example in examples], dtype=torch.int32),
+        "source_url": [example["source_url"] for example in examples],
+        "bad_chips": sum(int(example.get("bad_chips_before", 0)) for example in examples),
+    }
+
+
+__all__ = [
+    "auto_num_shards",
+    "chip_dataloader",
+    "chip_features",
+    "collate_chips",
+    "generate_chips",
+    "load_geotiff_dataset",
+    "read_metadata",
+    "resolve_sources",
+    "shard_paths",
+    "split_of",
+    "split_paths",
+]

@@ -1,0 +1,120 @@
+"""WebDataset tar shards of chips (`{key}.tif` + `{key}.json`): the form in which a chip collection goes to the Hub.
+
+`load_dataset("webdataset", data_files=…, streaming=True)` reads the shards; [`load_chip_webdataset`] decodes each
+sample through the same reader as the GeoTIFF loader ([`read_chip`]), so both give identical records.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import tarfile
+from collections.abc import Iterator, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from datasets import Image, IterableDataset, load_dataset
+from rasterio.io import MemoryFile
+
+from .chips import ChipError, read_chip
+from .dataset import BadChipLog, chip_features
+
+logger = logging.getLogger(__name__)
+
+
+def sample_key(path: str) -> str:
+    """A WebDataset key from a chip path: the file name without its extension, with no dots (they split fields)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[0].replace(".", "-")
+
+
+def pack_webdataset(
+    paths: Sequence[str], output_dir: str | PathLike, chips_per_shard: int = 256, prefix: str = "chips"
+) -> tuple[list[Path], list[ChipError]]:
+    """Pack chips into tar shards `{prefix}-{NNNNNN}.tar`; a chip that cannot be read is skipped and returned."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    bad: list[ChipError] = []
+    samples = _readable_samples(paths, bad)
+    shards: list[Path] = []
+    while chunk := list(itertools.islice(samples, chips_per_shard)):
+        shards.append(output / f"{prefix}-{len(shards):06d}.tar")
+        with tarfile.open(shards[-1], "w") as archive:
+            for key, data, metadata in chunk:
+                _add(archive, f"{key}.tif", data)
+                _add(archive, f"{key}.json", json.dumps(metadata).encode())
+    return shards, bad
+
+
+def _readable_samples(paths: Sequence[str], bad: list[ChipError]) -> Iterator[tuple[str, bytes, dict[str, str]]]:
+    """(key, GeoTIFF bytes, metadata) of each readable chip; the others are logged and appended to `bad`."""
+    log = BadChipLog()
+    for path in paths:
+        try:
+            chip = read_chip(path, read_pixels=False)
+            data = Path(path).read_bytes()
+        except ChipError as error:
+            log.skip(error)
+            bad.append(error)
+            continue
+        metadata = {"date": chip.date.isoformat(), "source_url": chip.source_url, **_extra_tags(chip.tags)}
+        yield sample_key(str(path)), data, metadata
+
+
+def _extra_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in tags.items() if key not in ("date", "AREA_OR_POINT")}
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, width: int) -> dict[str, list[Any]]:
+    """Batched map: WebDataset samples → chip records; bad samples are dropped and counted in `bad_chips_before`."""
+    records: list[dict[str, Any]] = []
+    log = BadChipLog()
+    pending = 0
+    for tif, metadata, key in zip(batch["tif"], batch["json"], batch["__key__"], strict=True):
+        metadata = metadata or {}
+        name = metadata.get("source_url") or f"{key}.tif"
+        try:
+            if tif is None:
+                raise ChipError(name, "has no .tif member in its WebDataset sample")
+            with MemoryFile(tif["bytes"]) as memory:
+                chip = read_chip(
+                    memory, date=metadata.get("date"), num_bands=num_bands, size=(height, width), source_url=name
+                )
+        except ChipError as error:
+            log.skip(error)
+            pending += 1
+            continue
+        records.append({**chip.to_example(), "bad_chips_before": pending})
+        pending = 0
+    if pending:
+        logger.warning("%d bad chips at the end of a WebDataset batch were skipped", pending)
+    return {key: [record[key] for record in records] for key in chip_features(1, 1, 1, "float32")}
+
+
+def load_chip_webdataset(
+    data_files: str | Sequence[str], layout: tuple[int, int, int, str] = (13, 512, 512, "float32")
+) -> IterableDataset:
+    """Stream WebDataset chip shards as the same records (and features) as `load_geotiff_dataset`."""
+    num_bands, height, width, dtype = layout
+    dataset = load_dataset("webdataset", data_files=data_files, streaming=True, split="train")
+    dataset = dataset.cast_column("tif", Image(decode=False))
+    return dataset.map(
+        decode_samples,
+        batched=True,
+        batch_size=16,
+        remove_columns=list(dataset.column_names or ["tif", "json", "__key__", "__url__"]),
+        fn_kwargs={"num_bands": num_bands, "height": height, "width": width},
+        features=chip_features(num_bands, height, width, dtype),
+    )
+
+
+__all__ = ["decode_samples", "load_chip_webdataset", "pack_webdataset", "sample_key"]
