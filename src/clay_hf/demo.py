@@ -1,43 +1,70 @@
-"""The end-to-end demo behind `make demo`, on built-in synthetic data."""
+"""The end-to-end demo behind `make demo`, on built-in synthetic data.
+
+Synthetic v0 chips → pretraining of a tiny Clay on 2 CPU processes (DDP) with `accelerate launch` → a
+transformers folder → embeddings of a chip through `AutoModel` and `AutoImageProcessor`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModel
+from transformers import AutoImageProcessor, AutoModel
 
-from .configuration_clay import ClayConfig
-from .modeling_clay import ClayForMaskedImageModeling
+from .data import read_chip, write_synthetic_chips
+
+REPO_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def demo_config() -> ClayConfig:
-    """A tiny 13-band Clay that runs in seconds on a laptop core."""
-    return ClayConfig.from_preset("tiny", image_size=64, patch_size=16, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, decoder_hidden_size=32, decoder_intermediate_size=64,
-                                  decoder_num_hidden_layers=1)  # fmt: skip
+def pretrain_command(chips: Path, model_dir: Path, num_processes: int, steps: int) -> list[str]:
+    """`accelerate launch` of scripts/pretrain.py for a tiny Clay on the CPU."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no"]
+    launch += ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu"]
+    return [
+        *launch, str(REPO_SCRIPTS / "pretrain.py"),
+        "--train_dir", str(chips), "--output_dir", str(model_dir),
+        "--config_name", "tiny", "--image_size", "64", "--patch_size", "8",
+        "--max_train_steps", str(steps), "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+        "--learning_rate", "5e-4", "--lr_scheduler", "cosine_with_warmup", "--num_warmup_steps", "20",
+        "--eval_steps", "100", "--checkpointing_steps", "100", "--logging_steps", "10", "--report_to", "tensorboard",
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
+    parser.add_argument("--num_chips", type=int, default=96)
+    parser.add_argument("--num_processes", type=int, default=2)
+    parser.add_argument("--max_train_steps", type=int, default=200)
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
+    chips, model_dir = output_dir / "chips", output_dir / "model"
+    for folder in (chips, model_dir):
+        shutil.rmtree(folder, ignore_errors=True)
 
-    torch.manual_seed(0)
-    config = demo_config()
-    model_dir = output_dir / "model"
-    ClayForMaskedImageModeling(config).save_pretrained(model_dir)
-    print(f"model: a {config.num_hidden_layers}-layer Clay saved to {model_dir}")
+    write_synthetic_chips(chips, args.num_chips, size=64, seed=0)
+    print(f"[1/3] {args.num_chips} synthetic 13-band chips (64×64, UTM, dated): {chips}", flush=True)
 
-    encoder = AutoModel.from_pretrained(model_dir).eval()
-    chip = torch.randn(1, config.num_channels, config.image_size, config.image_size)
-    timestep, latlon = torch.zeros(1, 3), torch.zeros(1, 2)
+    print(f"[2/3] pretraining a tiny Clay for {args.max_train_steps} steps on {args.num_processes} CPU processes")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(pretrain_command(chips, model_dir, args.num_processes, args.max_train_steps), check=True, env=env)
+    print(f"      model, processor and training summary: {model_dir}")
+    print(f"      checkpoints: {model_dir / 'checkpoints'}; TensorBoard logs: {model_dir / 'clay_pretrain'}")
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    chip = read_chip(sorted(chips.glob("*.tif"))[0])
+    inputs = processor(chip.pixels, dates=chip.date, lonlat=(chip.lon, chip.lat))
     with torch.no_grad():
-        embedding = encoder(chip, timestep, latlon).pooler_output[0]
-    print(f"loaded back as {type(encoder).__name__}; embedding of a generated chip ({embedding.numel()} values):")
-    print("  " + " ".join(f"{value:+.3f}" for value in embedding[:8].tolist()) + " …")
+        embedding = model(**inputs).pooler_output[0]
+    print(f"[3/3] {type(model).__name__} embedding of {Path(chip.source_url).name} ({embedding.numel()} values):")
+    print("      " + " ".join(f"{value:+.3f}" for value in embedding[:8].tolist()) + " …")
 
 
 if __name__ == "__main__":

@@ -562,6 +562,24 @@ def clay_per_patch_loss(pixel_values: torch.Tensor, logits: torch.Tensor, patch_
     return ((logits.float() - target.float()) ** 2).mean(dim=-1)  # (B, C, L)
 
 
+def clay_group_error_sums(
+    pixel_values: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    band_groups: list[list],
+    patch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per band group: the sum over masked tokens of the group's per-patch error, and the masked-token count.
+
+    Both are (G,). Sums and counts add up exactly across batches and ranks; sum / count is the masked MSE of a
+    group, and their totals give the v0 loss (see [`clay_masked_reconstruction_loss`]).
+    """
+    per_patch = clay_per_patch_loss(pixel_values, logits, patch_size)  # (B, C, L)
+    mask = mask.view(mask.shape[0], len(band_groups), -1).float()  # (B, G, L)
+    group_errors = torch.stack([per_patch[:, bands].mean(dim=1) for _, bands in band_groups], dim=1)  # (B, G, L)
+    return (group_errors * mask).sum(dim=(0, 2)), mask.sum(dim=(0, 2))
+
+
 def clay_masked_reconstruction_loss(
     pixel_values: torch.Tensor,
     logits: torch.Tensor,
@@ -576,13 +594,8 @@ def clay_masked_reconstruction_loss(
     group g, the per-patch error is averaged over the channels listed in g and weighted by g's mask; the sum over
     groups is divided by the number of masked tokens.
     """
-    per_patch = clay_per_patch_loss(pixel_values, logits, patch_size)  # (B, C, L)
-    mask = mask.view(mask.shape[0], len(band_groups), -1).float()  # (B, G, L)
-    total = per_patch.new_zeros(())
-    for index, (_, bands) in enumerate(band_groups):
-        group_loss = per_patch[:, bands].mean(dim=1)  # (B, L)
-        total = total + (group_loss * mask[:, index]).sum()
-    return total / mask.sum()
+    sums, counts = clay_group_error_sums(pixel_values, logits, mask, band_groups, patch_size)
+    return sums.sum() / counts.sum()
 
 
 class ClayForMaskedImageModeling(ClayPreTrainedModel):
@@ -668,6 +681,7 @@ __all__ = [
     "ClayModel",
     "ClayModelOutput",
     "ClayPreTrainedModel",
+    "clay_group_error_sums",
     "clay_masked_reconstruction_loss",
     "patchify",
     "unpatchify",

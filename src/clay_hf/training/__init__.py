@@ -1,0 +1,17 @@
+"""Pretraining Clay with Accelerate (`scripts/pretrain.py`)."""
+
+from .arguments import build_parser, parse_args
+from .checkpointing import list_checkpoints, resolve_checkpoint
+from .pretrain import NonFiniteLossError, TrainState, build_scheduler, evaluate, pretrain
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainState",
+    "build_parser",
+    "build_scheduler",
+    "evaluate",
+    "list_checkpoints",
+    "parse_args",
+    "pretrain",
+    "resolve_checkpoint",
+]

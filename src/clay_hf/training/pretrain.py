@@ -1,0 +1,528 @@
+"""The Clay v0 pretraining loop on Accelerate: one laptop core, 4 GPUs, or several machines, the same code.
+
+Each rank reads its own shards of chips (no rank-0 dispatch); pixels travel as compact tensors and are
+normalised on the device. Checkpoints are atomic and resume the same run: step count, schedule, RNG and the
+data stream where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets.distributed import split_dataset_by_node
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
+from ..data.dataset import collate_chips, load_geotiff_dataset, resolve_sources, split_paths
+from ..image_processing_clay import ClayImageProcessor
+from ..modeling_clay import ClayForMaskedImageModeling, clay_group_error_sums
+from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
+
+SUMMARY_NAME = "training_summary.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss."""
+
+
+@dataclass
+class TrainState:
+    """The run's counters, saved with every checkpoint."""
+
+    global_step: int = 0
+    epoch: int = 0
+    chips_seen: int = 0
+    bad_chips: int = 0
+    nonfinite_steps: int = 0
+    consecutive_nonfinite: int = 0
+    train_loss: float | None = None
+    validation_loss: float | None = None
+    validation_group_losses: dict[str, float] = field(default_factory=dict)
+    wall_time: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_config(args: argparse.Namespace) -> ClayConfig:
+    """A preset name or a config.json, with the image size, patch size and mask ratio overrides."""
+    overrides = {
+        key: getattr(args, key)
+        for key in ("image_size", "patch_size", "mask_ratio")
+        if getattr(args, key, None) is not None
+    }
+    if args.model_name_or_path:
+        return ClayConfig.from_pretrained(args.model_name_or_path, **overrides)
+    if args.config_name in CLAY_V0_PRESETS:
+        return ClayConfig.from_preset(args.config_name, **overrides)
+    if Path(args.config_name).is_file():
+        return ClayConfig.from_dict({**ClayConfig.from_json_file(args.config_name).to_dict(), **overrides})
+    raise SystemExit(
+        f"error: --config_name {args.config_name!r} is neither a preset {sorted(CLAY_V0_PRESETS)} nor a file"
+    )
+
+
+def build_model(args: argparse.Namespace, config: ClayConfig) -> ClayForMaskedImageModeling:
+    if args.model_name_or_path:
+        model = ClayForMaskedImageModeling.from_pretrained(
+            args.model_name_or_path, config=config, attn_implementation=args.attn_implementation
+        )
+    else:
+        config._attn_implementation = args.attn_implementation
+        model = ClayForMaskedImageModeling(config)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW over all parameters, as v0."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2),
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, total_steps: int) -> LRScheduler:
+    """v0: CosineAnnealingWarmRestarts(T_0=1000, T_mult=2, eta_min=10·lr), stepped every optimizer step.
+
+    Note that v0's eta_min is ten times the base lr: within each period the lr RISES from lr to 10·lr.
+    """
+    if args.lr_scheduler == "cosine_with_warmup":
+        return get_cosine_schedule_with_warmup(optimizer, args.num_warmup_steps, total_steps)
+    return CosineAnnealingWarmRestarts(
+        optimizer, T_0=args.restart_period, T_mult=args.restart_mult, eta_min=args.learning_rate * args.eta_min_factor
+    )
+
+
+def data_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Train and validation chip paths: --validation_dir, or the deterministic hash split of --train_dir."""
+    paths = resolve_sources(args.train_dir)
+    if args.validation_dir:
+        return paths, resolve_sources(args.validation_dir)
+    splits = split_paths(paths, args.validation_fraction)
+    return splits["train"], splits["validation"]
+
+
+def build_loader(
+    paths: list[str], args: argparse.Namespace, accelerator: Accelerator, batch_size: int, shuffle: bool
+) -> StatefulDataLoader:
+    """This rank's loader: the rank's own shards, read by its workers, with a resumable position."""
+    workers = args.dataloader_num_workers
+    dataset = load_geotiff_dataset(paths, world_size=accelerator.num_processes, num_workers=workers)
+    dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    if shuffle:
+        dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
+    context = "forkserver" if workers and os.environ.get("GDAL_NUM_THREADS", "1") not in ("", "1") else None
+    return StatefulDataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_chips,
+        multiprocessing_context=context,
+        pin_memory=accelerator.device.type == "cuda",
+        # Worker seeds come from this generator, not the global RNG, so that starting an epoch's iterator after a
+        # resume does not shift the random masks (the global RNG is what checkpoints restore).
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def model_inputs(batch: dict[str, Any], processor: ClayImageProcessor, device: torch.device) -> dict[str, Any]:
+    """Move a compact batch to the device and normalise it there."""
+    pixels = batch["pixels"].to(device, non_blocking=True)
+    return {
+        "pixel_values": processor.normalize_tensor(pixels),
+        "timestep": batch["timestep"].to(device, non_blocking=True),
+        "latlon": batch["latlon"].to(device, non_blocking=True),
+    }
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: StatefulDataLoader,
+    processor: ClayImageProcessor,
+    accelerator: Accelerator,
+    config: ClayConfig,
+    max_chips: int | None = None,
+) -> dict[str, float]:
+    """Masked reconstruction loss (v0 validation masking: eval mode, no shuffle) in total and per band group."""
+    model.eval()
+    sums = torch.zeros(config.num_groups, device=accelerator.device, dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    seen = 0
+    with torch.no_grad():
+        for batch in loader:
+            inputs = model_inputs(batch, processor, accelerator.device)
+            with accelerator.autocast():
+                outputs = model(**inputs)
+            group_sums, group_counts = clay_group_error_sums(
+                inputs["pixel_values"], outputs.logits, outputs.mask, config.band_groups, config.patch_size
+            )
+            sums += group_sums.double()
+            counts += group_counts.double()
+            seen += len(batch["source_url"])
+            if max_chips is not None and seen >= max_chips:
+                break
+    sums, counts = accelerator.reduce(sums, "sum"), accelerator.reduce(counts, "sum")
+    model.train()
+    if counts.sum() == 0:
+        return {}
+    result = {"loss": float(sums.sum() / counts.sum())}
+    result.update({name: float(sums[i] / counts[i]) for i, name in enumerate(config.group_names) if counts[i] > 0})
+    return result
+
+
+def hardware_description(accelerator: Accelerator) -> dict[str, Any]:
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": name,
+        "device_type": device.type,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def save_pretrained_folder(
+    accelerator: Accelerator, model: torch.nn.Module, processor: ClayImageProcessor, folder: Path, summary: dict
+) -> None:
+    """A `save_pretrained` folder: model, processor and the training summary the model card reads."""
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+        (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator):
+    """Yield batches while EVERY rank has one: ranks whose shards hold a few more chips would otherwise wait
+    forever in the next collective. The ranks stop together and drop the tail of the epoch."""
+    iterator = iter(loader)
+    while True:
+        batch = next(iterator, None)
+        has_batch = torch.tensor([int(batch is not None)], device=accelerator.device)
+        if int(accelerator.reduce(has_batch, "sum")) < accelerator.num_processes:
+            return
+        yield batch
+
+
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    """Run pretraining; return the training summary (also written to `output_dir`)."""
+    started = time.perf_counter()
+    report_to = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=report_to, project_dir=args.output_dir
+    )
+    _check_world(accelerator)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("clay_hf").setLevel(logging.INFO)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    set_seed(args.seed)  # the same initial weights on every rank
+    config = build_config(args)
+    model = build_model(args, config)
+    processor = ClayImageProcessor(band_names=config.band_names)
+    optimizer = build_optimizer(model, args)
+    train_paths, validation_paths = data_paths(args)
+    batches_per_epoch = math.ceil(len(train_paths) / (accelerator.num_processes * args.per_device_train_batch_size))
+    max_steps = (
+        args.max_train_steps or max(1, batches_per_epoch // args.gradient_accumulation_steps) * args.num_train_epochs
+    )
+    # The scheduler is stepped by us once per optimizer step (as v0), not by Accelerate, which would step it once
+    # per process; it is registered so that checkpoints hold it.
+    scheduler = build_scheduler(optimizer, args, max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if args.torch_compile:
+        model = torch.compile(model)
+    set_seed(args.seed, device_specific=True)  # different masks on every rank
+
+    train_loader = build_loader(train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True)
+    eval_loader = None
+    if validation_paths:
+        eval_loader = build_loader(validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False)
+    else:
+        logger.warning("no validation chips (validation_fraction=%s): validation is skipped", args.validation_fraction)
+    state = TrainState()
+    if args.resume_from_checkpoint:
+        state = _resume(accelerator, train_loader, output_dir, args.resume_from_checkpoint)
+
+    accelerator.init_trackers("clay_pretrain", config=_tracker_config(args))
+    seen_log = None
+    if args.log_seen_chips:
+        seen_log = (output_dir / f"seen_chips_rank{accelerator.process_index}.txt").open("a")
+    progress = tqdm(
+        total=max_steps,
+        initial=state.global_step,
+        disable=not accelerator.is_local_main_process,
+        desc="pretraining",
+        mininterval=1.0,
+    )
+    window = StepWindow()
+    logged_losses: list[float] = []
+    elapsed_before = state.wall_time
+
+    while state.global_step < max_steps:
+        train_loader.dataset.set_epoch(state.epoch)
+        batches_this_epoch = 0
+        for batch in synchronized_batches(train_loader, accelerator):
+            batches_this_epoch += 1
+            if seen_log is not None:
+                seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
+            _micro_step(model, optimizer, batch, processor, accelerator, args, window, state)
+            if not accelerator.sync_gradients:
+                continue
+
+            # One optimizer step (or one skipped step) is complete.
+            if window.bad:
+                _skip_step(state, args)
+            else:
+                scheduler.step()
+                state.consecutive_nonfinite = 0
+                state.train_loss = window.loss / args.gradient_accumulation_steps
+            state.global_step += 1
+            if not window.bad and state.global_step % args.logging_steps == 0:
+                logged_losses.append(state.train_loss)
+            state.chips_seen += window.chips
+            _report(progress, accelerator, scheduler, args, state, window)
+            window = StepWindow()
+            if args.eval_steps and state.global_step % args.eval_steps == 0:
+                _validate(model, eval_loader, processor, accelerator, config, args, state)
+            state.wall_time = elapsed_before + time.perf_counter() - started
+            if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+                _checkpoint(accelerator, model, processor, train_loader, args, state, output_dir)
+            _simulated_crash(state.global_step)
+            if state.global_step >= max_steps:
+                break
+        else:
+            if batches_this_epoch == 0 and not args.resume_from_checkpoint:
+                raise SystemExit(f"error: no training chips could be read from {args.train_dir} on every rank")
+            state.epoch += 1
+
+    progress.close()
+    if seen_log is not None:
+        seen_log.close()
+    _validate(model, eval_loader, processor, accelerator, config, args, state)
+    state.wall_time = elapsed_before + time.perf_counter() - started
+    summary = _summary(state, args, accelerator, config, model, logged_losses)
+    save_pretrained_folder(accelerator, model, processor, output_dir, summary)
+    accelerator.end_training()
+    accelerator.print(f"saved the pretrained model, processor and {SUMMARY_NAME} to {output_dir}")
+    return summary
+
+
+@dataclass
+class StepWindow:
+    """What the micro-batches of one optimizer step add up to."""
+
+    loss: float = 0.0
+    chips: int = 0
+    bad: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _micro_step(model, optimizer, batch, processor, accelerator, args, window: StepWindow, state: TrainState) -> None:
+    """Forward, agree across ranks whether the loss is finite, then backward (and step at the window's end).
+
+    A non-finite loss on any rank marks the whole window bad: every rank skips its backward passes from there and
+    the step is dropped, so ranks never disagree on a collective.
+    """
+    with accelerator.accumulate(model):
+        inputs = model_inputs(batch, processor, accelerator.device)
+        with accelerator.autocast():
+            loss = model(**inputs).loss
+        finite = bool(torch.isfinite(loss.detach()))
+        stats = torch.tensor(
+            [loss.item() if finite else 0.0, float(finite), len(batch["source_url"]), batch["bad_chips"]],
+            device=accelerator.device,
+            dtype=torch.float64,
+        )
+        stats = accelerator.reduce(stats, "sum")  # one collective: loss, finiteness, chips, bad chips
+        all_finite = int(stats[1]) == accelerator.num_processes
+        window.bad = window.bad or not all_finite
+        if not window.bad:
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+        optimizer.zero_grad()  # a no-op inside the window; at its end it also drops a bad window's gradients
+    window.loss += float(stats[0]) / accelerator.num_processes if all_finite else 0.0
+    window.chips += int(stats[2])
+    state.bad_chips += int(stats[3])
+
+
+def _report(progress, accelerator: Accelerator, scheduler, args, state: TrainState, window: StepWindow) -> None:
+    chips_per_second = window.chips / max(time.perf_counter() - window.started, 1e-9)
+    lr = scheduler.get_last_lr()[0]
+    loss = state.train_loss if state.train_loss is not None else float("nan")
+    progress.update(1)
+    progress.set_postfix(loss=f"{loss:.4f}", chips_s=f"{chips_per_second:.1f}", lr=f"{lr:.2e}")
+    if state.global_step % args.logging_steps == 0:
+        accelerator.log(
+            {
+                "train/loss": loss,
+                "train/lr": lr,
+                "train/chips_per_second": chips_per_second,
+                "train/bad_chips_skipped": state.bad_chips,
+                "train/nonfinite_steps": state.nonfinite_steps,
+            },
+            step=state.global_step,
+        )
+
+
+def _resume(accelerator: Accelerator, train_loader: StatefulDataLoader, output_dir: Path, value: str) -> TrainState:
+    checkpoint = resolve_checkpoint(output_dir, value)
+    saved, data_state = load_checkpoint(accelerator, checkpoint)
+    state = TrainState(**saved)
+    train_loader.dataset.set_epoch(state.epoch)
+    if data_state is not None:
+        train_loader.load_state_dict(data_state)
+    accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
+    return state
+
+
+def _check_world(accelerator: Accelerator) -> None:
+    """Refuse to run N copies of a 1-process job: each would train alone on all the data."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise SystemExit(
+            f"error: {launched} processes were launched, but Accelerate set up {accelerator.num_processes}: each "
+            "process would train alone. On a CPU, launch with ACCELERATE_USE_CPU=1 and --multi_gpu "
+            "(plain --cpu --num_processes N runs one process)."
+        )
+
+
+def _simulated_crash(step: int) -> None:
+    """Die abruptly (no cleanup, like a kill) after `CLAY_HF_CRASH_AFTER_STEP` steps: for resume tests."""
+    if os.environ.get("CLAY_HF_CRASH_AFTER_STEP") == str(step):
+        os._exit(17)
+
+
+def _skip_step(state: TrainState, args: argparse.Namespace) -> None:
+    state.nonfinite_steps += 1
+    state.consecutive_nonfinite += 1
+    logger.warning(
+        "non-finite loss at step %d: step skipped (%d in a row, %d in all)",
+        state.global_step + 1,
+        state.consecutive_nonfinite,
+        state.nonfinite_steps,
+    )
+    if state.consecutive_nonfinite >= args.max_consecutive_nonfinite:
+        raise NonFiniteLossError(
+            f"{state.consecutive_nonfinite} optimizer steps in a row had a non-finite loss (at step "
+            f"{state.global_step + 1}); stopping. The last good checkpoint in {checkpoints_hint(args)} is kept: "
+            "lower the learning rate or check the data, then --resume_from_checkpoint latest."
+        )
+
+
+def checkpoints_hint(args: argparse.Namespace) -> str:
+    return str(Path(args.output_dir) / "checkpoints")
+
+
+def _validate(model, eval_loader, processor, accelerator, config, args, state: TrainState) -> None:
+    if eval_loader is None:
+        return
+    # The unwrapped model: ranks may hold different numbers of validation chips, and DDP must not be involved.
+    metrics = evaluate(
+        accelerator.unwrap_model(model), eval_loader, processor, accelerator, config, args.max_eval_chips
+    )
+    if not metrics:
+        return
+    state.validation_loss = metrics["loss"]
+    state.validation_group_losses = {name: value for name, value in metrics.items() if name != "loss"}
+    accelerator.log({f"validation/{name}": value for name, value in metrics.items()}, step=state.global_step)
+
+
+def _checkpoint(accelerator, model, processor, train_loader, args, state: TrainState, output_dir: Path) -> None:
+    path = save_checkpoint(
+        accelerator,
+        output_dir,
+        state.global_step,
+        asdict(state),
+        train_loader.state_dict(),
+        args.checkpoints_total_limit,
+    )
+    if args.save_every_checkpoint_as_pretrained:
+        summary = _summary(state, args, accelerator, accelerator.unwrap_model(model).config, model, [])
+        save_pretrained_folder(accelerator, model, processor, output_dir / f"pretrained-{state.global_step}", summary)
+    accelerator.print(f"checkpoint saved to {path}")
+
+
+def _summary(state: TrainState, args, accelerator, config: ClayConfig, model, logged_losses: list[float]) -> dict:
+    return {
+        "global_step": state.global_step,
+        "epochs_completed": state.epoch,
+        "chips_seen": state.chips_seen,
+        "bad_chips_skipped": state.bad_chips,
+        "nonfinite_steps_skipped": state.nonfinite_steps,
+        "final_train_loss": state.train_loss,
+        "train_loss_history": logged_losses,  # every --logging_steps steps of this session
+        "final_validation_loss": state.validation_loss,
+        "final_validation_group_losses": state.validation_group_losses,
+        "wall_time_seconds": round(state.wall_time, 2),
+        "hardware": hardware_description(accelerator),
+        "num_parameters": accelerator.unwrap_model(model).num_parameters(),
+        "hyperparameters": {
+            key: getattr(args, key)
+            for key in (
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "learning_rate",
+                "weight_decay",
+                "adam_beta1",
+                "adam_beta2",
+                "lr_scheduler",
+                "eta_min_factor",
+                "seed",
+            )
+        },
+        "effective_batch_size": args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * accelerator.num_processes,
+        "mask_ratio": config.mask_ratio,
+    }
+
+
+def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Tracker hyperparameters: only plain values (TensorBoard's hparams accept no None or lists)."""
+    return {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from .arguments import parse_args
+
+    return pretrain(parse_args(argv))
+
+
+__all__ = ["NonFiniteLossError", "TrainState", "build_scheduler", "evaluate", "main", "pretrain"]
