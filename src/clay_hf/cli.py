@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .data.chips import ChipError
 from .data.dataset import resolve_sources
@@ -68,4 +69,102 @@ def pack_webdataset_main(argv: list[str] | None = None) -> int:
     for error in bad:
         print(f"skipped {error}")
     print(f"wrote {len(shards)} shards to {args.output_dir}, skipped {len(bad)} bad chips")
+    return 0
+
+
+def embed_main(argv: list[str] | None = None) -> int:
+    """Embed GeoTIFF chips with a Clay encoder and write GeoParquet (v0 format)."""
+    import torch
+
+    from .embeddings import LEVELS, embed_to_geoparquet, load_encoder
+
+    parser = argparse.ArgumentParser(description=embed_main.__doc__)
+    parser.add_argument("--model_name_or_path", required=True, help="a save_pretrained folder or a Hub id")
+    parser.add_argument("--data_dir", required=True, help="chips: a folder, glob, list file or URL")
+    parser.add_argument("--output", required=True, help="the GeoParquet file to write")
+    parser.add_argument("--level", choices=LEVELS, default="mean", help="mean (D), patch (h·w·D) or group (G·h·w·D)")
+    parser.add_argument("--bands", nargs="+", help="band subset, for a model built for those bands")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--rows_per_part", type=int, default=1024, help="rows per durable part file")
+    parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
+    args = parser.parse_args(argv)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model, processor = load_encoder(args.model_name_or_path, args.device)
+    run = embed_to_geoparquet(
+        model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
+        dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
+    )  # fmt: skip
+    print(
+        f"wrote {run.output}: {run.embedded} chips embedded ({run.skipped_done} already done, "
+        f"{run.bad_chips} bad chips skipped), embeddings of shape {run.shape}"
+    )
+    return 0
+
+
+def reconstruct_main(argv: list[str] | None = None) -> int:
+    """Save PNGs of input, masked input, reconstruction and per-group error for N chips (fixed seed)."""
+    from .evaluation import load_pretraining_model
+    from .visualize import save_reconstructions
+
+    parser = argparse.ArgumentParser(description=reconstruct_main.__doc__)
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--num_chips", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    model, processor = load_pretraining_model(args.model_name_or_path)
+    for path in save_reconstructions(model, processor, args.data_dir, args.output_dir, args.num_chips, args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """Masked reconstruction error of a Clay model on a chip set, written to eval_results.json."""
+    import json
+
+    from .evaluation import evaluate_reconstruction, load_pretraining_model, write_eval_results
+
+    parser = argparse.ArgumentParser(description=evaluate_main.__doc__)
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="where eval_results.json goes (e.g. the model folder)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seed", type=int, help="mask randomly with this seed; default: v0 validation masking")
+    parser.add_argument("--max_chips", type=int)
+    args = parser.parse_args(argv)
+    model, processor = load_pretraining_model(args.model_name_or_path)
+    results = evaluate_reconstruction(model, processor, args.data_dir, args.batch_size, args.seed, args.max_chips)
+    path = write_eval_results(results, args.output_dir)
+    print(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+def linear_probe_main(argv: list[str] | None = None) -> int:
+    """Linear probe: logistic regression on mean embeddings of labelled chips, accuracy on a fixed split."""
+    import json
+
+    from .embeddings import load_encoder
+    from .probe import labels_from_csv, labels_from_folders, linear_probe
+
+    parser = argparse.ArgumentParser(description=linear_probe_main.__doc__)
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--data_dir", help="chips in class folders: DATA_DIR/<label>/*.tif")
+    parser.add_argument("--labels", help="a CSV with 'path' and 'label' columns (instead of class folders)")
+    parser.add_argument("--test_size", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if not (args.data_dir or args.labels):
+        parser.error("give --data_dir (class folders) or --labels (CSV)")
+    labels = labels_from_csv(args.labels) if args.labels else labels_from_folders(args.data_dir)
+    model, processor = load_encoder(args.model_name_or_path)
+    results = linear_probe(model, processor, labels, args.test_size, args.seed)
+    print(json.dumps(results, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
     return 0

@@ -1,0 +1,8 @@
+"""Save reconstruction PNGs (input, masked input, reconstruction, per-group error) for N chips."""
+
+import sys
+
+from clay_hf.cli import reconstruct_main
+
+if __name__ == "__main__":
+    sys.exit(reconstruct_main())
