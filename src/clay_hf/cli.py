@@ -168,3 +168,30 @@ def linear_probe_main(argv: list[str] | None = None) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def publish_main(argv: list[str] | None = None) -> int:
+    """Assemble, validate and upload a Clay model folder to the Hub (token from HF_TOKEN)."""
+    import tempfile
+
+    from .hub import stage_repository, upload_repository
+
+    parser = argparse.ArgumentParser(description=publish_main.__doc__)
+    parser.add_argument("--model_dir", required=True, help="a save_pretrained folder with preprocessor_config.json")
+    parser.add_argument("--repo_id", default="made-with-clay/Clay")
+    parser.add_argument("--staging_dir", help="where to assemble the repository (default: a temporary folder)")
+    parser.add_argument("--dry_run", action="store_true", help="do everything but upload; print what would go where")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", help="a branch to upload to (created if missing)")
+    args = parser.parse_args(argv)
+    staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
+    staged = stage_repository(args.model_dir, staging, args.repo_id)
+    target = f"https://huggingface.co/{args.repo_id}" + (f"/tree/{args.revision}" if args.revision else "")
+    for name in staged.files:
+        size = (staged.folder / name).stat().st_size
+        print(f"{'would upload' if args.dry_run else 'uploading'} {name:<28} {size:>12,} bytes → {target}/{name}")
+    print(f"staged repository: {staged.folder}")
+    print(f"model card: {staged.folder / 'README.md'}")
+    if not args.dry_run:
+        print(f"uploaded: {upload_repository(staged, private=args.private, revision=args.revision)}")
+    return 0

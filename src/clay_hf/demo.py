@@ -2,7 +2,8 @@
 
 Synthetic v0 chips → pretraining of a tiny Clay on 2 CPU processes (DDP) with `accelerate launch` → a
 transformers folder → an embedding through `AutoModel` and `AutoImageProcessor` → embeddings of every chip as
-GeoParquet → reconstruction PNGs → the masked reconstruction error in `eval_results.json`.
+GeoParquet → reconstruction PNGs → the masked reconstruction error in `eval_results.json` → a staged Hub repository
+with its model card.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoImageProcessor, AutoModel
 from .data import read_chip, write_synthetic_chips
 from .embeddings import embed_to_geoparquet
 from .evaluation import evaluate_reconstruction, load_pretraining_model, write_eval_results
+from .hub import stage_repository
 from .visualize import save_reconstructions
 
 REPO_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -53,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     write_synthetic_chips(chips, args.num_chips, size=64, seed=0)
-    print(f"[1/6] {args.num_chips} synthetic 13-band chips (64×64, UTM, dated): {chips}", flush=True)
+    print(f"[1/7] {args.num_chips} synthetic 13-band chips (64×64, UTM, dated): {chips}", flush=True)
 
-    print(f"[2/6] pretraining a tiny Clay for {args.max_train_steps} steps on {args.num_processes} CPU processes")
+    print(f"[2/7] pretraining a tiny Clay for {args.max_train_steps} steps on {args.num_processes} CPU processes")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(pretrain_command(chips, model_dir, args.num_processes, args.max_train_steps), check=True, env=env)
     print(f"      model, processor and training summary: {model_dir}")
@@ -67,19 +69,23 @@ def main(argv: list[str] | None = None) -> None:
     inputs = processor(chip.pixels, dates=chip.date, lonlat=(chip.lon, chip.lat))
     with torch.no_grad():
         embedding = model(**inputs).pooler_output[0]
-    print(f"[3/6] {type(model).__name__} embedding of {Path(chip.source_url).name} ({embedding.numel()} values):")
+    print(f"[3/7] {type(model).__name__} embedding of {Path(chip.source_url).name} ({embedding.numel()} values):")
     print("      " + " ".join(f"{value:+.3f}" for value in embedding[:8].tolist()) + " …")
 
     run = embed_to_geoparquet(model, processor, chips, output_dir / "embeddings.parquet", progress=False)
-    print(f"[4/6] embeddings of {run.embedded} chips (GeoParquet, OGC:CRS84): {run.output}")
+    print(f"[4/7] embeddings of {run.embedded} chips (GeoParquet, OGC:CRS84): {run.output}")
 
     mim, mim_processor = load_pretraining_model(str(model_dir))
     pngs = save_reconstructions(mim, mim_processor, chips, output_dir / "reconstructions", num_chips=3)
-    print(f"[5/6] reconstructions of {len(pngs)} chips: {pngs[0].parent}")
+    print(f"[5/7] reconstructions of {len(pngs)} chips: {pngs[0].parent}")
 
     results = evaluate_reconstruction(mim, mim_processor, chips)
     path = write_eval_results(results, model_dir)
-    print(f"[6/6] masked reconstruction MSE {results['masked_mse']:.4f} on {results['num_chips']} chips: {path}")
+    print(f"[6/7] masked reconstruction MSE {results['masked_mse']:.4f} on {results['num_chips']} chips: {path}")
+
+    staged = stage_repository(model_dir, output_dir / "hub" / "Clay", "made-with-clay/Clay")
+    print(f"[7/7] Hub repository staged ({len(staged.files)} files; upload with scripts/publish.py): {staged.folder}")
+    print(f"      model card: {staged.folder / 'README.md'}")
 
 
 if __name__ == "__main__":
