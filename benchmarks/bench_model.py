@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attn", nargs="+", default=["eager", "sdpa"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no_compile", dest="compile", action="store_false", help="skip the torch.compile rows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default="bench_model_results.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
@@ -45,7 +46,9 @@ def run_one(spec: dict, args: argparse.Namespace) -> dict:
     config = ClayConfig.from_preset(args.config_name, image_size=args.image_size)
     peak = spec["peak"]
     if spec["task"] == "inference":
-        result = run_inference(config, spec["attn"], spec["precision"], spec["batch_size"], device, peak, args.repeats)
+        result = run_inference(
+            config, spec["attn"], spec["precision"], spec["batch_size"], device, peak, args.repeats, spec["compiled"]
+        )
     else:
         result = run_train_step(
             config,
@@ -68,8 +71,10 @@ def configurations(args: argparse.Namespace, peaks: dict[str, float], device: to
         for checkpointing in [False, True] if task == "train" else [False]:
             specs.append(
                 dict(task=task, batch_size=batch, precision=precision, attn=attn, checkpointing=checkpointing,
-                     peak=peaks[precision])
+                     peak=peaks[precision], compiled=False)
             )  # fmt: skip
+        if task == "inference" and attn == "sdpa" and args.compile:
+            specs.append({**specs[-1], "compiled": True})
     return specs
 
 
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         args.precisions = [p for p in args.precisions if p != "bf16"]
         print("bf16 skipped: this CPU has no native bf16 matmul (its bf16 peak is a small fraction of fp32)")
     print(f"config: {args.config_name} at {args.image_size}×{args.image_size}")
-    header = f"{'task':<11}{'attn':<7}{'prec':<6}{'ckpt':<6}{'batch':>5}{'s/iter':>9}{'chips/s':>9}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"
+    header = f"{'task':<21}{'attn':<7}{'prec':<6}{'ckpt':<6}{'batch':>5}{'s/iter':>9}{'chips/s':>9}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"
     print(header, flush=True)
     results = []
     for spec in configurations(args, peaks, device):
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         result = json.loads(run.stdout.strip().splitlines()[-1])
         results.append(result)
         print(
-            f"{result['task']:<11}{result['attn_implementation']:<7}{result['precision']:<6}"
+            f"{result['task'] + (' (compiled)' if result['compiled'] else ''):<21}{result['attn_implementation']:<7}{result['precision']:<6}"
             f"{'yes' if result['gradient_checkpointing'] else 'no':<6}{result['batch_size']:>5}{result['seconds']:>9.3f}"
             f"{result['chips_per_second']:>9.2f}{result['model_tflops_per_second']:>9.3f}{result['mfu']:>7.1%}"
             f"{result['peak_memory_gib']:>10.2f}",

@@ -220,3 +220,17 @@ def test_noise_of_the_wrong_shape_is_rejected():
     config = small_config()
     with pytest.raises(ValueError, match="noise must have shape"):
         ClayModel(config)(**random_inputs(config), noise=torch.rand(2, 5))
+
+
+def test_forward_compiles_without_graph_breaks():
+    """`torch.compile(model, fullgraph=True)` traces the whole forward (the eager backend keeps this test fast)."""
+    config = small_config()
+    inputs = random_inputs(config)
+    encoder = ClayModel(config).eval()
+    compiled = torch.compile(encoder, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(**inputs).last_hidden_state, encoder(**inputs).last_hidden_state)
+    model = ClayForMaskedImageModeling(config).eval()
+    noise = torch.rand(2, config.num_groups * 16)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(**inputs, noise=noise).loss, model(**inputs, noise=noise).loss)
+    assert ClayModel._can_compile_fullgraph

@@ -125,6 +125,7 @@ def machine_description(device: torch.device) -> dict[str, object]:
 @dataclass
 class RunResult:
     task: str  # "inference" or "train_step"
+    compiled: bool
     attn_implementation: str
     precision: str  # "fp32" or "bf16"
     gradient_checkpointing: bool
@@ -146,16 +147,27 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def run_inference(
-    config: ClayConfig, attn: str, precision: str, batch_size: int, device: torch.device, peak: float, repeats: int
+    config: ClayConfig,
+    attn: str,
+    precision: str,
+    batch_size: int,
+    device: torch.device,
+    peak: float,
+    repeats: int,
+    compiled: bool = False,
 ) -> RunResult:
-    """Encoder embeddings of whole chips (no masking) under `torch.no_grad`."""
+    """Encoder embeddings of whole chips (no masking) under `torch.no_grad`; `compiled` uses `torch.compile`
+    (its compilation happens in the untimed warm-up call)."""
     config._attn_implementation = attn
     model = ClayModel(config).to(device).eval()
+    if compiled:
+        model = torch.compile(model)
     inputs = _inputs(config, batch_size, device)
     with torch.no_grad(), autocast_context(device, precision):
-        seconds = time_call(lambda: model(**inputs), device, repeats=repeats)
+        # Two untimed calls when compiled: the first fills the encoding cache, which the second compiles around.
+        seconds = time_call(lambda: model(**inputs), device, warmup=2 if compiled else 1, repeats=repeats)
     flops = encoder_flops(config, config.image_size) * batch_size
-    return _result("inference", attn, precision, False, batch_size, seconds, flops, peak, device)
+    return _result("inference", attn, precision, False, batch_size, seconds, flops, peak, device, compiled)
 
 
 def run_train_step(
@@ -197,10 +209,11 @@ def _inputs(config: ClayConfig, batch_size: int, device: torch.device) -> dict[s
     }
 
 
-def _result(task, attn, precision, checkpointing, batch_size, seconds, flops, peak, device) -> RunResult:
+def _result(task, attn, precision, checkpointing, batch_size, seconds, flops, peak, device, compiled=False):
     achieved = flops / seconds
     return RunResult(
         task=task,
+        compiled=compiled,
         attn_implementation=attn,
         precision=precision,
         gradient_checkpointing=checkpointing,

@@ -395,6 +395,7 @@ class ClayPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # tested: torch.compile(model, fullgraph=True) traces the forward
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
