@@ -26,11 +26,10 @@ import torch
 from pyproj import CRS, Transformer
 from shapely import Polygon, box, to_wkb
 from shapely.ops import transform as transform_geometry
-from transformers import AutoImageProcessor
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
 from .data.dataset import chip_dataloader, load_geotiff_dataset, resolve_sources
-from .image_processing_clay import ClayImageProcessor
+from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
 
 logger = logging.getLogger(__name__)
@@ -53,12 +52,7 @@ class EmbeddingRun:
 def load_encoder(model_name_or_path: str, device: str | torch.device = "cpu") -> tuple[ClayModel, ClayImageProcessor]:
     """The encoder and its saved processor (or the v0 processor for the model's bands, if none was saved)."""
     model = ClayModel.from_pretrained(model_name_or_path).to(device).eval()
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-    except (OSError, ValueError):
-        logger.warning("no preprocessor_config.json in %s: using the v0 statistics", model_name_or_path)
-        processor = ClayImageProcessor(band_names=model.config.band_names)
-    return model, processor
+    return model, load_image_processor(model_name_or_path, model.config.band_names)
 
 
 def embedding_shape(model: ClayModel, level: str, image_size: int) -> tuple[int, ...]:

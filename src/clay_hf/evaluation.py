@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor
 
 from .data.dataset import chip_dataloader, load_geotiff_dataset, resolve_sources
-from .image_processing_clay import ClayImageProcessor
+from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayForMaskedImageModeling, clay_group_error_sums
 
 EVAL_RESULTS_NAME = "eval_results.json"
@@ -22,11 +21,7 @@ def load_pretraining_model(
     model_name_or_path: str, device: str | torch.device = "cpu"
 ) -> tuple[ClayForMaskedImageModeling, ClayImageProcessor]:
     model = ClayForMaskedImageModeling.from_pretrained(model_name_or_path).to(device).eval()
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-    except (OSError, ValueError):
-        processor = ClayImageProcessor(band_names=model.config.band_names)
-    return model, processor
+    return model, load_image_processor(model_name_or_path, model.config.band_names)
 
 
 def masking_noise(batch_size: int, num_tokens: int, generator: torch.Generator | None) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ The formulas are those of the v0 training code:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
+
+logger = logging.getLogger(__name__)
 
 #: Mean and standard deviation of each v0 band over the training chips (raw units).
 CLAY_V0_BAND_STATISTICS: dict[str, tuple[float, float]] = {
@@ -245,6 +248,17 @@ class ClayImageProcessor(BaseImageProcessor):
         return np.where(missing, fill[None, :, None, None], pixels)
 
 
+def load_image_processor(model_name_or_path: str, band_names: Sequence[str]) -> ClayImageProcessor:
+    """The processor saved beside a model, or the v0 processor for `band_names` when none was saved."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(model_name_or_path)
+    except (OSError, ValueError):
+        logger.warning("no preprocessor_config.json in %s: using the v0 statistics", model_name_or_path)
+        return ClayImageProcessor(band_names=band_names)
+
+
 def _as_batch(images: Any) -> np.ndarray:
     """(C, H, W), (B, C, H, W) or a list of (C, H, W), numpy or torch → (B, C, H, W) float64."""
     if isinstance(images, (list, tuple)):
@@ -274,6 +288,7 @@ __all__ = [
     "ClayImageProcessor",
     "encode_dates",
     "encode_lonlat",
+    "load_image_processor",
     "normalize_pixels",
     "parse_date",
 ]

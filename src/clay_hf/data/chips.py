@@ -87,7 +87,7 @@ def read_chip(
             if dataset.crs is None:
                 raise ChipError(name, "has no CRS, so its place is unknown")
             tags = dataset.tags()
-            chip_date = _chip_date(name, date, tags)
+            chip_date = resolve_chip_date(name, date, tags)
             lon, lat = dataset.lnglat()
             pixels = dataset.read() if read_pixels else None
             bounds = dataset.bounds
@@ -114,7 +114,8 @@ def _open(source: Any):
     return rasterio.open(source)
 
 
-def _chip_date(name: str, date: dt.date | str | None, tags: dict[str, str]) -> dt.date:
+def resolve_chip_date(name: str, date: dt.date | str | None, tags: dict[str, str]) -> dt.date:
+    """The date given by the caller, else the `date` tag, else the date in a v0 file name; else a ChipError."""
     if date is not None:
         return parse_date(date)
     if "date" in tags:
@@ -128,4 +129,4 @@ def _chip_date(name: str, date: dt.date | str | None, tags: dict[str, str]) -> d
     return from_name
 
 
-__all__ = ["CHIP_NAME_PATTERN", "Chip", "ChipError", "date_from_filename", "read_chip"]
+__all__ = ["CHIP_NAME_PATTERN", "Chip", "ChipError", "date_from_filename", "read_chip", "resolve_chip_date"]

@@ -268,16 +268,22 @@ class PixelReader:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def worker_start_method(num_workers: int) -> str | None:
+    """`forkserver` when workers would decode with GDAL threads, else the default (fork on Linux).
+
+    GDAL's decoding thread pool does not survive `fork`: a forked worker of a process that already decoded with
+    GDAL_NUM_THREADS other than 1 deadlocks.
+    """
+    if num_workers > 0 and os.environ.get("GDAL_NUM_THREADS", "1") not in ("", "1"):
+        return "forkserver"
+    return None
+
+
 def chip_dataloader(
     dataset: IterableDataset | Dataset, batch_size: int, num_workers: int = 0, **kwargs: Any
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over chips with [`collate_chips`].
-
-    With GDAL_NUM_THREADS other than 1, workers start with `forkserver`: GDAL's decoding thread pool does not
-    survive `fork`, and a forked worker of a process that already decoded with threads deadlocks.
-    """
-    if num_workers > 0 and os.environ.get("GDAL_NUM_THREADS", "1") not in ("", "1"):
-        kwargs.setdefault("multiprocessing_context", "forkserver")
+    """A DataLoader over chips with [`collate_chips`], workers started safely (see [`worker_start_method`])."""
+    kwargs.setdefault("multiprocessing_context", worker_start_method(num_workers))
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_chips, **kwargs
     )

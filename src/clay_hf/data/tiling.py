@@ -15,8 +15,8 @@ from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, parse_date
-from .chips import ChipError, date_from_filename
+from ..image_processing_clay import CLAY_V0_BAND_STATISTICS
+from .chips import ChipError, resolve_chip_date
 
 
 def chip_name(tile: str, date: dt.date, counter: int, version: int = 2) -> str:
@@ -64,7 +64,7 @@ def make_chips(
     report = ChipReport()
     try:
         with rasterio.open(source) as raster:
-            chip_date = _source_date(name, date, raster.tags())
+            chip_date = resolve_chip_date(name, date, raster.tags())
             tile_id = _tile_id(tile or Path(name).stem)
             out_dtype = raster.dtypes[0] if dtype == "source" else dtype
             for counter, window in enumerate(chip_windows(raster.height, raster.width, chip_size)):
@@ -96,17 +96,6 @@ def make_chips(
     except (RasterioError, OSError) as error:
         raise ChipError(name, f"cannot be read ({error})") from error
     return report
-
-
-def _source_date(name: str, date: dt.date | str | None, tags: dict[str, str]) -> dt.date:
-    if date is not None:
-        return parse_date(date)
-    if "date" in tags:
-        return parse_date(tags["date"])
-    from_name = date_from_filename(name)
-    if from_name is None:
-        raise ChipError(name, "has no date tag; pass the acquisition date (--date YYYY-MM-DD)")
-    return from_name
 
 
 def _tile_id(text: str) -> str:

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
-from ..data.dataset import collate_chips, load_geotiff_dataset, resolve_sources, split_paths
+from ..data.dataset import collate_chips, load_geotiff_dataset, resolve_sources, split_paths, worker_start_method
 from ..image_processing_clay import ClayImageProcessor
 from ..modeling_clay import ClayForMaskedImageModeling, clay_group_error_sums
 from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -136,13 +136,12 @@ def build_loader(
     dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
     if shuffle:
         dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
-    context = "forkserver" if workers and os.environ.get("GDAL_NUM_THREADS", "1") not in ("", "1") else None
     return StatefulDataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_chips,
-        multiprocessing_context=context,
+        multiprocessing_context=worker_start_method(workers),
         pin_memory=accelerator.device.type == "cuda",
         # Worker seeds come from this generator, not the global RNG, so that starting an epoch's iterator after a
         # resume does not shift the random masks (the global RNG is what checkpoints restore).
@@ -196,15 +195,10 @@ def evaluate(
 
 
 def hardware_description(accelerator: Accelerator) -> dict[str, Any]:
-    device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
-        "device": name,
-        "device_type": device.type,
+        **machine_description(accelerator.device),
         "num_processes": accelerator.num_processes,
         "mixed_precision": str(accelerator.mixed_precision),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
     }
 
 
