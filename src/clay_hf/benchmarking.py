@@ -180,7 +180,8 @@ def run_train_step(
     peak: float,
     repeats: int,
 ) -> RunResult:
-    """One optimizer step of pretraining at the config's mask ratio: forward, backward, AdamW."""
+    """One optimizer step of pretraining at the config's mask ratio: forward, backward, AdamW. Timed after two
+    warm-up steps, so that AdamW's state exists and the peak memory is that of a steady step."""
     config._attn_implementation = attn
     model = ClayForMaskedImageModeling(config).to(device).train()
     if checkpointing:
@@ -195,7 +196,7 @@ def run_train_step(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = time_call(step, device, repeats=repeats)
+    seconds = time_call(step, device, warmup=2, repeats=repeats)
     flops = 3 * pretraining_flops(config, config.image_size, config.mask_ratio) * batch_size
     return _result("train_step", attn, precision, checkpointing, batch_size, seconds, flops, peak, device)
 
