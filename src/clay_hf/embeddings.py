@@ -28,7 +28,7 @@ from shapely import Polygon, box, to_wkb
 from shapely.ops import transform as transform_geometry
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
-from .data.dataset import chip_dataloader, load_geotiff_dataset, resolve_sources
+from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
 
@@ -151,12 +151,8 @@ def embed_to_geoparquet(
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress):
             bad_chips += batch["bad_chips"]
-            pixels = select_bands(batch["pixels"], bands, CLAY_V0_BAND_NAMES).to(device)
-            inputs = {
-                "pixel_values": processor.normalize_tensor(pixels, bands),
-                "timestep": batch["timestep"].to(device),
-                "latlon": batch["latlon"].to(device),
-            }
+            pixels = select_bands(batch["pixels"], bands, CLAY_V0_BAND_NAMES)
+            inputs = model_inputs({**batch, "pixels": pixels}, processor, device, bands)
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 vectors = embed_batch(model, inputs, level).cpu().numpy()
             shape = shape or embedding_shape(model, level, inputs["pixel_values"].shape[-1])

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data.dataset import chip_dataloader, load_geotiff_dataset, resolve_sources
+from .configuration_clay import ClayConfig
+from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
-from .modeling_clay import ClayForMaskedImageModeling, clay_group_error_sums
+from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
 
 EVAL_RESULTS_NAME = "eval_results.json"
 
@@ -27,6 +28,38 @@ def load_pretraining_model(
 def masking_noise(batch_size: int, num_tokens: int, generator: torch.Generator | None) -> torch.Tensor | None:
     """Random masking noise from `generator`, or None for v0 validation masking (eval mode, no shuffle)."""
     return None if generator is None else torch.rand(batch_size, num_tokens, generator=generator)
+
+
+class MaskedErrorTotals:
+    """Running per-group sums of masked errors and masked-token counts ([`clay_group_error_sums`]): they add up
+    exactly across batches and ranks, so the training loop's validation and `evaluate.py` report the same numbers."""
+
+    def __init__(self, config: ClayConfig, device: torch.device | None = None) -> None:
+        self.config = config
+        self.sums = torch.zeros(config.num_groups, dtype=torch.float64, device=device)
+        self.counts = torch.zeros_like(self.sums)
+
+    def add(self, pixel_values: torch.Tensor, outputs: ClayForMaskedImageModelingOutput) -> None:
+        sums, counts = clay_group_error_sums(
+            pixel_values, outputs.logits, outputs.mask, self.config.band_groups, self.config.patch_size
+        )
+        self.sums += sums.double()
+        self.counts += counts.double()
+
+    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the totals over processes with `reduce_sum` (e.g. `accelerator.reduce(…, "sum")`)."""
+        self.sums, self.counts = reduce_sum(self.sums), reduce_sum(self.counts)
+
+    def masked_mse(self) -> float | None:
+        """The v0 loss over everything added: all groups' errors over all masked tokens."""
+        return float(self.sums.sum() / self.counts.sum()) if self.counts.sum() > 0 else None
+
+    def per_group(self) -> dict[str, float]:
+        return {
+            name: float(self.sums[i] / self.counts[i])
+            for i, name in enumerate(self.config.group_names)
+            if self.counts[i] > 0
+        }
 
 
 def evaluate_reconstruction(
@@ -45,33 +78,23 @@ def evaluate_reconstruction(
     device = next(model.parameters()).device
     config = model.config
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    sums = torch.zeros(config.num_groups, dtype=torch.float64)
-    counts = torch.zeros_like(sums)
+    totals = MaskedErrorTotals(config, device)
     chips = bad = 0
     loader = chip_dataloader(load_geotiff_dataset(resolve_sources(source)), batch_size)
     with torch.no_grad():
         for batch in loader:
             bad += batch["bad_chips"]
-            pixels = processor.normalize_tensor(batch["pixels"].to(device))
-            height, width = (size // config.patch_size for size in pixels.shape[-2:])
-            noise = masking_noise(len(pixels), config.num_groups * height * width, generator)
-            outputs = model(
-                pixels, batch["timestep"].to(device), batch["latlon"].to(device),
-                noise=None if noise is None else noise.to(device),
-            )  # fmt: skip
-            group_sums, group_counts = clay_group_error_sums(
-                pixels, outputs.logits, outputs.mask, config.band_groups, config.patch_size
-            )
-            sums += group_sums.double().cpu()
-            counts += group_counts.double().cpu()
-            chips += len(pixels)
+            inputs = model_inputs(batch, processor, device)
+            height, width = (size // config.patch_size for size in inputs["pixel_values"].shape[-2:])
+            noise = masking_noise(len(batch["source_url"]), config.num_groups * height * width, generator)
+            outputs = model(**inputs, noise=None if noise is None else noise.to(device))
+            totals.add(inputs["pixel_values"], outputs)
+            chips += len(batch["source_url"])
             if max_chips is not None and chips >= max_chips:
                 break
     results: dict[str, Any] = {
-        "masked_mse": float(sums.sum() / counts.sum()) if counts.sum() > 0 else None,
-        "masked_mse_per_group": {
-            name: float(sums[i] / counts[i]) for i, name in enumerate(config.group_names) if counts[i] > 0
-        },
+        "masked_mse": totals.masked_mse(),
+        "masked_mse_per_group": totals.per_group(),
         "num_chips": chips,
         "bad_chips_skipped": bad,
         "masking": "v0 validation (eval mode, no shuffle)" if seed is None else f"random, seed {seed}",
@@ -88,4 +111,10 @@ def write_eval_results(results: dict[str, Any], output_dir: str | PathLike) -> P
     return path
 
 
-__all__ = ["EVAL_RESULTS_NAME", "evaluate_reconstruction", "load_pretraining_model", "write_eval_results"]
+__all__ = [
+    "EVAL_RESULTS_NAME",
+    "MaskedErrorTotals",
+    "evaluate_reconstruction",
+    "load_pretraining_model",
+    "write_eval_results",
+]

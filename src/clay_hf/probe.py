@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data.dataset import chip_dataloader, load_geotiff_dataset
+from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs
 from .embeddings import embed_batch
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayModel
@@ -50,11 +50,7 @@ def mean_embeddings(
     loader = chip_dataloader(load_geotiff_dataset(list(paths)), batch_size)
     with torch.no_grad():
         for batch in loader:
-            inputs = {
-                "pixel_values": processor.normalize_tensor(batch["pixels"].to(device)),
-                "timestep": batch["timestep"].to(device),
-                "latlon": batch["latlon"].to(device),
-            }
+            inputs = model_inputs(batch, processor, device)
             for url, vector in zip(batch["source_url"], embed_batch(model, inputs, "mean").cpu().numpy(), strict=True):
                 vectors[url] = vector
     return vectors

@@ -24,7 +24,7 @@ import rasterio
 import torch
 from datasets import Array3D, Dataset, Features, IterableDataset, List, Value
 
-from ..image_processing_clay import encode_dates, encode_lonlat
+from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 from .chips import Chip, ChipError, read_chip
 
 logger = logging.getLogger(__name__)
@@ -289,6 +289,18 @@ def chip_dataloader(
     )
 
 
+def model_inputs(
+    batch: dict[str, Any], processor: ClayImageProcessor, device: torch.device, bands: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """A collated batch → ClayModel inputs on `device`: the compact pixels travel, then are normalised there."""
+    pixels = batch["pixels"].to(device, non_blocking=True)
+    return {
+        "pixel_values": processor.normalize_tensor(pixels, bands),
+        "timestep": batch["timestep"].to(device, non_blocking=True),
+        "latlon": batch["latlon"].to(device, non_blocking=True),
+    }
+
+
 def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Stack chip records into a batch with compact pixels (the file dtype, e.g. uint16 or float32; no widening)
     and the v0 `timestep` and `latlon` encodings. Normalise on the device (`ClayImageProcessor.normalize_tensor`)."""
@@ -314,6 +326,7 @@ __all__ = [
     "collate_chips",
     "generate_chips",
     "load_geotiff_dataset",
+    "model_inputs",
     "read_metadata",
     "resolve_sources",
     "shard_paths",

@@ -29,9 +29,17 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
-from ..data.dataset import collate_chips, load_geotiff_dataset, resolve_sources, split_paths, worker_start_method
+from ..data.dataset import (
+    collate_chips,
+    load_geotiff_dataset,
+    model_inputs,
+    resolve_sources,
+    split_paths,
+    worker_start_method,
+)
+from ..evaluation import MaskedErrorTotals
 from ..image_processing_clay import ClayImageProcessor
-from ..modeling_clay import ClayForMaskedImageModeling, clay_group_error_sums
+from ..modeling_clay import ClayForMaskedImageModeling
 from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -149,16 +157,6 @@ def build_loader(
     )
 
 
-def model_inputs(batch: dict[str, Any], processor: ClayImageProcessor, device: torch.device) -> dict[str, Any]:
-    """Move a compact batch to the device and normalise it there."""
-    pixels = batch["pixels"].to(device, non_blocking=True)
-    return {
-        "pixel_values": processor.normalize_tensor(pixels),
-        "timestep": batch["timestep"].to(device, non_blocking=True),
-        "latlon": batch["latlon"].to(device, non_blocking=True),
-    }
-
-
 def evaluate(
     model: torch.nn.Module,
     loader: StatefulDataLoader,
@@ -169,29 +167,22 @@ def evaluate(
 ) -> dict[str, float]:
     """Masked reconstruction loss (v0 validation masking: eval mode, no shuffle) in total and per band group."""
     model.eval()
-    sums = torch.zeros(config.num_groups, device=accelerator.device, dtype=torch.float64)
-    counts = torch.zeros_like(sums)
+    totals = MaskedErrorTotals(config, accelerator.device)
     seen = 0
     with torch.no_grad():
         for batch in loader:
             inputs = model_inputs(batch, processor, accelerator.device)
             with accelerator.autocast():
                 outputs = model(**inputs)
-            group_sums, group_counts = clay_group_error_sums(
-                inputs["pixel_values"], outputs.logits, outputs.mask, config.band_groups, config.patch_size
-            )
-            sums += group_sums.double()
-            counts += group_counts.double()
+            totals.add(inputs["pixel_values"], outputs)
             seen += len(batch["source_url"])
             if max_chips is not None and seen >= max_chips:
                 break
-    sums, counts = accelerator.reduce(sums, "sum"), accelerator.reduce(counts, "sum")
+    totals.reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
     model.train()
-    if counts.sum() == 0:
+    if totals.masked_mse() is None:
         return {}
-    result = {"loss": float(sums.sum() / counts.sum())}
-    result.update({name: float(sums[i] / counts[i]) for i, name in enumerate(config.group_names) if counts[i] > 0})
-    return result
+    return {"loss": totals.masked_mse(), **totals.per_group()}
 
 
 def hardware_description(accelerator: Accelerator) -> dict[str, Any]:
