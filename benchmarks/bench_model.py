@@ -23,6 +23,7 @@ import torch
 
 from clay_hf import ClayConfig
 from clay_hf.benchmarking import machine_description, matmul_peak, run_inference, run_train_step
+from clay_hf.memory import GLIBC_DEFAULT_MMAP_THRESHOLD
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no_compile", dest="compile", action="store_false", help="skip the torch.compile rows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--cpu_malloc_mmap_threshold",
+        type=int,
+        default=GLIBC_DEFAULT_MMAP_THRESHOLD,
+        help="training rows on the CPU: as scripts/pretrain.py's option (0: glibc's dynamic threshold)",
+    )
     parser.add_argument("--output", default="bench_model_results.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print its JSON
     return parser.parse_args(argv)
@@ -59,6 +66,7 @@ def run_one(spec: dict, args: argparse.Namespace) -> dict:
             device,
             peak,
             args.repeats,
+            args.cpu_malloc_mmap_threshold,
         )
     return result.to_dict()
 
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         args.precisions = [p for p in args.precisions if p != "bf16"]
         print("bf16 skipped: this CPU has no native bf16 matmul (its bf16 peak is a small fraction of fp32)")
     print(f"config: {args.config_name} at {args.image_size}×{args.image_size}")
+    if device.type == "cpu" and args.task != "inference":
+        print(f"training rows: malloc mmap threshold {args.cpu_malloc_mmap_threshold or 'dynamic (glibc default)'}")
     header = f"{'task':<21}{'attn':<7}{'prec':<6}{'ckpt':<6}{'batch':>5}{'s/iter':>9}{'chips/s':>9}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"
     print(header, flush=True)
     results = []
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_peak_flops": peaks,
         "config": args.config_name,
         "image_size": args.image_size,
+        "cpu_malloc_mmap_threshold": args.cpu_malloc_mmap_threshold if device.type == "cpu" else None,
         "results": results,
     }
     Path(args.output).write_text(json.dumps(report, indent=2))

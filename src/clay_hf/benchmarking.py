@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .configuration_clay import ClayConfig
+from .memory import GLIBC_DEFAULT_MMAP_THRESHOLD, fix_malloc_mmap_threshold
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 
 
@@ -179,9 +180,13 @@ def run_train_step(
     device: torch.device,
     peak: float,
     repeats: int,
+    malloc_mmap_threshold: int = GLIBC_DEFAULT_MMAP_THRESHOLD,
 ) -> RunResult:
     """One optimizer step of pretraining at the config's mask ratio: forward, backward, AdamW. Timed after two
-    warm-up steps, so that AdamW's state exists and the peak memory is that of a steady step."""
+    warm-up steps, so that AdamW's state exists and the peak memory is that of a steady step. On the CPU, glibc's
+    mmap threshold is fixed as `scripts/pretrain.py` fixes it (0 keeps glibc's dynamic threshold)."""
+    if device.type == "cpu" and malloc_mmap_threshold > 0:
+        fix_malloc_mmap_threshold(malloc_mmap_threshold)
     config._attn_implementation = attn
     model = ClayForMaskedImageModeling(config).to(device).train()
     if checkpointing:

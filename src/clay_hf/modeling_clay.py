@@ -190,6 +190,118 @@ class ClayEmbeddings(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Linear layers that recompute their cheap input in backward
+# ---------------------------------------------------------------------------------------------------------------------
+#
+# In training, a pre-norm block would store LayerNorm(x) for the linear that reads it (besides x, which the
+# LayerNorm stores) and GELU(h) for fc2 (besides h, which the GELU stores): 6 of the 16 token-sized activations a
+# block keeps for backward. The two functions below store only x and h and recompute the LayerNorm and the GELU,
+# elementwise work, in backward. The forward pass runs the very same ops, so outputs are unchanged; gradients are
+# the same math in the same order.
+
+
+def _autocast_state(device_type: str) -> torch.autocast:
+    """The autocast context active now on `device_type`, to re-enter in backward."""
+    return torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+    )
+
+
+def _linear_backward(
+    grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, needs_grad: tuple[bool, bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of `F.linear(inputs, weight, bias)` for inputs, weight and bias, computed in grad_output's dtype
+    (the dtype the forward matmul ran in)."""
+    dtype = grad_output.dtype
+    grad_rows = grad_output.reshape(-1, grad_output.shape[-1])  # (B·T, out)
+    grad_inputs = grad_output @ weight.to(dtype) if needs_grad[0] else None  # (B, T, in)
+    grad_weight = grad_rows.T @ inputs.to(dtype).reshape(-1, inputs.shape[-1]) if needs_grad[1] else None  # (out, in)
+    grad_bias = grad_rows.sum(0) if needs_grad[2] else None  # (out,)
+    return grad_inputs, grad_weight, grad_bias
+
+
+class _LayerNormLinear(torch.autograd.Function):
+    """`linear(layer_norm(x))` storing x, not the normalised x."""
+
+    @staticmethod
+    def forward(ctx, x, norm_weight, norm_bias, eps, weight, bias):
+        ctx.autocast = _autocast_state(x.device.type)
+        normed = nn.functional.layer_norm(x, x.shape[-1:], norm_weight, norm_bias, eps)
+        output = nn.functional.linear(normed, weight, bias)
+        ctx.save_for_backward(x, norm_weight, norm_bias, weight)
+        ctx.eps, ctx.output_dtype = eps, output.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, norm_weight, norm_bias, weight = ctx.saved_tensors
+        needs_x, needs_norm_weight, needs_norm_bias, _, needs_weight, needs_bias = ctx.needs_input_grad
+        norm_inputs = (
+            x.detach().requires_grad_(needs_x),
+            norm_weight.detach().requires_grad_(needs_norm_weight),
+            norm_bias.detach().requires_grad_(needs_norm_bias),
+        )
+        with torch.enable_grad(), ctx.autocast:
+            normed = nn.functional.layer_norm(norm_inputs[0], x.shape[-1:], *norm_inputs[1:], ctx.eps)  # recomputed
+        needs_normed = needs_x or needs_norm_weight or needs_norm_bias
+        grad_normed, grad_weight, grad_bias = _linear_backward(
+            grad_output.to(ctx.output_dtype), normed.detach(), weight, (needs_normed, needs_weight, needs_bias)
+        )
+        grad_norm_inputs = [None, None, None]
+        if needs_normed:
+            wanted = [tensor for tensor in norm_inputs if tensor.requires_grad]
+            found = iter(torch.autograd.grad(normed, wanted, grad_normed))
+            grad_norm_inputs = [next(found) if tensor.requires_grad else None for tensor in norm_inputs]
+        return *grad_norm_inputs, None, grad_weight, grad_bias
+
+
+class _GeluLinear(torch.autograd.Function):
+    """`linear(gelu(h))` storing h, not gelu(h)."""
+
+    @staticmethod
+    def forward(ctx, pre_activation, weight, bias):
+        ctx.autocast = _autocast_state(pre_activation.device.type)
+        output = nn.functional.linear(nn.functional.gelu(pre_activation), weight, bias)
+        ctx.save_for_backward(pre_activation, weight)
+        ctx.output_dtype = output.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        pre_activation, weight = ctx.saved_tensors
+        pre_activation = pre_activation.detach().requires_grad_(ctx.needs_input_grad[0])
+        with torch.enable_grad(), ctx.autocast:
+            activation = nn.functional.gelu(pre_activation)  # recomputed
+        grad_activation, grad_weight, grad_bias = _linear_backward(
+            grad_output.to(ctx.output_dtype), activation.detach(), weight, ctx.needs_input_grad
+        )
+        grad_pre_activation = None
+        if ctx.needs_input_grad[0]:
+            (grad_pre_activation,) = torch.autograd.grad(activation, pre_activation, grad_activation)
+        return grad_pre_activation, grad_weight, grad_bias
+
+
+def layernorm_linear(x: torch.Tensor, layernorm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
+    """`linear(layernorm(x))`; with autograd on, the normalised x is recomputed in backward instead of stored.
+
+    Under `torch.compile` the plain ops are traced: the compiler's partitioner decides what to recompute itself.
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return linear(layernorm(x))
+    return _LayerNormLinear.apply(x, layernorm.weight, layernorm.bias, layernorm.eps, linear.weight, linear.bias)
+
+
+def gelu_linear(pre_activation: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """`linear(gelu(pre_activation))`; with autograd on, the GELU is recomputed in backward instead of stored
+    (under `torch.compile`, the compiler decides)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return linear(nn.functional.gelu(pre_activation))
+    return _GeluLinear.apply(pre_activation, linear.weight, linear.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Transformer
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -230,10 +342,13 @@ class ClayAttention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, layernorm: nn.LayerNorm | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention over `hidden_states`, or over `layernorm(hidden_states)` when the block's pre-norm is
+        passed (then the normalised tokens are recomputed in backward, not stored)."""
         batch_size, num_tokens, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(hidden_states) if layernorm is None else layernorm_linear(hidden_states, layernorm, self.qkv)
+        qkv = qkv.view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, T, head_dim)
 
         # Only the eager path returns attention probabilities.
@@ -259,11 +374,16 @@ class ClayMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.activation = nn.GELU()
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation(self.fc1(hidden_states)))
+    def forward(self, hidden_states: torch.Tensor, layernorm: nn.LayerNorm | None = None) -> torch.Tensor:
+        """The MLP of `hidden_states`, or of `layernorm(hidden_states)` when the block's pre-norm is passed. In
+        training it stores fc1's input and output only: the norm and the GELU are recomputed in backward."""
+        if layernorm is None:
+            pre_activation = self.fc1(hidden_states)  # (B, T, intermediate)
+        else:
+            pre_activation = layernorm_linear(hidden_states, layernorm, self.fc1)  # (B, T, intermediate)
+        return gelu_linear(pre_activation, self.fc2)  # (B, T, hidden)
 
 
 class ClayLayer(GradientCheckpointingLayer):
@@ -282,9 +402,9 @@ class ClayLayer(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        attn_output, attn_weights = self.attention(hidden_states, output_attentions, layernorm=self.layernorm_before)
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+        hidden_states = hidden_states + self.dropout(self.mlp(hidden_states, layernorm=self.layernorm_after))
         return hidden_states, attn_weights
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..memory import GLIBC_DEFAULT_MMAP_THRESHOLD
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -68,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval_steps", type=int, default=None, help="validate every N steps (and at the end)")
     run.add_argument("--logging_steps", type=int, default=10)
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument(
+        "--cpu_malloc_mmap_threshold",
+        type=int,
+        default=GLIBC_DEFAULT_MMAP_THRESHOLD,
+        help="on CPU, glibc serves allocations of this many bytes or more with mmap, so freed activations return "
+        "to the OS (peak memory ~0.6 GiB lower at batch 4 of small, steps ~15%% slower); 0 keeps glibc's "
+        "dynamic threshold",
+    )
     run.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
     run.add_argument(
         "--save_every_checkpoint_as_pretrained",

@@ -1,0 +1,40 @@
+"""Fixing glibc's mmap threshold gives freed activation-sized tensors back to the OS (CPU training)."""
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from clay_hf.memory import fix_malloc_mmap_threshold
+
+    def resident_mib():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096 / 2**20
+
+    if sys.argv[1] == "fixed":
+        assert fix_malloc_mmap_threshold()
+    torch.ones(2**22)  # a 16 MiB block, freed at once: glibc's dynamic threshold rises to 16 MiB
+    before = resident_mib()
+    blocks = [torch.ones(2**20) for _ in range(64)]  # 64 × 4 MiB
+    last = blocks[-1]
+    del blocks  # all freed but the last, which on the heap pins the memory below it
+    print(resident_mib() - before)
+    """
+)
+
+
+def resident_growth_mib(mode: str) -> float:
+    run = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    return float(run.stdout.strip())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_freed_tensors_leave_the_resident_set_once_the_threshold_is_fixed():
+    assert resident_growth_mib("dynamic") > 128  # glibc's default keeps the freed 252 MiB resident
+    assert resident_growth_mib("fixed") < 32  # each block was its own mmap, unmapped when freed

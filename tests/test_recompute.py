@@ -1,0 +1,155 @@
+"""The training path stores fewer activations: LayerNorm outputs and GELU outputs are recomputed in backward.
+
+Each test compares against the plain modules (`linear(layernorm(x))`, `linear(gelu(h))`), which store them.
+"""
+
+import pytest
+import torch
+from conftest import random_inputs, small_config
+from torch import nn
+
+from clay_hf import ClayForMaskedImageModeling, modeling_clay
+from clay_hf.modeling_clay import gelu_linear, layernorm_linear
+
+
+def plain_layernorm_linear(x, layernorm, linear):
+    return linear(layernorm(x))
+
+
+def plain_gelu_linear(pre_activation, linear):
+    return linear(nn.functional.gelu(pre_activation))
+
+
+def layer_modules(dtype=torch.float32):
+    torch.manual_seed(0)
+    layernorm, first, second = nn.LayerNorm(16), nn.Linear(16, 24), nn.Linear(24, 8)
+    with torch.no_grad():
+        layernorm.weight.normal_(), layernorm.bias.normal_()  # not the identity initialisation
+    return layernorm.to(dtype), first.to(dtype), second.to(dtype)
+
+
+def gradients(function, inputs, params):
+    return torch.autograd.grad(function(*inputs).float().square().sum(), [*inputs, *params])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layernorm_linear_matches_the_plain_modules(dtype):
+    layernorm, linear, _ = layer_modules(dtype)
+    x = torch.randn(2, 5, 16, dtype=dtype, requires_grad=True)
+    params = [layernorm.weight, layernorm.bias, linear.weight, linear.bias]
+    torch.testing.assert_close(layernorm_linear(x, layernorm, linear), linear(layernorm(x)), atol=0, rtol=0)
+    ours = gradients(lambda x: layernorm_linear(x, layernorm, linear), [x], params)
+    plain = gradients(lambda x: linear(layernorm(x)), [x], params)
+    for mine, reference in zip(ours, plain, strict=True):
+        torch.testing.assert_close(mine, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gelu_linear_matches_the_plain_modules(dtype):
+    _, _, linear = layer_modules(dtype)
+    h = torch.randn(2, 5, 24, dtype=dtype, requires_grad=True)
+    torch.testing.assert_close(gelu_linear(h, linear), plain_gelu_linear(h, linear), atol=0, rtol=0)
+    ours = gradients(lambda h: gelu_linear(h, linear), [h], [linear.weight, linear.bias])
+    plain = gradients(lambda h: plain_gelu_linear(h, linear), [h], [linear.weight, linear.bias])
+    for mine, reference in zip(ours, plain, strict=True):
+        torch.testing.assert_close(mine, reference)
+
+
+def test_gradients_pass_gradcheck():
+    layernorm, first, second = layer_modules(torch.float64)
+    x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    params = (layernorm.weight, layernorm.bias, first.weight, first.bias, second.weight, second.bias)
+
+    def block(x, *params):
+        return gelu_linear(layernorm_linear(x, layernorm, first), second)
+
+    assert torch.autograd.gradcheck(block, (x, *params))
+
+
+def test_bf16_autocast_gives_the_plain_dtypes_and_gradients():
+    """Under autocast the backward re-enters the forward's autocast state: same bf16 outputs, same fp32 grads."""
+    layernorm, first, second = layer_modules()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    params = [layernorm.weight, layernorm.bias, first.weight, first.bias, second.weight, second.bias]
+
+    def run(norm_linear, act_linear):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = act_linear(norm_linear(x, layernorm, first), second)
+        return output, torch.autograd.grad(output.float().square().sum(), [x, *params])
+
+    output, ours = run(layernorm_linear, gelu_linear)
+    plain_output, plain = run(plain_layernorm_linear, plain_gelu_linear)
+    assert output.dtype == plain_output.dtype == torch.bfloat16
+    torch.testing.assert_close(output, plain_output, atol=0, rtol=0)
+    for mine, reference in zip(ours, plain, strict=True):
+        assert mine.dtype == reference.dtype == torch.float32
+        torch.testing.assert_close(mine, reference)
+
+
+def test_frozen_parameters_get_no_gradient():
+    layernorm, linear, _ = layer_modules()
+    for param in (*layernorm.parameters(), *linear.parameters()):
+        param.requires_grad_(False)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    layernorm_linear(x, layernorm, linear).sum().backward()
+    assert x.grad is not None and all(param.grad is None for param in (*layernorm.parameters(), linear.weight))
+
+
+def model_gradients(model, inputs, noise):
+    model.zero_grad()
+    model(**inputs, noise=noise).loss.backward()
+    return {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_model_gradients_equal_those_of_the_plain_modules(monkeypatch, attn_implementation):
+    config = small_config()
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    model = ClayForMaskedImageModeling(config).train()
+    inputs, noise = random_inputs(config), torch.rand(2, config.num_groups * 16)
+    ours = model_gradients(model, inputs, noise)
+    monkeypatch.setattr(modeling_clay, "layernorm_linear", plain_layernorm_linear)
+    monkeypatch.setattr(modeling_clay, "gelu_linear", plain_gelu_linear)
+    plain = model_gradients(model, inputs, noise)
+    assert ours.keys() == plain.keys() and len(ours) == sum(1 for _ in model.parameters())
+    for name in ours:
+        torch.testing.assert_close(ours[name], plain[name], msg=name)
+
+
+def saved_activation_bytes(model, inputs, noise) -> int:
+    """Bytes of the distinct non-parameter tensors autograd stores for backward in one forward pass."""
+    parameters = {param.untyped_storage().data_ptr() for param in model.parameters()}
+    stored: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            stored[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**inputs, noise=noise)
+    return sum(stored.values())
+
+
+def test_each_block_stores_neither_its_normalised_tokens_nor_its_gelu_output(monkeypatch):
+    """Per block and token, fewer floats: two LayerNorm outputs (2·width), their mean and 1/std (4), one GELU
+    output (intermediate)."""
+    config = small_config()
+    model = ClayForMaskedImageModeling(config).train()
+    inputs, noise = random_inputs(config), torch.rand(2, config.num_groups * 16)
+    ours = saved_activation_bytes(model, inputs, noise)
+    monkeypatch.setattr(modeling_clay, "layernorm_linear", plain_layernorm_linear)
+    monkeypatch.setattr(modeling_clay, "gelu_linear", plain_gelu_linear)
+    plain = saved_activation_bytes(model, inputs, noise)
+
+    batch, tokens = 2, config.num_groups * 16
+    encoder_tokens = int(tokens * (1 - config.mask_ratio)) + 2  # kept tokens + the two metadata tokens
+    decoder_tokens = tokens + 2
+    per_encoder_block = encoder_tokens * (2 * config.hidden_size + 4 + config.intermediate_size)
+    per_decoder_block = decoder_tokens * (2 * config.decoder_hidden_size + 4 + config.decoder_intermediate_size)
+    saved_floats = batch * (
+        config.num_hidden_layers * per_encoder_block + config.decoder_num_hidden_layers * per_decoder_block
+    )
+    assert plain - ours == 4 * saved_floats
