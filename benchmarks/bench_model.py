@@ -6,8 +6,9 @@
 Prints the machine's measured fp32 and bf16 matmul peaks, then for encoder inference (no masking) and one
 pretraining step (mask ratio 0.75, forward + backward + AdamW): chips/s, peak memory and MFU (analytic model
 FLOPs / time / the same run's peak) for eager and sdpa attention, fp32 and bf16 autocast, and training with
-gradient checkpointing. Each configuration runs in a fresh process, so peak memory is its own. Results also go
-to a JSON file with the machine described.
+gradient checkpointing. Each configuration runs in a fresh process, so peak memory is its own. On the CPU the
+training rows fix glibc's malloc mmap threshold as scripts/pretrain.py does (`--cpu_malloc_mmap_threshold 0`
+measures glibc's default). Results also go to a JSON file with the machine described.
 """
 
 from __future__ import annotations

@@ -153,3 +153,12 @@ def test_each_block_stores_neither_its_normalised_tokens_nor_its_gelu_output(mon
         config.num_hidden_layers * per_encoder_block + config.decoder_num_hidden_layers * per_decoder_block
     )
     assert plain - ours == 4 * saved_floats
+
+
+def test_double_backward_raises_instead_of_returning_wrong_gradients():
+    layernorm, linear, second = layer_modules()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    for output in (layernorm_linear(x, layernorm, linear), gelu_linear(layernorm_linear(x, layernorm, linear), second)):
+        (grad_x,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            grad_x.sum().backward()

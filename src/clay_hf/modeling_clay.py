@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -197,7 +198,7 @@ class ClayEmbeddings(nn.Module):
 # LayerNorm stores) and GELU(h) for fc2 (besides h, which the GELU stores): 6 of the 16 token-sized activations a
 # block keeps for backward. The two functions below store only x and h and recompute the LayerNorm and the GELU,
 # elementwise work, in backward. The forward pass runs the very same ops, so outputs are unchanged; gradients are
-# the same math in the same order.
+# the same math in the same order (first-order only: a double backward raises).
 
 
 def _autocast_state(device_type: str) -> torch.autocast:
@@ -235,6 +236,7 @@ class _LayerNormLinear(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         x, norm_weight, norm_bias, weight = ctx.saved_tensors
         needs_x, needs_norm_weight, needs_norm_bias, _, needs_weight, needs_bias = ctx.needs_input_grad
@@ -269,6 +271,7 @@ class _GeluLinear(torch.autograd.Function):
         return output
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         pre_activation, weight = ctx.saved_tensors
         pre_activation = pre_activation.detach().requires_grad_(ctx.needs_input_grad[0])
