@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=GLIBC_DEFAULT_MMAP_THRESHOLD,
         help="on CPU, glibc serves allocations of this many bytes or more with mmap, so freed activations return "
-        "to the OS (peak memory ~0.6 GiB lower at batch 4 of small, steps ~15%% slower); 0 keeps glibc's "
+        "to the OS (peak memory ~0.6 GiB lower at batch 4 of small; steps up to ~15%% slower, from page faults); 0 keeps glibc's "
         "dynamic threshold",
     )
     run.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
