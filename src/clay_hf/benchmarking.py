@@ -87,7 +87,9 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 1, r
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, target_seconds: float = 0.3) -> float:
-    """Measured FLOP/s of a large square matmul: the practical peak of this machine for `dtype`.
+    """Measured FLOP/s of a large square matmul in a linear layer's layout (x · Wᵀ, as every matmul of the model):
+    the practical peak of this machine for `dtype`. The layout matters: on an AVX2 CPU a bf16 `a @ b` takes a
+    generic path ~30× slower than `a @ b.T`, which oneDNN serves.
 
     The side is chosen from a 512×512 probe so that one product takes about `target_seconds` (CPUs without
     native bf16 run bf16 matmuls ~100× slower than fp32, and a fixed large size would take minutes). The median
@@ -97,7 +99,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, target_seconds: float 
     def rate(size: int) -> float:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        return 2 * size**3 / time_call(lambda: a @ b, device, warmup=1, repeats=5)
+        return 2 * size**3 / time_call(lambda: torch.nn.functional.linear(a, b), device, warmup=1, repeats=5)
 
     probe = rate(512)
     size = int(512 * (target_seconds * probe / (2 * 512**3)) ** (1 / 3)) // 256 * 256
