@@ -95,6 +95,14 @@ def test_frozen_parameters_get_no_gradient():
     assert x.grad is not None and all(param.grad is None for param in (*layernorm.parameters(), linear.weight))
 
 
+def ours_and_plain(monkeypatch, measure):
+    """`measure()` on the training path, then again with the plain modules (which store norms and GELUs)."""
+    ours = measure()
+    monkeypatch.setattr(modeling_clay, "layernorm_linear", plain_layernorm_linear)
+    monkeypatch.setattr(modeling_clay, "gelu_linear", plain_gelu_linear)
+    return ours, measure()
+
+
 def model_gradients(model, inputs, noise):
     model.zero_grad()
     model(**inputs, noise=noise).loss.backward()
@@ -108,10 +116,7 @@ def test_model_gradients_equal_those_of_the_plain_modules(monkeypatch, attn_impl
     torch.manual_seed(0)
     model = ClayForMaskedImageModeling(config).train()
     inputs, noise = random_inputs(config), torch.rand(2, config.num_groups * 16)
-    ours = model_gradients(model, inputs, noise)
-    monkeypatch.setattr(modeling_clay, "layernorm_linear", plain_layernorm_linear)
-    monkeypatch.setattr(modeling_clay, "gelu_linear", plain_gelu_linear)
-    plain = model_gradients(model, inputs, noise)
+    ours, plain = ours_and_plain(monkeypatch, lambda: model_gradients(model, inputs, noise))
     assert ours.keys() == plain.keys() and len(ours) == sum(1 for _ in model.parameters())
     for name in ours:
         torch.testing.assert_close(ours[name], plain[name], msg=name)
@@ -139,10 +144,7 @@ def test_each_block_stores_neither_its_normalised_tokens_nor_its_gelu_output(mon
     config = small_config()
     model = ClayForMaskedImageModeling(config).train()
     inputs, noise = random_inputs(config), torch.rand(2, config.num_groups * 16)
-    ours = saved_activation_bytes(model, inputs, noise)
-    monkeypatch.setattr(modeling_clay, "layernorm_linear", plain_layernorm_linear)
-    monkeypatch.setattr(modeling_clay, "gelu_linear", plain_gelu_linear)
-    plain = saved_activation_bytes(model, inputs, noise)
+    ours, plain = ours_and_plain(monkeypatch, lambda: saved_activation_bytes(model, inputs, noise))
 
     batch, tokens = 2, config.num_groups * 16
     encoder_tokens = int(tokens * (1 - config.mask_ratio)) + 2  # kept tokens + the two metadata tokens
