@@ -6,19 +6,22 @@ import sys
 import textwrap
 
 import pytest
+import torch
+
+from clay_hf.memory import configure_training_malloc
 
 SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    from clay_hf.memory import fix_malloc_mmap_threshold
+    from clay_hf.memory import configure_training_malloc
 
     def resident_mib():
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * 4096 / 2**20
 
     if sys.argv[1] == "fixed":
-        assert fix_malloc_mmap_threshold()
+        assert configure_training_malloc(torch.device("cpu"), 128 * 1024)
     torch.ones(2**22)  # a 16 MiB block, freed at once: glibc's dynamic threshold rises to 16 MiB
     before = resident_mib()
     blocks = [torch.ones(2**20) for _ in range(64)]  # 64 × 4 MiB
@@ -38,3 +41,8 @@ def resident_growth_mib(mode: str) -> float:
 def test_freed_tensors_leave_the_resident_set_once_the_threshold_is_fixed():
     assert resident_growth_mib("dynamic") > 128  # glibc's default keeps the freed 252 MiB resident
     assert resident_growth_mib("fixed") < 32  # each block was its own mmap, unmapped when freed
+
+
+def test_training_malloc_is_left_alone_on_a_gpu_or_at_threshold_zero():
+    assert not configure_training_malloc(torch.device("cuda"), 128 * 1024)
+    assert not configure_training_malloc(torch.device("cpu"), 0)

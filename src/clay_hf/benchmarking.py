@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .configuration_clay import ClayConfig
-from .memory import GLIBC_DEFAULT_MMAP_THRESHOLD, fix_malloc_mmap_threshold
+from .memory import GLIBC_DEFAULT_MMAP_THRESHOLD, configure_training_malloc
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 
 
@@ -92,7 +92,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, target_seconds: float 
     generic path ~30× slower than `a @ b.T`, which oneDNN serves.
 
     The side is chosen from a 512×512 probe so that one product takes about `target_seconds` (CPUs without
-    native bf16 run bf16 matmuls ~100× slower than fp32, and a fixed large size would take minutes). The median
+    native bf16 run bf16 matmuls several times slower than fp32, and a fixed large size would take minutes). The median
     of five products, timed as the model is, so that the ratio of the two is fair.
     """
 
@@ -189,8 +189,7 @@ def run_train_step(
     """One optimizer step of pretraining at the config's mask ratio: forward, backward, AdamW. Timed after two
     warm-up steps, so that AdamW's state exists and the peak memory is that of a steady step. On the CPU, glibc's
     mmap threshold is fixed as `scripts/pretrain.py` fixes it (0 keeps glibc's dynamic threshold)."""
-    if device.type == "cpu" and malloc_mmap_threshold > 0:
-        fix_malloc_mmap_threshold(malloc_mmap_threshold)
+    configure_training_malloc(device, malloc_mmap_threshold)
     config._attn_implementation = attn
     model = ClayForMaskedImageModeling(config).to(device).train()
     if checkpointing:

@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=GLIBC_DEFAULT_MMAP_THRESHOLD,
         help="on CPU, glibc serves allocations of this many bytes or more with mmap, so freed activations return "
-        "to the OS (peak memory ~0.6 GiB lower at batch 4 of small; steps up to ~15%% slower, from page faults); 0 keeps glibc's "
-        "dynamic threshold",
+        "to the OS (peak ~0.6 GiB lower at batch 4 of small; steps 0-20%% slower in our runs, from page faults); "
+        "0 keeps glibc's dynamic threshold",
     )
     run.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
     run.add_argument(

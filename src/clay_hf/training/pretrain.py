@@ -39,7 +39,7 @@ from ..data.dataset import (
 )
 from ..evaluation import MaskedErrorTotals
 from ..image_processing_clay import ClayImageProcessor
-from ..memory import fix_malloc_mmap_threshold
+from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
 from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
 
@@ -230,8 +230,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=report_to, project_dir=args.output_dir
     )
     _check_world(accelerator)
-    if accelerator.device.type == "cpu" and args.cpu_malloc_mmap_threshold > 0:
-        fix_malloc_mmap_threshold(args.cpu_malloc_mmap_threshold)
+    configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("clay_hf").setLevel(logging.INFO)
     output_dir = Path(args.output_dir)
