@@ -28,7 +28,8 @@ from shapely import Polygon, box, to_wkb
 from shapely.ops import transform as transform_geometry
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.dataset import chip_dataloader, model_inputs
+from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
 
@@ -142,12 +143,12 @@ def embed_to_geoparquet(
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = _done_sources(parts_dir)
 
-    paths = [path for path in resolve_sources(source) if path not in done]
+    paths = without_chips(resolve_chip_source(source), done)  # GeoTIFF paths or Clay shard records
     device = next(model.parameters()).device
     writer = _PartWriter(parts_dir, rows_per_part)
     bad_chips, embedded, shape = 0, 0, None
     if paths:
-        dataset = load_geotiff_dataset(paths, num_workers=num_workers)
+        dataset = load_chip_dataset(paths, num_workers=num_workers)
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress):
             bad_chips += batch["bad_chips"]

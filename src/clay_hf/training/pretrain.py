@@ -29,14 +29,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
-from ..data.dataset import (
-    collate_chips,
-    load_geotiff_dataset,
-    model_inputs,
-    resolve_sources,
-    split_paths,
-    worker_start_method,
-)
+from ..data.dataset import collate_chips, model_inputs, worker_start_method
+from ..data.sources import ShardSelection, load_chip_dataset, split_chip_source
 from ..evaluation import MaskedErrorTotals
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
@@ -127,21 +121,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, 
     )
 
 
-def data_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Train and validation chip paths: --validation_dir, or the deterministic hash split of --train_dir."""
-    paths = resolve_sources(args.train_dir)
-    if args.validation_dir:
-        return paths, resolve_sources(args.validation_dir)
-    splits = split_paths(paths, args.validation_fraction)
-    return splits["train"], splits["validation"]
+def data_paths(args: argparse.Namespace) -> tuple[list[str] | ShardSelection, list[str] | ShardSelection]:
+    """Train and validation chips (GeoTIFF paths or Clay shard records): --validation_dir, or the deterministic
+    hash split of --train_dir."""
+    return split_chip_source(args.train_dir, args.validation_dir, args.validation_fraction)
 
 
 def build_loader(
-    paths: list[str], args: argparse.Namespace, accelerator: Accelerator, batch_size: int, shuffle: bool
+    paths: list[str] | ShardSelection, args: argparse.Namespace, accelerator: Accelerator, batch_size: int, shuffle: bool
 ) -> StatefulDataLoader:
     """This rank's loader: the rank's own shards, read by its workers, with a resumable position."""
     workers = args.dataloader_num_workers
-    dataset = load_geotiff_dataset(paths, world_size=accelerator.num_processes, num_workers=workers)
+    dataset = load_chip_dataset(paths, world_size=accelerator.num_processes, num_workers=workers)
     dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
     if shuffle:
         dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
