@@ -58,15 +58,27 @@ def rewrite_geotiffs(paths: list[str], folder: Path, options: dict) -> list[str]
     return written
 
 
-def prepare(paths: list[str], root: Path, repeat: int, chips_per_shard: int) -> list[tuple[str, str, list[str]]]:
-    """(row name, kind, files) for every format, all holding the same chips `repeat` times."""
+def prepare(
+    paths: list[str], root: Path, repeat: int, chips_per_shard: int, formats: list[str] | None = None
+) -> list[tuple[str, str, list[str]]]:
+    """(row name, kind, files) for every format (or those `formats` names), all holding the same chips `repeat`
+    times."""
+
+    def wanted(name: str) -> bool:
+        return not formats or any(word in name for word in formats)
+
     rows = []
     for name, options in GEOTIFF_CODECS.items():
+        if not wanted(f"GeoTIFF {name}"):
+            continue
         files = rewrite_geotiffs(paths, root / f"geotiff-{name}", options)
         rows.append((f"GeoTIFF {name}", "geotiff", files * repeat))
-    shards, _ = pack_webdataset(paths * repeat, root / "webdataset", chips_per_shard)
-    rows.append(("WebDataset (tar of deflate GeoTIFFs)", "webdataset", [str(path) for path in shards]))
+    if wanted("WebDataset"):
+        shards, _ = pack_webdataset(paths * repeat, root / "webdataset", chips_per_shard)
+        rows.append(("WebDataset (tar of deflate GeoTIFFs)", "webdataset", [str(path) for path in shards]))
     for codec in SHARD_CODECS:
+        if not wanted(f"Clay shards {codec}"):
+            continue
         report = pack_shards(paths * repeat, root / f"shards-{codec.replace(':', '-')}", chips_per_shard, codec=codec)
         rows.append((f"Clay shards {codec}", "shards", [str(path) for path in report.shards]))
     return rows
@@ -93,6 +105,23 @@ def time_row(files: list[str], num_chips: int, passes: int, batch_size: int) -> 
     return {"chips_per_cpu_second": num_chips / best_cpu, "chips_per_wall_second": num_chips / best_wall}
 
 
+def decode_rate(files: list[str], passes: int) -> float:
+    """Chips per CPU second of the shard decoder alone (read + decode a record, no datasets, no collation)."""
+    from clay_hf.data.shards import read_index, read_record
+
+    best = float("inf")
+    for _ in range(passes):
+        start, count = time.process_time(), 0
+        for path in files:
+            with open(path, "rb") as handle:
+                index = read_index(path, handle)
+                for position in range(len(index)):
+                    read_record(handle, index, position)
+                    count += 1
+        best = min(best, time.process_time() - start)
+    return count / best
+
+
 def check_identical(files: list[str], reference: list[str]) -> None:
     """The first chips of a format equal the GeoTIFF pixels bit for bit."""
     expected = {Path(path).name: read_chip(path).pixels for path in reference}
@@ -111,12 +140,16 @@ def main() -> None:
     parser.add_argument("--chips_per_shard", type=int, default=16)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--formats", nargs="+", help="only the rows whose name contains one of these words")
     parser.add_argument("--output", help="write the rows as JSON here")
     parser.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:  # one timed row, in a fresh process
         num_chips, files = int(args.row[0]), args.row[1:]
-        print(json.dumps(time_row(files, num_chips, args.passes, args.batch_size)))
+        timing = time_row(files, num_chips, args.passes, args.batch_size)
+        if files[0].endswith(".clayshard"):
+            timing["decode_chips_per_cpu_second"] = decode_rate(files, args.passes)
+        print(json.dumps(timing))
         return
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, GDAL {rasterio.__gdal_version__}")
@@ -136,8 +169,8 @@ def main() -> None:
             f"{args.passes} passes after a warm-up pass; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        rows = prepare(paths, root, args.repeat, args.chips_per_shard)
-        header = f"{'format':<40}{'MiB/chip':>10}{'chips/s per core':>18}{'chips/s wall':>14}"
+        rows = prepare(paths, root, args.repeat, args.chips_per_shard, args.formats)
+        header = f"{'format':<40}{'MiB/chip':>10}{'chips/s per core':>18}{'chips/s wall':>14}{'decode alone':>14}"
         print(header + "\n" + "-" * len(header), flush=True)
         results = []
         for name, kind, files in rows:
@@ -149,8 +182,10 @@ def main() -> None:
             timing = json.loads(output.stdout.strip().splitlines()[-1])
             row = {"format": name, "mib_per_chip": mib_per_chip(kind, files, num_chips), **timing}
             results.append(row)
+            decode = row.get("decode_chips_per_cpu_second")
             print(f"{name:<40}{row['mib_per_chip']:>10.2f}{row['chips_per_cpu_second']:>18.1f}"
-                  f"{row['chips_per_wall_second']:>14.1f}", flush=True)  # fmt: skip
+                  f"{row['chips_per_wall_second']:>14.1f}{'' if decode is None else f'{decode:>14.1f}'}",
+                  flush=True)  # fmt: skip
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.output:
         Path(args.output).write_text(json.dumps({"source": origin, "rows": results}, indent=2))

@@ -1,5 +1,5 @@
 """Clay shards: the packed, lossless training format (`*.clayshard`), written from GeoTIFF chips and read back
-bit-identical, about 4× faster per core than deflate GeoTIFFs in fewer bytes (figures in `benchmarks/results/`).
+bit-identical, about 3× faster per core than deflate GeoTIFFs in fewer bytes (figures in `benchmarks/results/`).
 
 A shard file is:
 
@@ -47,8 +47,10 @@ SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"
 END_MAGIC = b"CLAYEND1"
 FORMAT_VERSION = 1
-#: The default codec, chosen by measurement (benchmarks/results/shard_codecs_*.txt): see the README's loader table.
-DEFAULT_CODEC = "zstd:1"
+#: The default codec, chosen by measurement (benchmarks/results/loader_*.txt, the README's loader table): lz4 frames
+#: at high-compression level 9 decode as fast as lz4's fast level (the fastest compressed candidate) in ~11% fewer
+#: bytes; zstd saves another ~9% of bytes for ~15-30% more decoding time per chip. Packing costs ~0.15 s per chip.
+DEFAULT_CODEC = "lz4:9"
 CODECS = ("none", "lz4", "zstd")
 #: Integer types tried, narrowest first, for bands of a float chip whose values are all integral.
 INTEGER_CANDIDATES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
