@@ -292,3 +292,13 @@ def test_embed_evaluate_and_pretrain_read_shards(model_dir, tmp_path):
     )  # fmt: skip
     assert summary["global_step"] == 2 and summary["chips_seen"] == 4
     assert summary["final_validation_loss"] is not None  # the hash split gave validation records too
+
+
+def test_a_shard_cut_short_during_a_run_counts_its_records_as_bad(tmp_path):
+    write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)
+    paths = resolve_sources(tmp_path / "chips")
+    report = pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
+    dataset = load_chip_dataset(tmp_path / "shards", num_shards=1)  # the indexes were fine when it was built
+    report.shards[0].write_bytes(report.shards[0].read_bytes()[:100])
+    batches = list(chip_dataloader(dataset, batch_size=4))
+    assert batches[0]["source_url"] == paths[2:] and batches[0]["bad_chips"] == 2

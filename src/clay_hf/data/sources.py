@@ -171,13 +171,15 @@ def generate_shard_chips(
         for path, positions in piece:
             try:
                 handle = _open(path)
-                index = read_index(path, handle)
-            except (ShardError, OSError) as error:
-                for position in positions:
-                    log.skip(ChipError(f"{path} record {position}", f"is unreadable ({error})"))
-                pending += len(positions)
+            except OSError as error:
+                pending += _skip_all(log, path, positions, error)
                 continue
             with handle:
+                try:
+                    index = read_index(path, handle)
+                except ShardError as error:  # changed since the dataset was built
+                    pending += _skip_all(log, path, positions, error)
+                    continue
                 for position in positions:
                     try:
                         chip, _ = read_record(handle, index, position)
@@ -190,6 +192,12 @@ def generate_shard_chips(
                     pending = 0
     if pending:
         logger.warning("%d bad chips at the end of this stream were skipped", pending)
+
+
+def _skip_all(log: BadChipLog, path: str, positions: Sequence[int], error: Exception) -> int:
+    for position in positions:
+        log.skip(ChipError(f"{path} record {position}", f"is unreadable ({error})"))
+    return len(positions)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, int, int]) -> None:
