@@ -38,7 +38,7 @@ GEOTIFF_CODECS = {
     "lzw": {"compress": "lzw"},
     "uncompressed": {"compress": None},
 }
-SHARD_CODECS = ("auto", "none", "lz4", "lz4:9", "zstd:1", "zstd:3", "zstd:9")
+SHARD_CODECS = ("none", "lz4", "lz4:9", "zstd:1", "zstd:3", "zstd:9")
 
 
 def rewrite_geotiffs(paths: list[str], folder: Path, options: dict) -> list[str]:

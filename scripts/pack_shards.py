@@ -1,6 +1,6 @@
 """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format.
 
-python scripts/pack_shards.py chips/ --output_dir shards --chips_per_shard 256 [--codec lz4:9|zstd:LEVEL|none] [--num_workers 8]
+python scripts/pack_shards.py chips/ --output_dir shards --chips_per_shard 256 [--codec zstd:1|zstd:LEVEL|lz4:LEVEL|none] [--num_workers 8]
 """
 
 import sys

@@ -47,14 +47,12 @@ SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"
 END_MAGIC = b"CLAYEND1"
 FORMAT_VERSION = 1
-#: The default codec, chosen by measurement (benchmarks/results/loader_*.txt, the README's loader table): per band,
-#: an lz4 frame at high-compression level 9 (decodes as fast as lz4's fast level, the fastest compressed candidate),
-#: unless zstd level 1 makes the band at least `AUTO_ZSTD_GAIN` smaller: noise-like float bands, on which lz4
-#: saves nothing and would leave a chip larger than its deflate GeoTIFF. Packing costs ~0.15 s per chip.
-DEFAULT_CODEC = "auto"
-AUTO_LEVELS = {"lz4": 9, "zstd": 1}
-AUTO_ZSTD_GAIN = 0.10
-CODECS = ("auto", "none", "lz4", "zstd")
+#: The default codec, chosen by measurement (benchmarks/results/loader_*.txt, the README's loader table): zstd at
+#: level 1 stores real v0-like chips in 66% of their deflate GeoTIFF bytes and reads them ~3.4× faster per core.
+#: lz4 decodes ~10-15% faster but saves nothing on noise-like float bands (a synthetic float chip came out larger
+#: than its deflate GeoTIFF); higher zstd levels save 7-9% more bytes for 15-20% less speed.
+DEFAULT_CODEC = "zstd:1"
+CODECS = ("none", "lz4", "zstd")
 #: Integer types tried, narrowest first, for bands of a float chip whose values are all integral.
 INTEGER_CANDIDATES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
 _FOOTER = struct.Struct("<Q8s")
@@ -86,18 +84,8 @@ def parse_codec(spec: str) -> tuple[str, int]:
         raise ValueError(f"codec {spec!r}: the level after ':' must be an integer.") from None
 
 
-def compress(data: bytes | memoryview, codec: str, level: int) -> tuple[bytes, str, dict[str, Any]]:
-    """(payload, the codec used, extra header fields) of one band's bytes; 'auto' picks lz4 or zstd (see
-    `DEFAULT_CODEC`)."""
-    if codec == "auto":
-        lz4_payload = compress(data, "lz4", AUTO_LEVELS["lz4"])
-        zstd_payload = compress(data, "zstd", AUTO_LEVELS["zstd"])
-        return zstd_payload if len(zstd_payload[0]) <= (1 - AUTO_ZSTD_GAIN) * len(lz4_payload[0]) else lz4_payload
-    payload, extra = _compress(data, codec, level)
-    return payload, codec, extra
-
-
-def _compress(data: bytes | memoryview, codec: str, level: int) -> tuple[bytes, dict[str, Any]]:
+def compress(data: bytes | memoryview, codec: str, level: int) -> tuple[bytes, dict[str, Any]]:
+    """(payload, extra header fields) of one band's bytes."""
     if codec == "zstd":
         compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
         return compressor.compress(data), {}
@@ -198,8 +186,8 @@ def encode_record(chip: Chip, facts: RasterFacts, codec: str = DEFAULT_CODEC) ->
     for band in pixels:
         stored_dtype = narrowest_exact_dtype(band)
         data = band.astype(stored_dtype, copy=False).tobytes()
-        payload, used, extra = compress(data, name, level)
-        bands.append({"dtype": stored_dtype.str, "codec": used, "length": len(payload), **extra})
+        payload, extra = compress(data, name, level)
+        bands.append({"dtype": stored_dtype.str, "codec": name, "length": len(payload), **extra})
         payloads.append(payload)
     header = {
         "chip": chip_metadata(chip),
