@@ -4,6 +4,9 @@
 #   2. device:    run(command="bash benchmarks/gpu_suite.sh", carry=[".whl"], timeout_s=600)
 # Results land in $OUT (the device tool brings them back) or benchmarks/results/: gpu_suite.json and gpu_suite.txt.
 # Extra arguments go to benchmarks/bench_gpu.py (e.g. --max_batch 256 --steps 160 --skip inference).
+# The wheels are ~42 MB (the working tree travels within 64 MiB). datasets 5.2 needs pyarrow >= 24 and
+# huggingface_hub >= 1.31: the import check below fails first if the image's are older (then carry a datasets
+# release that fits them rather than pyarrow's ~45 MB wheel).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-benchmarks/results}
