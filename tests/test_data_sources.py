@@ -1,18 +1,32 @@
 """Where chips come from: names behind signed URLs and GDAL prefixes, object-store and archive globs, WebDataset
-shards of any chip size, and a folder of shards."""
+shards of any chip size, a folder of shards; and the tiler's edges and names."""
 
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import fsspec
+import numpy as np
 import pytest
+import rasterio
 from geotiffs import write_geotiff
 
-from clay_hf.data import date_from_filename, load_geotiff_dataset, resolve_sources, split_of, split_paths
+from clay_hf.data import (
+    date_from_filename,
+    load_geotiff_dataset,
+    make_chips,
+    resolve_sources,
+    split_of,
+    split_paths,
+)
 from clay_hf.data.chips import chip_key
 from clay_hf.data.webdataset import load_chip_webdataset, pack_webdataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_split_and_date_ignore_query_strings_and_gdal_prefixes():
@@ -92,3 +106,41 @@ def test_webdataset_layout_comes_from_the_shards_and_a_folder_is_accepted(tmp_pa
         assert (record["pixels"] == chip["pixels"]).all() and record["crs"] == chip["crs"]
     with pytest.raises(FileNotFoundError, match="no WebDataset shards"):
         load_chip_webdataset(str(tmp_path / "chips"))
+
+
+# --- the tiler --------------------------------------------------------------------------------------------------------
+
+
+def test_tiler_marks_edge_padding_as_nodata(tmp_path):
+    data = np.random.default_rng(0).uniform(1, 100, (2, 100, 100)).astype("float32")
+    source = write_geotiff(tmp_path / "scene.tif", data=data, size=(100, 100))  # no nodata value
+    report = make_chips(source, tmp_path / "chips", chip_size=64, max_nodata_fraction=0.7)
+    assert len(report.written) == 4  # (0,0) full; the edge windows are 39%, 39% and 63% padding
+    with rasterio.open(report.written[3]) as edge:
+        pixels = edge.read()
+        assert edge.nodata is not None and np.isnan(edge.nodata)
+    assert np.isnan(pixels[:, 36:, :]).all() and np.isnan(pixels[:, :, 36:]).all()
+    np.testing.assert_array_equal(pixels[:, :36, :36], data[:, 64:, 64:])
+
+    integers = write_geotiff(tmp_path / "u16.tif", bands=2, dtype="uint16", size=(100, 100))
+    report = make_chips(integers, tmp_path / "u16", chip_size=64, max_nodata_fraction=0.7, dtype="source")
+    with rasterio.open(report.written[1]) as edge:
+        assert edge.nodata == 65535 and (edge.read()[:, :, 36:] == 65535).all()
+
+
+def test_tiler_never_overwrites_chips_of_another_source_and_counts_match_the_files(tmp_path):
+    first = write_geotiff(tmp_path / "a" / "T32TMT.tif", bands=2, size=(64, 64), seed=1)
+    second = write_geotiff(tmp_path / "b" / "T32TMT.tif", bands=2, size=(64, 64), seed=2)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_chips.py"), str(first), str(second), "--output_dir", str(tmp_path / "chips"), "--chip_size", "32"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "would overwrite" in run.stderr and "T32TMT.tif" in run.stderr and "--tile" in run.stderr
+    on_disk = sorted((tmp_path / "chips").glob("*.tif"))
+    assert "total: wrote 4 chips" in run.stdout and len(on_disk) == 4
+    with rasterio.open(on_disk[0]) as chip, rasterio.open(first) as raster:
+        np.testing.assert_array_equal(chip.read(), raster.read(window=((0, 32), (0, 32))))  # still the first's
+    again = make_chips(first, tmp_path / "chips", chip_size=32)  # the same source again: its own chips, rewritten
+    assert len(again.written) == 4
+    separate = make_chips(second, tmp_path / "chips", chip_size=32, tile="T32TMTb")
+    assert len(separate.written) == 4 and len(list((tmp_path / "chips").glob("*.tif"))) == 8
