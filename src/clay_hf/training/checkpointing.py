@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+PRETRAINED_PATTERN = re.compile(r"^pretrained-(\d+)$")
 TRAIN_STATE_NAME = "train_state.json"
 
 
@@ -97,9 +98,19 @@ def _rotate(output_dir: str | PathLike, total_limit: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def prune_pretrained_folders(output_dir: str | PathLike, total_limit: int | None) -> None:
+    """Keep the newest `total_limit` `pretrained-{step}` folders (`--save_every_checkpoint_as_pretrained`)."""
+    if total_limit is None or total_limit < 1:
+        return
+    folder = Path(output_dir)
+    found = [(int(match[1]), path) for path in folder.iterdir() if (match := PRETRAINED_PATTERN.match(path.name))]
+    for _, old in sorted(found)[:-total_limit]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _remove_stale_staging(folder: Path) -> None:
     for path in folder.glob("tmp-checkpoint-*"):
         shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["list_checkpoints", "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
+__all__ = ["list_checkpoints", "load_checkpoint", "prune_pretrained_folders", "resolve_checkpoint", "save_checkpoint"]
