@@ -118,3 +118,15 @@ def test_longitudes_are_normalised_and_bboxes_take_the_short_way():
     assert lonlat_bbox([footprint(chip_outline((0.01, 0, 10, 0, -0.01, 1.0), 10, 10), 4326)]) == pytest.approx(
         [10.0, 0.9, 10.1, 1.0]
     )
+
+
+def test_a_mirrored_crs_gives_the_same_footprint():
+    """A Transverse Mercator with westing (x grows to the west) mirrors the outline; the footprint is the chip."""
+    mirrored = "+proj=tmerc +lat_0=0 +lon_0=15 +k=1 +x_0=0 +y_0=0 +axis=wnu +ellps=WGS84 +units=m +no_defs"
+    x, y = Transformer.from_crs("OGC:CRS84", mirrored, always_xy=True).transform(15.5, 45.0)
+    polygon = footprint(chip_outline((-10.0, 0, x, 0, -10.0, y), 32, 32), mirrored)
+    assert polygon.geom_type == "Polygon" and polygon.is_valid and polygon.area < 1e-4
+    assert shapely.is_ccw(polygon.exterior)  # RFC 7946: exterior rings counter-clockwise
+    assert polygon.contains(
+        Point(Transformer.from_crs(mirrored, "OGC:CRS84", always_xy=True).transform(x - 160, y - 160))
+    )

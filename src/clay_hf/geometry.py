@@ -60,7 +60,12 @@ def footprint(outline: Polygon, crs: str | int | CRS) -> Polygon | MultiPolygon:
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()) or np.abs(lat).max() > 90 + 1e-9:
         raise ValueError(f"the chip's outline does not map to longitudes and latitudes in {CRS84.name}")
     ring = np.column_stack([normalize_longitude(lon), np.clip(lat, -90.0, 90.0)])
-    return antimeridian.fix_polygon(Polygon(ring), fix_winding=False)
+    polygon = Polygon(ring)
+    if not (np.abs(np.diff(ring[:, 0])) > 180).any():
+        # No antimeridian crossing: counter-clockwise in lon/lat whatever the CRS's axes (a mirrored CRS flips it).
+        polygon = shapely.orient_polygons(polygon)
+    # A crossing ring keeps the orientation of the outline in its own CRS (counter-clockwise, see chip_outline).
+    return antimeridian.fix_polygon(polygon, fix_winding=False)
 
 
 def longitude_intervals(geometry: Polygon | MultiPolygon) -> list[tuple[float, float]]:

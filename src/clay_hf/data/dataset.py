@@ -380,6 +380,7 @@ def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Stack chip records into a batch with compact pixels (the file dtype, e.g. uint16 or float32; no widening)
     and the v0 `timestep` and `latlon` encodings. Normalise on the device (`ClayImageProcessor.normalize_tensor`)."""
     examples = list(examples)
+    grids = [example.get("transform") for example in examples]
     pixels = torch.from_numpy(np.stack([np.asarray(example["pixels"]) for example in examples]))  # (B, C, H, W)
     lonlat = np.array([[example["lon"], example["lat"]] for example in examples], dtype=np.float64)
     return {
@@ -390,9 +391,13 @@ def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "bbox": torch.tensor([list(example["bbox"]) for example in examples], dtype=torch.float64),
         "epsg": torch.tensor([example["epsg"] for example in examples], dtype=torch.int32),
         "crs": [example.get("crs") or "" for example in examples],
-        "transform": torch.tensor([list(example["transform"]) for example in examples], dtype=torch.float64),
         "source_url": [example["source_url"] for example in examples],
         "bad_chips": sum(int(example.get("bad_chips_before", 0)) for example in examples),
+        **(
+            {"transform": torch.tensor([list(grid) for grid in grids], dtype=torch.float64)}
+            if all(grid is not None for grid in grids)
+            else {}
+        ),
     }
 
 
