@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from test_pretrain import launch, summary
 
 from clay_hf.data import write_synthetic_chips
 from clay_hf.training import list_checkpoints
-from clay_hf.training.pretrain import check_data_layout
+from clay_hf.training.checkpointing import check_data_layout
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,14 @@ def test_a_kill_loses_no_seen_chip_line_and_resume_refuses_another_worker_count(
     refused = launch([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"], check=False)
     assert refused.returncode != 0 and "AssertionError" not in refused.stderr
     assert "--dataloader_num_workers: 0 in the checkpoint, 1 now" in refused.stderr
+    # A checkpoint that does not record its data layout (older runs): torchdata's own error becomes a clear one.
+    state_file = list_checkpoints(output)[-1] / "train_state.json"
+    state = json.loads(state_file.read_text())
+    state.pop("data_layout")
+    state_file.write_text(json.dumps(state))
+    legacy = launch([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"], check=False)
+    assert legacy.returncode != 0 and "error: cannot resume the data position" in legacy.stderr
+    assert "--dataloader_num_workers" in legacy.stderr
     launch([*args, "--resume_from_checkpoint", "latest"])
     assert summary(output)["global_step"] == 3
 
@@ -75,3 +84,16 @@ def test_resume_with_another_number_of_processes_is_refused_by_name():
     with pytest.raises(SystemExit, match=r"--num_processes: 2 in the checkpoint, 1 now"):
         check_data_layout(saved, {**saved, "num_processes": 1}, Path("checkpoint-5"))
     check_data_layout(saved, dict(saved), Path("checkpoint-5"))  # the same layout resumes
+
+
+def test_two_ranks_with_uneven_shards_train_every_chip_each_epoch(data, tmp_path):
+    """9 chips over 2 ranks: 5 and 4 chips, 3 and 2 batches of 2; the shorter rank pads, no chip is dropped."""
+    write_synthetic_chips(tmp_path / "nine", 9, size=32, seed=4)
+    output = tmp_path / "run"
+    args = epoch_args(data, output, "--num_train_epochs", "2", "--gradient_accumulation_steps", "1")
+    args[args.index(str(data / "train"))] = str(tmp_path / "nine")
+    launch(args, processes=2)
+    lines = seen(output, 0) + seen(output, 1)
+    assert Counter(epoch for epoch, _ in lines) == {"0": 9, "1": 9}
+    assert set(Counter(url for _, url in lines).values()) == {2} and len({url for _, url in lines}) == 9
+    assert summary(output)["chips_seen"] == 18

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,6 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
-from ..data.chips import chip_file_name
 from ..data.dataset import (
     auto_num_shards,
     collate_chips,
@@ -46,7 +44,14 @@ from ..evaluation import MaskedErrorTotals
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
-from .checkpointing import load_checkpoint, prune_pretrained_folders, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    check_data_layout,
+    data_layout,
+    load_checkpoint,
+    prune_pretrained_folders,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
@@ -248,47 +253,6 @@ def steps_per_epoch(paths: list[str], args: argparse.Namespace, num_processes: i
     per_rank = math.ceil(len(shards) / num_processes) * max(len(shard) for shard in shards)
     batches = math.ceil(min(per_rank, len(paths)) / args.per_device_train_batch_size)
     return max(1, math.ceil(batches / args.gradient_accumulation_steps))
-
-
-def data_layout(paths: list[str], args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
-    """What a checkpoint's data position depends on: resuming with another value would re-train or skip chips."""
-    names = hashlib.sha256("\n".join(chip_file_name(path) for path in paths).encode()).hexdigest()[:16]
-    return {
-        "num_processes": num_processes,
-        "dataloader_num_workers": args.dataloader_num_workers,
-        "shuffle_buffer_size": args.shuffle_buffer_size,
-        "seed": args.seed,
-        "train_chips": len(paths),
-        "train_chip_names_sha256": names,
-    }
-
-
-#: How to change each data-layout value on the command line, for the refusal message.
-DATA_LAYOUT_FLAGS = {
-    "num_processes": "accelerate launch --num_processes",
-    "dataloader_num_workers": "--dataloader_num_workers",
-    "shuffle_buffer_size": "--shuffle_buffer_size",
-    "seed": "--seed",
-    "train_chips": "--train_dir (number of training chips)",
-    "train_chip_names_sha256": "--train_dir (the training chips' names and order)",
-}
-
-
-def check_data_layout(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse to resume a data position under another layout (a clear message naming what must match)."""
-    differences = [
-        f"{DATA_LAYOUT_FLAGS.get(key, key)}: {saved[key]} in the checkpoint, {current.get(key)} now"
-        for key in saved
-        if saved[key] != current.get(key)
-    ]
-    if differences:
-        raise SystemExit(
-            f"error: cannot resume the data position of {checkpoint}: it was saved with another data layout ("
-            + "; ".join(differences)
-            + "). Each rank's position in its own shards is only valid for the same number of processes, "
-            "DataLoader workers, shuffle buffer, seed and training chips: resume with those, or start a new run "
-            "from its weights (--model_name_or_path on a --save_every_checkpoint_as_pretrained folder)."
-        )
 
 
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -529,9 +493,22 @@ def _resume(
     state = TrainState(**{**saved, "data_layout": layout})
     train_loader.dataset.set_epoch(state.epoch)
     if data_state is not None:
+        saved_workers = saved_num_workers(data_state)
+        if saved_workers != train_loader.num_workers:  # also for checkpoints from before the data layout was saved
+            raise SystemExit(
+                f"error: cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
+                f"{saved_workers} workers, this run has {train_loader.num_workers}; resume with "
+                f"--dataloader_num_workers {saved_workers}"
+            )
         train_loader.load_state_dict(data_state)
     accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
     return state
+
+
+def saved_num_workers(data_state: dict[str, Any]) -> int:
+    """The number of DataLoader workers a `StatefulDataLoader` state was saved with (0: no worker snapshot)."""
+    snapshot = data_state.get("_snapshot")
+    return len(snapshot.get("_worker_snapshots", {})) if isinstance(snapshot, dict) else 0
 
 
 def _check_world(accelerator: Accelerator) -> None:
