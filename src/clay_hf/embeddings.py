@@ -1,12 +1,13 @@
 """Embeddings of GeoTIFF chips → GeoParquet (the v0 embeddings format), streamed and resumable.
 
 Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32), `geometry` (the chip's
-bounds as a WKB polygon in OGC:CRS84). The file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings`
-records the level and the shape of each embedding.
+footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see `clay_hf.geometry`). The
+file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings` records the level and the shape of each embedding.
 
-Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete), so an
-interrupted run loses at most one part and `resume=True` skips every chip already in a part. When all chips are
-done the parts are joined into OUT.parquet, row group by row group.
+Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete, numbered
+after the highest existing one), so an interrupted run loses at most one part and `resume=True` skips every chip
+already in a part, matched by its normalised key (`clay_hf.data.chips.chip_key`). Every part records the level and
+shape. When all chips are done the parts are joined into OUT.parquet, row group by row group.
 """
 
 from __future__ import annotations
