@@ -72,6 +72,9 @@ def test_object_store_globs_and_folders_are_listed():
         ]
         assert len(resolve_sources("memory://clay-test-bucket/chips/")) == 3
         assert resolve_sources("memory://clay-test-bucket/chips/a.tif") == ["memory://clay-test-bucket/chips/a.tif"]
+        assert resolve_sources("memory://clay-test-bucket/chips/a.vrt") == ["memory://clay-test-bucket/chips/a.vrt"]
+        signed = "https://example.com/get?chip=claytile_T_20200101_v02_0001.tif&sig=1"
+        assert resolve_sources(signed) == [signed]  # a web URL is taken as it is, never listed
     finally:
         store.rm("/clay-test-bucket", recursive=True)
 

@@ -75,6 +75,8 @@ def _is_url(text: str) -> bool:
 
 #: GDAL virtual file systems → fsspec protocols, for listing.
 VSI_PROTOCOLS = {"/vsis3/": "s3://", "/vsigs/": "gs://", "/vsiaz/": "az://", "/vsiadls/": "abfs://"}
+#: Protocols without folders to list (a web server's pages are not a listing): their URLs are taken as they are.
+NOT_LISTABLE = frozenset({"http", "https", "ftp"})
 ARCHIVE_PATTERN = re.compile(r"^/vsi(?P<kind>zip|tar)/(?P<archive>.+?\.(?:zip|tar|tar\.gz|tgz))(?:/(?P<inner>.*))?$")
 
 
@@ -89,10 +91,13 @@ def list_remote_chips(url: str) -> list[str]:
         if url.startswith(vsi):
             listed_as, prefix = protocol + url[len(vsi) :], vsi
     parts = urlsplit(listed_as)
-    if parts.scheme not in fsspec.available_protocols() or not _needs_listing(parts.path):
+    listable = parts.scheme in fsspec.available_protocols() and parts.scheme not in NOT_LISTABLE
+    if not listable or not _needs_listing(parts.path):
         return [url]
     filesystem, root = _filesystem(url, listed_as)
     found = _find_geotiffs(filesystem, root, parts.path)
+    if not found and not (glob.has_magic(parts.path) or parts.path.endswith("/")):
+        return [url]  # one object whose name has no GeoTIFF suffix
     if prefix:
         return sorted(prefix + filesystem._strip_protocol(path).lstrip("/") for path in found)
     return sorted(filesystem.unstrip_protocol(path) for path in found)
