@@ -130,3 +130,16 @@ def test_a_mirrored_crs_gives_the_same_footprint():
     assert polygon.contains(
         Point(Transformer.from_crs(mirrored, "OGC:CRS84", always_xy=True).transform(x - 160, y - 160))
     )
+
+
+def test_a_chip_off_the_earth_is_skipped_and_one_without_a_footprint_keeps_its_embedding(encoder, tmp_path, caplog):
+    folder = tmp_path / "chips"
+    write_geotiff(folder / "a_good.tif", size=(32, 32), crs="EPSG:4326", origin=(10.0, 45.0), resolution=0.001)
+    write_geotiff(folder / "a_sky.tif", size=(32, 32), crs="EPSG:4326", origin=(10.0, 120.0), resolution=0.001)
+    # On the rim of an orthographic disk: the centre is on Earth, the outline's far side is not.
+    write_geotiff(folder / "c_rim.tif", size=(32, 32), crs=ORTHOGRAPHIC, origin=(6_100_000.0, 160_000.0), resolution=10_000.0)  # fmt: skip
+    run, rows, _ = embed(encoder, folder, tmp_path)
+    assert run.embedded == 2  # a_sky is skipped with a warning (and counted), the run goes on
+    assert "a_sky.tif: its centre is not a place on Earth" in caplog.text
+    assert rows["a_good.tif"] is not None and rows["c_rim.tif"] is None
+    assert "c_rim.tif: no footprint" in caplog.text
