@@ -59,6 +59,9 @@ def test_vsizip_globs_and_archives_are_listed_and_read(tmp_path):
     records = list(load_geotiff_dataset(f"/vsizip/{archive}/inner/*.tif"))
     assert [record["source_url"] for record in records] == members
     assert [record["date"] for record in records] == [dt.date(2021, 6, 15)] * 3  # the files' date tags
+    shards, bad = pack_webdataset(resolve_sources(f"/vsizip/{archive}"), tmp_path / "shards")  # from the zip
+    assert len(shards) == 1
+    assert not bad and [r["source_url"] for r in load_chip_webdataset(str(tmp_path / "shards"))] == members
 
 
 def test_object_store_globs_and_folders_are_listed():

@@ -103,6 +103,20 @@ def list_remote_chips(url: str) -> list[str]:
     return sorted(filesystem.unstrip_protocol(path) for path in found)
 
 
+def fsspec_url(path: str) -> str:
+    """The fsspec spelling of a local path, URL or GDAL path: `/vsis3/b/k` → `s3://b/k`, `/vsizip/a.zip/m.tif` →
+    `zip://m.tif::a.zip`, `/vsicurl/https://…` → `https://…`."""
+    archive = ARCHIVE_PATTERN.match(path)
+    if archive is not None:
+        return f"{archive['kind']}://{archive['inner'] or ''}::{fsspec_url(archive['archive'])}"
+    if path.startswith("/vsicurl/"):
+        return path[len("/vsicurl/") :]
+    for vsi, protocol in VSI_PROTOCOLS.items():
+        if path.startswith(vsi):
+            return protocol + path[len(vsi) :]
+    return path
+
+
 def _needs_listing(path: str) -> bool:
     return path.endswith("/") or glob.has_magic(path) or not path.endswith(GEOTIFF_SUFFIXES)
 
@@ -125,10 +139,7 @@ def _find_geotiffs(filesystem: fsspec.AbstractFileSystem, root: str, path: str) 
 
 def _list_archive(url: str, kind: str, archive: str, inner: str) -> list[str]:
     """Members of a zip or tar archive (local, or on any store fsspec or GDAL names) matching `inner`."""
-    target = archive
-    for vsi, protocol in VSI_PROTOCOLS.items():
-        if archive.startswith(vsi):
-            target = protocol + archive[len(vsi) :]
+    target = fsspec_url(archive)
     if not _needs_listing(inner or "/"):
         return [url]
     try:

@@ -22,7 +22,7 @@ from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
 from .chips import ChipError, read_chip
-from .dataset import BadChipLog, chip_features
+from .dataset import BadChipLog, chip_features, fsspec_url
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,22 @@ def _readable_samples(paths: Sequence[str], bad: list[ChipError]) -> Iterator[tu
     for path in paths:
         try:
             chip = read_chip(path, read_pixels=False)
-            data = Path(path).read_bytes()
+            data = _read_bytes(str(path))
         except ChipError as error:
             log.skip(error)
             bad.append(error)
             continue
         metadata = {"date": chip.date.isoformat(), "source_url": chip.source_url, **_extra_tags(chip.tags)}
         yield sample_key(str(path)), data, metadata
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes, from a local path, a URL or a GDAL `/vsi…` path (through fsspec)."""
+    try:
+        with fsspec.open(fsspec_url(path), "rb") as handle:
+            return handle.read()
+    except (OSError, ImportError, ValueError) as error:
+        raise ChipError(path, f"cannot be read for packing ({error})") from None
 
 
 def _extra_tags(tags: dict[str, str]) -> dict[str, str]:
