@@ -104,6 +104,7 @@ def test_metadata_is_kept(chips, tmp_path):
         assert record["date"] == chip.date and record["epsg"] == (chip.epsg or -1)
         assert (record["lon"], record["lat"]) == (chip.lon, chip.lat)
         assert list(record["bbox"]) == list(chip.bbox)
+        assert record["crs"] == chip.crs and list(record["transform"]) == list(chip.transform)
     shard = tmp_path / "shards" / "chips-000000.clayshard"
     with open(shard, "rb") as handle:
         index = read_index(shard, handle)
@@ -221,8 +222,9 @@ def test_every_format_gives_the_same_records(tmp_path):
         batches[fmt] = next(iter(loader))
     for fmt in ("shards", "webdataset"):
         assert batches[fmt]["source_url"] == batches["geotiff"]["source_url"]
-        for key in ("pixels", "timestep", "latlon", "bbox", "epsg"):
+        for key in ("pixels", "timestep", "latlon", "bbox", "epsg", "transform"):
             assert torch.equal(batches[fmt][key], batches["geotiff"][key]), (fmt, key)
+        assert batches[fmt]["crs"] == batches["geotiff"]["crs"]
 
 
 def test_pack_shards_script(tmp_path, capsys):

@@ -229,10 +229,12 @@ def decode_pixels(record: memoryview, header: dict[str, Any], offset: int) -> np
 
 def chip_from_header(header: dict[str, Any], pixels: np.ndarray | None) -> Chip:
     """The `Chip` a record describes (fields this version's `Chip` does not know are ignored)."""
-    known = {field.name for field in dataclasses.fields(Chip)}
+    known = {field.name: str(field.type) for field in dataclasses.fields(Chip)}
     fields = {key: value for key, value in header["chip"].items() if key in known}
     fields["date"] = dt.date.fromisoformat(fields["date"])
-    fields["bbox"] = tuple(fields["bbox"])
+    for key, value in fields.items():
+        if isinstance(value, list) and known[key].startswith("tuple"):
+            fields[key] = tuple(value)  # bbox, transform: JSON has lists only
     return Chip(**{**fields, "pixels": pixels})
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob
 import itertools
 import logging
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -106,6 +106,11 @@ class ShardSelection:
 
     def __len__(self) -> int:
         return sum(len(positions) for positions in self.positions)
+
+    def __iter__(self) -> Iterator[str]:
+        """The chips' names (their source URLs), in order."""
+        for names in self.names:
+            yield from names
 
     def where(self, keep: Any) -> ShardSelection:
         """The records whose name `keep(name)` accepts."""
@@ -246,11 +251,13 @@ def resolve_chip_source(source: SourceLike | ShardSelection) -> list[str] | Shar
     return resolve_sources(source)
 
 
-def without_chips(chips: list[str] | ShardSelection, names: Collection[str]) -> list[str] | ShardSelection:
-    """The chips (paths or shard records) whose names are not in `names` (e.g. those already done)."""
+def without_chips(
+    chips: list[str] | ShardSelection, names: Collection[str], key: Callable[[str], str] = str
+) -> list[str] | ShardSelection:
+    """The chips (paths or shard records) whose `key(name)` is not in `names` (e.g. those already done)."""
     if isinstance(chips, ShardSelection):
-        return chips.where(lambda name: name not in names)
-    return [path for path in chips if path not in names]
+        return chips.where(lambda name: key(name) not in names)
+    return [path for path in chips if key(path) not in names]
 
 
 def split_chip_source(

@@ -37,6 +37,10 @@ class DevicePrefetcher:
     def dataset(self) -> Any:
         return self.loader.dataset
 
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
     def __len__(self) -> int:
         return len(self.loader)
 
