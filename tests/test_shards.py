@@ -252,6 +252,7 @@ def model_dir(tmp_path):
     return tmp_path / "model"
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata 0.11 on torch >= 2.10
 def test_embed_evaluate_and_pretrain_read_shards(model_dir, tmp_path):
     import pyarrow.parquet as pq
 

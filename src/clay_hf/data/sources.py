@@ -327,13 +327,8 @@ def _load_webdataset(
 ) -> IterableDataset:
     from .webdataset import load_chip_webdataset
 
-    if isinstance(source, (list, tuple)):
-        files = [str(path) for path in source]
-    elif Path(str(source)).is_dir():
-        files = sorted(str(path) for path in Path(str(source)).rglob("*.tar"))
-    else:
-        files = str(source)  # a file or a glob: the webdataset builder resolves it
-    dataset = load_chip_webdataset(files, layout or (13, 512, 512, "float32"))
+    files = [str(path) for path in source] if isinstance(source, (list, tuple)) else source
+    dataset = load_chip_webdataset(files, layout)  # a folder, a glob, a list or one shard; layout from the shards
     if split is not None:
         dataset = dataset.filter(lambda record: split_of(record["source_url"], validation_fraction) == split)
     return dataset
