@@ -12,7 +12,6 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -20,6 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_clay import ClayConfig
+from .recompute import gelu_linear, layernorm_linear
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fixed sin-cos encodings
@@ -191,120 +191,6 @@ class ClayEmbeddings(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Linear layers that recompute their cheap input in backward
-# ---------------------------------------------------------------------------------------------------------------------
-#
-# In training, a pre-norm block would store LayerNorm(x) for the linear that reads it (besides x, which the
-# LayerNorm stores) and GELU(h) for fc2 (besides h, which the GELU stores): 6 of the 16 token-sized activations a
-# block keeps for backward. The two functions below store only x and h and recompute the LayerNorm and the GELU,
-# elementwise work, in backward. The forward pass runs the very same ops, so outputs are unchanged; gradients are
-# the same math in the same order (first-order only: a double backward raises).
-
-
-def _autocast_state(device_type: str) -> torch.autocast:
-    """The autocast context active now on `device_type`, to re-enter in backward."""
-    return torch.autocast(
-        device_type,
-        dtype=torch.get_autocast_dtype(device_type),
-        enabled=torch.is_autocast_enabled(device_type),
-    )
-
-
-def _linear_backward(
-    grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, needs_grad: tuple[bool, bool, bool]
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of `F.linear(inputs, weight, bias)` for inputs, weight and bias, computed in grad_output's dtype
-    (the dtype the forward matmul ran in)."""
-    dtype = grad_output.dtype
-    grad_rows = grad_output.reshape(-1, grad_output.shape[-1])  # (B·T, out)
-    grad_inputs = grad_output @ weight.to(dtype) if needs_grad[0] else None  # (B, T, in)
-    grad_weight = grad_rows.T @ inputs.to(dtype).reshape(-1, inputs.shape[-1]) if needs_grad[1] else None  # (out, in)
-    grad_bias = grad_rows.sum(0) if needs_grad[2] else None  # (out,)
-    return grad_inputs, grad_weight, grad_bias
-
-
-class _LayerNormLinear(torch.autograd.Function):
-    """`linear(layer_norm(x))` storing x, not the normalised x."""
-
-    @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, eps, weight, bias):
-        ctx.autocast = _autocast_state(x.device.type)
-        normed = nn.functional.layer_norm(x, x.shape[-1:], norm_weight, norm_bias, eps)
-        output = nn.functional.linear(normed, weight, bias)
-        ctx.save_for_backward(x, norm_weight, norm_bias, weight)
-        ctx.eps, ctx.output_dtype = eps, output.dtype
-        return output
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, norm_weight, norm_bias, weight = ctx.saved_tensors
-        needs_x, needs_norm_weight, needs_norm_bias, _, needs_weight, needs_bias = ctx.needs_input_grad
-        norm_inputs = (
-            x.detach().requires_grad_(needs_x),
-            norm_weight.detach().requires_grad_(needs_norm_weight),
-            norm_bias.detach().requires_grad_(needs_norm_bias),
-        )
-        with torch.enable_grad(), ctx.autocast:
-            normed = nn.functional.layer_norm(norm_inputs[0], x.shape[-1:], *norm_inputs[1:], ctx.eps)  # recomputed
-        needs_normed = needs_x or needs_norm_weight or needs_norm_bias
-        grad_normed, grad_weight, grad_bias = _linear_backward(
-            grad_output.to(ctx.output_dtype), normed.detach(), weight, (needs_normed, needs_weight, needs_bias)
-        )
-        grad_norm_inputs = [None, None, None]
-        if needs_normed:
-            wanted = [tensor for tensor in norm_inputs if tensor.requires_grad]
-            found = iter(torch.autograd.grad(normed, wanted, grad_normed))
-            grad_norm_inputs = [next(found) if tensor.requires_grad else None for tensor in norm_inputs]
-        return *grad_norm_inputs, None, grad_weight, grad_bias
-
-
-class _GeluLinear(torch.autograd.Function):
-    """`linear(gelu(h))` storing h, not gelu(h)."""
-
-    @staticmethod
-    def forward(ctx, pre_activation, weight, bias):
-        ctx.autocast = _autocast_state(pre_activation.device.type)
-        output = nn.functional.linear(nn.functional.gelu(pre_activation), weight, bias)
-        ctx.save_for_backward(pre_activation, weight)
-        ctx.output_dtype = output.dtype
-        return output
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        pre_activation, weight = ctx.saved_tensors
-        pre_activation = pre_activation.detach().requires_grad_(ctx.needs_input_grad[0])
-        with torch.enable_grad(), ctx.autocast:
-            activation = nn.functional.gelu(pre_activation)  # recomputed
-        grad_activation, grad_weight, grad_bias = _linear_backward(
-            grad_output.to(ctx.output_dtype), activation.detach(), weight, ctx.needs_input_grad
-        )
-        grad_pre_activation = None
-        if ctx.needs_input_grad[0]:
-            (grad_pre_activation,) = torch.autograd.grad(activation, pre_activation, grad_activation)
-        return grad_pre_activation, grad_weight, grad_bias
-
-
-def layernorm_linear(x: torch.Tensor, layernorm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
-    """`linear(layernorm(x))`; with autograd on, the normalised x is recomputed in backward instead of stored.
-
-    Under `torch.compile` the plain ops are traced: the compiler's partitioner decides what to recompute itself.
-    """
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return linear(layernorm(x))
-    return _LayerNormLinear.apply(x, layernorm.weight, layernorm.bias, layernorm.eps, linear.weight, linear.bias)
-
-
-def gelu_linear(pre_activation: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """`linear(gelu(pre_activation))`; with autograd on, the GELU is recomputed in backward instead of stored
-    (under `torch.compile`, the compiler decides)."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return linear(nn.functional.gelu(pre_activation))
-    return _GeluLinear.apply(pre_activation, linear.weight, linear.bias)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Transformer
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -345,12 +231,19 @@ class ClayAttention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, layernorm: nn.LayerNorm | None = None
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        layernorm: nn.LayerNorm | None = None,
+        recompute: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Self-attention over `hidden_states`, or over `layernorm(hidden_states)` when the block's pre-norm is
-        passed (then the normalised tokens are recomputed in backward, not stored)."""
+        passed (with `recompute`, the normalised tokens are recomputed in backward, not stored)."""
         batch_size, num_tokens, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states) if layernorm is None else layernorm_linear(hidden_states, layernorm, self.qkv)
+        if layernorm is None:
+            qkv = self.qkv(hidden_states)  # (B, T, 3·heads·head_dim)
+        else:
+            qkv = layernorm_linear(hidden_states, layernorm, self.qkv, recompute)  # (B, T, 3·heads·head_dim)
         qkv = qkv.view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, T, head_dim)
 
@@ -379,18 +272,27 @@ class ClayMLP(nn.Module):
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, layernorm: nn.LayerNorm | None = None) -> torch.Tensor:
-        """The MLP of `hidden_states`, or of `layernorm(hidden_states)` when the block's pre-norm is passed. In
-        training it stores fc1's input and output only: the norm and the GELU are recomputed in backward."""
+    def forward(
+        self, hidden_states: torch.Tensor, layernorm: nn.LayerNorm | None = None, recompute: bool = False
+    ) -> torch.Tensor:
+        """The MLP of `hidden_states`, or of `layernorm(hidden_states)` when the block's pre-norm is passed. With
+        `recompute` it stores fc1's input and output only: the norm and the GELU are recomputed in backward."""
         if layernorm is None:
             pre_activation = self.fc1(hidden_states)  # (B, T, intermediate)
         else:
-            pre_activation = layernorm_linear(hidden_states, layernorm, self.fc1)  # (B, T, intermediate)
-        return gelu_linear(pre_activation, self.fc2)  # (B, T, hidden)
+            pre_activation = layernorm_linear(hidden_states, layernorm, self.fc1, recompute)  # (B, T, intermediate)
+        return gelu_linear(pre_activation, self.fc2, recompute)  # (B, T, hidden)
 
 
 class ClayLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    In training mode (and with `recompute_activations`, on by default) the LayerNorm and GELU outputs are recomputed
+    in backward instead of stored (see [`clay_hf.recompute`]); in eval mode the plain modules run, so second-order
+    gradients and `torch.func` work.
+    """
+
+    recompute_activations: bool = True
 
     def __init__(
         self, config: ClayConfig, hidden_size: int, num_heads: int, head_dim: int, intermediate_size: int
@@ -405,9 +307,13 @@ class ClayLayer(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attention(hidden_states, output_attentions, layernorm=self.layernorm_before)
+        recompute = self.training and self.recompute_activations
+        attn_output, attn_weights = self.attention(
+            hidden_states, output_attentions, layernorm=self.layernorm_before, recompute=recompute
+        )
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(hidden_states, layernorm=self.layernorm_after))
+        mlp_output = self.mlp(hidden_states, layernorm=self.layernorm_after, recompute=recompute)
+        hidden_states = hidden_states + self.dropout(mlp_output)
         return hidden_states, attn_weights
 
 
@@ -519,6 +425,16 @@ class ClayPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # tested: torch.compile(model, fullgraph=True) traces the forward
+
+    def set_activation_recompute(self, enabled: bool) -> None:
+        """Recompute LayerNorm and GELU outputs in backward in training mode (the default) or store them.
+
+        The recomputing functions are first-order only: turn this off to take second-order gradients (e.g.
+        `create_graph=True`) in training mode. Eval mode and `torch.func` always use the plain modules.
+        """
+        for module in self.modules():
+            if isinstance(module, ClayLayer):
+                module.recompute_activations = enabled
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
