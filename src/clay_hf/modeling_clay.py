@@ -6,6 +6,7 @@ G band groups, N tokens kept by the mask, D width of the encoder, E width of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -102,6 +103,32 @@ def random_masking(noise: torch.Tensor, mask_ratio: float) -> ClayMasking:
     return ClayMasking(mask=mask, kept_indices=kept_indices, masked_indices=masked_indices)
 
 
+def masking_from_bool_masked_pos(bool_masked_pos: torch.Tensor, num_tokens: int) -> ClayMasking:
+    """A given mask (B, G·L), True = masked, as a [`ClayMasking`]: masked and kept tokens in position order.
+
+    The encoder drops masked tokens (MAE style), so every chip must mask the same number of tokens and keep one.
+    """
+    if bool_masked_pos.ndim != 2 or bool_masked_pos.shape[1] != num_tokens:
+        raise ValueError(
+            f"bool_masked_pos must be (B, G·L) = (B, {num_tokens}), True where a group-patch token is masked; got "
+            f"shape {tuple(bool_masked_pos.shape)}."
+        )
+    bool_masked_pos = bool_masked_pos.bool()
+    counts = bool_masked_pos.sum(dim=1)  # (B,)
+    num_masked = int(counts[0])
+    if (counts != num_masked).any():
+        raise ValueError(
+            f"bool_masked_pos must mask the same number of tokens in every chip (the kept tokens form one batch); "
+            f"got {counts.tolist()}."
+        )
+    if num_masked == num_tokens:
+        raise ValueError(f"bool_masked_pos masks all {num_tokens} tokens; the encoder needs at least one kept token.")
+    order = torch.argsort((~bool_masked_pos).to(torch.uint8), dim=1, stable=True)  # (B, G·L): masked first
+    return ClayMasking(
+        mask=bool_masked_pos.float(), kept_indices=order[:, num_masked:], masked_indices=order[:, :num_masked]
+    )
+
+
 def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Pick `indices` (B, N) along the token axis of `tokens` (B, T, D) → (B, N, D)."""
     return torch.gather(tokens, 1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -160,6 +187,7 @@ class ClayEmbeddings(nn.Module):
         latlon: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ClayMasking | None]:
         patches = self.patch_embeddings(pixel_values)  # (B, G, L, D)
         batch_size, num_groups, num_patches, dim = patches.shape
@@ -169,8 +197,11 @@ class ClayEmbeddings(nn.Module):
         tokens = self.dropout(tokens)
 
         masking = None
-        if noise is not None or mask_ratio is not None:
+        if bool_masked_pos is not None:
+            masking = masking_from_bool_masked_pos(bool_masked_pos.to(tokens.device), num_groups * num_patches)
+        elif noise is not None or mask_ratio is not None:
             masking = self.mask(tokens, noise, self.config.mask_ratio if mask_ratio is None else mask_ratio)
+        if masking is not None:
             tokens = gather_tokens(tokens, masking.kept_indices)  # (B, N, D)
 
         latlon_token = self.latlon_embedding(latlon.to(tokens.dtype))[:, None]  # (B, 1, D)
@@ -478,26 +509,34 @@ class ClayModel(ClayPreTrainedModel):
         latlon: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ClayModelOutput | tuple:
         r"""
         Args:
             pixel_values: (B, C, H, W) normalised bands, H and W multiples of the patch size.
-            timestep: (B, 3) encoded acquisition date (year, month, day).
-            latlon: (B, 2) encoded chip centre (lat, lon).
+            timestep: (B, 3) encoded acquisition date (year, month, day), see [`encode_dates`].
+            latlon: (B, 2) encoded chip centre (sin(lat), lon angle), see [`encode_lonlat`]; not degrees.
             noise: (B, G·L) masking noise; the smallest `mask_ratio` share is masked (v0 convention).
-            mask_ratio: mask this share of tokens; with only `noise` given, `config.mask_ratio` is used.
+            mask_ratio: mask this share of tokens, in [0, 1); with only `noise` given, `config.mask_ratio` is used.
+            bool_masked_pos: (B, G·L) bool, True = masked: the tokens to mask, instead of `noise`/`mask_ratio`. The
+                encoder drops masked tokens (MAE style), so each chip must mask as many tokens as the others.
         """
         output_hidden_states = _default(output_hidden_states, self.config.output_hidden_states)
         output_attentions = _default(output_attentions, self.config.output_attentions)
         return_dict = _default(return_dict, self.config.return_dict)
-        self._check_pixel_values(pixel_values)
+        check_inputs(self.config, pixel_values, timestep, latlon)
+        check_masking_arguments(noise, mask_ratio, bool_masked_pos)
 
         tokens, masking = self.embeddings(
-            pixel_values.to(self.dtype), timestep, latlon, noise=noise, mask_ratio=mask_ratio
+            pixel_values.to(self.dtype),
+            timestep,
+            latlon,
+            noise=noise,
+            mask_ratio=mask_ratio,
+            bool_masked_pos=bool_masked_pos,
         )  # (B, N+2, D)
         encoded = self.encoder(tokens, output_hidden_states, output_attentions)
         pooled = encoded.last_hidden_state[:, :-2].mean(dim=1)  # (B, D)
@@ -513,18 +552,60 @@ class ClayModel(ClayPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
-        channels, height, width = pixel_values.shape[1:]
-        if channels != self.config.num_channels:
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embeddings (one Conv2d + LayerNorm stem per band group)."""
+        return self.embeddings.patch_embeddings
+
+
+def check_inputs(config: ClayConfig, pixel_values: torch.Tensor, timestep: torch.Tensor, latlon: torch.Tensor) -> None:
+    """Shapes of the three inputs, and `timestep`/`latlon` in the range of the v0 encodings (not dates, degrees)."""
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
+    batch_size, channels, height, width = pixel_values.shape
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} bands; this model reads {config.num_channels}: {config.band_names}."
+        )
+    patch = config.patch_size
+    if height % patch or width % patch:
+        raise ValueError(f"Image size {height}×{width} is not a multiple of the patch size {patch}.")
+    for name, value, size, encoder in (
+        ("timestep", timestep, 3, "encode_dates"),
+        ("latlon", latlon, 2, "encode_lonlat"),
+    ):
+        if tuple(value.shape) != (batch_size, size):
             raise ValueError(
-                f"pixel_values has {channels} bands; this model reads {self.config.num_channels}: "
-                f"{self.config.band_names}."
+                f"{name} must be (B, {size}) = ({batch_size}, {size}) for {batch_size} chips in pixel_values, got "
+                f"shape {tuple(value.shape)}; make it with clay_hf.{encoder} or ClayImageProcessor."
             )
-        patch = self.config.patch_size
-        if height % patch or width % patch:
-            raise ValueError(f"Image size {height}×{width} is not a multiple of the patch size {patch}.")
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return  # the range check reads values: not traceable, and checked in eager runs
+    _check_encoded_range(timestep, (math.pi,) * 3, "timestep", "dates (year, month, day)", "encode_dates")
+    _check_encoded_range(latlon, (1.0, math.pi), "latlon", "degrees", "encode_lonlat")
+
+
+def _check_encoded_range(
+    values: torch.Tensor, bounds: tuple[float, ...], name: str, raw: str, encoder: str, tolerance: float = 1e-3
+) -> None:
+    """The v0 encodings are sines (in [-1, 1]) and atan2 angles (in [-π, π]); larger values are raw inputs."""
+    limit = torch.tensor(bounds, dtype=torch.float32, device=values.device) + tolerance
+    outside = values.detach().float().abs() > limit  # (B, k)
+    if outside.any():
+        example = values[outside.nonzero()[0].unbind()].item()
+        raise ValueError(
+            f"{name} holds {example:g}, outside the range of the v0 encoding (|value| ≤ {list(bounds)}): it looks "
+            f"like raw {raw}. Encode them with clay_hf.{encoder} or ClayImageProcessor."
+        )
+
+
+def check_masking_arguments(
+    noise: torch.Tensor | None, mask_ratio: float | None, bool_masked_pos: torch.Tensor | None
+) -> None:
+    """One way of masking at a time, and a mask ratio that keeps tokens."""
+    if bool_masked_pos is not None and (noise is not None or mask_ratio is not None):
+        raise ValueError("pass bool_masked_pos or noise/mask_ratio, not both: bool_masked_pos fixes the masked tokens.")
+    if mask_ratio is not None and not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1) (the encoder needs a kept token), got {mask_ratio}.")
 
 
 class ClayDecoder(nn.Module):
@@ -660,30 +741,39 @@ class ClayForMaskedImageModeling(ClayPreTrainedModel):
         latlon: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ClayForMaskedImageModelingOutput | tuple:
         r"""
         Args:
             pixel_values, timestep, latlon: as in [`ClayModel`].
             noise: (B, G·L) masking noise (the smallest share is masked); without it the noise is random in
                 training mode and `arange` (no shuffle, as v0 validation) in eval mode.
-            mask_ratio: defaults to `config.mask_ratio`.
+            mask_ratio: defaults to `config.mask_ratio`; it must mask at least one token (the loss is over them).
+            bool_masked_pos: (B, G·L) bool, True = masked, instead of `noise`/`mask_ratio` (see [`ClayModel`]).
         """
         return_dict = _default(return_dict, self.config.return_dict)
-        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if bool_masked_pos is None and mask_ratio is None:
+            mask_ratio = self.config.mask_ratio
         encoded = self.clay(
             pixel_values,
             timestep,
             latlon,
             noise=noise,
             mask_ratio=mask_ratio,
+            bool_masked_pos=bool_masked_pos,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
         )
+        if encoded.masked_indices.shape[1] == 0:
+            raise ValueError(
+                f"no token is masked (mask_ratio={mask_ratio} of {encoded.mask.shape[1]} tokens, or an empty "
+                "bool_masked_pos): the reconstruction loss is the error over masked tokens. Mask at least one, or "
+                "use ClayModel for unmasked embeddings."
+            )
         height, width = (size // self.config.patch_size for size in pixel_values.shape[-2:])
         logits = self.decoder(encoded.last_hidden_state, encoded.kept_indices, height, width)  # (B, C, L, P·P)
         loss = clay_masked_reconstruction_loss(
