@@ -88,9 +88,33 @@ def encode_dates(dates: Sequence[DateLike]) -> np.ndarray:
     return encoded.astype(np.float32).reshape(len(parsed), 3)
 
 
-def encode_lonlat(lonlat: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    """(lon, lat) degrees (B, 2) → v0 `latlon` (B, 2) float32: (sin(lat), atan2(cos(lon), sin(lon)))."""
-    values = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+def lonlat_pairs(lonlat: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """(lon, lat) in degrees as (B, 2) pairs, or one (2,) pair → (B, 2) float64. Any other shape is an error: a
+    (2, B) array of [lons, lats] would otherwise be read as wrong pairs."""
+    try:
+        values = np.asarray(lonlat, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"lonlat must be (B, 2) (longitude, latitude) pairs in degrees; could not read {lonlat!r}."
+        ) from error
+    if values.shape == (2,):
+        values = values[None]
+    if values.ndim != 2 or values.shape[1] != 2:
+        hint = (
+            " (a [longitudes, latitudes] array is (2, B): transpose it)"
+            if values.ndim == 2 and values.shape[0] == 2
+            else ""
+        )
+        raise ValueError(
+            f"lonlat must be (B, 2) (longitude, latitude) pairs or one (2,) pair, in degrees; got shape "
+            f"{values.shape}{hint}."
+        )
+    return values
+
+
+def encode_lonlat(lonlat: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """(lon, lat) degrees, (B, 2) or (2,) → v0 `latlon` (B, 2) float32: (sin(lat), atan2(cos(lon), sin(lon)))."""
+    values = lonlat_pairs(lonlat)
     lon, lat = values[:, 0], values[:, 1]
     bad = ~np.isfinite(values).all(axis=1) | (np.abs(lon) > 180) | (np.abs(lat) > 90)
     if bad.any():
@@ -206,7 +230,7 @@ class ClayImageProcessor(BaseImageProcessor):
         if dates is None or lonlat is None:
             raise ValueError("dates and lonlat are required: Clay encodes each chip's date and centre.")
         date_list = [dates] if isinstance(dates, (str, dt.date, np.datetime64)) else list(dates)
-        lonlat_array = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+        lonlat_array = lonlat_pairs(lonlat)  # (B, 2)
         if not len(date_list) == len(lonlat_array) == pixels.shape[0]:
             raise ValueError(
                 f"mismatched batch lengths: {pixels.shape[0]} images, {len(date_list)} dates, "
