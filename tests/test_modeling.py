@@ -386,3 +386,36 @@ def test_frozen_embeddings_with_reentrant_checkpointing_still_train_the_encoder(
     for name, param in encoder.encoder.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert all(param.grad is None for param in model.get_input_embeddings().parameters())
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 128), (96, 64), (128, 32), (40, 40)])
+def test_logits_to_image_round_trips_non_square_chips(height, width):
+    """Any multiple of the patch size; one side is enough, the other follows from the patch count."""
+    config = small_config()  # 32×32 chips of 8×8 patches
+    model = ClayForMaskedImageModeling(config)
+    image = torch.randn(2, 13, height, width)
+    logits = patchify(image, config.patch_size)  # (B, C, L, P·P), the layout of the model's logits
+    torch.testing.assert_close(model.logits_to_image(logits, height, width), image, atol=0, rtol=0)
+    torch.testing.assert_close(model.logits_to_image(logits, height=height), image, atol=0, rtol=0)
+    torch.testing.assert_close(model.logits_to_image(logits, width=width), image, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"cannot tell the image size.*Pass height and/or width"):
+        model.logits_to_image(logits)
+
+
+def test_logits_to_image_of_a_model_output_and_its_errors():
+    config = small_config()
+    model = ClayForMaskedImageModeling(config).eval()
+    inputs = random_inputs(config)
+    inputs["pixel_values"] = torch.randn(2, 13, 32, 128)
+    logits = model(**inputs).logits  # (2, 13, 64, 64)
+    assert model.logits_to_image(logits, height=32).shape == (2, 13, 32, 128)
+    square = model(**random_inputs(config)).logits
+    assert model.logits_to_image(square).shape == (2, 13, 32, 32)  # the config's image_size
+    with pytest.raises(ValueError, match="cannot make an image of height 24"):
+        model.logits_to_image(logits, height=24)  # 3 rows do not divide 64 patches
+    with pytest.raises(ValueError, match="not a positive multiple of the patch size 8"):
+        model.logits_to_image(logits, width=30)
+    with pytest.raises(ValueError, match="a 32×64 image has 32 patches of 8, the logits 64"):
+        model.logits_to_image(logits, 32, 64)
+    with pytest.raises(ValueError, match=r"logits must be \(B, C, L, P·P\) with P·P = 64"):
+        model.logits_to_image(logits[..., :16])

@@ -794,11 +794,50 @@ class ClayForMaskedImageModeling(ClayPreTrainedModel):
     def logits_to_image(
         self, logits: torch.Tensor, height: int | None = None, width: int | None = None
     ) -> torch.Tensor:
-        """Turn `logits` (B, C, L, P·P) into an image (B, C, H, W) in band order (channel c is band c)."""
-        if height is None or width is None:
-            side = round(logits.shape[2] ** 0.5) * self.config.patch_size
-            height, width = height or side, width or side
+        """Turn `logits` (B, C, L, P·P) into an image (B, C, H, W) in band order (channel c is band c).
+
+        Give the chip's `height` and/or `width` (one is enough: the other follows from L). With neither, the chip
+        is taken to be the config's square `image_size`, which must have L patches; otherwise it is an error.
+        """
+        if logits.ndim != 4 or logits.shape[-1] != self.config.patch_size**2:
+            raise ValueError(
+                f"logits must be (B, C, L, P·P) with P·P = {self.config.patch_size**2}, got {tuple(logits.shape)}."
+            )
+        height, width = patch_grid_size(logits.shape[2], self.config.patch_size, height, width, self.config.image_size)
         return unpatchify(logits, height, width)
+
+
+def patch_grid_size(
+    num_patches: int, patch_size: int, height: int | None, width: int | None, default_size: int
+) -> tuple[int, int]:
+    """The (H, W) of a chip with `num_patches` patches of `patch_size`, from the sides given (or `default_size`
+    square when none is); an error where they do not fit or cannot be told."""
+    for name, side in (("height", height), ("width", width)):
+        if side is not None and (side <= 0 or side % patch_size):
+            raise ValueError(f"{name} {side} is not a positive multiple of the patch size {patch_size}.")
+    if height is None and width is None:
+        if (default_size // patch_size) ** 2 != num_patches:
+            raise ValueError(
+                f"cannot tell the image size of {num_patches} patches: the config's {default_size}×{default_size} "
+                "chip has a different count. Pass height and/or width."
+            )
+        return default_size, default_size
+    if height is None or width is None:
+        known = height if height is not None else width
+        if num_patches % (known // patch_size):
+            given = "height" if height is not None else "width"
+            raise ValueError(
+                f"{num_patches} patches cannot make an image of {given} {known} ({known // patch_size} patches of "
+                f"{patch_size}); check height/width."
+            )
+        other = num_patches // (known // patch_size) * patch_size
+        return (known, other) if height is not None else (other, known)
+    if (height // patch_size) * (width // patch_size) != num_patches:
+        raise ValueError(
+            f"a {height}×{width} image has {(height // patch_size) * (width // patch_size)} patches of "
+            f"{patch_size}, the logits {num_patches}."
+        )
+    return height, width
 
 
 def _default(value: bool | None, fallback: bool) -> bool:
