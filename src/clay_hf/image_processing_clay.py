@@ -9,6 +9,7 @@ The formulas are those of the v0 training code:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import math
@@ -204,6 +205,14 @@ class ClayImageProcessor(BaseImageProcessor):
         mean, std = self.band_statistics(bands)
         return normalize_pixels(pixels, mean, std)
 
+    def select_bands(self, bands: Sequence[str]) -> ClayImageProcessor:
+        """A copy for inputs that hold `bands` (names, in channel order), with this processor's statistics for them:
+        the processor of a partial model is `processor.select_bands(model.config.band_names)`."""
+        mean, std = self.band_statistics(bands)
+        processor = copy.deepcopy(self)
+        processor.band_names, processor.image_mean, processor.image_std = list(bands), mean, std
+        return processor
+
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
@@ -273,14 +282,19 @@ class ClayImageProcessor(BaseImageProcessor):
 
 
 def load_image_processor(model_name_or_path: str, band_names: Sequence[str]) -> ClayImageProcessor:
-    """The processor saved beside a model, or the v0 processor for `band_names` when none was saved."""
+    """The processor saved beside a model, for the bands the model reads (`model.config.band_names`: a partial
+    model loaded with `bands=[...]` reads fewer than the folder's processor), or the v0 processor for `band_names`
+    when none was saved."""
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(model_name_or_path)
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError):
         logger.warning("no preprocessor_config.json in %s: using the v0 statistics", model_name_or_path)
         return ClayImageProcessor(band_names=band_names)
+    if list(processor.band_names) == list(band_names):
+        return processor
+    return processor.select_bands(band_names)
 
 
 def _as_batch(images: Any) -> np.ndarray:

@@ -6,8 +6,11 @@ G band groups, N tokens kept by the mask, D width of the encoder, E width of the
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+import os
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,6 +24,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_clay import ClayConfig
 from .recompute import gelu_linear, layernorm_linear
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fixed sin-cos encodings
@@ -456,6 +461,38 @@ class ClayPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # tested: torch.compile(model, fullgraph=True) traces the forward
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args,
+        bands: Sequence[str] | None = None,
+        **kwargs,
+    ):
+        """`PreTrainedModel.from_pretrained`, plus `bands=[...]`: the names of the input's bands, in its channel
+        order. The model keeps the band groups whose bands are all given (its config is the saved one with
+        [`ClayConfig.select_bands`], so every size works), loads their weights, and says in one log line which
+        groups it dropped."""
+        if bands is not None:
+            config = kwargs.get("config")
+            if isinstance(config, ClayConfig):
+                kwargs["config"] = config.select_bands(bands)
+            else:
+                kwargs["bands"] = bands  # ClayConfig.from_dict selects the groups of the saved config
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if summary := model.config.band_selection_summary():
+            logger.warning("%s: %s", cls.__name__, summary)
+        return loaded
+
+    def post_init(self) -> None:
+        super().post_init()
+        # Weights of the band groups that `select_bands` dropped are expected to be left out: not reported one by one.
+        dropped = getattr(self.config, "_dropped_band_groups", None)
+        if dropped:
+            names = "|".join(re.escape(name) for name in dropped)
+            self._keys_to_ignore_on_load_unexpected.add(rf"(^|\.)(patch_embeddings\.groups|to_pixels)\.({names})\.")
 
     def set_activation_recompute(self, enabled: bool) -> None:
         """Recompute LayerNorm and GELU outputs in backward in training mode (the default) or store them.
