@@ -187,3 +187,11 @@ def test_lonlat_pairs_and_a_single_pair_are_accepted():
     pairs = np.array([[12.5, 41.9], [-70.0, -33.4]])
     np.testing.assert_array_equal(encode_lonlat(pairs[0]), encode_lonlat(pairs[:1]))
     assert encode_lonlat(pairs).shape == (2, 2)
+
+
+def test_a_pil_image_is_refused_with_the_way_to_the_clay_pipeline():
+    """What `pipeline("image-feature-extraction")` hands over: an RGB picture, without date or place."""
+    from PIL import Image
+
+    with pytest.raises(ValueError, match=r"not PIL images.*clay-feature-extraction"):
+        ClayImageProcessor()(Image.new("RGB", (32, 32)), dates="2020-01-01", lonlat=(0, 0))

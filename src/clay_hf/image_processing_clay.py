@@ -231,6 +231,12 @@ class ClayImageProcessor(BaseImageProcessor):
         `pixel_values` (B, C, H, W) float32, `timestep` (B, 3), `latlon` (B, 2)."""
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}.")
+        if type(images).__module__.startswith("PIL."):
+            raise ValueError(
+                "ClayImageProcessor takes raw band stacks (C, H, W) or (B, C, H, W), numpy or torch, with dates and "
+                "lonlat, not PIL images; for a pipeline, use pipeline('clay-feature-extraction', model=...) after "
+                "`import clay_hf`."
+            )
         pixels = _as_batch(images)  # (B, C, H, W), float64
         mean, std = self.band_statistics(bands)
         names = list(bands) if bands is not None else self.band_names
