@@ -14,7 +14,13 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
 from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
-from .image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor, encode_dates, encode_lonlat
+from .image_processing_clay import (
+    CLAY_V0_BAND_STATISTICS,
+    ClayImageProcessor,
+    encode_dates,
+    encode_lonlat,
+    load_image_processor,
+)
 from .modeling_clay import (
     ClayForMaskedImageModeling,
     ClayForMaskedImageModelingOutput,
@@ -59,6 +65,7 @@ __all__ = [
     "convert_original_checkpoint",
     "encode_dates",
     "encode_lonlat",
+    "load_image_processor",
     "patchify",
     "unpatchify",
 ]
