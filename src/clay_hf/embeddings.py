@@ -30,6 +30,7 @@ from shapely.ops import transform as transform_geometry
 from .configuration_clay import CLAY_V0_BAND_NAMES
 from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
+from .model_source import from_pretrained_checked
 from .modeling_clay import ClayModel
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class EmbeddingRun:
 
 def load_encoder(model_name_or_path: str, device: str | torch.device = "cpu") -> tuple[ClayModel, ClayImageProcessor]:
     """The encoder and its saved processor (or the v0 processor for the model's bands, if none was saved)."""
-    model = ClayModel.from_pretrained(model_name_or_path).to(device).eval()
+    model = from_pretrained_checked(ClayModel, model_name_or_path).to(device).eval()
     return model, load_image_processor(model_name_or_path, model.config.band_names)
 
 
