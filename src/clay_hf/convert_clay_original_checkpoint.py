@@ -91,7 +91,7 @@ def load_original_checkpoint(checkpoint_path: str | PathLike, allow_unsafe_pickl
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error):
             raise CheckpointConversionError(
-                f"{checkpoint_path}: not a readable PyTorch checkpoint ({error})."
+                f"{checkpoint_path}: not a readable PyTorch checkpoint ({_summary_line(error)})."
             ) from error
         raise CheckpointConversionError(
             f"{checkpoint_path}: refused to unpickle it with weights_only=True, because it holds objects other "
@@ -99,10 +99,18 @@ def load_original_checkpoint(checkpoint_path: str | PathLike, allow_unsafe_pickl
             f"trust the file, pass allow_unsafe_pickle=True (--allow_unsafe_pickle). Details: {_first_line(error)}"
         ) from error
     except Exception as error:  # torch raises RuntimeError and others for non-checkpoint files
-        raise CheckpointConversionError(f"{checkpoint_path}: not a readable PyTorch checkpoint ({error}).") from error
+        raise CheckpointConversionError(
+            f"{checkpoint_path}: not a readable PyTorch checkpoint ({_summary_line(error)})."
+        ) from error
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointConversionError(f"{checkpoint_path}: not a Lightning checkpoint (no 'state_dict' entry).")
     return dict(checkpoint)
+
+
+def _summary_line(error: Exception) -> str:
+    """The first line of a library's (often multi-line) message."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
 
 
 def _first_line(error: Exception) -> str:
