@@ -254,6 +254,7 @@ def publish_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def pretrain_main(argv: list[str] | None = None) -> int:
     """`clay-pretrain`: the pretraining loop (see `clay_hf.training.pretrain`); exit status 0 when it finishes."""
     from .training.pretrain import main
@@ -262,6 +263,7 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def demo_main(argv: list[str] | None = None) -> int:
     """`clay-demo`: the end-to-end demo on built-in synthetic data (what `make demo` runs)."""
     from .demo import main
