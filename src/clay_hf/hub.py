@@ -49,8 +49,8 @@ V0_TRAINING = (
     "per GPU × 4 GPUs × 5 accumulation steps = 200; 25 epochs. Final training loss 0.52, validation loss 0.46."
 )
 V0_ENVIRONMENT = (
-    "The released v0.1 weights were trained on 4 NVIDIA A10G GPUs for 25 epochs, about 15 hours each (roughly 375 hours "
-    "of the 4-GPU machine). The energy used and its carbon intensity were not measured."
+    "The released v0.1 weights were trained on 4 NVIDIA A10G GPUs for 25 epochs, about 15 hours each (roughly "
+    "375 hours of the 4-GPU machine). The energy used and its carbon intensity were not measured."
 )
 
 
@@ -129,8 +129,11 @@ def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) 
                 f"--staging_dir {staging_dir} is not empty and was not made by this tool: refusing to delete its "
                 "contents. Choose a new or empty folder (or leave --staging_dir out for a temporary one)."
             )
-        for entry in staging.iterdir():  # a staging folder made by an earlier run: only ever our own files
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for entry in staging.iterdir():  # a staging folder made by an earlier run: its files are ours
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         reused = True
     staging.mkdir(parents=True, exist_ok=True)
     (staging / STAGING_MARKER).write_text(
