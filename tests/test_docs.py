@@ -146,18 +146,18 @@ def test_model_card_python_blocks_run(fixtures, monkeypatch):
 # Commands and their flags
 # ---------------------------------------------------------------------------------------------------------------------
 
-COMMAND = re.compile(r"(?:python\s+)?(?<![\w/.-])((?:scripts|benchmarks)/[\w-]+\.py|clay-[a-z0-9-]+)((?:\s+[^`\n]*)?)")
+SCRIPT = re.compile(r"^(?:scripts|benchmarks)/[\w-]+\.py$")
+FLAG = re.compile(r"^\[?(--[A-Za-z][\w-]*)")
 
 
 def console_scripts() -> dict[str, str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
-def command_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, text) of every place a command may be written: logical lines of shell blocks (continuations
-    joined) and inline code spans elsewhere."""
-    found, lines = [], text.splitlines()
-    shell_lines = set()
+def command_lines(text: str) -> list[tuple[int, str, bool]]:
+    """(line number, text, in a shell block) of every place a command may be written: logical lines of shell
+    blocks (continuations joined, comments dropped) and inline code spans elsewhere."""
+    found, shell_lines = [], set()
     for block in code_blocks(text):
         if block.language in ("bash", "sh", "shell", "console") and not block.skipped:
             logical, first = "", None
@@ -166,52 +166,89 @@ def command_lines(text: str) -> list[tuple[int, str]]:
                 first = first or block.line + 1 + offset
                 logical += " " + line.rstrip().removesuffix("\\")
                 if not line.rstrip().endswith("\\"):
-                    found.append((first, logical.split(" #")[0]))
+                    found.append((first, re.split(r"\s#", logical)[0], True))
                     logical, first = "", None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if number not in shell_lines:
-            found += [(number, span) for span in re.findall(r"`([^`\n]+)`", line)]
+            found += [(number, span, False) for span in re.findall(r"`([^`\n]+)`", line)]
     return found
 
 
+def parse_command(segment: str) -> tuple[str, list[str]] | None:
+    """(command, the words after it) for one shell command: `python scripts/X.py …`, `clay-X …`, or
+    `accelerate launch [options] scripts/X.py …`, after any `NAME=value` assignments; None for anything else."""
+    words = segment.split()
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        words = words[1:]
+    if not words:
+        return None
+    if words[0] in ("python", "python3") and len(words) > 1 and SCRIPT.match(words[1]):
+        return words[1], words[2:]
+    if words[0].startswith("clay-"):
+        return words[0], words[1:]
+    if words[:2] == ["accelerate", "launch"]:
+        script = next((i for i, word in enumerate(words) if SCRIPT.match(word)), None)
+        return (words[script], words[script + 1 :]) if script is not None else None
+    return None
+
+
 def mentioned_commands(text: str) -> list[tuple[int, str, list[str]]]:
-    """(line, command, flags written after it) for each command the text names."""
-    mentions = []
-    for number, line in command_lines(text):
-        for match in COMMAND.finditer(line):
-            tail = re.split(r"[|;&]|\s#", match.group(2))[0]
-            mentions.append((number, match.group(1), re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", tail)))
+    """(line, command, words after it) for each command the text names. In prose, a lone `clay-X` that is no
+    console script is a name, not a command (e.g. a pipeline task), and is left alone."""
+    scripts, mentions = console_scripts(), []
+    for number, line, in_shell in command_lines(text):
+        for segment in re.split(r"&&|\|\||;|\s\|\s", line):
+            parsed = parse_command(segment)
+            if parsed is None:
+                continue
+            command, words = parsed
+            if not in_shell and not words and command.startswith("clay-") and command not in scripts:
+                continue
+            mentions.append((number, command, words))
     return mentions
 
 
-def help_text(command: str, scripts: dict[str, str]) -> str:
-    """The `--help` of a console script (or of the entry point behind `scripts/X.py`), run in this process."""
+def help_text(command: str, scripts: dict[str, str], words: list[str]) -> str:
+    """The `--help` of a console script run in this process, with its subcommand's `--help` when the first word
+    after the command is one (e.g. `clay-search index`)."""
     module, function = scripts[command].split(":")
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-        getattr(import_module(module), function)(["--help"])
-    assert exit_info.value.code == 0, command
-    return out.getvalue()
+    main = getattr(import_module(module), function)
+
+    def run(argv: list[str]) -> tuple[int | None, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+            main(argv)
+        return info.value.code, out.getvalue()
+
+    code, text = run(["--help"])
+    assert code == 0, f"{command} --help exits with {code}"
+    if words and re.match(r"^[a-z][\w-]*$", words[0]):
+        code, sub = run([words[0], "--help"])
+        if code == 0:
+            text += sub
+    return text
 
 
 def check_commands(text: str, name: str) -> int:
     scripts = console_scripts()
-    helps: dict[str, str] = {}
+    helps: dict[tuple[str, str], str] = {}
     problems, checked = [], 0
-    for number, command, flags in mentioned_commands(text):
+    for number, command, words in mentioned_commands(text):
         checked += 1
+        if command.startswith(("scripts/", "benchmarks/")) and not (REPO / command).is_file():
+            problems.append(f"{name}:{number}: {command} does not exist")
+            continue
         if command.startswith("benchmarks/"):
-            if not (REPO / command).is_file():
-                problems.append(f"{name}:{number}: {command} does not exist")
             continue
         entry = "clay-" + Path(command).stem.replace("_", "-") if command.startswith("scripts/") else command
-        if command.startswith("scripts/") and not (REPO / command).is_file():
-            problems.append(f"{name}:{number}: {command} does not exist")
         if entry not in scripts:
             problems.append(f"{name}:{number}: {command} has no console script {entry} in pyproject.toml")
             continue
-        helps.setdefault(entry, help_text(entry, scripts))
-        unknown = [flag for flag in flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[entry])]
+        key = (entry, words[0] if words else "")
+        if key not in helps:
+            helps[key] = help_text(entry, scripts, words)
+        flags = [match.group(1) for word in words if (match := FLAG.match(word))]
+        unknown = [flag for flag in flags if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", helps[key])]
         if unknown:
             problems.append(f"{name}:{number}: {command} has no {', '.join(unknown)} (see {entry} --help)")
     assert not problems, "\n".join(problems)
@@ -240,6 +277,14 @@ def test_the_checker_catches_what_it_should(tmp_path):
         check_commands("`clay-evaluate --data_dir x --no_such_flag 1`", "text")
     with pytest.raises(AssertionError, match=r"scripts/nothing\.py does not exist"):
         check_commands("```bash\npython scripts/nothing.py \\\n  --x 1\n```", "text")
+    with pytest.raises(AssertionError, match=r"clay-nothing has no console script"):
+        check_commands("```bash\nHF_TOKEN=x clay-nothing --x 1\n```", "text")
+    # a model named clay-… is an argument, a lone name in prose is not a command; flags in [--x a|b] are read
+    prose = "`clay-evaluate --model_name_or_path clay-v0.1 [--masking random|v0] --split all`, the `clay-x` task"
+    assert [(command, words[:2]) for _, command, words in mentioned_commands(prose)] == [
+        ("clay-evaluate", ["--model_name_or_path", "clay-v0.1"])
+    ]
+    assert check_commands(prose, "text") == 1
     blocks = code_blocks(f"a\n\n{NO_TEST}\n\n```python\nraise SystemExit\n```\n```python\nx = 1\n```")
     assert [(block.skipped, block.code) for block in blocks] == [(True, "raise SystemExit"), (False, "x = 1")]
 
