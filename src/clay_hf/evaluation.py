@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .configuration_clay import ClayConfig
+from .data.chips import chip_file_name
 from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import from_pretrained_checked
@@ -37,12 +38,12 @@ def load_pretraining_model(
 def chip_masking_noise(
     source_urls: Sequence[str], num_tokens: int, seed: int = VALIDATION_MASKING_SEED
 ) -> torch.Tensor:
-    """(B, num_tokens) uniform noise, each row from `seed` and the chip's file NAME: a chip gets the same mask in
-    every run, batch, rank and storage place (the v0 convention: the smallest noise is masked)."""
+    """(B, num_tokens) uniform noise, each row from `seed` and the chip's file NAME (as the train/validation split
+    reads it): a chip gets the same mask in every run, batch, rank and storage place (the smallest noise is masked,
+    the v0 convention)."""
     rows = []
     for url in source_urls:
-        name = str(url).rstrip("/").rsplit("/", 1)[-1]
-        digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+        digest = hashlib.sha256(f"{seed}:{chip_file_name(url)}".encode()).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
         rows.append(torch.rand(num_tokens, generator=generator))
     return torch.stack(rows)
