@@ -2,12 +2,15 @@
 
 - Every ```python block of README.md runs, in order, in one namespace, on a tiny saved model; so does every
   ```python block of a model card rendered for that model. Placeholders that stand for the reader's own data (a
-  model id, an S3 bucket, a chip file) are replaced by fixtures through `SUBSTITUTIONS`; names a snippet uses
-  without defining (the reader's tensors) come from `GIVEN`. A new placeholder goes into `SUBSTITUTIONS`.
+  model id, an S3 bucket, a chip file) are replaced by fixtures through the table in `substitutions()`; names a
+  snippet uses without defining (the reader's tensors) come from `given()`. A new placeholder goes into that
+  table (or `given()`), not into a marker.
 - A block that cannot run here (it needs a GPU, the network, hours) is marked by the line `<!-- no-test -->` as
   the last non-blank line before its opening fence. Use it sparingly: a marked block is not checked at all.
-- Every command the docs name (`python scripts/X.py …`, `clay-X …`, in code blocks or inline code) exists, and
-  every `--flag` written after it is in that command's `--help`. `python benchmarks/X.py` must exist.
+- Every command the docs name (`python scripts/X.py …`, `clay-X …`, `accelerate launch … scripts/X.py …`, in
+  shell blocks or inline code) exists, `scripts/X.py` has the console script `clay-X` (underscores as hyphens),
+  and every `--flag` written after it is in that command's `--help` (or its subcommand's). `python
+  benchmarks/X.py` must exist. The marker also exempts a shell block from these checks.
 - Relative links in the project's Markdown files point at files that exist.
 """
 
