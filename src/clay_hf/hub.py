@@ -26,7 +26,13 @@ from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 PACKAGE_DIR = Path(__file__).parent
 CARD_DIR = PACKAGE_DIR / "model_card"  # package data: the card template and the licence ship with the wheel
 STAGING_MARKER = ".clay-staging"  # marks a folder this tool made, so that a later run may empty it
-REMOTE_CODE = ("configuration_clay.py", "modeling_clay.py", "image_processing_clay.py")
+REMOTE_CODE = (
+    "configuration_clay.py",
+    "modeling_clay.py",
+    "recompute.py",
+    "loss_clay.py",
+    "image_processing_clay.py",
+)
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_clay.ClayConfig",
     "AutoModel": "modeling_clay.ClayModel",
