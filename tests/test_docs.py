@@ -29,7 +29,7 @@ import tomllib
 import torch
 from conftest import small_config
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
+from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, encode_dates, encode_lonlat
 from clay_hf.data import resolve_sources, write_synthetic_chips
 from clay_hf.hub import CARD_DIR, render_model_card
 
@@ -108,8 +108,8 @@ def given() -> dict[str, object]:
     rng = np.random.default_rng(0)
     return {
         "pixel_values": torch.randn(2, 13, 32, 32, generator=generator),
-        "timestep": torch.randn(2, 3, generator=generator),
-        "latlon": torch.randn(2, 2, generator=generator),
+        "timestep": torch.from_numpy(encode_dates(["2023-06-01", "2019-11-20"])).float(),
+        "latlon": torch.from_numpy(encode_lonlat(np.array([[12.49, 41.89], [-60.0, -3.1]]))).float(),
         "raw_chip": rng.integers(0, 10000, (13, 32, 32)).astype(np.uint16),
     }
 
