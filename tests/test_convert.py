@@ -1,5 +1,7 @@
 """The converter maps every tensor of the original layout and refuses anything that does not fit."""
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,14 +10,26 @@ import pytest
 import torch
 from conftest import TINY_CKPT
 from safetensors import safe_open
+from transformers import AutoImageProcessor
 
-from clay_hf import ClayConfig, ClayForMaskedImageModeling, convert_original_checkpoint
+from clay_hf import (
+    CLAY_V0_BAND_NAMES,
+    ClayConfig,
+    ClayForMaskedImageModeling,
+    ClayImageProcessor,
+    convert_original_checkpoint,
+)
 from clay_hf.convert_clay_original_checkpoint import (
+    CONVERSION_RECORD_NAME,
     CheckpointConversionError,
+    conversion_record,
     convert_state_dict,
     derive_config,
     load_original_checkpoint,
+    save_converted,
 )
+from clay_hf.convert_clay_original_checkpoint import main as convert_main
+from clay_hf.hub import stage_repository
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = Path(__file__).parent / "fixtures" / "clay_v0_small_state_dict_keys.tsv"
@@ -128,3 +142,54 @@ def test_script_writes_a_folder_in_our_names(tmp_path, expected):
     with torch.no_grad():
         hidden = model.clay(expected["pixels"], expected["timestep"], expected["latlon"]).last_hidden_state
     torch.testing.assert_close(hidden, expected["encoder_last_hidden_state"], atol=1e-5, rtol=1e-5)
+    converted_folder_publishes(output, tmp_path)
+
+
+def converted_folder_publishes(output, tmp_path):
+    """The converted folder has the v0 processor for its bands and a conversion record, so it publishes."""
+    processor = AutoImageProcessor.from_pretrained(output)
+    assert isinstance(processor, ClayImageProcessor) and processor.band_names == list(CLAY_V0_BAND_NAMES)
+    assert processor.image_mean == ClayImageProcessor(band_names=CLAY_V0_BAND_NAMES).image_mean
+    record = json.loads((output / CONVERSION_RECORD_NAME).read_text())
+    assert record["source_checkpoint"] == "clay_v0_tiny.ckpt"
+    assert record["source_sha256"] == hashlib.sha256(TINY_CKPT.read_bytes()).hexdigest()
+    assert record["v0_1_architecture"] is False  # the fixture is a tiny custom model
+    staged = stage_repository(output, tmp_path / "staging", "made-with-clay/Clay")  # what publish --dry_run does
+    text = (staged.folder / "README.md").read_text()
+    assert "converted from the original Clay checkpoint `clay_v0_tiny.ckpt`" in text and "0.46" not in text
+
+
+def test_converter_keeps_a_partial_band_set_in_the_processor(original, tmp_path):
+    """The processor saved beside converted weights has the checkpoint's bands, in its order."""
+    bands = ["red", "green", "blue", "nir"]
+    original["hyper_parameters"]["band_groups"] = {"rgb": [0, 1, 2], "nir": [3]}
+    for key in list(original["state_dict"]):
+        if any(f"patch_embedding.{group}." in key or f"embed_to_pixels.{group}." in key
+               for group in ("rededge", "swir", "sar", "dem")):  # fmt: skip
+            del original["state_dict"][key]
+    config = derive_config(original, band_names=bands, **HEADS)
+    path = write_checkpoint(tmp_path / "partial.ckpt", original)
+    model = convert_original_checkpoint(path, config=config)
+    folder = save_converted(model, tmp_path / "out", conversion_record(path, model.config))
+    assert AutoImageProcessor.from_pretrained(folder).band_names == bands
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "no/such.ckpt"], "error: no/such.ckpt: no such file."),
+        ([], "error: {ckpt}: cannot derive num_attention_heads"),
+        (["--checkpoint", "{garbage}"], "error: {garbage}: not a readable PyTorch checkpoint"),
+        (["--config", "{garbage}", "--num_attention_heads", "4"], "error: {garbage}: not a readable Clay config.json"),
+    ],
+)
+def test_conversion_mistakes_are_one_line_not_a_traceback(tmp_path, capsys, args, message):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    names = {"ckpt": str(TINY_CKPT), "garbage": str(garbage)}
+    argv = ["--checkpoint", str(TINY_CKPT), "--output_dir", str(tmp_path / "out")]
+    argv += [arg.format(**names) for arg in args]
+    assert convert_main(argv) == 1  # returned, not raised: no traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message.format(**names)), err
+    assert not (tmp_path / "out").exists()

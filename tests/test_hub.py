@@ -12,12 +12,14 @@ from pathlib import Path
 import httpx2
 import pytest
 import torch
-from conftest import small_config
+from conftest import TINY_CKPT, small_config
 from huggingface_hub import ModelCard, set_client_factory
 from huggingface_hub.utils import _http
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
-from clay_hf.hub import StagingError, stage_repository, upload_repository, validate_model_card
+from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayImageProcessor
+from clay_hf.cli import publish_main
+from clay_hf.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME, V0_1_RELEASE_FILE, conversion_record
+from clay_hf.hub import STAGING_MARKER, StagingError, stage_repository, upload_repository, validate_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "made-with-clay/Clay"
@@ -39,8 +41,9 @@ def source(tmp_path_factory):
         "hardware": {"device": "NVIDIA H100", "device_type": "cuda", "num_processes": 4},
     }))  # fmt: skip
     (folder / "eval_results.json").write_text(json.dumps({
-        "masked_mse": 0.31, "masked_mse_per_group": {"rgb": 0.2, "nir": 0.4}, "num_chips": 64,
-        "masking": "v0 validation (eval mode, no shuffle)", "dataset": "/data/validation-chips",
+        "masked_mse": 0.31, "masked_mse_per_group": {"rgb": 0.2, "nir": 0.4, "dem": None}, "num_chips": 64,
+        "masking": "random", "masking_seed": 0, "mask_ratio": 0.75, "split": "validation",
+        "validation_fraction": 0.2, "dataset": "/data/chips",
     }))  # fmt: skip
     return folder, model
 
@@ -160,26 +163,143 @@ def test_model_card_parses_is_complete_and_reads_the_summaries(staged):
         "geospatial",
     } <= set(data.tags)
     results = {result.metric_name: result.metric_value for result in data.eval_results}
-    assert results == {"masked MSE": 0.31, "masked MSE (rgb)": 0.2, "masked MSE (nir)": 0.4}
+    assert results == {"masked MSE": 0.31, "masked MSE (rgb)": 0.2, "masked MSE (nir)": 0.4}  # dem: not measured
+    assert {result.dataset_split for result in data.eval_results} == {"validation"}
     text = card.text
     for section in ("## Intended uses", "## Prohibited uses", "## How to use", "## Input specification",
                     "## Training data and procedure", "## Evaluation", "## Limitations and biases",
                     "## Environmental impact", "## Citation", "## Licence"):  # fmt: skip
         assert section in text, section
     assert "300 optimizer steps" in text and "4 × NVIDIA H100" in text and "2.00 hours" in text
+    # which chips and which masking the numbers come from; a group with no masked patch is said so, not left out
+    assert "64 chips of the validation split of `chips`" in text and "random with a fixed seed (0)" in text
+    assert "| dem | not measured (no masked patch) |" in text
+    assert "python scripts/" not in text and "clay-embed --model_name_or_path made-with-clay/Clay" in text
     assert "| 12 | dem | 499.46 | 880.35 |" in text and 'AutoModel.from_pretrained("made-with-clay/Clay")' in text
     assert "{{" not in text and "[More Information Needed]" not in text
     validate_model_card(staged / "README.md")
 
 
-def test_converted_weights_get_the_v0_training_facts(tmp_path):
-    folder = tmp_path / "converted"
-    ClayForMaskedImageModeling(small_config()).save_pretrained(folder)
+def model_folder(folder: Path, config=None) -> Path:
+    """A save_pretrained folder with its processor and nothing else: no record of how the weights were made."""
+    ClayForMaskedImageModeling(config or small_config()).save_pretrained(folder)
     ClayImageProcessor().save_pretrained(folder)
+    return folder
+
+
+V0_FACTS = ("0.46", "A10G", "released Clay v0.1 weights were trained")
+
+
+def test_untrained_weights_get_no_v0_facts(tmp_path):
+    staged = stage_repository(model_folder(tmp_path / "fresh"), tmp_path / "staging", REPO_ID)
+    text = (staged.folder / "README.md").read_text()
+    assert not any(fact in text for fact in V0_FACTS), [fact for fact in V0_FACTS if fact in text]
+    assert "no training record came with these weights" in text and "they may be untrained" in text
+
+
+def test_trained_weights_get_their_own_summary_not_v0_facts(staged):
+    text = (staged / "README.md").read_text()
+    assert not any(fact in text for fact in V0_FACTS), [fact for fact in V0_FACTS if fact in text]
+    assert "pretrained with clay_hf" in text and "masking: random, seed 0" not in text  # no masking recorded there
+    assert "masking not recorded" in text
+
+
+def test_converted_v0_1_architecture_gets_the_v0_facts(tmp_path):
+    """A converted folder of the released architecture (weights stand in: the card reads only the config)."""
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    ClayConfig().save_pretrained(folder)
+    ClayImageProcessor().save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"stand-in")
+    record = conversion_record(TINY_CKPT, ClayConfig())
+    (folder / CONVERSION_RECORD_NAME).write_text(json.dumps({**record, "source_checkpoint": V0_1_RELEASE_FILE}))
     staged = stage_repository(folder, tmp_path / "staging", REPO_ID)
     text = (staged.folder / "README.md").read_text()
-    assert "converted from the released Clay v0.1 checkpoint" in text and "validation loss 0.46" in text
-    assert "4 NVIDIA A10G GPUs" in text
+    assert (
+        f"converted from the original Clay checkpoint `{V0_1_RELEASE_FILE}` (sha256 {record['source_sha256'][:16]}"
+        in text
+    )
+    assert "validation loss 0.46" in text and "4 NVIDIA A10G GPUs" in text
+    assert CONVERSION_RECORD_NAME in staged.files
+
+
+def test_a_conversion_record_of_another_architecture_gets_no_v0_facts(tmp_path):
+    folder = model_folder(tmp_path / "converted")
+    (folder / CONVERSION_RECORD_NAME).write_text(json.dumps(conversion_record(TINY_CKPT, small_config())))
+    text = (stage_repository(folder, tmp_path / "staging", REPO_ID).folder / "README.md").read_text()
+    assert "converted from the original Clay checkpoint `clay_v0_tiny.ckpt`" in text
+    assert not any(fact in text for fact in V0_FACTS), [fact for fact in V0_FACTS if fact in text]
+
+
+# --- the staging folder: never delete what the tool did not make ----------------------------------------------------
+
+
+def publish(capsys, *args: str) -> tuple[int, str, str]:
+    """`clay-publish --dry_run` in process: (exit status, stdout, stderr)."""
+    capsys.readouterr()  # drop what came before (progress bars of save_pretrained)
+    status = publish_main(["--repo_id", REPO_ID, "--dry_run", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_staging_into_the_model_folder_is_refused_and_the_model_untouched(tmp_path, capsys):
+    folder = model_folder(tmp_path / "model")
+    before = snapshot(folder)
+    status, _, err = publish(capsys, "--model_dir", str(folder), "--staging_dir", str(folder))
+    assert status == 1  # no exception: one line, no traceback
+    assert err.strip().splitlines() == [
+        f"error: --staging_dir {folder} is the model folder {folder}: staging would overwrite the model. "
+        "Choose a separate, new or empty folder (or leave --staging_dir out for a temporary one)."
+    ]
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("where", ["parent", "inside"])
+def test_staging_around_or_inside_the_model_folder_is_refused(tmp_path, where):
+    folder = model_folder(tmp_path / "runs" / "model")
+    before = snapshot(tmp_path)
+    staging = tmp_path / "runs" if where == "parent" else folder / "hub"
+    with pytest.raises(StagingError, match="contains the model folder" if where == "parent" else "inside the model"):
+        stage_repository(folder, staging, REPO_ID)
+    assert snapshot(tmp_path) == before
+
+
+def test_staging_into_a_working_folder_with_other_files_is_refused(tmp_path, capsys, monkeypatch):
+    folder = model_folder(tmp_path / "model")
+    work = tmp_path / "work"
+    (work / "notes").mkdir(parents=True)
+    (work / "notes" / "thesis.tex").write_text("years of work")
+    (work / "data.csv").write_text("a,b")
+    before = snapshot(work)
+    monkeypatch.chdir(work)
+    status, _, err = publish(capsys, "--model_dir", str(folder), "--staging_dir", ".")
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "error: --staging_dir . is not empty and was not made by this tool: refusing to delete its contents" in err
+    assert snapshot(work) == before
+
+
+def test_a_staging_folder_of_an_earlier_run_is_reused_and_says_so(tmp_path, capsys):
+    folder = model_folder(tmp_path / "model")
+    staging = tmp_path / "staging"
+    first = stage_repository(folder, staging, REPO_ID)
+    assert not first.reused and (staging / STAGING_MARKER).is_file() and STAGING_MARKER not in first.files
+    (staging / "stale.txt").write_text("from an older staging")
+    status, out, err = publish(capsys, "--model_dir", str(folder), "--staging_dir", str(staging))
+    assert status == 0, err
+    assert f"reused {staging}: a staging folder of an earlier run" in out
+    assert not (staging / "stale.txt").exists() and (staging / "README.md").is_file()
+
+
+def test_an_empty_or_new_staging_folder_is_used(tmp_path):
+    folder = model_folder(tmp_path / "model")
+    (tmp_path / "empty").mkdir()
+    for staging in (tmp_path / "empty", tmp_path / "new" / "repo"):
+        staged = stage_repository(folder, staging, REPO_ID)
+        assert not staged.reused and "README.md" in staged.files
 
 
 def test_validation_refuses_a_card_with_placeholders_or_a_wrong_licence(staged, tmp_path):
@@ -237,7 +357,8 @@ def test_upload_sends_every_staged_file_to_the_repo(staged, monkeypatch):
     try:
         from clay_hf.hub import StagedRepository
 
-        files = sorted(path.name for path in staged.iterdir())
+        files = sorted(path.name for path in staged.iterdir() if path.name != STAGING_MARKER)
+        assert (staged / STAGING_MARKER).is_file()  # staged, but never uploaded
         url = upload_repository(StagedRepository(staged, REPO_ID, files), private=True, token="hf_fake")
     finally:
         set_client_factory(_http.default_client_factory)

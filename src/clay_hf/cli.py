@@ -1,11 +1,18 @@
-"""Command-line entry points for the data tools (`scripts/*.py` and the `clay-*` console scripts)."""
+"""Command-line entry points (`scripts/*.py` and the `clay-*` console scripts).
+
+A user mistake (a missing folder, a model folder that cannot be published, a checkpoint that cannot be converted)
+is one line on stderr and exit status 1, never a traceback: see [`user_errors`].
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from .convert_clay_original_checkpoint import CheckpointConversionError
 from .data.chips import ChipError
 from .data.dataset import resolve_sources
 from .data.shards import DEFAULT_CODEC, pack_shards
@@ -13,6 +20,31 @@ from .data.tiling import make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
 
 
+def user_mistakes() -> tuple[type[Exception], ...]:
+    """The errors that mean the user gave something wrong (each message names it), not a bug."""
+    from .hub import StagingError
+    from .model_source import ModelSourceError
+
+    return StagingError, CheckpointConversionError, ModelSourceError, ChipError, FileNotFoundError
+
+
+def user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Print a user mistake as `error: …` (one line) and return 1; a bug still raises with its traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except Exception as error:
+            if not isinstance(error, user_mistakes()):
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+@user_errors
 def make_chips_main(argv: list[str] | None = None) -> int:
     """Cut GeoTIFFs into v0-format chips, or write synthetic v0 chips (`--synthetic N`)."""
     parser = argparse.ArgumentParser(description=make_chips_main.__doc__)
@@ -58,6 +90,7 @@ def make_chips_main(argv: list[str] | None = None) -> int:
     return 1 if failed and not written else 0
 
 
+@user_errors
 def pack_webdataset_main(argv: list[str] | None = None) -> int:
     """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
     parser = argparse.ArgumentParser(description=pack_webdataset_main.__doc__)
@@ -73,6 +106,7 @@ def pack_webdataset_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def pack_shards_main(argv: list[str] | None = None) -> int:
     """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
     parser = argparse.ArgumentParser(description=pack_shards_main.__doc__)
@@ -99,6 +133,7 @@ def pack_shards_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def embed_main(argv: list[str] | None = None) -> int:
     """Embed GeoTIFF chips with a Clay encoder and write GeoParquet (v0 format)."""
     import torch
@@ -131,6 +166,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def reconstruct_main(argv: list[str] | None = None) -> int:
     """Save PNGs of input, masked input, reconstruction and per-group error for N chips (fixed seed)."""
     from .evaluation import load_pretraining_model
@@ -149,28 +185,47 @@ def reconstruct_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def evaluate_main(argv: list[str] | None = None) -> int:
     """Masked reconstruction error of a Clay model on a chip set, written to eval_results.json."""
     import json
 
-    from .evaluation import evaluate_reconstruction, load_pretraining_model, write_eval_results
+    from .evaluation import MASKINGS, SPLITS, evaluate_reconstruction, load_pretraining_model, write_eval_results
 
     parser = argparse.ArgumentParser(description=evaluate_main.__doc__)
     parser.add_argument("--model_name_or_path", required=True)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--output_dir", required=True, help="where eval_results.json goes (e.g. the model folder)")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="validation",
+        help="chips of the training run's hash split of --data_dir (default: validation), or all of them",
+    )
+    parser.add_argument("--validation_fraction", type=float, default=0.2, help="as the training run's (default 0.2)")
+    parser.add_argument(
+        "--masking",
+        choices=MASKINGS,
+        default="random",
+        help="random: per-chip masks from --seed, every group measured (default, as training's validation); "
+        "v0: v0's validation masking (no shuffle), which never masks the last band groups",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random masking")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seed", type=int, help="mask randomly with this seed; default: v0 validation masking")
-    parser.add_argument("--max_chips", type=int)
+    parser.add_argument("--max_chips", type=int, help="evaluate exactly this many chips (the first readable ones)")
     args = parser.parse_args(argv)
     model, processor = load_pretraining_model(args.model_name_or_path)
-    results = evaluate_reconstruction(model, processor, args.data_dir, args.batch_size, args.seed, args.max_chips)
+    results = evaluate_reconstruction(
+        model, processor, args.data_dir, args.batch_size, masking=args.masking, seed=args.seed,
+        max_chips=args.max_chips, split=args.split, validation_fraction=args.validation_fraction,
+    )  # fmt: skip
     path = write_eval_results(results, args.output_dir)
     print(json.dumps(results, indent=2))
     print(f"wrote {path}")
     return 0
 
 
+@user_errors
 def linear_probe_main(argv: list[str] | None = None) -> int:
     """Linear probe: logistic regression on mean embeddings of labelled chips, accuracy on a fixed split."""
     import json
@@ -197,11 +252,12 @@ def linear_probe_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@user_errors
 def publish_main(argv: list[str] | None = None) -> int:
     """Assemble, validate and upload a Clay model folder to the Hub (token from HF_TOKEN)."""
     import tempfile
 
-    from .hub import stage_repository, upload_repository
+    from .hub import STAGING_MARKER, stage_repository, upload_repository
 
     parser = argparse.ArgumentParser(description=publish_main.__doc__)
     parser.add_argument("--model_dir", required=True, help="a save_pretrained folder with preprocessor_config.json")
@@ -213,6 +269,8 @@ def publish_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
     staged = stage_repository(args.model_dir, staging, args.repo_id)
+    if staged.reused:
+        print(f"reused {staged.folder}: a staging folder of an earlier run (it holds {STAGING_MARKER}), emptied first")
     target = f"https://huggingface.co/{args.repo_id}" + (f"/tree/{args.revision}" if args.revision else "")
     for name in staged.files:
         size = (staged.folder / name).stat().st_size
@@ -221,4 +279,22 @@ def publish_main(argv: list[str] | None = None) -> int:
     print(f"model card: {staged.folder / 'README.md'}")
     if not args.dry_run:
         print(f"uploaded: {upload_repository(staged, private=args.private, revision=args.revision)}")
+    return 0
+
+
+@user_errors
+def pretrain_main(argv: list[str] | None = None) -> int:
+    """`clay-pretrain`: the pretraining loop (see `clay_hf.training.pretrain`); exit status 0 when it finishes."""
+    from .training.pretrain import main
+
+    main(argv)
+    return 0
+
+
+@user_errors
+def demo_main(argv: list[str] | None = None) -> int:
+    """`clay-demo`: the end-to-end demo on built-in synthetic data (what `make demo` runs)."""
+    from .demo import main
+
+    main(argv)
     return 0

@@ -8,8 +8,11 @@ code; `allow_unsafe_pickle=True` is the only way past that, for files from a sou
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import pickle
 import re
+import sys
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -18,9 +21,20 @@ from typing import Any
 import torch
 
 from .configuration_clay import CLAY_V0_PRESETS, ClayConfig, normalize_band_groups
+from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling
 
 ORIGINAL_PREFIX = "model."
+#: Written beside converted weights: which file they came from. The model card states v0 facts only with it.
+CONVERSION_RECORD_NAME = "clay_conversion.json"
+#: The file name of the released Clay v0.1 checkpoint.
+V0_1_RELEASE_FILE = "Clay_v0.1_epoch-24_val-loss-0.46.ckpt"
+#: The config fields that make a model the released v0.1 architecture (`ClayConfig()`, the `small` preset).
+_ARCHITECTURE_FIELDS = (
+    "image_size", "patch_size", "band_names", "band_groups", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "head_dim", "intermediate_size", "decoder_hidden_size", "decoder_num_hidden_layers",
+    "decoder_num_attention_heads", "decoder_head_dim", "decoder_intermediate_size",
+)  # fmt: skip
 
 # (original pattern, our name); `{i}` is a layer index, `{g}` a band group name.
 _RENAMES: list[tuple[str, str]] = [
@@ -77,7 +91,7 @@ def load_original_checkpoint(checkpoint_path: str | PathLike, allow_unsafe_pickl
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error):
             raise CheckpointConversionError(
-                f"{checkpoint_path}: not a readable PyTorch checkpoint ({error})."
+                f"{checkpoint_path}: not a readable PyTorch checkpoint ({_summary_line(error)})."
             ) from error
         raise CheckpointConversionError(
             f"{checkpoint_path}: refused to unpickle it with weights_only=True, because it holds objects other "
@@ -85,10 +99,18 @@ def load_original_checkpoint(checkpoint_path: str | PathLike, allow_unsafe_pickl
             f"trust the file, pass allow_unsafe_pickle=True (--allow_unsafe_pickle). Details: {_first_line(error)}"
         ) from error
     except Exception as error:  # torch raises RuntimeError and others for non-checkpoint files
-        raise CheckpointConversionError(f"{checkpoint_path}: not a readable PyTorch checkpoint ({error}).") from error
+        raise CheckpointConversionError(
+            f"{checkpoint_path}: not a readable PyTorch checkpoint ({_summary_line(error)})."
+        ) from error
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointConversionError(f"{checkpoint_path}: not a Lightning checkpoint (no 'state_dict' entry).")
     return dict(checkpoint)
+
+
+def _summary_line(error: Exception) -> str:
+    """The first line of a library's (often multi-line) message."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
 
 
 def _first_line(error: Exception) -> str:
@@ -227,14 +249,50 @@ def convert_original_checkpoint(
         _add_identity_encoder_to_decoder(state_dict, config)
         model = ClayForMaskedImageModeling(config)
         check_state_dict(model, state_dict)
-    except CheckpointConversionError as error:
+    except ValueError as error:  # CheckpointConversionError, or a config the checkpoint's values do not make
         raise CheckpointConversionError(f"{checkpoint_path}: {error}") from None
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Command line: convert a checkpoint and write a `save_pretrained` folder (config.json, model.safetensors)."""
+def has_v0_1_architecture(config: ClayConfig) -> bool:
+    """Whether `config` has the shape and bands of the released Clay v0.1 model (the `small` preset)."""
+    released = ClayConfig()
+    return all(getattr(config, name) == getattr(released, name) for name in _ARCHITECTURE_FIELDS)
+
+
+def conversion_record(checkpoint_path: str | PathLike, config: ClayConfig) -> dict[str, Any]:
+    """What the model card needs to know about converted weights: the source file, its digest, the architecture."""
+    digest = hashlib.sha256()
+    with open(checkpoint_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        converter = f"clay_hf {version('clay_hf')}"
+    except PackageNotFoundError:  # running from a source checkout that is not installed
+        converter = "clay_hf"
+    return {
+        "converted_by": converter,
+        "source_checkpoint": Path(checkpoint_path).name,
+        "source_sha256": digest.hexdigest(),
+        "v0_1_architecture": has_v0_1_architecture(config),
+    }
+
+
+def save_converted(model: ClayForMaskedImageModeling, output_dir: str | PathLike, record: dict[str, Any]) -> Path:
+    """A `save_pretrained` folder for converted weights: model, the v0 processor for its bands, and the record."""
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    ClayImageProcessor(band_names=model.config.band_names).save_pretrained(output_dir)
+    (output_dir / CONVERSION_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: convert a checkpoint and write a `save_pretrained` folder (config.json, model.safetensors,
+    preprocessor_config.json and the conversion record). A user mistake is one line on stderr and exit status 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="the original Lightning .ckpt file")
     parser.add_argument("--output_dir", required=True, help="where to write the transformers folder")
@@ -253,20 +311,36 @@ def main(argv: list[str] | None = None) -> Path:
         )
         if value is not None
     }
-    config = ClayConfig.from_json_file(args.config) if args.config else None
-    model = convert_original_checkpoint(
-        args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
-    )
-    output_dir = Path(args.output_dir)
-    model.save_pretrained(output_dir)
+    try:
+        if not Path(args.checkpoint).is_file():
+            raise CheckpointConversionError(f"{args.checkpoint}: no such file.")
+        config = _read_config_file(args.config) if args.config else None
+        model = convert_original_checkpoint(
+            args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
+        )
+    except CheckpointConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    output_dir = save_converted(model, args.output_dir, conversion_record(args.checkpoint, model.config))
     print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {output_dir}")
-    return output_dir
+    return 0
+
+
+def _read_config_file(path: str) -> ClayConfig:
+    try:
+        return ClayConfig.from_json_file(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointConversionError(f"{path}: not a readable Clay config.json ({error}).") from None
 
 
 __all__ = [
+    "CONVERSION_RECORD_NAME",
     "CheckpointConversionError",
+    "conversion_record",
     "convert_original_checkpoint",
     "convert_state_dict",
     "derive_config",
+    "has_v0_1_architecture",
     "load_original_checkpoint",
+    "save_converted",
 ]

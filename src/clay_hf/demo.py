@@ -24,8 +24,6 @@ from .evaluation import evaluate_reconstruction, load_pretraining_model, write_e
 from .hub import stage_repository
 from .visualize import save_reconstructions
 
-REPO_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
 
 def pretrain_command(chips: Path, model_dir: Path, num_processes: int, steps: int) -> list[str]:
     """`accelerate launch` of scripts/pretrain.py for a tiny Clay on the CPU."""
@@ -33,13 +31,24 @@ def pretrain_command(chips: Path, model_dir: Path, num_processes: int, steps: in
     launch += ["--dynamo_backend", "no"]
     launch += ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu"]
     return [
-        *launch, str(REPO_SCRIPTS / "pretrain.py"),
+        *launch, "--module", "clay_hf.training",  # the installed package: works without a source checkout
         "--train_dir", str(chips), "--output_dir", str(model_dir),
         "--config_name", "tiny", "--image_size", "64", "--patch_size", "8",
         "--max_train_steps", str(steps), "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
         "--learning_rate", "5e-4", "--lr_scheduler", "cosine_with_warmup", "--num_warmup_steps", "20",
         "--eval_steps", "100", "--checkpointing_steps", "100", "--logging_steps", "10", "--report_to", "tensorboard",
     ]  # fmt: skip
+
+
+def training_artifacts(model_dir: Path) -> list[str]:
+    """What the training run wrote, naming only folders that exist (no checkpoints line when none was written)."""
+    lines = [f"model, processor and training summary: {model_dir}"]
+    checkpoints = model_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        lines.append(f"checkpoints: {checkpoints}")
+    if (model_dir / "clay_pretrain").is_dir():
+        lines.append(f"TensorBoard logs: {model_dir / 'clay_pretrain'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
     chips, model_dir = output_dir / "chips", output_dir / "model"
-    for folder in (chips, model_dir, output_dir / "reconstructions"):
+    for folder in (chips, model_dir, output_dir / "reconstructions", output_dir / "hub"):  # the demo's own folders
         shutil.rmtree(folder, ignore_errors=True)
 
     write_synthetic_chips(chips, args.num_chips, size=64, seed=0)
@@ -60,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[2/7] pretraining a tiny Clay for {args.max_train_steps} steps on {args.num_processes} CPU processes")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(pretrain_command(chips, model_dir, args.num_processes, args.max_train_steps), check=True, env=env)
-    print(f"      model, processor and training summary: {model_dir}")
-    print(f"      checkpoints: {model_dir / 'checkpoints'}; TensorBoard logs: {model_dir / 'clay_pretrain'}")
+    for line in training_artifacts(model_dir):
+        print(f"      {line}")
 
     model = AutoModel.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
@@ -81,10 +90,13 @@ def main(argv: list[str] | None = None) -> None:
 
     results = evaluate_reconstruction(mim, mim_processor, chips)
     path = write_eval_results(results, model_dir)
-    print(f"[6/7] masked reconstruction MSE {results['masked_mse']:.4f} on {results['num_chips']} chips: {path}")
+    print(
+        f"[6/7] masked reconstruction MSE {results['masked_mse']:.4f} on the {results['num_chips']} validation chips "
+        f"(random masking, seed {results['masking_seed']}): {path}"
+    )
 
     staged = stage_repository(model_dir, output_dir / "hub" / "Clay", "made-with-clay/Clay")
-    print(f"[7/7] Hub repository staged ({len(staged.files)} files; upload with scripts/publish.py): {staged.folder}")
+    print(f"[7/7] Hub repository staged ({len(staged.files)} files; upload with clay-publish): {staged.folder}")
     print(f"      model card: {staged.folder / 'README.md'}")
 
 

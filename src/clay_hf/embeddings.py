@@ -32,6 +32,7 @@ from .data.dataset import chip_dataloader, model_inputs
 from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
+from .model_source import from_pretrained_checked
 from .modeling_clay import ClayModel
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class EmbeddingRun:
 
 def load_encoder(model_name_or_path: str, device: str | torch.device = "cpu") -> tuple[ClayModel, ClayImageProcessor]:
     """The encoder and its saved processor (or the v0 processor for the model's bands, if none was saved)."""
-    model = ClayModel.from_pretrained(model_name_or_path).to(device).eval()
+    model = from_pretrained_checked(ClayModel, model_name_or_path).to(device).eval()
     return model, load_image_processor(model_name_or_path, model.config.band_names)
 
 

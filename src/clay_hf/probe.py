@@ -23,13 +23,25 @@ from .modeling_clay import ClayModel
 
 
 def labels_from_csv(path: str | PathLike) -> dict[str, str]:
-    """A CSV with columns `path` (or `source_url`) and `label` → {chip path: label}."""
+    """A CSV with columns `path` (or `source_url`) and `label` → {chip path: label}.
+
+    A relative chip path is relative to the CSV's folder (wherever the command runs); absolute paths and URLs are
+    kept as they are.
+    """
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "label" not in rows[0] or not ({"path", "source_url"} & set(rows[0])):
         raise ValueError(f"{path}: expected a header with 'path' (or 'source_url') and 'label' columns")
     key = "path" if "path" in rows[0] else "source_url"
-    return {row[key]: row["label"] for row in rows}
+    folder = Path(path).parent
+    return {_resolve_chip(row[key], folder): row["label"] for row in rows}
+
+
+def _resolve_chip(chip: str, folder: Path) -> str:
+    if "://" in chip or chip.startswith("/vsi"):
+        return chip
+    path = Path(chip).expanduser()
+    return str(path if path.is_absolute() else folder / path)
 
 
 def labels_from_folders(root: str | PathLike) -> dict[str, str]:

@@ -38,7 +38,7 @@ from ..data.dataset import (
     worker_start_method,
 )
 from ..data.sources import ShardSelection, load_chip_dataset, split_chip_source
-from ..evaluation import MaskedErrorTotals
+from ..evaluation import VALIDATION_MASKING_SEED, MaskedErrorTotals, masking_description, masking_noise
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
@@ -182,25 +182,37 @@ def evaluate(
     accelerator: Accelerator,
     config: ClayConfig,
     max_chips: int | None = None,
-) -> dict[str, float]:
-    """Masked reconstruction loss (v0 validation masking: eval mode, no shuffle) in total and per band group."""
+) -> dict[str, float | None]:
+    """Masked reconstruction loss in total and per band group (None: a group with no masked token), with the
+    random masking of `evaluate.py` (each chip's noise from `VALIDATION_MASKING_SEED` and its file name), so the
+    validation loss is comparable with the training loss and with `evaluate.py` on the same chips."""
     model.eval()
     totals = MaskedErrorTotals(config, accelerator.device)
     seen = 0
     with torch.no_grad():
         for batch in loader:
-            inputs = model_inputs(batch, processor, accelerator.device)
-            with accelerator.autocast():
-                outputs = model(**inputs)
-            totals.add(inputs["pixel_values"], outputs)
-            seen += len(batch["source_url"])
             if max_chips is not None and seen >= max_chips:
                 break
+            if max_chips is not None and seen + len(batch["source_url"]) > max_chips:
+                batch = _first_chips(batch, max_chips - seen)
+            inputs = model_inputs(batch, processor, accelerator.device)
+            noise = masking_noise(
+                batch["source_url"], inputs["pixel_values"], config, "random", VALIDATION_MASKING_SEED
+            )
+            with accelerator.autocast():
+                outputs = model(**inputs, noise=noise)
+            totals.add(inputs["pixel_values"], outputs)
+            seen += len(batch["source_url"])
     totals.reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
     model.train()
     if totals.masked_mse() is None:
         return {}
     return {"loss": totals.masked_mse(), **totals.per_group()}
+
+
+def _first_chips(batch: dict[str, Any], count: int) -> dict[str, Any]:
+    """The first `count` chips of a collated batch (tensors and lists sliced; counters kept)."""
+    return {key: value[:count] if isinstance(value, (torch.Tensor, list)) else value for key, value in batch.items()}
 
 
 def hardware_description(accelerator: Accelerator) -> dict[str, Any]:
@@ -566,7 +578,8 @@ def _validate(model, eval_loader, processor, accelerator, config, args, state: T
         return
     state.validation_loss = metrics["loss"]
     state.validation_group_losses = {name: value for name, value in metrics.items() if name != "loss"}
-    accelerator.log({f"validation/{name}": value for name, value in metrics.items()}, step=state.global_step)
+    measured = {f"validation/{name}": value for name, value in metrics.items() if value is not None}
+    accelerator.log(measured, step=state.global_step)
 
 
 def _checkpoint(accelerator, model, processor, train_loader, args, state: TrainState, output_dir: Path) -> None:
@@ -598,6 +611,7 @@ def _summary(state: TrainState, args, accelerator, config: ClayConfig, model, lo
         "train_loss_history": logged_losses,  # every --logging_steps steps of this session
         "final_validation_loss": state.validation_loss,
         "final_validation_group_losses": state.validation_group_losses,
+        "validation_masking": masking_description("random", VALIDATION_MASKING_SEED),
         "wall_time_seconds": round(state.wall_time, 2),
         "hardware": hardware_description(accelerator),
         "num_parameters": accelerator.unwrap_model(model).num_parameters(),
