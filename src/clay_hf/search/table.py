@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 
@@ -117,10 +117,7 @@ def build_index(
         raise SearchIndexError(f"{path}: level {level!r} cannot be searched; index a 'mean' or 'patch' file.")
     model_name_or_path = model_name_or_path or meta.get("model_name_or_path")
     parquet = pq.ParquetFile(path)
-    patches = int(np.prod(shape[:-1])) if level == "patch" else 1
-    total = parquet.metadata.num_rows * patches
-    ann = _ann_settings(total, shape[-1], index_type) if total >= ann_threshold else None
-    info = IndexInfo(str(path), model_name_or_path, level, shape[-1], metric, rows=0, ann=ann)
+    info = IndexInfo(str(path), model_name_or_path, level, shape[-1], metric, rows=0)
 
     skipped = [0]
     batches = _table_batches(parquet, path, level, shape, crs, batch_rows, skipped)
@@ -131,10 +128,18 @@ def build_index(
     reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
     table = db.create_table(TABLE_NAME, data=reader, mode="overwrite")
     info.rows, info.skipped = table.count_rows(), skipped[0]
-    if ann is not None:
-        table.create_index("vector", config=_index_config(ann, metric))
     _record(table, info)
-    logger.info("indexed %d rows of %s (%d skipped) in %s; ANN: %s", info.rows, path, info.skipped, index_dir, ann)
+    if info.rows >= ann_threshold:
+        create_ann_index(table, info, index_type)
+    logger.info("indexed %d rows of %s (%d skipped) in %s; ANN: %s", info.rows, path, info.skipped, index_dir, info.ann)
+    return info
+
+
+def create_ann_index(table, info: IndexInfo, index_type: str = "IVF_PQ", **settings) -> IndexInfo:
+    """Build the ANN index of a search table (replacing any) and record it; `settings` override [`AnnIndex`]'s."""
+    info.ann = replace(_ann_settings(info.rows, info.dim, index_type), **settings)
+    table.create_index("vector", config=_index_config(info.ann, info.metric))
+    _record(table, info)
     return info
 
 
@@ -250,4 +255,13 @@ def open_index(index_dir: str | PathLike):
     return table, IndexInfo.from_json(metadata[METADATA_KEY])
 
 
-__all__ = ["ANN_THRESHOLD", "METRICS", "AnnIndex", "IndexInfo", "SearchIndexError", "build_index", "open_index"]
+__all__ = [
+    "ANN_THRESHOLD",
+    "METRICS",
+    "AnnIndex",
+    "IndexInfo",
+    "SearchIndexError",
+    "build_index",
+    "create_ann_index",
+    "open_index",
+]
