@@ -30,17 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_embeddings(path: Path, vectors: np.ndarray, footprints, dates, level="mean", shape=None) -> Path:
-    """An embeddings GeoParquet as embed.py writes it, from given vectors and footprints."""
+    """An embeddings GeoParquet as embed.py writes it, from given vectors (n, L) and footprints (None: unknown)."""
     table = pa.table(
         {
             "source_url": [f"chip_{i:04d}.tif" for i in range(len(vectors))],
             "date": pa.array(dates, pa.date32()),
             "embeddings": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
-            "geometry": pa.array(shapely.to_wkb(footprints), pa.binary()),
+            "geometry": pa.array(shapely.to_wkb(np.asarray(footprints, dtype=object)), pa.binary()),
         }
     )
     metadata = {
-        b"geo": json.dumps(geo_metadata(list(shapely.total_bounds(footprints)))).encode(),
+        b"geo": json.dumps(geo_metadata(None)).encode(),
         b"clay:embeddings": json.dumps({"level": level, "shape": list(shape or vectors.shape[1:])}).encode(),
     }
     pq.write_table(table.replace_schema_metadata(metadata), path)
@@ -146,6 +146,30 @@ def test_patch_footprints_tile_the_chip(tmp_path):
         for c in range(16)
     ]
     assert max(shapely.hausdorff_distance(a, b) for a, b in zip(native, cells, strict=True)) < 0.05  # metres
+
+
+def test_patches_of_chips_across_the_antimeridian_or_without_a_footprint(tmp_path):
+    """A chip split at the antimeridian gives patches split there; a chip with no footprint, patches without one."""
+    east = shapely.box(179.96, 60.0, 180.0, 60.045)
+    west = shapely.box(-180.0, 60.0, -179.95, 60.045)
+    across = shapely.MultiPolygon([east, west])
+    vectors = np.random.default_rng(1).standard_normal((2, 2 * 2 * 4)).astype(np.float32)
+    path = write_embeddings(
+        tmp_path / "p.parquet", vectors, [across, None], [dt.date(2021, 1, 1)] * 2, "patch", [2, 2, 4]
+    )
+    info = build_index(path, tmp_path / "index")
+    table, _ = open_index(tmp_path / "index")
+    rows = table.to_arrow().sort_by(
+        [("source_url", "ascending"), ("patch_row", "ascending"), ("patch_col", "ascending")]
+    )
+    assert info.rows == 8
+    patches = shapely.from_wkb(rows.column("geometry").to_pylist())
+    assert [shapely.get_type_id(p) for p in patches[:4]] == [6, 3, 6, 3]  # west column split: MultiPolygon, Polygon
+    assert sum(p.area for p in patches[:4]) == pytest.approx(across.area, rel=1e-3)
+    assert all(p is None for p in patches[4:])
+    hits = search(tmp_path / "index", like=["chip_0001.tif"], k=8, bbox=(179.99, 59.0, -179.99, 61.0))
+    assert hits.num_rows == 4 and set(hits.column("source_url").to_pylist()) == {"chip_0000.tif"}
+    assert search(tmp_path / "index", like=["chip_0001.tif"], k=8).num_rows == 8  # no footprint, still a neighbour
 
 
 # --- with a model: embed.py output, patch rows, new chip files ----------------------------------------------------

@@ -50,13 +50,26 @@ def date_literals(where: str, date_columns: Sequence[str]) -> str:
     return where
 
 
-def bbox_filter(bbox: Sequence[float]) -> str:
-    """SQL: rows whose footprint's bounds meet (minlon, minlat, maxlon, maxlat)."""
+def bbox_shape(bbox: Sequence[float]) -> shapely.Polygon | shapely.MultiPolygon:
+    """(minlon, minlat, maxlon, maxlat) as a shape; minlon > maxlon is a box across the antimeridian."""
     minlon, minlat, maxlon, maxlat = bbox
-    if minlon > maxlon or minlat > maxlat:
-        raise ValueError(f"--bbox must be minlon minlat maxlon maxlat, got {list(bbox)}.")
+    if minlat > maxlat or not all(-180 <= lon <= 180 for lon in (minlon, maxlon)):
+        raise ValueError(f"--bbox must be minlon minlat maxlon maxlat in degrees, got {list(bbox)}.")
+    if minlon <= maxlon:
+        return shapely.box(minlon, minlat, maxlon, maxlat)
+    return shapely.MultiPolygon([shapely.box(minlon, minlat, 180, maxlat), shapely.box(-180, minlat, maxlon, maxlat)])
+
+
+def bbox_filter(bbox: Sequence[float]) -> str:
+    """SQL: rows whose footprint's bounds meet the box (a coarse test; [`nearest`] then keeps those that meet it)."""
     xmin, ymin, xmax, ymax = BBOX_COLUMNS
-    return f"{xmax} >= {minlon} AND {xmin} <= {maxlon} AND {ymax} >= {minlat} AND {ymin} <= {maxlat}"
+    shape = bbox_shape(bbox)
+    parts = shape.geoms if isinstance(shape, shapely.MultiPolygon) else [shape]
+    tests = [
+        f"({xmax} >= {west} AND {xmin} <= {east} AND {ymax} >= {south} AND {ymin} <= {north})"
+        for west, south, east, north in (part.bounds for part in parts)
+    ]
+    return "(" + " OR ".join(tests) + ")"
 
 
 def _rows_where(table, where: str, columns: Sequence[str]) -> pa.Table:
@@ -173,7 +186,7 @@ def nearest(
         hits = _search(table, info, vector, limit, " AND ".join(filters) or None, nprobes, refine_factor)
         if bbox is None:
             break
-        meets = shapely.intersects(shapely.from_wkb(hits.column("geometry").to_pylist()), shapely.box(*bbox))
+        meets = shapely.intersects(shapely.from_wkb(hits.column("geometry").to_pylist()), bbox_shape(bbox))
         exact = hits.filter(pa.array(meets, pa.bool_()))  # the bounds test is coarse: keep footprints that meet it
         if exact.num_rows >= k or hits.num_rows < limit:
             hits = exact
@@ -208,8 +221,9 @@ def write_hits(hits: pa.Table, output: str | PathLike, info: IndexInfo, query: Q
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    bounds = shapely.bounds(shapely.from_wkb(hits.column("geometry").to_pylist()))
-    bbox = [*bounds[:, :2].min(axis=0).tolist(), *bounds[:, 2:].max(axis=0).tolist()] if len(bounds) else None
+    bounds = shapely.bounds(shapely.from_wkb(hits.column("geometry").to_pylist()))  # NaN for a null footprint
+    known = bounds[np.isfinite(bounds).all(axis=1)]
+    bbox = [*known[:, :2].min(axis=0).tolist(), *known[:, 2:].max(axis=0).tolist()] if len(known) else None
     metadata = {
         b"geo": json.dumps(geo_metadata(bbox)).encode(),
         b"clay:search": json.dumps(
