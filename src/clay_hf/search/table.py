@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from os import PathLike
@@ -104,7 +103,7 @@ def build_index(
     batch_rows: int = 4096,
 ) -> IndexInfo:
     """Build (or replace) the search table of `embeddings` in `index_dir`; `patch` files become one row per patch."""
-    lancedb = _lancedb()
+    import lancedb
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
@@ -126,7 +125,9 @@ def build_index(
         raise SearchIndexError(f"{path}: holds no embeddings with a finite vector to index.")
     db = lancedb.connect(str(index_dir))
     reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
-    table = db.create_table(TABLE_NAME, data=reader, mode="overwrite")
+    if TABLE_NAME in db.list_tables().tables:
+        db.drop_table(TABLE_NAME)  # then create: LanceDB's "overwrite" warns when there is nothing to overwrite
+    table = db.create_table(TABLE_NAME, data=reader)
     info.rows, info.skipped = table.count_rows(), skipped[0]
     _record(table, info)
     if info.rows >= ann_threshold:
@@ -230,17 +231,9 @@ def _patch_rows(columns: pa.RecordBatch, vectors: np.ndarray, chips: np.ndarray,
     return batch.append_column("patch_col", pa.array(grid_col.astype(np.int32)))
 
 
-def _lancedb():
-    """lancedb, with its Rust log at `error` unless LANCE_LOG says otherwise (it warns on every new table)."""
-    os.environ.setdefault("LANCE_LOG", "error")
-    import lancedb
-
-    return lancedb
-
-
 def open_index(index_dir: str | PathLike):
     """(LanceDB table, IndexInfo) of a folder written by [`build_index`]."""
-    lancedb = _lancedb()
+    import lancedb
 
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
