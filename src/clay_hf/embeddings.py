@@ -7,6 +7,10 @@ records the level and the shape of each embedding.
 Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete), so an
 interrupted run loses at most one part and `resume=True` skips every chip already in a part. When all chips are
 done the parts are joined into OUT.parquet, row group by row group.
+
+Launched as several processes (`accelerate launch`), each rank embeds its own contiguous share of the chips not yet
+done and writes its parts under `OUT.parquet.parts/rank-NNNNN/`; the main process waits for every rank's report,
+joins all parts (in source order for an uninterrupted run) and reports the throughput in all and per rank.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -31,10 +36,12 @@ from .configuration_clay import CLAY_V0_BAND_NAMES
 from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
+from .ranks import Rank, RankReport, clear_reports, shard, throughput, wait_for_reports, write_report
 
 logger = logging.getLogger(__name__)
 
 LEVELS = ("mean", "patch", "group")
+EMBEDDINGS_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 CRS84 = CRS.from_user_input("OGC:CRS84")
 
 
@@ -47,6 +54,7 @@ class EmbeddingRun:
     skipped_done: int
     bad_chips: int
     shape: tuple[int, ...]
+    throughput: str = ""
 
 
 def load_encoder(model_name_or_path: str, device: str | torch.device = "cpu") -> tuple[ClayModel, ClayImageProcessor]:
@@ -92,12 +100,12 @@ def geo_metadata(bbox: list[float] | None) -> dict:
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
-def schema(length: int) -> pa.Schema:
+def schema(length: int, embeddings_dtype: str = "float32") -> pa.Schema:
     return pa.schema(
         [
             ("source_url", pa.string()),
             ("date", pa.date32()),
-            ("embeddings", pa.list_(pa.float32(), length)),
+            ("embeddings", pa.list_(EMBEDDINGS_DTYPES[embeddings_dtype], length)),
             ("geometry", pa.binary()),
         ]
     )
@@ -129,27 +137,40 @@ def embed_to_geoparquet(
     rows_per_part: int = 1024,
     resume: bool = False,
     progress: bool = True,
+    embeddings_dtype: str = "float32",
+    rank: Rank | None = None,
 ) -> EmbeddingRun:
-    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring)."""
+    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring). `model` is a
+    ClayModel or anything with its call, `config` and `device` (e.g. `clay_hf.export.OnnxEncoder`); `rank` is this
+    process's place among several (`clay_hf.ranks.current_rank()`); only the main rank writes `output`."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
+    if embeddings_dtype not in EMBEDDINGS_DTYPES:
+        raise ValueError(f"embeddings_dtype must be one of {list(EMBEDDINGS_DTYPES)}, got {embeddings_dtype!r}.")
     if bands is not None and list(bands) != list(model.config.band_names):
         raise ValueError(f"--bands {list(bands)} do not match the model's bands {model.config.band_names}.")
+    rank = rank or Rank(0, 1, str(model.device))
     output = Path(output)
     parts_dir = output.with_name(output.name + ".parts")
-    if not resume:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    if rank.is_main:
+        if not resume:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        clear_reports(parts_dir)
+    rank.barrier()
     done = _done_sources(parts_dir)
+    remaining = [path for path in resolve_sources(source) if path not in done]
+    rank.barrier()  # every rank has read the finished parts before any writes new ones
 
-    paths = [path for path in resolve_sources(source) if path not in done]
-    device = next(model.parameters()).device
-    writer = _PartWriter(parts_dir, rows_per_part)
+    paths = shard(remaining, rank.index, rank.world_size)
+    started = time.time()
+    device = model.device
+    writer = _PartWriter(_rank_folder(parts_dir, rank), rows_per_part, embeddings_dtype)
     bad_chips, embedded, shape = 0, 0, None
     if paths:
         dataset = load_geotiff_dataset(paths, num_workers=num_workers)
         loader = chip_dataloader(dataset, batch_size, num_workers)
-        for batch in _progress(loader, len(paths), batch_size, progress):
+        for batch in _progress(loader, len(paths), batch_size, progress and rank.is_main):
             bad_chips += batch["bad_chips"]
             pixels = select_bands(batch["pixels"], bands, CLAY_V0_BAND_NAMES)
             inputs = model_inputs({**batch, "pixels": pixels}, processor, device, bands)
@@ -159,14 +180,32 @@ def embed_to_geoparquet(
             writer.add(batch, vectors)
             embedded += len(vectors)
     writer.close()
+    write_report(parts_dir, RankReport(rank.index, embedded, bad_chips, started, time.time()))
+    if not rank.is_main:
+        return EmbeddingRun(output, embedded, len(done), bad_chips, shape or ())
+    reports = wait_for_reports(parts_dir, rank.world_size)
     if shape is None:
         shape = _recorded_shape(parts_dir) or embedding_shape(model, level, model.config.image_size)
-    _join_parts(parts_dir, output, level, shape)
+    layout = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
+    _join_parts(parts_dir, output, {**layout, "model_name_or_path": getattr(model, "name_or_path", None)})
     shutil.rmtree(parts_dir)
+    embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
+    rate = throughput(reports)
     logger.info(
-        "embedded %d chips (%d already done, %d bad chips skipped) → %s", embedded, len(done), bad_chips, output
-    )
-    return EmbeddingRun(output, embedded, len(done), bad_chips, shape)
+        "embedded %d chips (%d already done, %d bad chips skipped) → %s; %s",
+        embedded, len(done), bad_chips, output, rate,
+    )  # fmt: skip
+    return EmbeddingRun(output, embedded, len(done), bad_chips, shape, rate)
+
+
+def _rank_folder(parts_dir: Path, rank: Rank) -> Path:
+    """Where a rank writes its parts: the parts folder itself for a single process, else `rank-NNNNN/` in it."""
+    return parts_dir if rank.world_size == 1 else parts_dir / f"rank-{rank.index:05d}"
+
+
+def _parts(parts_dir: Path) -> list[Path]:
+    """Finished parts of every rank: the folder's own (a single process's), then each rank's, in order."""
+    return sorted(parts_dir.glob("part-*.parquet")) + sorted(parts_dir.glob("rank-*/part-*.parquet"))
 
 
 def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[dict]:
@@ -181,9 +220,10 @@ def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[di
 class _PartWriter:
     """Buffers rows and writes them as complete part files (temporary name, then renamed)."""
 
-    def __init__(self, folder: Path, rows_per_part: int) -> None:
-        self.folder, self.rows_per_part = folder, rows_per_part
+    def __init__(self, folder: Path, rows_per_part: int, embeddings_dtype: str = "float32") -> None:
+        self.folder, self.rows_per_part, self.embeddings_dtype = folder, rows_per_part, embeddings_dtype
         self.rows: list[dict] = []
+        folder.mkdir(parents=True, exist_ok=True)
         self.index = len(list(folder.glob("part-*.parquet")))
 
     def add(self, batch: dict, vectors: np.ndarray) -> None:
@@ -205,10 +245,10 @@ class _PartWriter:
                 "date": [row["date"] for row in self.rows],
                 "embeddings": pa.FixedSizeListArray.from_arrays(
                     pa.array(np.concatenate([row["embeddings"] for row in self.rows]).astype(np.float32)), length
-                ),
+                ).cast(pa.list_(EMBEDDINGS_DTYPES[self.embeddings_dtype], length)),
                 "geometry": [row["geometry"] for row in self.rows],
             },
-            schema=schema(length),
+            schema=schema(length, self.embeddings_dtype),
         )
         final = self.folder / f"part-{self.index:05d}.parquet"
         staging = final.with_suffix(".tmp")
@@ -223,26 +263,27 @@ class _PartWriter:
 
 def _done_sources(parts_dir: Path) -> set[str]:
     done: set[str] = set()
-    for part in sorted(parts_dir.glob("part-*.parquet")):
+    for part in _parts(parts_dir):
         done.update(pq.read_table(part, columns=["source_url"]).column("source_url").to_pylist())
     return done
 
 
 def _recorded_shape(parts_dir: Path) -> tuple[int, ...] | None:
-    parts = sorted(parts_dir.glob("part-*.parquet"))
+    parts = _parts(parts_dir)
     return (pq.read_schema(parts[0]).field("embeddings").type.list_size,) if parts else None
 
 
-def _join_parts(parts_dir: Path, output: Path, level: str, shape: tuple[int, ...]) -> None:
-    """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata."""
-    parts = sorted(parts_dir.glob("part-*.parquet"))
-    length = int(np.prod(shape))
+def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
+    """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata (`layout`: level, shape,
+    dtype and the model)."""
+    parts = _parts(parts_dir)
+    length = int(np.prod(layout["shape"]))
     bounds = _total_bounds(parts)
     metadata = {
         b"geo": json.dumps(geo_metadata(bounds)).encode(),
-        b"clay:embeddings": json.dumps({"level": level, "shape": list(shape)}).encode(),
+        b"clay:embeddings": json.dumps(layout).encode(),
     }
-    target = schema(length).with_metadata(metadata)
+    target = schema(length, layout["dtype"]).with_metadata(metadata)
     staging = output.with_name(output.name + ".tmp")
     with pq.ParquetWriter(staging, target) as writer:
         for part in parts:

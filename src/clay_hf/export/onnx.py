@@ -124,8 +124,13 @@ class OnnxEncoder:
             raise ValueError(f"{self.path}: has no 'clay:config' metadata; export it with export_onnx.py.")
         self.config = ClayConfig.from_dict(json.loads(metadata["clay:config"]))
         processor = metadata.get("clay:image_processor")
-        self.processor = ClayImageProcessor.from_dict(json.loads(processor)) if processor else None
+        self.processor = (
+            ClayImageProcessor.from_dict(json.loads(processor))
+            if processor
+            else ClayImageProcessor(band_names=self.config.band_names)  # the v0 statistics of its bands
+        )
         self.device = torch.device("cpu")
+        self.name_or_path = str(self.path)
 
     def __call__(self, pixel_values: torch.Tensor, timestep: torch.Tensor, latlon: torch.Tensor) -> ClayModelOutput:
         feeds = {

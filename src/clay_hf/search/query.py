@@ -98,8 +98,8 @@ def vectors_at_point(table, lon: float, lat: float) -> tuple[np.ndarray, list[st
 
 
 def embed_chip_files(paths: Sequence[str], info: IndexInfo, model_name_or_path: str | None = None) -> np.ndarray:
-    """(n, D) vectors of new chip files, embedded with the table's model at the table's level (a patch table: the
-    mean over the chip's patches)."""
+    """(n, D) vectors of new chip files, embedded with the table's model (a model folder, a Hub id or an exported
+    .onnx file) at the table's level (a patch table: the mean over the chip's patches)."""
     import torch
 
     from ..configuration_clay import CLAY_V0_BAND_NAMES
@@ -114,7 +114,13 @@ def embed_chip_files(paths: Sequence[str], info: IndexInfo, model_name_or_path: 
             "the index records no model, so new chips cannot be embedded: pass --model_name_or_path "
             "(or build the index with it)."
         )
-    model, processor = load_encoder(model_name_or_path)
+    if str(model_name_or_path).endswith(".onnx"):
+        from ..export import OnnxEncoder
+
+        model = OnnxEncoder(model_name_or_path)
+        processor = model.processor
+    else:
+        model, processor = load_encoder(model_name_or_path)
     if model.config.hidden_size != info.dim:
         raise SearchIndexError(
             f"{model_name_or_path}: embeds {model.config.hidden_size} values, the index holds {info.dim}."
