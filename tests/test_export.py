@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import onnxruntime
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import random_inputs, small_config
@@ -56,3 +60,29 @@ def test_a_file_without_clay_metadata_is_a_clear_error(tmp_path):
     onnx.save(onnx.helper.make_model(graph), tmp_path / "other.onnx")
     with pytest.raises(ValueError, match=r"other\.onnx: has no 'clay:config' metadata"):
         OnnxEncoder(tmp_path / "other.onnx")
+
+
+def test_embed_with_the_onnx_encoder_matches_pytorch(exported, tmp_path):
+    from clay_hf.cli import embed_main
+    from clay_hf.data import write_synthetic_chips
+    from clay_hf.embeddings import embed_to_geoparquet
+
+    write_synthetic_chips(tmp_path / "chips", 3, size=32, seed=5)
+    output = tmp_path / "onnx.parquet"
+    assert (
+        embed_main(["--onnx", str(exported["path"]), "--data_dir", str(tmp_path / "chips"), "--output", str(output)])
+        == 0
+    )
+    processor = OnnxEncoder(exported["path"]).processor
+    reference = embed_to_geoparquet(
+        exported["model"], processor, tmp_path / "chips", tmp_path / "torch.parquet", progress=False
+    )
+    actual, expected = pq.read_table(output), pq.read_table(reference.output)
+    assert actual.column("source_url").to_pylist() == expected.column("source_url").to_pylist()
+    np.testing.assert_allclose(
+        np.stack(actual.column("embeddings").to_numpy(zero_copy_only=False)),
+        np.stack(expected.column("embeddings").to_numpy(zero_copy_only=False)),
+        rtol=0,
+        atol=1e-4,
+    )
+    assert json.loads(actual.schema.metadata[b"clay:embeddings"])["model_name_or_path"] == str(exported["path"])
