@@ -139,3 +139,10 @@ def test_float16_embeddings(job, tmp_path):
     reference = np.stack(job["reference"].column("embeddings").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(vectors, reference, rtol=1e-3, atol=1e-3)  # float16 keeps ~3 significant digits
     assert np.abs(vectors - reference).max() > 0  # and is not float32
+
+    from clay_hf.search import build_index, search
+
+    build_index(run.output, tmp_path / "index")  # the search table holds them as float32
+    url = half.column("source_url")[0].as_py()
+    hits = search(tmp_path / "index", like=[url], k=1)
+    assert hits.column("source_url").to_pylist() == [url] and hits.column("distance")[0].as_py() < 1e-6
