@@ -123,14 +123,18 @@ def test_point_queries_the_chip_covering_it(synthetic, tmp_path):
         search(tmp_path / "index", point=(100.0, -30.0))
 
 
-def test_ann_index_is_built_from_the_threshold_and_recorded(synthetic, tmp_path):
-    info = build_index(synthetic["path"], tmp_path / "index", ann_threshold=300, model_name_or_path="some/model")
-    assert info.ann is not None and info.ann.index_type == "IVF_PQ"
+@pytest.mark.parametrize(("index_type", "lance_name"), [("IVF_PQ", "IvfPq"), ("IVF_HNSW_SQ", "IvfHnswSq")])
+def test_ann_index_is_built_from_the_threshold_and_recorded(synthetic, tmp_path, index_type, lance_name):
+    info = build_index(
+        synthetic["path"], tmp_path / "index", ann_threshold=300, model_name_or_path="some/model", index_type=index_type
+    )
+    assert info.ann is not None and info.ann.index_type == index_type
     table, recorded = open_index(tmp_path / "index")
     assert recorded == info and recorded.model_name_or_path == "some/model"
-    assert [index.index_type for index in table.list_indices()] == ["IvfPq"]
+    assert [index.index_type for index in table.list_indices()] == [lance_name]
     hits = search(tmp_path / "index", like=["chip_0011.tif"], k=1)
-    assert row_ids(hits).tolist() == [11]  # refine_factor re-ranks with the exact vectors
+    assert row_ids(hits).tolist() == [11]
+    assert build_index(synthetic["path"], tmp_path / "small", ann_threshold=301).ann is None  # under the threshold
 
 
 def test_patch_footprints_tile_the_chip(tmp_path):
