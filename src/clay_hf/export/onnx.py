@@ -9,9 +9,11 @@ embeds chips on its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 
@@ -69,8 +71,6 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
     model = model.float().eval()
-    encoding_cache = model.embeddings.position_band_encoding._cache
-    encoding_cache.clear()  # built during tracing; entries made there must not outlive it
     batch = torch.export.Dim("batch", min=1)
     if dynamic_image_size:
         inputs = sample_inputs(config)
@@ -80,24 +80,20 @@ def export_onnx(
         inputs = sample_inputs(config, patches=config.image_size // config.patch_size)
         image = {0: batch}
     dynamic_shapes = {"pixel_values": image, "timestep": {0: batch}, "latlon": {0: batch}}
-    try:
-        with warnings.catch_warnings():
-            # torch.export notes that the encoding cache is written while tracing (cleared below), and a
-            # deprecation inside torch's own pytree code; neither concerns the exported graph.
-            warnings.filterwarnings("ignore", message="While compiling, we found certain side effects")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
-            program = torch.onnx.export(
-                ClayEncoderForExport(model).eval(),
-                tuple(inputs[name] for name in INPUT_NAMES),
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset_version,
-                dynamo=True,
-            )
-    finally:
-        encoding_cache.clear()
+    with _encoding_in_graph(model), warnings.catch_warnings():
+        # A deprecation inside torch's own pytree code, and a note on naming axes; neither concerns the graph.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
+        program = torch.onnx.export(
+            ClayEncoderForExport(model).eval(),
+            tuple(inputs[name] for name in INPUT_NAMES),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset_version,
+            dynamo=True,
+            verbose=False,
+        )
     program.save(str(output))
     proto = onnx.load(str(output), load_external_data=False)
     metadata = {"clay:config": config.to_json_string(use_diff=False)}
@@ -106,6 +102,19 @@ def export_onnx(
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, str(output))
     return output
+
+
+@contextlib.contextmanager
+def _encoding_in_graph(model: ClayModel) -> Iterator[None]:
+    """While exporting, build the position-band encoding from the input's grid in the graph: its per-grid cache
+    cannot key on the symbolic sizes of a dynamic shape."""
+    encoding = model.embeddings.position_band_encoding
+    encoding.forward = lambda height, width, device, dtype: encoding._build(height, width, device).to(dtype)
+    try:
+        yield
+    finally:
+        del encoding.forward  # back to the class's cached forward
+        encoding._cache.clear()
 
 
 class OnnxEncoder:
