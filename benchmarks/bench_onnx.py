@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ def main() -> None:
                 print(row)
     results = {
         "machine": machine_description(device),
+        "load_average_at_end": os.getloadavg(),  # other work on the machine slows every row
         "onnxruntime_threads": "default (all cores)",
         "config": args.config_name,
         "image_size": args.image_size,

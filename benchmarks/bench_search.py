@@ -144,6 +144,7 @@ def main() -> None:
 
     results = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "load_average_at_end": os.getloadavg(),  # other work on the machine slows every row
         "num_vectors": args.num_vectors,
         "dim": args.dim,
         "clusters": args.clusters,

@@ -1,8 +1,8 @@
 """Embeddings GeoParquet → a LanceDB table (one row per chip, or per patch), with an ANN index once it is large.
 
-The table records, in its `vector` column's metadata (`clay:search`), the embeddings file it came from, the model that made
-them (a path or Hub id, for embedding new query chips), the level, the metric and the ANN index with its query
-settings.
+The table records, in its `vector` column's metadata (`clay:search`), the embeddings file it came from, the model
+that made them (a path, Hub id or .onnx file, for embedding new query chips), the level, the metric and the ANN
+index with its query settings.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from os import PathLike
 from pathlib import Path
 
@@ -66,7 +66,6 @@ class IndexInfo:
     rows: int
     skipped: int = 0
     ann: AnnIndex | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
