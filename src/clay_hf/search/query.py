@@ -224,14 +224,14 @@ def _search(table, info, vector, limit, where, nprobes, refine_factor) -> pa.Tab
 def write_hits(hits: pa.Table, output: str | PathLike, info: IndexInfo, query: Query) -> Path:
     """Write hits as GeoParquet (geometry WKB in OGC:CRS84, `geo` metadata as embed.py writes)."""
     from ..embeddings import geo_metadata
+    from ..geometry import lonlat_bbox
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    bounds = shapely.bounds(shapely.from_wkb(hits.column("geometry").to_pylist()))  # NaN for a null footprint
-    known = bounds[np.isfinite(bounds).all(axis=1)]
-    bbox = [*known[:, :2].min(axis=0).tolist(), *known[:, 2:].max(axis=0).tolist()] if len(known) else None
+    geometries = [g for g in shapely.from_wkb(hits.column("geometry").to_pylist()) if g is not None]
+    types = {geometry.geom_type for geometry in geometries} or {"Polygon"}
     metadata = {
-        b"geo": json.dumps(geo_metadata(bbox)).encode(),
+        b"geo": json.dumps(geo_metadata(lonlat_bbox(geometries), types)).encode(),
         b"clay:search": json.dumps(
             {"metric": info.metric, "level": info.level, "index": info.embeddings, "query": query.sources}
         ).encode(),
