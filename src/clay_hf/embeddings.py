@@ -212,7 +212,7 @@ def embed_to_geoparquet(
     recorded = _recorded_layout(parts_dir)  # every rank's parts, now that all are done
     shape = recorded[1] if recorded else shape or embedding_shape(model, level, model.config.image_size)
     layout = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
-    _join_parts(parts_dir, output, {**layout, "model_name_or_path": getattr(model, "name_or_path", None)})
+    _join_parts(parts_dir, output, {**layout, "model_name_or_path": getattr(model, "name_or_path", None) or None})
     shutil.rmtree(parts_dir)
     embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
     rate = throughput(reports)
