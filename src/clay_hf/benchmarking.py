@@ -194,7 +194,9 @@ def run_train_step(
     model = ClayForMaskedImageModeling(config).to(device).train()
     if checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=device.type == "cuda"
+    )  # as scripts/pretrain.py
     inputs = _inputs(config, batch_size, device)
 
     def step() -> None:
@@ -213,8 +215,8 @@ def _inputs(config: ClayConfig, batch_size: int, device: torch.device) -> dict[s
     size = config.image_size
     return {
         "pixel_values": torch.randn(batch_size, config.num_channels, size, size, device=device),
-        "timestep": torch.randn(batch_size, 3, device=device),
-        "latlon": torch.randn(batch_size, 2, device=device),
+        "timestep": torch.rand(batch_size, 3, device=device),  # in the range of the v0 encodings
+        "latlon": torch.rand(batch_size, 2, device=device),
     }
 
 

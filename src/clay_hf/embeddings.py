@@ -34,7 +34,8 @@ from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
 from .data.chips import chip_key
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.dataset import chip_dataloader, model_inputs
+from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
@@ -176,17 +177,18 @@ def embed_to_geoparquet(
             "again without --resume"
         )
     done = _done_keys(parts_dir)
-    sources = resolve_sources(source)
-    remaining = [path for path in sources if chip_key(path) not in done]
+
+    sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
+    remaining = without_chips(sources, done, key=chip_key)
     rank.barrier()  # every rank has read the finished parts before any writes new ones
 
-    paths = shard(remaining, rank.index, rank.world_size)
+    paths = _share(remaining, rank)
     started = time.time()
     device = model.device
     writer = _PartWriter(_rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype)
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
-        dataset = load_geotiff_dataset(paths, num_workers=num_workers)
+        dataset = load_chip_dataset(paths, num_workers=num_workers)
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress and rank.is_main):
             bad_chips += batch["bad_chips"]
@@ -221,6 +223,14 @@ def embed_to_geoparquet(
         embedded, skipped_done, bad_chips, output, rate,
     )  # fmt: skip
     return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape, rate)
+
+
+def _share(chips, rank: Rank):
+    """This rank's contiguous share of the chips (paths, or the records of a ShardSelection)."""
+    if isinstance(chips, list):
+        return shard(chips, rank.index, rank.world_size)
+    mine = set(shard(list(chips), rank.index, rank.world_size))
+    return chips.where(lambda name: name in mine)
 
 
 def _rank_folder(parts_dir: Path, rank: Rank) -> Path:
