@@ -75,7 +75,8 @@ def test_resume_after_a_kill_in_the_final_join_keeps_the_level_shape(encoder, ch
     run = embed_to_geoparquet(model, processor, chips, output, level="patch", resume=True, progress=False)
     assert run.embedded == 0 and run.shape == (4, 4, 32)
     table = pq.read_table(output)
-    assert json.loads(table.schema.metadata[b"clay:embeddings"]) == {"level": "patch", "shape": [4, 4, 32]}
+    layout = json.loads(table.schema.metadata[b"clay:embeddings"])
+    assert (layout["level"], layout["shape"], layout["dtype"]) == ("patch", [4, 4, 32], "float32")
     assert len(table) == 10 and table.column_names == ["source_url", "date", "embeddings", "geometry"]
     with pytest.raises(ValueError, match="level 'patch'"):
         interrupt_after(monkeypatch, "_join_parts", 1)

@@ -135,13 +135,16 @@ def pack_shards_main(argv: list[str] | None = None) -> int:
 
 @user_errors
 def embed_main(argv: list[str] | None = None) -> int:
-    """Embed GeoTIFF chips with a Clay encoder and write GeoParquet (v0 format)."""
+    """Embed GeoTIFF chips with a Clay encoder and write GeoParquet (v0 format); under `accelerate launch`, every
+    process embeds its own share."""
     import torch
 
-    from .embeddings import LEVELS, embed_to_geoparquet, load_encoder
+    from .embeddings import EMBEDDINGS_DTYPES, LEVELS, embed_to_geoparquet, load_encoder
+    from .ranks import current_rank
 
     parser = argparse.ArgumentParser(description=embed_main.__doc__)
-    parser.add_argument("--model_name_or_path", required=True, help="a save_pretrained folder or a Hub id")
+    parser.add_argument("--model_name_or_path", help="a save_pretrained folder or a Hub id")
+    parser.add_argument("--onnx", help="an encoder exported by export_onnx.py, run by ONNX Runtime (CPU)")
     parser.add_argument("--data_dir", required=True, help="chips: a folder, glob, list file or URL")
     parser.add_argument("--output", required=True, help="the GeoParquet file to write")
     parser.add_argument("--level", choices=LEVELS, default="mean", help="mean (D), patch (h·w·D) or group (G·h·w·D)")
@@ -149,20 +152,36 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
+    parser.add_argument(
+        "--embeddings_dtype", choices=list(EMBEDDINGS_DTYPES), default="float32", help="stored values (float16: half)"
+    )
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--rows_per_part", type=int, default=1024, help="rows per durable part file")
     parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
     args = parser.parse_args(argv)
+    if (args.model_name_or_path is None) == (args.onnx is None):
+        parser.error("give --model_name_or_path or --onnx (one of them)")
+    if args.onnx and args.dtype != "fp32":
+        parser.error("--dtype is PyTorch's autocast; an ONNX encoder runs as exported (float32)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    model, processor = load_encoder(args.model_name_or_path, args.device)
+    rank = current_rank(args.device)
+    if args.onnx:
+        from .export import OnnxEncoder
+
+        model = OnnxEncoder(args.onnx)
+        processor = model.processor
+    else:
+        model, processor = load_encoder(args.model_name_or_path, rank.device)
     run = embed_to_geoparquet(
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
+        embeddings_dtype=args.embeddings_dtype, rank=rank,
     )  # fmt: skip
-    print(
-        f"wrote {run.output}: {run.embedded} chips embedded ({run.skipped_done} already done, "
-        f"{run.bad_chips} bad chips skipped), embeddings of shape {run.shape}"
-    )
+    if rank.is_main:
+        print(
+            f"wrote {run.output}: {run.embedded} chips embedded ({run.skipped_done} already done, "
+            f"{run.bad_chips} bad chips skipped), embeddings of shape {run.shape}; {run.throughput}"
+        )
     return 0
 
 

@@ -1,6 +1,7 @@
 """Embeddings of GeoTIFF chips → GeoParquet (the v0 embeddings format), streamed and resumable.
 
-Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32), `geometry` (the chip's
+Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32, or float16 when asked),
+`geometry` (the chip's
 footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see `clay_hf.geometry`). The
 file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings` records the level and the shape of each embedding.
 
@@ -8,6 +9,10 @@ Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed i
 after the highest existing one), so an interrupted run loses at most one part and `resume=True` skips every chip
 already in a part, matched by its normalised key (`clay_hf.data.chips.chip_key`). Every part records the level and
 shape. When all chips are done the parts are joined into OUT.parquet, row group by row group.
+
+Launched as several processes (`accelerate launch`), each rank embeds its own contiguous share of the chips not yet
+done and writes its parts under `OUT.parquet.parts/rank-NNNNN/`; the main process waits for every rank's report,
+joins all parts (in source order for an uninterrupted run) and reports the throughput in all and per rank.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -34,12 +40,14 @@ from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import from_pretrained_checked
 from .modeling_clay import ClayModel
+from .ranks import Rank, RankReport, clear_reports, shard, throughput, wait_for_reports, write_report
 
 logger = logging.getLogger(__name__)
 
 LEVELS = ("mean", "patch", "group")
 #: Schema metadata key of the embedding level and shape (in the output and in every part).
 SHAPE_KEY = b"clay:embeddings"
+EMBEDDINGS_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 
 @dataclass
@@ -51,6 +59,7 @@ class EmbeddingRun:
     skipped_done: int
     bad_chips: int
     shape: tuple[int, ...]
+    throughput: str = ""
 
 
 def load_encoder(model_name_or_path: str, device: str | torch.device = "cpu") -> tuple[ClayModel, ClayImageProcessor]:
@@ -104,12 +113,12 @@ def geo_metadata(bbox: list[float] | None, geometry_types: Sequence[str] = ("Pol
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
-def schema(length: int, with_key: bool = False) -> pa.Schema:
+def schema(length: int, with_key: bool = False, embeddings_dtype: str = "float32") -> pa.Schema:
     """The output's columns; parts also hold `chip_key` (see `clay_hf.data.chips.chip_key`), for `resume`."""
     fields = [
         ("source_url", pa.string()),
         ("date", pa.date32()),
-        ("embeddings", pa.list_(pa.float32(), length)),
+        ("embeddings", pa.list_(EMBEDDINGS_DTYPES[embeddings_dtype], length)),
         ("geometry", pa.binary()),
     ]
     return pa.schema([*fields, ("chip_key", pa.string())] if with_key else fields)
@@ -141,17 +150,27 @@ def embed_to_geoparquet(
     rows_per_part: int = 1024,
     resume: bool = False,
     progress: bool = True,
+    embeddings_dtype: str = "float32",
+    rank: Rank | None = None,
 ) -> EmbeddingRun:
-    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring)."""
+    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring). `model` is a
+    ClayModel or anything with its call, `config` and `device` (e.g. `clay_hf.export.OnnxEncoder`); `rank` is this
+    process's place among several (`clay_hf.ranks.current_rank()`); only the main rank writes `output`."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
+    if embeddings_dtype not in EMBEDDINGS_DTYPES:
+        raise ValueError(f"embeddings_dtype must be one of {list(EMBEDDINGS_DTYPES)}, got {embeddings_dtype!r}.")
     if bands is not None and list(bands) != list(model.config.band_names):
         raise ValueError(f"--bands {list(bands)} do not match the model's bands {model.config.band_names}.")
+    rank = rank or Rank(0, 1, str(model.device))
     output = Path(output)
     parts_dir = output.with_name(output.name + ".parts")
-    if not resume:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    if rank.is_main:
+        if not resume:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        clear_reports(parts_dir)
+    rank.barrier()
     recorded = _recorded_layout(parts_dir)
     if recorded is not None and recorded[0] != level:
         raise ValueError(
@@ -161,14 +180,18 @@ def embed_to_geoparquet(
     done = _done_keys(parts_dir)
 
     sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
-    paths = without_chips(sources, done, key=chip_key)
-    device = next(model.parameters()).device
-    writer = _PartWriter(parts_dir, rows_per_part, level)
+    remaining = without_chips(sources, done, key=chip_key)
+    rank.barrier()  # every rank has read the finished parts before any writes new ones
+
+    paths = _share(remaining, rank)
+    started = time.time()
+    device = model.device
+    writer = _PartWriter(_rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype)
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
         dataset = load_chip_dataset(paths, num_workers=num_workers)
         loader = chip_dataloader(dataset, batch_size, num_workers)
-        for batch in _progress(loader, len(paths), batch_size, progress):
+        for batch in _progress(loader, len(paths), batch_size, progress and rank.is_main):
             bad_chips += batch["bad_chips"]
             pixels = select_bands(batch["pixels"], bands, CLAY_V0_BAND_NAMES)
             inputs = model_inputs({**batch, "pixels": pixels}, processor, device, bands)
@@ -184,15 +207,42 @@ def embed_to_geoparquet(
             writer.add(batch, vectors, shape)
             embedded += len(vectors)
     writer.close()
-    if shape is None:
-        shape = embedding_shape(model, level, model.config.image_size)
-    _join_parts(parts_dir, output, level, shape)
+    write_report(parts_dir, RankReport(rank.index, embedded, bad_chips, started, time.time()))
+    skipped_done = len(sources) - len(remaining)
+    if not rank.is_main:
+        return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape or ())
+    reports = wait_for_reports(parts_dir, rank.world_size)
+    recorded = _recorded_layout(parts_dir)  # every rank's parts, now that all are done
+    shape = recorded[1] if recorded else shape or embedding_shape(model, level, model.config.image_size)
+    layout = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
+    _join_parts(parts_dir, output, {**layout, "model_name_or_path": getattr(model, "name_or_path", None) or None})
     shutil.rmtree(parts_dir)
-    skipped_done = len(sources) - len(paths)
+    embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
+    rate = throughput(reports)
     logger.info(
-        "embedded %d chips (%d already done, %d bad chips skipped) → %s", embedded, skipped_done, bad_chips, output
-    )
-    return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape)
+        "embedded %d chips (%d already done, %d bad chips skipped) → %s; %s",
+        embedded, skipped_done, bad_chips, output, rate,
+    )  # fmt: skip
+    return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape, rate)
+
+
+def _share(chips, rank: Rank):
+    """This rank's contiguous share of the chips (paths, or the records of a ShardSelection)."""
+    if isinstance(chips, list):
+        return shard(chips, rank.index, rank.world_size)
+    mine = set(shard(list(chips), rank.index, rank.world_size))
+    return chips.where(lambda name: name in mine)
+
+
+def _rank_folder(parts_dir: Path, rank: Rank) -> Path:
+    """Where a rank writes its parts: the parts folder itself for a single process, else `rank-NNNNN/` in it."""
+    return parts_dir if rank.world_size == 1 else parts_dir / f"rank-{rank.index:05d}"
+
+
+def _parts(parts_dir: Path) -> list[Path]:
+    """Finished parts of every rank: the folder's own (a single process's), then each rank's, each by number."""
+    folders = [parts_dir, *sorted(parts_dir.glob("rank-*/"))]
+    return [part for folder in folders for part in sorted(folder.glob("part-*.parquet"), key=_part_number)]
 
 
 def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[dict]:
@@ -208,8 +258,14 @@ class _PartWriter:
     """Buffers rows and writes them as complete part files (temporary name, then renamed), numbered after the
     highest existing part so that a finished part is never overwritten."""
 
-    def __init__(self, folder: Path, rows_per_part: int, level: str) -> None:
-        self.folder, self.rows_per_part, self.level = folder, rows_per_part, level
+    def __init__(self, folder: Path, rows_per_part: int, level: str, embeddings_dtype: str = "float32") -> None:
+        self.folder, self.rows_per_part, self.level, self.embeddings_dtype = (
+            folder,
+            rows_per_part,
+            level,
+            embeddings_dtype,
+        )
+        folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         self.shape: tuple[int, ...] | None = None
         self.index = max((_part_number(part) for part in folder.glob("part-*.parquet")), default=-1) + 1
@@ -241,11 +297,11 @@ class _PartWriter:
                 "date": [row["date"] for row in self.rows],
                 "embeddings": pa.FixedSizeListArray.from_arrays(
                     pa.array(np.concatenate([row["embeddings"] for row in self.rows]).astype(np.float32)), length
-                ),
+                ).cast(pa.list_(EMBEDDINGS_DTYPES[self.embeddings_dtype], length)),
                 "geometry": [row["geometry"] for row in self.rows],
                 "chip_key": [row["chip_key"] for row in self.rows],
             },
-            schema=schema(length, with_key=True).with_metadata(metadata),
+            schema=schema(length, True, self.embeddings_dtype).with_metadata(metadata),
         )
         final = self.folder / f"part-{self.index:05d}.parquet"
         staging = final.with_suffix(".tmp")
@@ -279,7 +335,7 @@ def _part_number(part: Path) -> int:
 def _done_keys(parts_dir: Path) -> set[str]:
     """The chip keys in finished parts (parts of older runs without keys: their normalised `source_url`)."""
     done: set[str] = set()
-    for part in sorted(parts_dir.glob("part-*.parquet")):
+    for part in _parts(parts_dir):
         names = pq.read_schema(part).names
         column = "chip_key" if "chip_key" in names else "source_url"
         done.update(chip_key(url) for url in pq.read_table(part, columns=[column]).column(column).to_pylist())
@@ -288,7 +344,7 @@ def _done_keys(parts_dir: Path) -> set[str]:
 
 def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
     """(level, shape) recorded in the finished parts, or None if there are none."""
-    for part in sorted(parts_dir.glob("part-*.parquet")):
+    for part in _parts(parts_dir):
         metadata = pq.read_schema(part).metadata or {}
         if SHAPE_KEY in metadata:
             recorded = json.loads(metadata[SHAPE_KEY])
@@ -296,18 +352,19 @@ def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def _join_parts(parts_dir: Path, output: Path, level: str, shape: tuple[int, ...]) -> None:
-    """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata."""
-    parts = sorted(parts_dir.glob("part-*.parquet"), key=_part_number)
-    length = int(np.prod(shape))
+def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
+    """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata (`layout`: level, shape,
+    dtype and the model)."""
+    parts = _parts(parts_dir)
+    length = int(np.prod(layout["shape"]))
     geometries = _footprints(parts)
     metadata = {
         b"geo": json.dumps(
             geo_metadata(lonlat_bbox(geometries), {g.geom_type for g in geometries} or {"Polygon"})
         ).encode(),
-        SHAPE_KEY: json.dumps({"level": level, "shape": list(shape)}).encode(),
+        SHAPE_KEY: json.dumps(layout).encode(),
     }
-    target = schema(length).with_metadata(metadata)
+    target = schema(length, embeddings_dtype=layout["dtype"]).with_metadata(metadata)
     staging = output.with_name(output.name + ".tmp")
     with pq.ParquetWriter(staging, target) as writer:
         for part in parts:

@@ -1,0 +1,167 @@
+"""The Clay encoder as ONNX, and an encoder that runs the ONNX file with ONNX Runtime.
+
+The graph takes `pixel_values` (B, C, H, W) float32, `timestep` (B, 3), `latlon` (B, 2) and gives
+`last_hidden_state` (B, G·h·w + 2, D) and `pooler_output` (B, D). Batch size and image size (H, W multiples of the
+patch size) are dynamic: torch.export traces the sin-cos position encoding as operations on the input's grid.
+The file carries the model's config and image processor (metadata `clay:config`, `clay:image_processor`), so it
+embeds chips on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..configuration_clay import ClayConfig
+from ..image_processing_clay import ClayImageProcessor
+from ..modeling_clay import ClayModel, ClayModelOutput
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("pixel_values", "timestep", "latlon")
+OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+
+
+class ClayEncoderForExport(nn.Module):
+    """ClayModel's unmasked forward with tensor outputs only: (last_hidden_state, pooler_output)."""
+
+    def __init__(self, model: ClayModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, pixel_values: torch.Tensor, timestep: torch.Tensor, latlon: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.model(pixel_values, timestep=timestep, latlon=latlon, return_dict=True)
+        return outputs.last_hidden_state, outputs.pooler_output
+
+
+def sample_inputs(config: ClayConfig, batch_size: int = 2, patches: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of `patches` × `patches` patches (export traces shapes, not values)."""
+    generator = torch.Generator().manual_seed(seed)
+    size = patches * config.patch_size
+    return {
+        "pixel_values": torch.randn(batch_size, config.num_channels, size, size, generator=generator),
+        "timestep": torch.randn(batch_size, 3, generator=generator),
+        "latlon": torch.randn(batch_size, 2, generator=generator),
+    }
+
+
+def export_onnx(
+    model: ClayModel,
+    output: str | PathLike,
+    processor: ClayImageProcessor | None = None,
+    dynamic_image_size: bool = True,
+    opset_version: int | None = None,
+) -> Path:
+    """Export the encoder to `output` (dynamic batch; dynamic image size unless told otherwise, when the graph is
+    traced at `config.image_size`). The model's config and `processor` are stored in the file's metadata."""
+    import onnx
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    model = model.float().eval()
+    batch = torch.export.Dim("batch", min=1)
+    if dynamic_image_size:
+        inputs = sample_inputs(config)
+        rows, cols = torch.export.Dim("patch_rows", min=1), torch.export.Dim("patch_cols", min=1)
+        image = {0: batch, 2: config.patch_size * rows, 3: config.patch_size * cols}
+    else:
+        inputs = sample_inputs(config, patches=config.image_size // config.patch_size)
+        image = {0: batch}
+    dynamic_shapes = {"pixel_values": image, "timestep": {0: batch}, "latlon": {0: batch}}
+    with _encoding_in_graph(model), warnings.catch_warnings():
+        # A deprecation inside torch's own pytree code, and a note on naming axes; neither concerns the graph.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="# The axis name: .* will not be used")
+        program = torch.onnx.export(
+            ClayEncoderForExport(model).eval(),
+            tuple(inputs[name] for name in INPUT_NAMES),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset_version,
+            dynamo=True,
+            verbose=False,
+        )
+    program.save(str(output))
+    proto = onnx.load(str(output), load_external_data=False)
+    metadata = {"clay:config": config.to_json_string(use_diff=False)}
+    if processor is not None:
+        metadata["clay:image_processor"] = json.dumps(processor.to_dict())
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(output))
+    return output
+
+
+@contextlib.contextmanager
+def _encoding_in_graph(model: ClayModel) -> Iterator[None]:
+    """While exporting, build the position-band encoding from the input's grid in the graph: its per-grid cache
+    cannot key on the symbolic sizes of a dynamic shape."""
+    encoding = model.embeddings.position_band_encoding
+    encoding.forward = lambda height, width, device, dtype: encoding._build(height, width, device).to(dtype)
+    try:
+        yield
+    finally:
+        del encoding.forward  # back to the class's cached forward
+        encoding._cache.clear()
+
+
+class OnnxEncoder:
+    """Runs an exported encoder with ONNX Runtime behind ClayModel's call: `encoder(pixel_values, timestep=…,
+    latlon=…)` → ClayModelOutput (last_hidden_state, pooler_output) on the CPU, float32."""
+
+    def __init__(self, path: str | PathLike, providers: list[str] | None = None) -> None:
+        import onnxruntime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX file.")
+        self.session = onnxruntime.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "clay:config" not in metadata:
+            raise ValueError(f"{self.path}: has no 'clay:config' metadata; export it with export_onnx.py.")
+        self.config = ClayConfig.from_dict(json.loads(metadata["clay:config"]))
+        processor = metadata.get("clay:image_processor")
+        self.processor = (
+            ClayImageProcessor.from_dict(json.loads(processor))
+            if processor
+            else ClayImageProcessor(band_names=self.config.band_names)  # the v0 statistics of its bands
+        )
+        self.device = torch.device("cpu")
+        self.name_or_path = str(self.path)
+
+    def __call__(self, pixel_values: torch.Tensor, timestep: torch.Tensor, latlon: torch.Tensor) -> ClayModelOutput:
+        feeds = {
+            name: np.ascontiguousarray(tensor.detach().cpu().float().numpy())
+            for name, tensor in zip(INPUT_NAMES, (pixel_values, timestep, latlon), strict=True)
+        }
+        last_hidden_state, pooler_output = self.session.run(list(OUTPUT_NAMES), feeds)
+        return ClayModelOutput(
+            last_hidden_state=torch.from_numpy(last_hidden_state), pooler_output=torch.from_numpy(pooler_output)
+        )
+
+    def eval(self) -> OnnxEncoder:
+        return self
+
+
+def max_difference(model: ClayModel, encoder: OnnxEncoder, batch_size: int, patches: int, seed: int = 0) -> float:
+    """The largest absolute difference between PyTorch's and ONNX Runtime's outputs on random inputs."""
+    inputs = sample_inputs(model.config, batch_size, patches, seed)
+    with torch.no_grad():
+        expected = model(**inputs)
+    actual = encoder(**inputs)
+    return max(float((getattr(expected, name) - getattr(actual, name)).abs().max()) for name in OUTPUT_NAMES)
+
+
+__all__ = ["ClayEncoderForExport", "OnnxEncoder", "export_onnx", "max_difference", "sample_inputs"]

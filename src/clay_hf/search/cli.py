@@ -1,0 +1,66 @@
+"""`search.py index …` and `search.py query …` (the `clay-search` console script)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .table import ANN_THRESHOLD, INDEX_TYPES, METRICS, SearchIndexError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Similarity search over Clay embeddings (LanceDB).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    index = commands.add_parser("index", help="build a search table from an embeddings GeoParquet")
+    index.add_argument("--embeddings", required=True, help="a GeoParquet written by embed.py (mean or patch level)")
+    index.add_argument("--index_dir", required=True, help="the LanceDB folder to write (its table is replaced)")
+    index.add_argument("--metric", choices=METRICS, default="cosine", help="cosine (1 − cos) or l2 (Euclidean)")
+    index.add_argument("--model_name_or_path", help="the model that made the embeddings (to embed new query chips)")
+    index.add_argument("--ann_threshold", type=int, default=ANN_THRESHOLD, help="rows from which an ANN index is built")
+    index.add_argument("--index_type", choices=INDEX_TYPES, default="IVF_PQ")
+
+    query = commands.add_parser("query", help="the k nearest chips (or patches) as GeoParquet")
+    query.add_argument("--index_dir", required=True)
+    query.add_argument("--like", nargs="+", action="extend", default=[], help="source URLs in the index or chip files")
+    query.add_argument("--point", nargs=2, type=float, metavar=("LON", "LAT"), help="the chip covering this place")
+    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--where", help="SQL filter, e.g. \"date >= '2022-01-01'\"")
+    query.add_argument("--bbox", nargs=4, type=float, metavar=("MINLON", "MINLAT", "MAXLON", "MAXLAT"))
+    query.add_argument("--output", required=True, help="the GeoParquet file of hits to write")
+    query.add_argument("--model_name_or_path", help="embed new chips with this model instead of the recorded one")
+    query.add_argument("--nprobes", type=int, help="IVF partitions to search (ANN index only)")
+    query.add_argument("--refine_factor", type=int, help="re-rank refine_factor·k candidates exactly (IVF-PQ only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build a search index (`index`) or query one (`query`)."""
+    from ..data.chips import ChipError
+    from .query import search
+    from .table import build_index
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "index":
+            info = build_index(
+                args.embeddings, args.index_dir, args.metric, args.model_name_or_path, args.ann_threshold,
+                args.index_type,
+            )  # fmt: skip
+            ann = f"an {info.ann.index_type} index" if info.ann else f"no ANN index (under {args.ann_threshold} rows)"
+            print(
+                f"indexed {info.rows} {info.level}-level rows ({info.skipped} skipped) in {args.index_dir}: "
+                f"{info.metric} distance, {ann}"
+            )
+        else:
+            hits = search(
+                args.index_dir, args.like, args.point, args.k, args.where, args.bbox, args.output,
+                args.model_name_or_path, args.nprobes, args.refine_factor,
+            )  # fmt: skip
+            print(f"wrote {hits.num_rows} nearest to {args.output}")
+    except (SearchIndexError, ChipError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
