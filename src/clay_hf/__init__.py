@@ -4,11 +4,14 @@ Importing `clay_hf` registers the Clay classes with the Auto classes of transfor
 """
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
     AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
@@ -24,6 +27,7 @@ from .modeling_clay import (
     patchify,
     unpatchify,
 )
+from .modeling_clay_heads import ClayBackbone, ClayForImageClassification, ClayForSemanticSegmentation
 
 __version__ = "0.1.0"
 
@@ -31,6 +35,9 @@ AutoConfig.register(ClayConfig.model_type, ClayConfig, exist_ok=True)
 AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
 AutoModelForMaskedImageModeling.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
 AutoModelForPreTraining.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
+AutoBackbone.register(ClayConfig, ClayBackbone, exist_ok=True)
+AutoModelForSemanticSegmentation.register(ClayConfig, ClayForSemanticSegmentation, exist_ok=True)
+AutoModelForImageClassification.register(ClayConfig, ClayForImageClassification, exist_ok=True)
 AutoImageProcessor.register(ClayConfig, image_processor_classes={"pil": ClayImageProcessor}, exist_ok=True)
 
 __all__ = [
@@ -39,9 +46,12 @@ __all__ = [
     "CLAY_V0_BAND_STATISTICS",
     "CLAY_V0_PRESETS",
     "CheckpointConversionError",
+    "ClayBackbone",
     "ClayConfig",
+    "ClayForImageClassification",
     "ClayForMaskedImageModeling",
     "ClayForMaskedImageModelingOutput",
+    "ClayForSemanticSegmentation",
     "ClayImageProcessor",
     "ClayModel",
     "ClayModelOutput",
