@@ -178,8 +178,9 @@ class ClayBackbone(ClayLoadReportMixin, BackboneMixin, ClayModel):
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups: batch-size independent, so training with one chip per device works."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm with up to 32 groups of at least two channels: batch-size independent, so training with one chip
+    per device works, also on the 1×1 map of UperNet's global pooling."""
+    return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels)
 
 
 def pyramid_scales(num_levels: int) -> list[float]:
