@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import rasterio
 import torch
 from pyproj import Transformer
+from rasterio.transform import array_bounds
 from shapely import to_wkb
 from transformers import AutoConfig
 
@@ -80,7 +81,7 @@ class SceneInputs:
 
 def tile_latlon(header: ImageHeader, row: int, col: int, height: int, width: int) -> tuple[float, float]:
     """(lon, lat) of a tile's centre, from the scene's transform and CRS."""
-    x, y = header.transform * (col + width / 2, row + height / 2)
+    x, y = header.transform @ (col + width / 2, row + height / 2)
     if header.crs.to_epsg() == 4326:
         return float(x), float(y)
     lon, lat = Transformer.from_crs(header.crs, "EPSG:4326", always_xy=True).transform(x, y)
@@ -240,10 +241,7 @@ def predict_chips(
                 .cpu()
             )  # (K,)
         outputs.append(logits)
-        left, top = scene.header.transform * (0, 0)
-        right, bottom = scene.header.transform * (width, height)
-        bbox = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-        footprint = chip_footprint(bbox, epsg)
+        footprint = chip_footprint(array_bounds(height, width, scene.header.transform), epsg)
         bounds.append(footprint.bounds)
         rows["source_url"].append(path)
         rows["date"].append(scene.header.date)
