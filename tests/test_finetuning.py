@@ -286,3 +286,13 @@ def test_tiles_cover_the_scene_and_blend_to_the_single_tile_prediction(floods):
     # one 32×32 tile alone, at the top-left corner where it is the only tile with much weight, is close to the blend
     corner = segment_scene(model, type(scene)(scene.pixels[:, :32, :32], scene.missing[:32, :32], scene.header), 32, 0)
     assert (tiled[:, :8, :8] - corner[:, :8, :8]).abs().max() < 0.2
+
+
+def test_given_date_applies_only_to_chips_without_one(tmp_path):
+    write_geotiff(tmp_path / "dated.tif", date="2021-06-15")
+    write_geotiff(tmp_path / "undated.tif", date=None)
+    reader = v0_reader(date="2019-01-01")
+    assert str(reader.header(str(tmp_path / "dated.tif")).date) == "2021-06-15"
+    assert str(reader.header(str(tmp_path / "undated.tif")).date) == "2019-01-01"
+    with pytest.raises(ChipError, match="undated.tif: has no date.*pass --date"):
+        v0_reader().header(str(tmp_path / "undated.tif"))

@@ -173,12 +173,12 @@ class ChipReader:
                 if dataset.crs is None:
                     raise ChipError(path, "has no CRS, so its place is unknown")
                 tags = dataset.tags()
-                date = resolve_chip_date(path, self.date, tags) if self.date is not None else None
-                if date is None:
-                    try:
-                        date = resolve_chip_date(path, None, tags)
-                    except ChipError as error:
+                try:
+                    date = resolve_chip_date(path, None, tags)  # the chip's own date first
+                except ChipError as error:
+                    if self.date is None:
                         raise ChipError(path, f"{error.problem}; pass --date for chips without one") from None
+                    date = resolve_chip_date(path, self.date, tags)
                 return ImageHeader(
                     path, names, dataset.nodata, dataset.crs, dataset.transform, dataset.height, dataset.width, date
                 )
