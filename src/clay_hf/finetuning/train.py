@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
@@ -84,8 +85,23 @@ def parse_label_names(text: str | None) -> dict[int, str] | None:
     return dict(enumerate(name.strip() for name in text.split(",")))
 
 
-def build_model(args: FineTuningArguments, label_names: dict[int, str] | None, num_labels: int):
-    """The task model: the pretrained encoder with new heads, or (`from_scratch`) all random."""
+def input_band_names(args: FineTuningArguments, first_image: str) -> list[str] | None:
+    """The chips' band names: `--bands`, else the first training image's band descriptions (None if it has none)."""
+    if args.bands:
+        return list(args.bands)
+    with rasterio.open(first_image) as dataset:
+        descriptions = dataset.descriptions
+    return list(descriptions) if descriptions and all(descriptions) else None
+
+
+def build_model(
+    args: FineTuningArguments,
+    label_names: dict[int, str] | None,
+    num_labels: int,
+    input_bands: list[str] | None = None,
+):
+    """The task model: the pretrained encoder with new heads, or (`from_scratch`) all random. When the chips lack
+    some of the model's bands, the model keeps the band groups the chips complete (`bands=` of `from_pretrained`)."""
     overrides: dict[str, Any] = {
         "num_labels": num_labels,
         "ignore_index": args.ignore_index,
@@ -100,6 +116,9 @@ def build_model(args: FineTuningArguments, label_names: dict[int, str] | None, n
     else:
         model_class = ClayForImageClassification
         overrides["problem_type"] = "regression" if args.task == "regression" else "single_label_classification"
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    if input_bands is not None and not set(config.band_names) <= set(input_bands):
+        overrides["bands"] = input_bands
     if args.from_scratch:
         return model_class(AutoConfig.from_pretrained(args.model_name_or_path, **overrides))
     return model_class.from_pretrained(args.model_name_or_path, **overrides)
@@ -135,6 +154,12 @@ def build_datasets(args: FineTuningArguments, reader: ChipReader, label_names: d
     return make(train, args.augment), make(validation, False)
 
 
+def first_training_image(args: FineTuningArguments) -> str:
+    if args.task == "semantic-segmentation":
+        return segmentation_pairs(args.train_dir)[0][0]
+    return labelled_chips(args.train_dir, regression=args.task == "regression")[0][0]
+
+
 def resolve_labels(args: FineTuningArguments) -> tuple[dict[int, str] | None, int]:
     """Class names and count: from --id2label / --num_labels, or the class folders / CSV labels."""
     label_names = parse_label_names(args.id2label)
@@ -154,12 +179,12 @@ def resolve_labels(args: FineTuningArguments) -> tuple[dict[int, str] | None, in
 def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """Train, evaluate, save the model with its processor and `eval_results.json`; return the results."""
     label_names, num_labels = resolve_labels(args)
-    model = build_model(args, label_names, num_labels)
+    model = build_model(args, label_names, num_labels, input_band_names(args, first_training_image(args)))
     if args.freeze_encoder:
         model.freeze_encoder()
     model_bands = list(model.config.band_names)
     processor = base_processor(args, model_bands)
-    reader = ChipReader(model_bands, [0.0] * len(model_bands), args.bands, args.date)
+    reader = ChipReader(model_bands, [0.0] * len(model_bands), args.bands, args.date)  # fill values: see below
     train_dataset, eval_dataset = build_datasets(args, reader, label_names, num_labels)
     unknown = [band for band in model_bands if processor is None or band not in processor.band_names]
     if args.compute_statistics or unknown:
