@@ -14,7 +14,7 @@ from conftest import small_config
 from geotiffs import write_geotiff
 from transformers import AutoModelForSemanticSegmentation
 
-from clay_hf import CLAY_V0_BAND_NAMES, ClayForMaskedImageModeling, ClayImageProcessor
+from clay_hf import CLAY_V0_BAND_NAMES, ClayForMaskedImageModeling, ClayForSemanticSegmentation, ClayImageProcessor
 from clay_hf.data import ChipError, split_paths
 from clay_hf.finetuning.data import (
     ChipLabelDataset,
@@ -26,7 +26,7 @@ from clay_hf.finetuning.data import (
     processor_with_statistics,
     segmentation_pairs,
 )
-from clay_hf.finetuning.predict import cosine_window, segment_scene, tile_starts
+from clay_hf.finetuning.predict import cosine_window, segment_scene, tile_latlon, tile_starts
 from clay_hf.finetuning.predict import main as predict_main
 from clay_hf.finetuning.scores import StreamingMetrics, confusion_matrix
 from clay_hf.finetuning.synthetic import write_synthetic_classification, write_synthetic_segmentation
@@ -274,18 +274,43 @@ def test_tiles_cover_the_scene_and_blend_to_the_single_tile_prediction(floods):
     assert (window > 0).all() and window[3:5, 3:5].min() > window[0, 0]
 
     torch.manual_seed(0)
-    from clay_hf import ClayForSemanticSegmentation
-    from clay_hf.finetuning.predict import scene_inputs
-
     model = ClayForSemanticSegmentation(small_config(num_hidden_layers=2, decode_head_type="fcn")).eval()
-    scene = scene_inputs(v0_reader(), ClayImageProcessor(), str(sorted((floods / "images").glob("*.tif"))[0]))
-    whole = segment_scene(model, scene, tile=64, overlap=0)
-    tiled = segment_scene(model, scene, tile=32, overlap=16)
-    assert whole.shape == tiled.shape == (2, 64, 64)
+    image = str(sorted((floods / "images").glob("*.tif"))[0])
+    reader, processor = v0_reader(), ClayImageProcessor()
+    header = reader.header(image)
+    whole, missing = segment_scene(model, processor, reader, header, tile=64, overlap=0)
+    tiled, _ = segment_scene(model, processor, reader, header, tile=32, overlap=16)
+    assert whole.shape == tiled.shape == (2, 64, 64) and missing[:8, :8].all() and not missing[8:].any()
     torch.testing.assert_close(tiled.sum(0), torch.ones(64, 64))
-    # one 32×32 tile alone, at the top-left corner where it is the only tile with much weight, is close to the blend
-    corner = segment_scene(model, type(scene)(scene.pixels[:, :32, :32], scene.missing[:32, :32], scene.header), 32, 0)
-    assert (tiled[:, :8, :8] - corner[:, :8, :8]).abs().max() < 0.2
+    # at the top-left corner the first tile carries nearly all the weight: the blend is close to that tile alone
+    corner = model(**ClayDataCollator(processor, CLAY_V0_BAND_NAMES)([_crop(reader, header, 32)])).logits[0]
+    assert (tiled[:, :4, :4] - corner.softmax(0)[:, :4, :4]).abs().max() < 0.1
+
+
+def _crop(reader, header, size) -> dict:
+    with rasterio.open(header.path) as dataset:
+        pixels, _ = reader.read_window(dataset, header, 0, 0, size, size)
+    lon, lat = tile_latlon(header, 0, 0, size, size)
+    return {"pixels": pixels, "labels": np.zeros((size, size), np.int64), "date": header.date, "lon": lon, "lat": lat}
+
+
+def test_a_scene_larger_than_a_tile_is_predicted_on_its_grid(tmp_path, mim_folder):
+    model = ClayForSemanticSegmentation.from_pretrained(mim_folder, num_labels=3, decode_head_type="fcn")
+    model.save_pretrained(tmp_path / "model")
+    data = np.random.default_rng(0).uniform(100, 3000, (13, 80, 120)).astype(np.uint16)
+    data[:, -5:, -7:] = 0
+    write_geotiff(tmp_path / "scene" / "big.tif", data=data, size=(80, 120), dtype="uint16", nodata=0, crs="EPSG:3857")
+    summary = predict_main(
+        [
+            *("--model_name_or_path", str(tmp_path / "model"), "--data_dir", str(tmp_path / "scene")),
+            *("--output_dir", str(tmp_path / "out"), "--tile_size", "32", "--overlap", "8"),
+        ]
+    )
+    assert summary["bad_chips"] == []
+    with rasterio.open(tmp_path / "scene" / "big.tif") as source, rasterio.open(tmp_path / "out" / "big.tif") as out:
+        assert (out.crs, out.transform, out.shape, out.nodata) == (source.crs, source.transform, (80, 120), 255)
+        classes = out.read(1)
+    assert (classes[-5:, -7:] == 255).all() and set(np.unique(classes[:-5])) <= {0, 1, 2}
 
 
 def test_given_date_applies_only_to_chips_without_one(tmp_path):
@@ -294,5 +319,5 @@ def test_given_date_applies_only_to_chips_without_one(tmp_path):
     reader = v0_reader(date="2019-01-01")
     assert str(reader.header(str(tmp_path / "dated.tif")).date) == "2021-06-15"
     assert str(reader.header(str(tmp_path / "undated.tif")).date) == "2019-01-01"
-    with pytest.raises(ChipError, match="undated.tif: has no date.*pass --date"):
+    with pytest.raises(ChipError, match=r"undated.tif: has no date.*pass --date"):
         v0_reader().header(str(tmp_path / "undated.tif"))

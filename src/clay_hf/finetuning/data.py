@@ -27,6 +27,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from ..data.chips import ChipError, read_chip, resolve_chip_date
 from ..data.dataset import GEOTIFF_SUFFIXES, split_paths
@@ -213,6 +214,20 @@ class ChipReader:
         if missing.any():
             pixels = np.where(missing[None], self.fill_values[:, None, None], pixels)
         return pixels, missing, chip.lon, chip.lat
+
+    def read_window(
+        self, dataset: Any, header: ImageHeader, row: int, col: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A window of an open scene → (pixels (C, h, w) float32 in model band order with nodata filled, missing
+        (h, w)); the parts of the window outside the scene count as missing."""
+        indexes = [header.band_names.index(band) + 1 for band in self.model_bands]
+        inside = row >= 0 and col >= 0 and row + height <= header.height and col + width <= header.width
+        data = dataset.read(indexes, window=Window(col, row, width, height), boundless=not inside, masked=True)
+        pixels = np.ma.getdata(data).astype(np.float32)  # (C, h, w)
+        missing = np.ma.getmaskarray(data).any(axis=0) | ~np.isfinite(pixels).all(axis=0)  # (h, w)
+        if header.nodata is not None:
+            missing |= (pixels == np.float32(header.nodata)).any(axis=0)
+        return np.where(missing[None], self.fill_values[:, None, None], pixels), missing
 
 
 def read_label(path: str, image: ImageHeader, num_labels: int, ignore_index: int) -> np.ndarray:

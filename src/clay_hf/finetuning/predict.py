@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import rasterio
 import torch
 from pyproj import Transformer
+from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from shapely import to_wkb
 from transformers import AutoConfig
@@ -70,15 +71,6 @@ def _pad_to(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]))
 
 
-@dataclass
-class SceneInputs:
-    """A scene's normalised pixels (C, H, W), its nodata mask (H, W), its date and place."""
-
-    pixels: torch.Tensor
-    missing: np.ndarray
-    header: ImageHeader
-
-
 def tile_latlon(header: ImageHeader, row: int, col: int, height: int, width: int) -> tuple[float, float]:
     """(lon, lat) of a tile's centre, from the scene's transform and CRS."""
     x, y = header.transform @ (col + width / 2, row + height / 2)
@@ -90,34 +82,47 @@ def tile_latlon(header: ImageHeader, row: int, col: int, height: int, width: int
 
 @torch.no_grad()
 def segment_scene(
-    model: ClayForSemanticSegmentation, scene: SceneInputs, tile: int, overlap: int, batch_size: int = 4
-) -> torch.Tensor:
-    """Class probabilities (K, H, W) of a scene of any size: overlapping tiles (a multiple of the patch size),
-    softmax per tile, blended with [`cosine_window`] weights."""
+    model: ClayForSemanticSegmentation,
+    processor: ClayImageProcessor,
+    reader: ChipReader,
+    header: ImageHeader,
+    tile: int,
+    overlap: int,
+    batch_size: int = 4,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Class probabilities (K, H, W) and the nodata mask (H, W) of a scene of any size, read tile by tile: tiles
+    of at most `tile` pixels (a multiple of the patch size) overlapping by `overlap`, softmax per tile, blended
+    with [`cosine_window`] weights. Only the blended probabilities of the whole scene are held in memory."""
     device, patch = next(model.parameters()).device, model.config.patch_size
-    _, height, width = scene.pixels.shape
+    height, width = header.height, header.width
     tile_h = min(tile, math.ceil(height / patch) * patch)
     tile_w = min(tile, math.ceil(width / patch) * patch)
-    padded = _pad_to(scene.pixels, max(height, tile_h), max(width, tile_w))  # (C, H', W')
-    windows = [(row, col) for row in tile_starts(padded.shape[1], tile_h, overlap)
-               for col in tile_starts(padded.shape[2], tile_w, overlap)]  # fmt: skip
+    rows, cols = max(height, tile_h), max(width, tile_w)  # a scene smaller than a tile is read with a margin
+    windows = [(row, col) for row in tile_starts(rows, tile_h, overlap) for col in tile_starts(cols, tile_w, overlap)]
     weight = cosine_window(tile_h, tile_w).to(device)
-    total = torch.zeros(model.config.num_labels, *padded.shape[1:], device=device)
-    weights = torch.zeros(padded.shape[1:], device=device)
-    timestep = torch.from_numpy(encode_dates([scene.header.date]))
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
-        pixels = torch.stack([padded[:, row : row + tile_h, col : col + tile_w] for row, col in batch])
-        lonlat = [tile_latlon(scene.header, row, col, tile_h, tile_w) for row, col in batch]
-        logits = model(
-            pixel_values=pixels.to(device),
-            timestep=timestep.expand(len(batch), -1).to(device),
-            latlon=torch.from_numpy(encode_lonlat(lonlat)).to(device),
-        ).logits  # (b, K, tile_h, tile_w)
-        for (row, col), probabilities in zip(batch, logits.float().softmax(dim=1), strict=True):
-            total[:, row : row + tile_h, col : col + tile_w] += probabilities * weight
-            weights[row : row + tile_h, col : col + tile_w] += weight
-    return (total / weights)[:, :height, :width].cpu()
+    total = torch.zeros(model.config.num_labels, rows, cols, device=device)
+    weights = torch.zeros(rows, cols, device=device)
+    missing = np.zeros((rows, cols), dtype=bool)
+    timestep = torch.from_numpy(encode_dates([header.date]))
+    with rasterio.open(header.path) as dataset:
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start : start + batch_size]
+            tiles = []
+            for row, col in batch:
+                pixels, tile_missing = reader.read_window(dataset, header, row, col, tile_h, tile_w)
+                missing[row : row + tile_h, col : col + tile_w] |= tile_missing
+                tiles.append(torch.from_numpy(pixels))
+            pixel_values = processor.normalize_tensor(torch.stack(tiles), reader.model_bands)  # (b, C, h, w)
+            lonlat = [tile_latlon(header, row, col, tile_h, tile_w) for row, col in batch]
+            logits = model(
+                pixel_values=pixel_values.to(device),
+                timestep=timestep.expand(len(batch), -1).to(device),
+                latlon=torch.from_numpy(encode_lonlat(lonlat)).to(device),
+            ).logits  # (b, K, tile_h, tile_w)
+            for (row, col), probabilities in zip(batch, logits.float().softmax(dim=1), strict=True):
+                total[:, row : row + tile_h, col : col + tile_w] += probabilities * weight
+                weights[row : row + tile_h, col : col + tile_w] += weight
+    return (total / weights)[:, :height, :width].cpu(), missing[:height, :width]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -137,6 +142,15 @@ def load_finetuned(model_name_or_path: str, device: str | torch.device = "cpu"):
         raise ValueError(f"{model_name_or_path} is not a fine-tuned Clay model (architectures: {architectures})")
     model = model_class.from_pretrained(model_name_or_path).to(device).eval()
     return model, load_image_processor(model_name_or_path, model.config.band_names)
+
+
+@dataclass
+class SceneInputs:
+    """A chip's normalised pixels (C, H, W), its nodata mask (H, W) and its header (date, place, grid)."""
+
+    pixels: torch.Tensor
+    missing: np.ndarray
+    header: ImageHeader
 
 
 def scene_inputs(reader: ChipReader, processor: ClayImageProcessor, path: str) -> SceneInputs:
@@ -191,14 +205,15 @@ def predict_segmentation(
             skipped += 1
             continue
         try:
-            scene = scene_inputs(reader, processor, path)
-        except ChipError as error:
+            header = reader.header(path)
+            probabilities, missing = segment_scene(model, processor, reader, header, tile, overlap, batch_size)
+        except (ChipError, RasterioError) as error:
             bad.append(str(error))
             logger.warning("skipping %s (%d skipped so far)", error, len(bad))
             continue
-        classes = segment_scene(model, scene, tile, overlap, batch_size).argmax(dim=0).numpy().astype(np.uint8)
-        classes[scene.missing] = CLASS_MAP_NODATA
-        write_class_map(target, classes, scene.header, model.config.id2label)
+        classes = probabilities.argmax(dim=0).numpy().astype(np.uint8)
+        classes[missing] = CLASS_MAP_NODATA
+        write_class_map(target, classes, header, model.config.id2label)
         written.append(str(target))
     return {"written": written, "skipped_existing": skipped, "bad_chips": bad}
 
