@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finetune(args, training_args)
 
 
-def cli() -> int:
+def cli(argv: list[str] | None = None) -> int:
     """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
-    main()
+    main(argv)
     return 0
 
 
