@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from clay_hf import ClayConfig, ClayForSemanticSegmentation
-from clay_hf.benchmarking import machine_description, peak_memory_bytes, time_call
+from clay_hf.benchmarking import machine_description, matmul_peak, peak_memory_bytes, time_call
 from clay_hf.memory import GLIBC_DEFAULT_MMAP_THRESHOLD, configure_training_malloc
 
 
@@ -48,6 +49,7 @@ def run_row(args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     seconds = time_call(step, device, warmup=2, repeats=args.repeats)
+    peak = matmul_peak(device, torch.float32)  # this machine's speed right after the row (shared CPUs drift)
     return {
         "row": args.row,
         "head": args.head,
@@ -58,6 +60,8 @@ def run_row(args: argparse.Namespace) -> dict:
         "seconds_per_step": round(seconds, 3),
         "chips_per_second": round(args.batch_size / seconds, 3),
         "peak_memory_gib": round(peak_memory_bytes(device) / 2**30, 3),
+        "matmul_peak_tflops_after": round(peak / 1e12, 4),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -86,11 +90,12 @@ def main() -> None:
         f"machine: {machine['device']} ({machine['device_type']}), {machine['cpu_count']} cores, torch {machine['torch']}"
     )
     print(f"ClayForSemanticSegmentation ({args.head} head), {args.config} at {args.image_size}×{args.image_size}")
-    print("encoder        batch  trainable params  s/step  chips/s  peak GiB")
+    print("encoder        batch  trainable params  s/step  chips/s  peak GiB  matmul TF/s  load")
     for row in rows:
         print(
             f"{row['row']:<14} {row['batch_size']:>5}  {row['trainable_parameters']:>16,}  {row['seconds_per_step']:>6.2f}"
-            f"  {row['chips_per_second']:>7.3f}  {row['peak_memory_gib']:>8.2f}"
+            f"  {row['chips_per_second']:>7.3f}  {row['peak_memory_gib']:>8.2f}  {row['matmul_peak_tflops_after']:>11.3f}"
+            f"  {row['load_average']:>4.1f}"
         )
     Path(args.output).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     print(f"results written to {args.output}")
