@@ -13,10 +13,17 @@ from transformers import (
     AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
 from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
-from .image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor, encode_dates, encode_lonlat
+from .image_processing_clay import (
+    CLAY_V0_BAND_STATISTICS,
+    ClayImageProcessor,
+    encode_dates,
+    encode_lonlat,
+    load_image_processor,
+)
 from .modeling_clay import (
     ClayForMaskedImageModeling,
     ClayForMaskedImageModelingOutput,
@@ -28,6 +35,8 @@ from .modeling_clay import (
     unpatchify,
 )
 from .modeling_clay_heads import ClayBackbone, ClayForImageClassification, ClayForSemanticSegmentation
+from .pipeline_clay import TASK as CLAY_PIPELINE_TASK
+from .pipeline_clay import ClayFeatureExtractionPipeline
 
 __version__ = "0.1.0"
 
@@ -39,8 +48,13 @@ AutoBackbone.register(ClayConfig, ClayBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(ClayConfig, ClayForSemanticSegmentation, exist_ok=True)
 AutoModelForImageClassification.register(ClayConfig, ClayForImageClassification, exist_ok=True)
 AutoImageProcessor.register(ClayConfig, image_processor_classes={"pil": ClayImageProcessor}, exist_ok=True)
+if CLAY_PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+    PIPELINE_REGISTRY.register_pipeline(
+        CLAY_PIPELINE_TASK, pipeline_class=ClayFeatureExtractionPipeline, pt_model=AutoModel, type="image"
+    )
 
 __all__ = [
+    "CLAY_PIPELINE_TASK",
     "CLAY_V0_BAND_GROUPS",
     "CLAY_V0_BAND_NAMES",
     "CLAY_V0_BAND_STATISTICS",
@@ -48,6 +62,7 @@ __all__ = [
     "CheckpointConversionError",
     "ClayBackbone",
     "ClayConfig",
+    "ClayFeatureExtractionPipeline",
     "ClayForImageClassification",
     "ClayForMaskedImageModeling",
     "ClayForMaskedImageModelingOutput",
@@ -60,6 +75,7 @@ __all__ = [
     "convert_original_checkpoint",
     "encode_dates",
     "encode_lonlat",
+    "load_image_processor",
     "patchify",
     "unpatchify",
 ]
