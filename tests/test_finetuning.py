@@ -256,7 +256,9 @@ def test_classification_and_regression_runs_write_metrics_and_geoparquet(mim_fol
     summary = predict_main(["--model_name_or_path", str(run), "--data_dir", str(data), "--output_dir", str(tmp_path)])
     table = pq.read_table(summary["written"][0])
     assert table.num_rows == 12 and set(table.column("label").to_pylist()) <= {"bare", "water"}
-    assert b"geo" in table.schema.metadata
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and len(geo["columns"]["geometry"]["bbox"]) == 4
+    assert None not in table.column("geometry").to_pylist()
     np.testing.assert_allclose(np.array(table.column("probabilities").to_pylist()).sum(axis=1), 1, rtol=1e-5)
 
     rows = [f"{p.relative_to(data)},{index}.5" for index, p in enumerate(sorted(data.rglob("*.tif")))]

@@ -35,6 +35,7 @@ from transformers import AutoConfig
 from ..data.chips import ChipError
 from ..data.dataset import resolve_sources
 from ..embeddings import chip_footprint, geo_metadata
+from ..geometry import lonlat_bbox
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
 from .data import ChipReader, ImageHeader
@@ -229,13 +230,10 @@ def predict_chips(
     device = next(model.parameters()).device
     regression = model.config.problem_type == "regression"
     rows: dict[str, list] = {"source_url": [], "date": [], "geometry": []}
-    outputs, bad, bounds = [], [], []
+    outputs, bad, footprints = [], [], []
     for path in paths:
         try:
             scene = scene_inputs(reader, processor, path)
-            epsg = scene.header.crs.to_epsg()
-            if epsg is None:
-                raise ChipError(path, f"has a CRS without an EPSG code ({scene.header.crs}), so no footprint")
         except ChipError as error:
             bad.append(str(error))
             logger.warning("skipping %s (%d skipped so far)", error, len(bad))
@@ -245,7 +243,7 @@ def predict_chips(
         pixels = _pad_to(scene.pixels, math.ceil(height / patch) * patch, math.ceil(width / patch) * patch)
         lonlat = tile_latlon(scene.header, 0, 0, height, width)
         with torch.no_grad():
-            logits = (
+            outputs.append(
                 model(
                     pixel_values=pixels[None].to(device),
                     timestep=torch.from_numpy(encode_dates([scene.header.date])).to(device),
@@ -255,25 +253,32 @@ def predict_chips(
                 .float()
                 .cpu()
             )  # (K,)
-        outputs.append(logits)
-        footprint = chip_footprint(array_bounds(height, width, scene.header.transform), epsg)
-        bounds.append(footprint.bounds)
+        shape = _footprint(scene.header)
+        footprints.append(shape)
         rows["source_url"].append(path)
         rows["date"].append(scene.header.date)
-        rows["geometry"].append(to_wkb(footprint))
+        rows["geometry"].append(None if shape is None else to_wkb(shape))
     columns = _prediction_columns(outputs, model.config, regression)
     table = pa.table({**{k: rows[k] for k in ("source_url", "date")}, **columns, "geometry": rows["geometry"]})
-    total = None
-    if bounds:
-        array = np.asarray(bounds)
-        total = [*array[:, :2].min(axis=0).tolist(), *array[:, 2:].max(axis=0).tolist()]
-    table = table.replace_schema_metadata({b"geo": json.dumps(geo_metadata(total)).encode()})
+    shapes = [shape for shape in footprints if shape is not None]
+    metadata = geo_metadata(lonlat_bbox(shapes), {shape.geom_type for shape in shapes} or {"Polygon"})
+    table = table.replace_schema_metadata({b"geo": json.dumps(metadata).encode()})
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     pq.write_table(table, partial)
     os.replace(partial, output)
     return {"written": [str(output)], "num_chips": len(outputs), "bad_chips": bad}
+
+
+def _footprint(header: ImageHeader):
+    """The chip's pixel-grid outline in OGC:CRS84, or None (a null geometry, with a warning naming the chip)."""
+    bbox = array_bounds(header.height, header.width, header.transform)
+    try:
+        return chip_footprint(bbox, header.crs.to_wkt(), tuple(header.transform)[:6], (header.height, header.width))
+    except Exception as error:  # PROJ and geometry errors: the prediction is kept, the footprint is not
+        logger.warning("%s: no footprint (%s); its geometry is left null", header.path, error)
+        return None
 
 
 def _prediction_columns(outputs: list[torch.Tensor], config: Any, regression: bool) -> dict[str, pa.Array]:
