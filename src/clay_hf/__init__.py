@@ -4,11 +4,14 @@ Importing `clay_hf` registers the Clay classes with the Auto classes of transfor
 """
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
     AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -31,6 +34,7 @@ from .modeling_clay import (
     patchify,
     unpatchify,
 )
+from .modeling_clay_heads import ClayBackbone, ClayForImageClassification, ClayForSemanticSegmentation
 from .pipeline_clay import TASK as CLAY_PIPELINE_TASK
 from .pipeline_clay import ClayFeatureExtractionPipeline
 
@@ -40,6 +44,9 @@ AutoConfig.register(ClayConfig.model_type, ClayConfig, exist_ok=True)
 AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
 AutoModelForMaskedImageModeling.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
 AutoModelForPreTraining.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
+AutoBackbone.register(ClayConfig, ClayBackbone, exist_ok=True)
+AutoModelForSemanticSegmentation.register(ClayConfig, ClayForSemanticSegmentation, exist_ok=True)
+AutoModelForImageClassification.register(ClayConfig, ClayForImageClassification, exist_ok=True)
 AutoImageProcessor.register(ClayConfig, image_processor_classes={"pil": ClayImageProcessor}, exist_ok=True)
 if CLAY_PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
     PIPELINE_REGISTRY.register_pipeline(
@@ -53,10 +60,13 @@ __all__ = [
     "CLAY_V0_BAND_STATISTICS",
     "CLAY_V0_PRESETS",
     "CheckpointConversionError",
+    "ClayBackbone",
     "ClayConfig",
     "ClayFeatureExtractionPipeline",
+    "ClayForImageClassification",
     "ClayForMaskedImageModeling",
     "ClayForMaskedImageModelingOutput",
+    "ClayForSemanticSegmentation",
     "ClayImageProcessor",
     "ClayModel",
     "ClayModelOutput",

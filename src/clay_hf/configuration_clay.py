@@ -9,6 +9,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .configuration_clay_heads import ClayTaskConfigMixin
+
 #: The 13 input bands of Clay v0, in the order the model reads them.
 CLAY_V0_BAND_NAMES: list[str] = [
     "blue",
@@ -112,7 +114,7 @@ def normalize_band_groups(band_groups: Mapping[str, Sequence[int]] | Sequence[Se
     return groups
 
 
-class ClayConfig(PretrainedConfig):
+class ClayConfig(ClayTaskConfigMixin, PretrainedConfig):
     r"""Configuration of a Clay v0 model ([`ClayModel`], [`ClayForMaskedImageModeling`]).
 
     The defaults are the released `clay_small` v0.1 model: 13 bands in six groups, 512×512 chips, patches of 32,
@@ -132,6 +134,9 @@ class ClayConfig(PretrainedConfig):
         attention_probs_dropout_prob: Dropout on the attention probabilities.
         layer_norm_eps: Epsilon of every LayerNorm.
         initializer_range: Standard deviation of the normal initialisation of linear layers.
+        out_indices, out_features, feature_fusion, decode_head_type, neck_hidden_size, decode_hidden_size,
+        pool_scales, ignore_index, dice_loss_weight, classifier_dropout_prob: Fine-tuning fields of the backbone and
+            the heads (see `configuration_clay_heads.py`).
     """
 
     model_type = "clay"
@@ -178,6 +183,7 @@ class ClayConfig(PretrainedConfig):
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self._init_task_fields(kwargs)
         super().__init__(**kwargs)
         self._validate()
 

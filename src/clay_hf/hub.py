@@ -28,6 +28,7 @@ CARD_DIR = PACKAGE_DIR / "model_card"  # package data: the card template and the
 STAGING_MARKER = ".clay-staging"  # marks a folder this tool made, so that a later run may empty it
 REMOTE_CODE = (
     "configuration_clay.py",
+    "configuration_clay_heads.py",
     "modeling_clay.py",
     "recompute.py",
     "loss_clay.py",

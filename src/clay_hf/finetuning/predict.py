@@ -1,0 +1,342 @@
+"""Predictions of a fine-tuned Clay: class maps as GeoTIFFs on each chip's grid, or chip classes as GeoParquet.
+
+    python scripts/predict.py --model_name_or_path runs/floods --data_dir scenes/ --output_dir preds/
+
+Segmentation writes one uint8 GeoTIFF per input, named after it, with the input's CRS, transform and size, and
+nodata (255) where the input had nodata. An input larger than the tile size is predicted in overlapping tiles whose
+class probabilities are blended with a cosine window (every pixel is a weighted mean of the tiles covering it), so
+tile borders leave no seams. Classification and regression write one GeoParquet row per chip: the class and the
+class probabilities (or the value) with the chip's footprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import rasterio
+import torch
+from pyproj import Transformer
+from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
+from shapely import to_wkb
+from transformers import AutoConfig
+
+from ..data.chips import ChipError
+from ..data.dataset import resolve_sources
+from ..embeddings import chip_footprint, geo_metadata
+from ..geometry import lonlat_bbox
+from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
+from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from .data import ChipReader, ImageHeader
+
+logger = logging.getLogger(__name__)
+
+CLASS_MAP_NODATA = 255
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiles and blending
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of `tile` pixels covering `size` (≥ tile) with at least `overlap` pixels shared by
+    neighbours; the last tile ends flush with the edge."""
+    if size <= tile:
+        return [0]
+    stride = max(tile - overlap, 1)
+    starts = list(range(0, size - tile, stride))
+    return [*starts, size - tile]
+
+
+def cosine_window(height: int, width: int) -> torch.Tensor:
+    """(h, w) blending weights: the product of two half-sine windows, highest in the centre, > 0 at the edges."""
+    rows = torch.sin(math.pi * (torch.arange(height) + 0.5) / height)
+    cols = torch.sin(math.pi * (torch.arange(width) + 0.5) / width)
+    return rows[:, None] * cols[None, :]
+
+
+def _pad_to(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad (C, H, W) normalised pixels (0 = the band mean) at the bottom and right to (C, height, width)."""
+    return torch.nn.functional.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]))
+
+
+def tile_latlon(header: ImageHeader, row: int, col: int, height: int, width: int) -> tuple[float, float]:
+    """(lon, lat) of a tile's centre, from the scene's transform and CRS."""
+    x, y = header.transform @ (col + width / 2, row + height / 2)
+    if header.crs.to_epsg() == 4326:
+        return float(x), float(y)
+    lon, lat = Transformer.from_crs(header.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    return float(lon), float(lat)
+
+
+@torch.no_grad()
+def segment_scene(
+    model: ClayForSemanticSegmentation,
+    processor: ClayImageProcessor,
+    reader: ChipReader,
+    header: ImageHeader,
+    tile: int,
+    overlap: int,
+    batch_size: int = 4,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Class probabilities (K, H, W) and the nodata mask (H, W) of a scene of any size, read tile by tile: tiles
+    of at most `tile` pixels (a multiple of the patch size) overlapping by `overlap`, softmax per tile, blended
+    with [`cosine_window`] weights. Only the blended probabilities of the whole scene are held in memory."""
+    device, patch = next(model.parameters()).device, model.config.patch_size
+    height, width = header.height, header.width
+    tile_h = min(tile, math.ceil(height / patch) * patch)
+    tile_w = min(tile, math.ceil(width / patch) * patch)
+    rows, cols = max(height, tile_h), max(width, tile_w)  # a scene smaller than a tile is read with a margin
+    windows = [(row, col) for row in tile_starts(rows, tile_h, overlap) for col in tile_starts(cols, tile_w, overlap)]
+    weight = cosine_window(tile_h, tile_w).to(device)
+    total = torch.zeros(model.config.num_labels, rows, cols, device=device)
+    weights = torch.zeros(rows, cols, device=device)
+    missing = np.zeros((rows, cols), dtype=bool)
+    timestep = torch.from_numpy(encode_dates([header.date]))
+    with rasterio.open(header.path) as dataset:
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start : start + batch_size]
+            tiles = []
+            for row, col in batch:
+                pixels, tile_missing = reader.read_window(dataset, header, row, col, tile_h, tile_w)
+                missing[row : row + tile_h, col : col + tile_w] |= tile_missing
+                tiles.append(torch.from_numpy(pixels))
+            pixel_values = processor.normalize_tensor(torch.stack(tiles), reader.model_bands)  # (b, C, h, w)
+            lonlat = [tile_latlon(header, row, col, tile_h, tile_w) for row, col in batch]
+            logits = model(
+                pixel_values=pixel_values.to(device),
+                timestep=timestep.expand(len(batch), -1).to(device),
+                latlon=torch.from_numpy(encode_lonlat(lonlat)).to(device),
+            ).logits  # (b, K, tile_h, tile_w)
+            for (row, col), probabilities in zip(batch, logits.float().softmax(dim=1), strict=True):
+                total[:, row : row + tile_h, col : col + tile_w] += probabilities * weight
+                weights[row : row + tile_h, col : col + tile_w] += weight
+    return (total / weights)[:, :height, :width].cpu(), missing[:height, :width]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running over a folder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_finetuned(model_name_or_path: str, device: str | torch.device = "cpu"):
+    """The fine-tuned model (segmentation or classification, from its config) and its processor."""
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    architectures = config.architectures or []
+    if "ClayForSemanticSegmentation" in architectures:
+        model_class = ClayForSemanticSegmentation
+    elif "ClayForImageClassification" in architectures:
+        model_class = ClayForImageClassification
+    else:
+        raise ValueError(f"{model_name_or_path} is not a fine-tuned Clay model (architectures: {architectures})")
+    model = model_class.from_pretrained(model_name_or_path).to(device).eval()
+    return model, load_image_processor(model_name_or_path, model.config.band_names)
+
+
+@dataclass
+class SceneInputs:
+    """A chip's normalised pixels (C, H, W), its nodata mask (H, W) and its header (date, place, grid)."""
+
+    pixels: torch.Tensor
+    missing: np.ndarray
+    header: ImageHeader
+
+
+def scene_inputs(reader: ChipReader, processor: ClayImageProcessor, path: str) -> SceneInputs:
+    header = reader.header(path)
+    pixels, missing, _, _ = reader.read(header)
+    normalised = processor.normalize_tensor(torch.from_numpy(pixels)[None], reader.model_bands)[0]  # (C, H, W)
+    return SceneInputs(normalised, missing, header)
+
+
+def write_class_map(path: Path, classes: np.ndarray, header: ImageHeader, id2label: dict) -> None:
+    """Write (H, W) uint8 class ids on the scene's grid, atomically (a temporary file renamed into place)."""
+    profile = dict(
+        driver="GTiff",
+        width=header.width,
+        height=header.height,
+        count=1,
+        dtype="uint8",
+        crs=header.crs,
+        transform=header.transform,
+        nodata=CLASS_MAP_NODATA,
+        compress="deflate",
+    )
+    partial = path.with_name(f".{path.name}.partial")
+    with rasterio.open(partial, "w", **profile) as dataset:
+        dataset.write(classes[None])
+        dataset.update_tags(classes=json.dumps({str(key): value for key, value in id2label.items()}))
+    os.replace(partial, path)
+
+
+def predict_segmentation(
+    model: ClayForSemanticSegmentation,
+    processor: ClayImageProcessor,
+    paths: Sequence[str],
+    output_dir: str | os.PathLike,
+    reader: ChipReader,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """One class map per input (see the module docstring); bad inputs are skipped, counted and named."""
+    if model.config.num_labels >= CLASS_MAP_NODATA:
+        raise ValueError(f"{model.config.num_labels} classes do not fit a uint8 map with nodata {CLASS_MAP_NODATA}")
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    tile = tile or model.config.image_size
+    overlap = tile // 4 if overlap is None else overlap
+    written, skipped, bad = [], 0, []
+    for path in paths:
+        target = output / Path(path).name
+        if resume and target.exists():
+            skipped += 1
+            continue
+        try:
+            header = reader.header(path)
+            probabilities, missing = segment_scene(model, processor, reader, header, tile, overlap, batch_size)
+        except (ChipError, RasterioError) as error:
+            bad.append(str(error))
+            logger.warning("skipping %s (%d skipped so far)", error, len(bad))
+            continue
+        classes = probabilities.argmax(dim=0).numpy().astype(np.uint8)
+        classes[missing] = CLASS_MAP_NODATA
+        write_class_map(target, classes, header, model.config.id2label)
+        written.append(str(target))
+    return {"written": written, "skipped_existing": skipped, "bad_chips": bad}
+
+
+def predict_chips(
+    model: ClayForImageClassification,
+    processor: ClayImageProcessor,
+    paths: Sequence[str],
+    output: str | os.PathLike,
+    reader: ChipReader,
+) -> dict[str, Any]:
+    """A GeoParquet row per chip: class, class id and probabilities (or the regression value), footprint."""
+    device = next(model.parameters()).device
+    regression = model.config.problem_type == "regression"
+    rows: dict[str, list] = {"source_url": [], "date": [], "geometry": []}
+    outputs, bad, footprints = [], [], []
+    for path in paths:
+        try:
+            scene = scene_inputs(reader, processor, path)
+        except ChipError as error:
+            bad.append(str(error))
+            logger.warning("skipping %s (%d skipped so far)", error, len(bad))
+            continue
+        patch = model.config.patch_size
+        _, height, width = scene.pixels.shape
+        pixels = _pad_to(scene.pixels, math.ceil(height / patch) * patch, math.ceil(width / patch) * patch)
+        lonlat = tile_latlon(scene.header, 0, 0, height, width)
+        with torch.no_grad():
+            outputs.append(
+                model(
+                    pixel_values=pixels[None].to(device),
+                    timestep=torch.from_numpy(encode_dates([scene.header.date])).to(device),
+                    latlon=torch.from_numpy(encode_lonlat([lonlat])).to(device),
+                )
+                .logits[0]
+                .float()
+                .cpu()
+            )  # (K,)
+        shape = _footprint(scene.header)
+        footprints.append(shape)
+        rows["source_url"].append(path)
+        rows["date"].append(scene.header.date)
+        rows["geometry"].append(None if shape is None else to_wkb(shape))
+    columns = _prediction_columns(outputs, model.config, regression)
+    table = pa.table({**{k: rows[k] for k in ("source_url", "date")}, **columns, "geometry": rows["geometry"]})
+    shapes = [shape for shape in footprints if shape is not None]
+    metadata = geo_metadata(lonlat_bbox(shapes), {shape.geom_type for shape in shapes} or {"Polygon"})
+    table = table.replace_schema_metadata({b"geo": json.dumps(metadata).encode()})
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    pq.write_table(table, partial)
+    os.replace(partial, output)
+    return {"written": [str(output)], "num_chips": len(outputs), "bad_chips": bad}
+
+
+def _footprint(header: ImageHeader):
+    """The chip's pixel-grid outline in OGC:CRS84, or None (a null geometry, with a warning naming the chip)."""
+    bbox = array_bounds(header.height, header.width, header.transform)
+    try:
+        return chip_footprint(bbox, header.crs.to_wkt(), tuple(header.transform)[:6], (header.height, header.width))
+    except Exception as error:  # PROJ and geometry errors: the prediction is kept, the footprint is not
+        logger.warning("%s: no footprint (%s); its geometry is left null", header.path, error)
+        return None
+
+
+def _prediction_columns(outputs: list[torch.Tensor], config: Any, regression: bool) -> dict[str, pa.Array]:
+    if regression:
+        return {"value": pa.array([float(logits[0]) for logits in outputs], pa.float64())}
+    probabilities = [logits.softmax(dim=0) for logits in outputs]
+    ids = [int(p.argmax()) for p in probabilities]
+    return {
+        "label": pa.array([config.id2label[i] for i in ids], pa.string()),
+        "label_id": pa.array(ids, pa.int32()),
+        "probabilities": pa.array([p.tolist() for p in probabilities], pa.list_(pa.float32(), config.num_labels)),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Predict with a fine-tuned Clay: class maps or chip classes.")
+    parser.add_argument("--model_name_or_path", required=True, help="a scripts/finetune.py output folder")
+    parser.add_argument("--data_dir", required=True, help="chips or scenes: a folder, glob or list file")
+    parser.add_argument("--output_dir", required=True, help="class maps (segmentation) or predictions.parquet")
+    parser.add_argument("--bands", nargs="+", help="names of the files' bands in file order (default: descriptions)")
+    parser.add_argument("--date", help="YYYY-MM-DD of inputs that carry no date")
+    parser.add_argument("--tile_size", type=int, help="segmentation tile side (default: the config's image size)")
+    parser.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--resume", action="store_true", help="skip inputs whose class map already exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = build_parser().parse_args(argv)
+    model, processor = load_finetuned(args.model_name_or_path, args.device)
+    bands = list(model.config.band_names)
+    reader = ChipReader(bands, processor.band_statistics(bands)[0], args.bands, args.date)
+    paths = resolve_sources(args.data_dir)
+    if isinstance(model, ClayForSemanticSegmentation):
+        summary = predict_segmentation(
+            model, processor, paths, args.output_dir, reader, args.tile_size, args.overlap, args.batch_size, args.resume
+        )
+    else:
+        summary = predict_chips(model, processor, paths, Path(args.output_dir) / "predictions.parquet", reader)
+    logger.info("wrote %d files; %d bad inputs skipped", len(summary["written"]), len(summary["bad_chips"]))
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
+    main(argv)
+    return 0
+
+
+__all__ = [
+    "cosine_window",
+    "load_finetuned",
+    "main",
+    "predict_chips",
+    "predict_segmentation",
+    "segment_scene",
+    "tile_starts",
+]
