@@ -1,6 +1,7 @@
 """Reading, cutting and loading GeoTIFF chips for Clay."""
 
 from .chips import Chip, ChipError, date_from_filename, read_chip
+from .datacube import BandSource, TargetGrid, band_sources, clay_band_name, make_datacube_chips, target_grid
 from .dataset import (
     auto_num_shards,
     chip_dataloader,
@@ -12,24 +13,37 @@ from .dataset import (
     split_of,
     split_paths,
 )
+from .sample_data import SampleDataUnavailable, sentinel2_sample_scene
+from .stac import StacBands, read_stac_item, stac_band_sources
 from .tiling import ChipReport, chip_name, make_chips, write_synthetic_chips
 
 __all__ = [
+    "BandSource",
     "Chip",
     "ChipError",
     "ChipReport",
+    "SampleDataUnavailable",
+    "StacBands",
+    "TargetGrid",
     "auto_num_shards",
+    "band_sources",
     "chip_dataloader",
     "chip_features",
     "chip_name",
+    "clay_band_name",
     "collate_chips",
     "date_from_filename",
     "load_geotiff_dataset",
     "make_chips",
+    "make_datacube_chips",
     "read_chip",
+    "read_stac_item",
     "resolve_sources",
+    "sentinel2_sample_scene",
     "shard_paths",
     "split_of",
     "split_paths",
+    "stac_band_sources",
+    "target_grid",
     "write_synthetic_chips",
 ]
