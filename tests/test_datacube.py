@@ -294,3 +294,56 @@ def test_sample_data_failure_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(SampleDataUnavailable, match="No matching distribution"):
         sentinel2_sample_scene()
     assert not (tmp_path / "cache" / "sentinel2").exists()
+
+
+def small_item(item_id: str, collection: str | None, assets: dict, path) -> str:
+    item = pystac.Item(item_id, None, [0, 0, 1, 1], pystac.utils.str_to_datetime("2021-06-15T10:00:00Z"), {})
+    item.collection_id = collection
+    for key, (href, extra) in assets.items():
+        item.add_asset(key, pystac.Asset(str(href), roles=["data"], extra_fields=extra))
+    item.set_self_href(str(path))
+    item.save_object(include_self_link=True)
+    return str(path)
+
+
+def test_stac_items_of_three_sensors_make_one_stack(tmp_path):
+    """Sentinel-2 (with SCL), a two-band Sentinel-1 asset in another UTM zone's neighbour CRS, and a DEM in EPSG:4326."""
+    red = write_geotiff(tmp_path / "red.tif", bands=1, size=(32, 32), seed=1)
+    scl = np.full((1, 16, 16), 4, np.uint8)
+    scl[0, 0, 0] = 8
+    scl_path = write_geotiff(tmp_path / "scl.tif", data=scl, size=(16, 16), dtype="uint8", resolution=20)
+    sar = np.stack([np.full((40, 40), 0.2, np.float32), np.full((40, 40), 0.05, np.float32)])
+    sar_path = write_geotiff(
+        tmp_path / "s1.tif",
+        data=sar,
+        size=(40, 40),
+        crs="EPSG:3857",
+        origin=(1_669_700.0, 5_645_800.0),
+        resolution=15.0,
+    )
+    dem = write_geotiff(
+        tmp_path / "dem.tif",
+        data=np.full((1, 60, 60), 812.0, np.float32),
+        size=(60, 60),
+        crs="EPSG:4326",
+        origin=(14.9, 45.2),
+        resolution=0.01,
+    )
+    s2 = small_item("S2B_33TUL", "sentinel-2-l2a", {"B04": (red, {}), "SCL": (scl_path, {})}, tmp_path / "s2.json")
+    s2_properties = {"eo:bands": [{"name": "VV"}, {"name": "VH"}]}
+    s1 = small_item("S1A", "sentinel-1-rtc", {"rtc": (sar_path, s2_properties)}, tmp_path / "s1.json")
+    cop = small_item("DEM", "cop-dem-glo-30", {"data": (dem, {})}, tmp_path / "dem.json")
+    found = stac_band_sources([s2, s1, cop])
+    assert [(b.name, b.band) for b in found.bands] == [("red", 1), ("vv", 1), ("vh", 2), ("dem", 1)]
+    assert found.cloud_mask == str(scl_path) and found.tile == "S2B_33TUL"
+    args = ["--stac_item", s2, "--stac_item", s1, "--stac_item", cop, "--output_dir", str(tmp_path / "out")]
+    assert make_chips_main([*args, "--chip_size", "16", "--max_cloud_fraction", "0.1"]) == 0
+    paths = sorted((tmp_path / "out").glob("*.tif"))
+    assert [p.name for p in paths] == [f"claytile_S2B33TUL_20210615_v02_000{i}.tif" for i in range(4)]
+    with rasterio.open(paths[0]) as chip:
+        assert chip.descriptions == ("red", "vv", "vh", "dem") and chip.crs.to_epsg() == 32633
+        pixels = chip.read()
+    assert np.isnan(pixels[:, :2, :2]).all()  # the SCL cloud (a 20 m pixel) is nodata in every band
+    valid = np.isfinite(pixels[0])
+    assert valid.sum() == 16 * 16 - 4
+    np.testing.assert_allclose(pixels[1:, valid].T, [[0.2, 0.05, 812.0]] * int(valid.sum()), rtol=1e-6)
