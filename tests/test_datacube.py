@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pystac
@@ -20,6 +22,7 @@ from clay_hf.data import (
     SampleDataUnavailable,
     clay_band_name,
     make_datacube_chips,
+    read_stac_item,
     sentinel2_sample_scene,
     stac_band_sources,
 )
@@ -347,3 +350,57 @@ def test_stac_items_of_three_sensors_make_one_stack(tmp_path):
     valid = np.isfinite(pixels[0])
     assert valid.sum() == 16 * 16 - 4
     np.testing.assert_allclose(pixels[1:, valid].T, [[0.2, 0.05, 812.0]] * int(valid.sum()), rtol=1e-6)
+
+
+def test_stac_search_makes_one_chip_set_per_item_found(tmp_path, monkeypatch, capsys):
+    """The glue around pystac-client (a fake client here: no network): each item found is stacked with --band files."""
+    items = []
+    for day in ("10", "20"):
+        red = write_geotiff(tmp_path / f"red_{day}.tif", bands=1, seed=int(day))
+        items.append(
+            read_stac_item(small_item(f"S2_{day}", "sentinel-2-l2a", {"red": (red, {})}, tmp_path / f"{day}.json"))
+        )
+        items[-1].datetime = items[-1].datetime.replace(day=int(day))
+    searches = []
+
+    class FakeClient:
+        @staticmethod
+        def open(url):
+            return FakeClient()
+
+        def search(self, **kwargs):
+            searches.append(kwargs)
+            return SimpleNamespace(items=lambda: iter(items))
+
+    monkeypatch.setitem(sys.modules, "pystac_client", SimpleNamespace(Client=FakeClient))
+    dem = write_geotiff(tmp_path / "dem.tif", bands=1)
+    args = [
+        "--stac_search",
+        "https://stac.example/v1",
+        "--collections",
+        "sentinel-2-l2a",
+        "--bbox",
+        "14",
+        "45",
+        "15",
+        "46",
+    ]
+    args += [
+        "--datetime",
+        "2021-06",
+        "--band",
+        f"dem={dem}",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--chip_size",
+        "32",
+    ]
+    assert make_chips_main(args) == 0
+    assert searches == [
+        dict(collections=["sentinel-2-l2a"], bbox=[14.0, 45.0, 15.0, 46.0], datetime="2021-06", max_items=10)
+    ]
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.tif"))
+    assert names == ["claytile_S210_20210610_v02_0000.tif", "claytile_S220_20210620_v02_0000.tif"]
+    with rasterio.open(tmp_path / "out" / names[1]) as chip:
+        assert chip.descriptions == ("red", "dem")
+    assert "2 items found" in capsys.readouterr().out

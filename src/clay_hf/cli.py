@@ -11,8 +11,8 @@ from rasterio.enums import Resampling
 from .data.chips import ChipError
 from .data.datacube import BandSource, band_sources, make_datacube_chips
 from .data.dataset import resolve_sources
-from .data.stac import stac_band_sources
-from .data.tiling import make_chips, write_synthetic_chips
+from .data.stac import search_stac_items, stac_band_sources
+from .data.tiling import ChipReport, make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
 
 
@@ -32,6 +32,11 @@ def make_chips_main(argv: list[str] | None = None) -> int:
     stack.add_argument("--band", action="append", default=[], metavar="NAME=PATH", help="a band file: clay name or alias (B02, VV, …)")  # fmt: skip
     stack.add_argument("--stac_item", action="append", default=[], metavar="ITEM", help="a STAC item (path or URL); repeat for several sensors")  # fmt: skip
     stack.add_argument("--cloud_mask", metavar="scl=PATH", help="Sentinel-2 SCL raster: clouds and shadows become nodata")  # fmt: skip
+    stack.add_argument("--stac_search", metavar="API_URL", help="search a STAC API (needs pystac-client); one stack per item found")  # fmt: skip
+    stack.add_argument("--collections", nargs="+", help="collections to search (e.g. sentinel-2-l2a)")
+    stack.add_argument("--bbox", nargs=4, type=float, metavar=("WEST", "SOUTH", "EAST", "NORTH"), help="search area, degrees")  # fmt: skip
+    stack.add_argument("--datetime", help="search time range, e.g. 2023-06-01/2023-06-30")
+    stack.add_argument("--max_items", type=int, default=10, help="at most this many items from the search")
     stack.add_argument("--max_cloud_fraction", type=float, default=0.0, help="skip chips with more cloud or shadow")
     stack.add_argument("--crs", help="target CRS (default: the finest band's, among projected ones)")
     stack.add_argument("--resolution", type=float, help="target pixel size in the target CRS's units")
@@ -42,7 +47,7 @@ def make_chips_main(argv: list[str] | None = None) -> int:
         paths = write_synthetic_chips(args.output_dir, args.synthetic, size=args.chip_size, seed=args.seed)
         print(f"wrote {len(paths)} synthetic chips to {args.output_dir}")
         return 0
-    if args.band or args.stac_item:
+    if args.band or args.stac_item or args.stac_search:
         if args.sources:
             parser.error("give either stacked GeoTIFFs or --band / --stac_item, not both")
         return _stack_chips(args, parser)
@@ -74,37 +79,60 @@ def make_chips_main(argv: list[str] | None = None) -> int:
 
 
 def _stack_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """The datacube branch of make_chips_main: --band files and --stac_item assets → one chip set."""
-    bands: list[BandSource] = []
-    cloud_mask, date, tile = None, args.date, args.tile
-    try:
-        if args.stac_item:
-            found = stac_band_sources(args.stac_item)
-            bands += found.bands
-            cloud_mask, date, tile = found.cloud_mask, date or found.date, tile or found.tile
-        for text in args.band:
-            name, sep, path = text.partition("=")
-            if not sep or not path:
-                parser.error(f"--band takes NAME=PATH, got {text!r}")
-            bands.append(BandSource(name, path))
-        if args.cloud_mask:
-            kind, sep, path = args.cloud_mask.partition("=")
-            if not sep or kind.lower() != "scl":
-                parser.error(f"--cloud_mask takes scl=PATH, got {args.cloud_mask!r}")
-            cloud_mask = path
-        report = make_datacube_chips(
-            bands, args.output_dir, date=date, chip_size=args.chip_size, crs=args.crs, resolution=args.resolution,
-            resampling=args.resampling, cloud_mask=cloud_mask, max_nodata_fraction=args.max_nodata_fraction,
-            max_cloud_fraction=args.max_cloud_fraction, dtype=args.dtype, tile=tile,
-        )  # fmt: skip
-    except (ChipError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for label, reason in report.skipped:
-        print(f"skipped {label}: {reason}")
-    names = ", ".join(source.name for source in band_sources(bands))
-    print(f"stacked {names}: {report.summary()} in {args.output_dir}")
-    return 0
+    """The datacube branch of make_chips_main: --band files and --stac_item assets → one chip set; with
+    --stac_search, one chip set per item found (each with the --band files and --stac_item assets)."""
+    bands = []
+    for text in args.band:
+        name, sep, path = text.partition("=")
+        if not sep or not path:
+            parser.error(f"--band takes NAME=PATH, got {text!r}")
+        bands.append(BandSource(name, path))
+    cloud_mask = None
+    if args.cloud_mask:
+        kind, sep, cloud_mask = args.cloud_mask.partition("=")
+        if not sep or kind.lower() != "scl" or not cloud_mask:
+            parser.error(f"--cloud_mask takes scl=PATH, got {args.cloud_mask!r}")
+    runs: list[list] = [list(args.stac_item)]
+    if args.stac_search:
+        try:
+            found = search_stac_items(args.stac_search, args.collections, args.bbox, args.datetime, args.max_items)
+        except (ImportError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"{args.stac_search}: {len(found)} items found")
+        runs = [[item, *args.stac_item] for item in found]
+    written = failed = 0
+    for items in runs:
+        try:
+            report, names = _stack_one(args, bands, items, cloud_mask)
+        except (ChipError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        for label, reason in report.skipped:
+            print(f"skipped {label}: {reason}")
+        print(f"stacked {', '.join(names)}: {report.summary()} in {args.output_dir}")
+        written += len(report.written)
+    if len(runs) > 1:
+        print(f"total: wrote {written} chips from {len(runs)} stacks, {failed} failed")
+    return 1 if failed and not written else 0
+
+
+def _stack_one(
+    args: argparse.Namespace, bands: list[BandSource], items: list, cloud_mask: str | None
+) -> tuple[ChipReport, list[str]]:
+    """One chip set from band files plus the assets of STAC items (the flags win over the items' date and tile)."""
+    date, tile = args.date, args.tile
+    if items:
+        found = stac_band_sources(items)
+        bands = [*found.bands, *bands]
+        cloud_mask, date, tile = cloud_mask or found.cloud_mask, date or found.date, tile or found.tile
+    report = make_datacube_chips(
+        bands, args.output_dir, date=date, chip_size=args.chip_size, crs=args.crs, resolution=args.resolution,
+        resampling=args.resampling, cloud_mask=cloud_mask, max_nodata_fraction=args.max_nodata_fraction,
+        max_cloud_fraction=args.max_cloud_fraction, dtype=args.dtype, tile=tile,
+    )  # fmt: skip
+    return report, [source.name for source in band_sources(bands)]
 
 
 def pack_webdataset_main(argv: list[str] | None = None) -> int:

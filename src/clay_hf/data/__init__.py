@@ -14,7 +14,7 @@ from .dataset import (
     split_paths,
 )
 from .sample_data import SampleDataUnavailable, sentinel2_sample_scene
-from .stac import StacBands, read_stac_item, stac_band_sources
+from .stac import StacBands, read_stac_item, search_stac_items, stac_band_sources
 from .tiling import ChipReport, chip_name, make_chips, write_synthetic_chips
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "read_chip",
     "read_stac_item",
     "resolve_sources",
+    "search_stac_items",
     "sentinel2_sample_scene",
     "shard_paths",
     "split_of",

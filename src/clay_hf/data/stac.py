@@ -69,6 +69,25 @@ def stac_band_sources(items: Sequence[str | PathLike | pystac.Item]) -> StacBand
     return result
 
 
+def search_stac_items(
+    url: str,
+    collections: Sequence[str] | None = None,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    max_items: int | None = 10,
+) -> list[pystac.Item]:
+    """Items of a STAC API search (pystac-client, an optional dependency: `pip install "clay_hf[stac]"`)."""
+    try:
+        from pystac_client import Client
+    except ImportError as error:
+        raise ImportError('searching a STAC API needs pystac-client: pip install "clay_hf[stac]"') from error
+    try:
+        search = Client.open(url).search(collections=collections, bbox=bbox, datetime=datetime, max_items=max_items)
+        return list(search.items())
+    except Exception as error:  # network, HTTP and API errors come in many types
+        raise ValueError(f"{url}: the STAC search failed ({type(error).__name__}: {error})") from error
+
+
 def _item_bands(item: pystac.Item) -> list[BandSource]:
     """Band sources of one item: matches by asset key first, then by `eo:bands`."""
     by_key: dict[str, BandSource] = {}
@@ -126,4 +145,4 @@ def _item_tile(item: pystac.Item) -> str | None:
     return item.id
 
 
-__all__ = ["StacBands", "read_stac_item", "stac_band_sources"]
+__all__ = ["StacBands", "read_stac_item", "search_stac_items", "stac_band_sources"]
