@@ -186,18 +186,22 @@ class _BandReader:
         else:  # same grid up to a whole-pixel shift: the source pixels themselves
             row, col = self.shift
             source_window = Window(inside.col_off + col, inside.row_off + row, inside.width, inside.height)
-            pixels = self.dataset.read(self.band, window=source_window, boundless=True, masked=True)
+            (top, bottom), (left, right) = source_window.toranges()
+            within = top >= 0 and left >= 0 and bottom <= self.dataset.height and right <= self.dataset.width
+            pixels = self.dataset.read(self.band, window=source_window, boundless=not within, masked=True)
             out[rows, cols] = pixels.astype(self.dtype).filled(np.nan)
         return out
 
 
-def _chip_dtype_and_nodata(datasets: Sequence[rasterio.DatasetReader], dtype: str) -> tuple[str, float | None]:
+def _chip_dtype_and_nodata(
+    datasets: Sequence[rasterio.DatasetReader], band_dtypes: Sequence[str], dtype: str
+) -> tuple[str, float | None]:
     """The chips' dtype and nodata value: float32 with NaN (v0), or the sources' common dtype and nodata value."""
     if dtype != "source":
         if not np.issubdtype(np.dtype(dtype), np.floating):
             raise ValueError(f"dtype must be a float type or 'source', not {dtype!r}")
         return dtype, float("nan")
-    out = np.result_type(*[dataset.dtypes[0] for dataset in datasets])
+    out = np.result_type(*band_dtypes)
     if np.issubdtype(out, np.floating):
         return out.name, float("nan")
     declared = {dataset.nodata for dataset in datasets if dataset.nodata is not None}
@@ -282,8 +286,9 @@ def make_datacube_chips(
         grid = target_grid(datasets, crs, resolution)
         chip_date = _stack_date(datasets, date)
         tile_id = _tile_id(tile) if tile else _default_tile([source.href for source in sources])
-        working = _working_dtype([d.dtypes[source.band - 1] for d, source in zip(datasets, sources, strict=True)])
-        out_dtype, nodata = _chip_dtype_and_nodata(datasets, dtype)
+        band_dtypes = [dataset.dtypes[source.band - 1] for dataset, source in zip(datasets, sources, strict=True)]
+        working = _working_dtype(band_dtypes)
+        out_dtype, nodata = _chip_dtype_and_nodata(datasets, band_dtypes, dtype)
         readers = [
             _BandReader(dataset, source.band, grid, resampling, working, stack)
             for dataset, source in zip(datasets, sources, strict=True)
