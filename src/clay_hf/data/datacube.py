@@ -1,7 +1,7 @@
 """The datacube step: band files of several resolutions, CRSs and sensors → v0 chips on one grid.
 
 Each band is one raster (a path or any URL GDAL reads). Every band is warped onto one target grid with GDAL's
-warper (through rasterio's `WarpedVRT`); a band already on that grid is copied pixel for pixel. The stack is cut
+warper (through rasterio's `WarpedVRT`); a band already on that grid comes through pixel for pixel. The stack is cut
 into chips with the tiling windows and names of [`clay_hf.data.tiling`], the bands in v0 order and named in the
 GeoTIFF band descriptions.
 """
@@ -134,25 +134,17 @@ def _pixel_area_m2(dataset: rasterio.DatasetReader) -> float:
     return abs(dataset.res[0] * dataset.res[1]) * metres_per_unit**2
 
 
-def _window_on(dataset: rasterio.DatasetReader, grid: TargetGrid) -> tuple[int, int] | None:
-    """(row, col) offset of the grid's origin in the dataset's pixels when the grids agree up to a shift, else None."""
-    if dataset.crs != grid.crs or not np.allclose(
-        dataset.transform[:2] + dataset.transform[3:5], grid.transform[:2] + grid.transform[3:5]
-    ):
-        return None
-    col, row = ~dataset.transform @ (grid.transform.c, grid.transform.f)
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-        return None
-    return round(row), round(col)
-
-
 def _working_dtype(dtypes: Sequence[str]) -> str:
     """float32 holds every 8/16-bit integer and float32 value exactly; wider types warp in float64."""
     return "float32" if all(np.dtype(d).itemsize <= 2 or np.dtype(d) == np.float32 for d in dtypes) else "float64"
 
 
 class _BandReader:
-    """Windows of one band on the target grid as floats, NaN where the band has no data (its nodata, mask, edge)."""
+    """Windows of one band on the target grid as floats, NaN where the band has no data (its nodata, mask, edge).
+
+    Every band goes through GDAL's warper; a band already on the grid, or shifted from it by whole pixels, comes
+    through unchanged whatever the resampling (tested).
+    """
 
     def __init__(
         self,
@@ -165,15 +157,12 @@ class _BandReader:
     ) -> None:
         if not 1 <= band <= dataset.count:
             raise ChipError(dataset.name, f"has {dataset.count} band(s); band {band} was asked for")
-        self.dataset, self.band, self.grid, self.dtype = dataset, band, grid, dtype
-        self.shift = _window_on(dataset, grid)
-        self.vrt = None
-        if self.shift is None:
-            vrt = WarpedVRT(
-                dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                resampling=resampling, dtype=dtype, nodata=np.nan,
-            )  # fmt: skip
-            self.vrt = stack.enter_context(vrt)
+        self.band, self.grid, self.dtype = band, grid, dtype
+        vrt = WarpedVRT(
+            dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+            resampling=resampling, dtype=dtype, nodata=np.nan,
+        )  # fmt: skip
+        self.vrt = stack.enter_context(vrt)
 
     def read(self, window: Window) -> np.ndarray:
         """(window.height, window.width) floats; NaN marks missing pixels, including those past the grid's edge."""
@@ -181,15 +170,7 @@ class _BandReader:
         inside = window.intersection(Window(0, 0, self.grid.width, self.grid.height))
         rows = slice(int(inside.row_off - window.row_off), int(inside.row_off - window.row_off + inside.height))
         cols = slice(int(inside.col_off - window.col_off), int(inside.col_off - window.col_off + inside.width))
-        if self.vrt is not None:
-            out[rows, cols] = self.vrt.read(self.band, window=inside)
-        else:  # same grid up to a whole-pixel shift: the source pixels themselves
-            row, col = self.shift
-            source_window = Window(inside.col_off + col, inside.row_off + row, inside.width, inside.height)
-            (top, bottom), (left, right) = source_window.toranges()
-            within = top >= 0 and left >= 0 and bottom <= self.dataset.height and right <= self.dataset.width
-            pixels = self.dataset.read(self.band, window=source_window, boundless=not within, masked=True)
-            out[rows, cols] = pixels.astype(self.dtype).filled(np.nan)
+        out[rows, cols] = self.vrt.read(self.band, window=inside)
         return out
 
 
@@ -269,7 +250,7 @@ def make_datacube_chips(
     `bands` maps clay band names or sensor aliases (`B02`, `VV`, …) to rasters (paths or URLs GDAL reads), or is
     a list of [`BandSource`]. Any subset of the 13 v0 bands works; chips hold them in v0 order, named in the band
     descriptions. The grid is [`target_grid`]'s: the finest projected band's, unless `crs` / `resolution` say
-    otherwise. Bands on that grid are copied exactly; the others are warped by GDAL with `resampling`
+    otherwise. Bands on that grid come through exactly; the others are resampled by GDAL with `resampling`
     (bilinear by default). A band's nodata value, mask or edge is nodata in the chip (NaN in float chips).
     `cloud_mask` is a Sentinel-2 SCL raster: cloud and shadow pixels (classes 3, 8, 9, 10) become nodata and
     count towards the cloud fraction, SCL's no-data and defective pixels (0, 1) towards the nodata fraction.
