@@ -340,7 +340,7 @@ def test_stac_items_of_three_sensors_make_one_stack(tmp_path):
     s1 = small_item("S1A", "sentinel-1-rtc", {"rtc": (sar_path, s2_properties)}, tmp_path / "s1.json")
     cop = small_item("DEM", "cop-dem-glo-30", {"data": (dem, {})}, tmp_path / "dem.json")
     found = stac_band_sources([s2, s1, cop])
-    assert [(b.name, b.band) for b in found.bands] == [("red", 1), ("vv", 1), ("vh", 2), ("dem", 1)]
+    assert [(b.name, b.band) for b in found.bands] == [("red", None), ("vv", 1), ("vh", 2), ("dem", None)]
     assert found.cloud_mask == str(scl_path) and found.tile == "S2B_33TUL"
     args = ["--stac_item", s2, "--stac_item", s1, "--stac_item", cop, "--output_dir", str(tmp_path / "out")]
     assert make_chips_main([*args, "--chip_size", "16", "--max_cloud_fraction", "0.1"]) == 0
@@ -407,3 +407,25 @@ def test_stac_search_makes_one_chip_set_per_item_found(tmp_path, monkeypatch, ca
     with rasterio.open(tmp_path / "out" / names[1]) as chip:
         assert chip.descriptions == ("red", "dem")
     assert "2 items found" in capsys.readouterr().out
+
+
+def test_a_file_of_several_bands_needs_the_band_index(tmp_path, capsys):
+    sar = np.stack([np.full((32, 32), 0.2, np.float32), np.full((32, 32), 0.05, np.float32)])
+    stacked = write_geotiff(tmp_path / "s1.tif", data=sar, size=(32, 32))
+    with pytest.raises(ChipError, match=r"s1.tif: has 2 bands: say which is 'vv'"):
+        make_datacube_chips({"vv": stacked}, tmp_path / "a", chip_size=32)
+    args = [
+        "--band",
+        f"vv={stacked}#1",
+        "--band",
+        f"VH={stacked}#2",
+        "--output_dir",
+        str(tmp_path / "b"),
+        "--chip_size",
+        "32",
+    ]
+    assert make_chips_main(args) == 0
+    pixels, _, _ = read_band(next((tmp_path / "b").glob("*.tif")), "vh")
+    assert (pixels == np.float32(0.05)).all()
+    assert make_chips_main(["--band", f"vv={stacked}#3", "--output_dir", str(tmp_path / "c")]) == 1
+    assert "band 3 was asked for" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def make_chips_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=0, help="write N synthetic 13-band v0 chips instead")
     parser.add_argument("--seed", type=int, default=0)
     stack = parser.add_argument_group("stacking band files (the datacube step)")
-    stack.add_argument("--band", action="append", default=[], metavar="NAME=PATH", help="a band file: clay name or alias (B02, VV, …)")  # fmt: skip
+    stack.add_argument("--band", action="append", default=[], metavar="NAME=PATH[#N]", help="a band file: clay name or alias (B02, VV, …); #N: band N of a multiband file")  # fmt: skip
     stack.add_argument("--stac_item", action="append", default=[], metavar="ITEM", help="a STAC item (path or URL); repeat for several sensors")  # fmt: skip
     stack.add_argument("--cloud_mask", metavar="scl=PATH", help="Sentinel-2 SCL raster: clouds and shadows become nodata")  # fmt: skip
     stack.add_argument("--stac_search", metavar="API_URL", help="search a STAC API (needs pystac-client); one stack per item found")  # fmt: skip
@@ -86,7 +87,8 @@ def _stack_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         name, sep, path = text.partition("=")
         if not sep or not path:
             parser.error(f"--band takes NAME=PATH, got {text!r}")
-        bands.append(BandSource(name, path))
+        index = re.fullmatch(r"(?P<path>.+)#(?P<band>\d+)", path)
+        bands.append(BandSource(name, index["path"], int(index["band"])) if index else BandSource(name, path))
     cloud_mask = None
     if args.cloud_mask:
         kind, sep, cloud_mask = args.cloud_mask.partition("=")

@@ -58,11 +58,12 @@ SCL_NODATA_CLASSES: tuple[int, ...] = (0, 1)
 
 @dataclass(frozen=True)
 class BandSource:
-    """One band of the stack: the clay band `name`, the raster `href` that holds it, and its 1-based `band` index."""
+    """One band of the stack: the clay band `name`, the raster `href` that holds it, and its 1-based `band` index
+    in that raster (None: the raster's only band; a raster of several bands then is an error)."""
 
     name: str
     href: str
-    band: int = 1
+    band: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,6 @@ class _BandReader:
         dtype: str,
         stack: ExitStack,
     ) -> None:
-        if not 1 <= band <= dataset.count:
-            raise ChipError(dataset.name, f"has {dataset.count} band(s); band {band} was asked for")
         self.band, self.grid, self.dtype = band, grid, dtype
         vrt = WarpedVRT(
             dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
@@ -267,12 +266,13 @@ def make_datacube_chips(
         grid = target_grid(datasets, crs, resolution)
         chip_date = _stack_date(datasets, date)
         tile_id = _tile_id(tile) if tile else _default_tile([source.href for source in sources])
-        band_dtypes = [dataset.dtypes[source.band - 1] for dataset, source in zip(datasets, sources, strict=True)]
+        indices = [_band_index(dataset, source) for dataset, source in zip(datasets, sources, strict=True)]
+        band_dtypes = [dataset.dtypes[index - 1] for dataset, index in zip(datasets, indices, strict=True)]
         working = _working_dtype(band_dtypes)
         out_dtype, nodata = _chip_dtype_and_nodata(datasets, band_dtypes, dtype)
         readers = [
-            _BandReader(dataset, source.band, grid, resampling, working, stack)
-            for dataset, source in zip(datasets, sources, strict=True)
+            _BandReader(dataset, index, grid, resampling, working, stack)
+            for dataset, index in zip(datasets, indices, strict=True)
         ]
         cloud_reader = None
         if cloud_mask is not None:
@@ -295,6 +295,19 @@ def make_datacube_chips(
             _write_chip(path, values, grid, window, nodata, names, chip_date)
             report.written.append(path)
     return report
+
+
+def _band_index(dataset: rasterio.DatasetReader, source: BandSource) -> int:
+    """The 1-based index of `source` in its raster; a raster of several bands needs the index said."""
+    if source.band is None:
+        if dataset.count != 1:
+            raise ChipError(
+                source.href, f"has {dataset.count} bands: say which is {source.name!r} ({source.name}=PATH#N)"
+            )
+        return 1
+    if not 1 <= source.band <= dataset.count:
+        raise ChipError(source.href, f"has {dataset.count} band(s); band {source.band} was asked for ({source.name})")
+    return source.band
 
 
 def _stack_date(datasets: Sequence[rasterio.DatasetReader], date: dt.date | str | None) -> dt.date:
