@@ -83,7 +83,9 @@ def _download_scene(scene: Path, timeout: float) -> None:
             raise SampleDataUnavailable(
                 f"{archives[0].name} lacks some Sentinel-2 band files of {SENTINEL2_SCENE_PATH}"
             )
-        shutil.rmtree(scene, ignore_errors=True)
+        if _scene_complete(scene):
+            return  # another process finished first; leave its files in place for its readers
+        shutil.rmtree(scene, ignore_errors=True)  # a partial folder from an interrupted run
         unpacked.rename(scene)
 
 
