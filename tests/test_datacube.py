@@ -428,3 +428,14 @@ def test_a_file_of_several_bands_needs_the_band_index(tmp_path, capsys):
     assert (pixels == np.float32(0.05)).all()
     assert make_chips_main(["--band", f"vv={stacked}#3", "--output_dir", str(tmp_path / "c")]) == 1
     assert "band 3 was asked for" in capsys.readouterr().err
+
+
+def test_a_stack_never_overwrites_chips_of_another_source(tmp_path):
+    first = write_geotiff(tmp_path / "a" / "T33TMT_B02.tif", bands=1, seed=1)
+    second = write_geotiff(tmp_path / "b" / "T33TMT_B02.tif", bands=1, seed=2)
+    output = tmp_path / "chips"
+    written = make_datacube_chips({"blue": first}, output, chip_size=32).written
+    assert make_datacube_chips({"blue": first}, output, chip_size=32).written == written  # a rerun rewrites its own
+    with pytest.raises(ChipError, match=r"would overwrite .*claytile_T33TMT_20210615_v02_0000\.tif"):
+        make_datacube_chips({"blue": second}, output, chip_size=32)
+    assert make_datacube_chips({"blue": second}, output, chip_size=32, tile="T33TMTb").written

@@ -28,8 +28,8 @@ from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from ..configuration_clay import CLAY_V0_BAND_NAMES
-from .chips import ChipError, resolve_chip_date
-from .tiling import ChipReport, _tile_id, chip_name, chip_windows
+from .chips import ChipError, chip_file_name, chip_key, resolve_chip_date
+from .tiling import SOURCE_TAG, ChipReport, _refuse_overwriting_other_sources, _tile_id, chip_name, chip_windows
 
 #: Sensor band ids accepted for the clay band names (case-insensitive): Sentinel-2, Sentinel-1 and the DEM.
 BAND_ALIASES: dict[str, str] = {
@@ -225,7 +225,7 @@ def _to_chip_dtype(pixels: np.ndarray, dtype: str, nodata: float | None) -> np.n
 
 def _default_tile(hrefs: Sequence[str]) -> str:
     """The common prefix of the band file names, less a trailing band id (`T33TMT_20200701_B0` → `T33TMT20200701`)."""
-    prefix = os.path.commonprefix([Path(href).stem for href in hrefs])  # noqa: RUF071 (characters, not paths)
+    prefix = os.path.commonprefix([Path(chip_file_name(href)).stem for href in hrefs])  # noqa: RUF071 (characters, not paths)
     return _tile_id(re.sub(r"[_\-. ]*[Bb]?\d*$", "", prefix)) if prefix else "stack"
 
 
@@ -254,7 +254,9 @@ def make_datacube_chips(
     `cloud_mask` is a Sentinel-2 SCL raster: cloud and shadow pixels (classes 3, 8, 9, 10) become nodata and
     count towards the cloud fraction, SCL's no-data and defective pixels (0, 1) towards the nodata fraction.
     Chips whose fractions exceed `max_nodata_fraction` or `max_cloud_fraction` are skipped, with the reason.
-    The date is `date`, else the reference band's `date` tag.
+    The date is `date`, else the reference band's `date` tag. Chips record their stack's first band as their
+    source (`clay_source`); a chip name already taken by a chip of another source is a ChipError before anything
+    is written (as in [`make_chips`]).
     """
     sources = band_sources(bands)
     output = Path(output_dir)
@@ -279,7 +281,10 @@ def make_datacube_chips(
             scl = _open(str(cloud_mask), stack)
             cloud_reader = _BandReader(scl, 1, grid, Resampling.nearest, "float32", stack)
         names = tuple(source.name for source in sources)
-        for counter, window in enumerate(chip_windows(grid.height, grid.width, chip_size)):
+        windows = list(chip_windows(grid.height, grid.width, chip_size))
+        chip_files = [chip_name(tile_id, chip_date, counter, version) for counter in range(len(windows))]
+        _refuse_overwriting_other_sources(sources[0].href, output, chip_files)  # the stack is named by its first band
+        for window, chip_file in zip(windows, chip_files, strict=True):
             label = f"window row={window.row_off} col={window.col_off}"
             try:
                 chip = _stack_window(readers, cloud_reader, window)
@@ -291,8 +296,8 @@ def make_datacube_chips(
             if isinstance(values, str):
                 report.skipped.append((label, values))
                 continue
-            path = output / chip_name(tile_id, chip_date, counter, version)
-            _write_chip(path, values, grid, window, nodata, names, chip_date)
+            path = output / chip_file
+            _write_chip(path, values, grid, window, nodata, names, chip_date, chip_key(sources[0].href))
             report.written.append(path)
     return report
 
@@ -345,6 +350,7 @@ def _write_chip(
     nodata: float | None,
     names: Sequence[str],
     date: dt.date,
+    source: str,
 ) -> None:
     count, height, width = values.shape
     profile = dict(
@@ -353,7 +359,7 @@ def _write_chip(
     )  # fmt: skip
     with rasterio.open(path, "w", **profile) as chip:
         chip.write(values)
-        chip.update_tags(date=date.isoformat())
+        chip.update_tags(date=date.isoformat(), **{SOURCE_TAG: source})
         chip.descriptions = tuple(names)
 
 
