@@ -9,6 +9,7 @@ The formulas are those of the v0 training code:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import math
@@ -88,9 +89,33 @@ def encode_dates(dates: Sequence[DateLike]) -> np.ndarray:
     return encoded.astype(np.float32).reshape(len(parsed), 3)
 
 
-def encode_lonlat(lonlat: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    """(lon, lat) degrees (B, 2) → v0 `latlon` (B, 2) float32: (sin(lat), atan2(cos(lon), sin(lon)))."""
-    values = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+def lonlat_pairs(lonlat: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """(lon, lat) in degrees as (B, 2) pairs, or one (2,) pair → (B, 2) float64. Any other shape is an error: a
+    (2, B) array of [lons, lats] would otherwise be read as wrong pairs."""
+    try:
+        values = np.asarray(lonlat, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"lonlat must be (B, 2) (longitude, latitude) pairs in degrees; could not read {lonlat!r}."
+        ) from error
+    if values.shape == (2,):
+        values = values[None]
+    if values.ndim != 2 or values.shape[1] != 2:
+        hint = (
+            " (a [longitudes, latitudes] array is (2, B): transpose it)"
+            if values.ndim == 2 and values.shape[0] == 2
+            else ""
+        )
+        raise ValueError(
+            f"lonlat must be (B, 2) (longitude, latitude) pairs or one (2,) pair, in degrees; got shape "
+            f"{values.shape}{hint}."
+        )
+    return values
+
+
+def encode_lonlat(lonlat: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """(lon, lat) degrees, (B, 2) or (2,) → v0 `latlon` (B, 2) float32: (sin(lat), atan2(cos(lon), sin(lon)))."""
+    values = lonlat_pairs(lonlat)
     lon, lat = values[:, 0], values[:, 1]
     bad = ~np.isfinite(values).all(axis=1) | (np.abs(lon) > 180) | (np.abs(lat) > 90)
     if bad.any():
@@ -180,6 +205,14 @@ class ClayImageProcessor(BaseImageProcessor):
         mean, std = self.band_statistics(bands)
         return normalize_pixels(pixels, mean, std)
 
+    def select_bands(self, bands: Sequence[str]) -> ClayImageProcessor:
+        """A copy for inputs that hold `bands` (names, in channel order), with this processor's statistics for them:
+        the processor of a partial model is `processor.select_bands(model.config.band_names)`."""
+        mean, std = self.band_statistics(bands)
+        processor = copy.deepcopy(self)
+        processor.band_names, processor.image_mean, processor.image_std = list(bands), mean, std
+        return processor
+
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
@@ -198,6 +231,12 @@ class ClayImageProcessor(BaseImageProcessor):
         `pixel_values` (B, C, H, W) float32, `timestep` (B, 3), `latlon` (B, 2)."""
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}.")
+        if type(images).__module__.startswith("PIL."):
+            raise ValueError(
+                "ClayImageProcessor takes raw band stacks (C, H, W) or (B, C, H, W), numpy or torch, with dates and "
+                "lonlat, not PIL images; for a pipeline, use pipeline('clay-feature-extraction', model=...) after "
+                "`import clay_hf`."
+            )
         pixels = _as_batch(images)  # (B, C, H, W), float64
         mean, std = self.band_statistics(bands)
         names = list(bands) if bands is not None else self.band_names
@@ -206,7 +245,7 @@ class ClayImageProcessor(BaseImageProcessor):
         if dates is None or lonlat is None:
             raise ValueError("dates and lonlat are required: Clay encodes each chip's date and centre.")
         date_list = [dates] if isinstance(dates, (str, dt.date, np.datetime64)) else list(dates)
-        lonlat_array = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+        lonlat_array = lonlat_pairs(lonlat)  # (B, 2)
         if not len(date_list) == len(lonlat_array) == pixels.shape[0]:
             raise ValueError(
                 f"mismatched batch lengths: {pixels.shape[0]} images, {len(date_list)} dates, "
@@ -249,14 +288,19 @@ class ClayImageProcessor(BaseImageProcessor):
 
 
 def load_image_processor(model_name_or_path: str, band_names: Sequence[str]) -> ClayImageProcessor:
-    """The processor saved beside a model, or the v0 processor for `band_names` when none was saved."""
+    """The processor saved beside a model, for the bands the model reads (`model.config.band_names`: a partial
+    model loaded with `bands=[...]` reads fewer than the folder's processor), or the v0 processor for `band_names`
+    when none was saved."""
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(model_name_or_path)
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError):
         logger.warning("no preprocessor_config.json in %s: using the v0 statistics", model_name_or_path)
         return ClayImageProcessor(band_names=band_names)
+    if list(processor.band_names) == list(band_names):
+        return processor
+    return processor.select_bands(band_names)
 
 
 def _as_batch(images: Any) -> np.ndarray:
