@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoImageProcessor, AutoModel
 
-from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, ClayConfig
+from .configuration_clay import CLAY_V0_BAND_NAMES, ClayConfig
 from .data import (
     SampleDataUnavailable,
     clay_band_name,
@@ -55,14 +55,8 @@ class DemoChips:
 
 
 def partial_config(band_names: list[str], preset: str = "tiny") -> ClayConfig:
-    """A preset config for a subset of the v0 bands (in v0 order), keeping the v0 groups whose bands are all there."""
-    names = [name for name in CLAY_V0_BAND_NAMES if name in band_names]
-    groups = [
-        [group, [names.index(CLAY_V0_BAND_NAMES[i]) for i in indices]]
-        for group, indices in CLAY_V0_BAND_GROUPS
-        if all(CLAY_V0_BAND_NAMES[i] in names for i in indices)
-    ]
-    return ClayConfig.from_preset(preset, band_names=names, band_groups=groups)
+    """A preset config for a subset of the v0 bands (in v0 order): the v0 groups whose bands are all there."""
+    return ClayConfig.from_preset(preset).select_bands([name for name in CLAY_V0_BAND_NAMES if name in band_names])
 
 
 def make_demo_chips(output_dir: Path, num_synthetic: int) -> DemoChips:
