@@ -28,7 +28,8 @@ from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
 from .data.chips import chip_key
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.dataset import chip_dataloader, model_inputs
+from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
@@ -158,13 +159,13 @@ def embed_to_geoparquet(
         )
     done = _done_keys(parts_dir)
 
-    sources = resolve_sources(source)
-    paths = [path for path in sources if chip_key(path) not in done]
+    sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
+    paths = without_chips(sources, done, key=chip_key)
     device = next(model.parameters()).device
     writer = _PartWriter(parts_dir, rows_per_part, level)
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
-        dataset = load_geotiff_dataset(paths, num_workers=num_workers)
+        dataset = load_chip_dataset(paths, num_workers=num_workers)
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress):
             bad_chips += batch["bad_chips"]

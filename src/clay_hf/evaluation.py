@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from .configuration_clay import ClayConfig
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.dataset import chip_dataloader, model_inputs
+from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
 
@@ -80,7 +81,7 @@ def evaluate_reconstruction(
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     totals = MaskedErrorTotals(config, device)
     chips = bad = 0
-    loader = chip_dataloader(load_geotiff_dataset(resolve_sources(source)), batch_size)
+    loader = chip_dataloader(load_chip_dataset(source), batch_size)
     with torch.no_grad():
         for batch in loader:
             bad += batch["bad_chips"]

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data.dataset import collate_chips, load_geotiff_dataset, resolve_sources
+from .data.dataset import collate_chips
+from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
 
@@ -140,7 +141,7 @@ def save_reconstructions(
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     written = []
-    for record in load_geotiff_dataset(resolve_sources(source)).take(num_chips):
+    for record in load_chip_dataset(source).take(num_chips):
         batch = collate_chips([record])
         pixels = processor.normalize_tensor(batch["pixels"])[0]
         side = pixels.shape[-1] // config.patch_size

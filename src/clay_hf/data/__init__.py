@@ -1,4 +1,4 @@
-"""Reading, cutting and loading GeoTIFF chips for Clay."""
+"""Reading, cutting, packing and loading chips for Clay (GeoTIFF chips, WebDataset and Clay shards)."""
 
 from .chips import Chip, ChipError, date_from_filename, read_chip
 from .datacube import BandSource, TargetGrid, band_sources, clay_band_name, make_datacube_chips, target_grid
@@ -14,6 +14,8 @@ from .dataset import (
     split_paths,
 )
 from .sample_data import SampleDataUnavailable, sentinel2_sample_scene
+from .shards import PackReport, ShardError, pack_shards
+from .sources import ShardSelection, load_chip_dataset, split_chip_source
 from .stac import StacBands, read_stac_item, search_stac_items, stac_band_sources
 from .tiling import ChipReport, chip_name, make_chips, write_synthetic_chips
 
@@ -22,7 +24,10 @@ __all__ = [
     "Chip",
     "ChipError",
     "ChipReport",
+    "PackReport",
     "SampleDataUnavailable",
+    "ShardError",
+    "ShardSelection",
     "StacBands",
     "TargetGrid",
     "auto_num_shards",
@@ -33,15 +38,18 @@ __all__ = [
     "clay_band_name",
     "collate_chips",
     "date_from_filename",
+    "load_chip_dataset",
     "load_geotiff_dataset",
     "make_chips",
     "make_datacube_chips",
+    "pack_shards",
     "read_chip",
     "read_stac_item",
     "resolve_sources",
     "search_stac_items",
     "sentinel2_sample_scene",
     "shard_paths",
+    "split_chip_source",
     "split_of",
     "split_paths",
     "stac_band_sources",
