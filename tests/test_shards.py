@@ -273,8 +273,8 @@ def test_embed_evaluate_and_pretrain_read_shards(model_dir, tmp_path):
     assert a.column("embeddings").to_pylist() == b.column("embeddings").to_pylist()
 
     model, processor = load_pretraining_model(str(model_dir))
-    on_tifs = evaluate_reconstruction(model, processor, tmp_path / "chips")
-    on_shards = evaluate_reconstruction(model, processor, tmp_path / "shards")
+    on_tifs = evaluate_reconstruction(model, processor, tmp_path / "chips", split="all")
+    on_shards = evaluate_reconstruction(model, processor, tmp_path / "shards", split="all")
     assert on_shards["num_chips"] == 12 and on_shards["masked_mse"] == on_tifs["masked_mse"]
 
     summary = pretrain_main(
