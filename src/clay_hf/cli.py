@@ -72,6 +72,16 @@ def pack_webdataset_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def fill_value_arg(text: str) -> float | str:
+    """`--fill_value`: 'mean' or a raw pixel value."""
+    if text == "mean":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'mean' or a number, got {text!r}") from None
+
+
 def embed_main(argv: list[str] | None = None) -> int:
     """Embed GeoTIFF chips with a Clay encoder and write GeoParquet (v0 format)."""
     import torch
@@ -83,7 +93,21 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", required=True, help="chips: a folder, glob, list file or URL")
     parser.add_argument("--output", required=True, help="the GeoParquet file to write")
     parser.add_argument("--level", choices=LEVELS, default="mean", help="mean (D), patch (h·w·D) or group (G·h·w·D)")
-    parser.add_argument("--bands", nargs="+", help="band subset, for a model built for those bands")
+    parser.add_argument(
+        "--bands",
+        nargs="+",
+        help="the chips' band names in the chips' order (default: each chip's band descriptions, else the 13 v0 "
+        "bands); the model picks its bands from them by name",
+    )
+    parser.add_argument(
+        "--fill_value",
+        type=fill_value_arg,
+        help="embed chips with nodata/NaN pixels, filled with 'mean' (the band mean) or a raw value; by default "
+        "such chips are skipped and reported",
+    )
+    parser.add_argument(
+        "--image_size", type=int, help="chip side in pixels, a multiple of the patch size (default: the model's)"
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
@@ -96,6 +120,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     run = embed_to_geoparquet(
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
+        fill_value=args.fill_value, image_size=args.image_size,
     )  # fmt: skip
     print(
         f"wrote {run.output}: {run.embedded} chips embedded ({run.skipped_done} already done, "

@@ -1,7 +1,8 @@
 """Embeddings of GeoTIFF chips → GeoParquet (the v0 embeddings format), streamed and resumable.
 
 Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32), `geometry` (the chip's
-bounds as a WKB polygon in OGC:CRS84). The file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings`
+bounds as a WKB polygon in OGC:CRS84), `nodata_fraction` (float32: the share of the chip's values that were missing
+and filled; 0 for clean chips). The file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings`
 records the level and the shape of each embedding.
 
 Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete), so an
@@ -27,8 +28,14 @@ from pyproj import CRS, Transformer
 from shapely import Polygon, box, to_wkb
 from shapely.ops import transform as transform_geometry
 
-from .configuration_clay import CLAY_V0_BAND_NAMES
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.chips import ChipLayout
+from .data.dataset import (
+    chip_dataloader,
+    drop_nonfinite_chips,
+    load_geotiff_dataset,
+    model_inputs,
+    resolve_sources,
+)
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
 
@@ -99,21 +106,32 @@ def schema(length: int) -> pa.Schema:
             ("date", pa.date32()),
             ("embeddings", pa.list_(pa.float32(), length)),
             ("geometry", pa.binary()),
+            ("nodata_fraction", pa.float32()),
         ]
     )
 
 
-def select_bands(pixels: torch.Tensor, bands: Sequence[str] | None, source_bands: Sequence[str]) -> torch.Tensor:
-    """Pick `bands` (by name) from chips whose channels are `source_bands`; chips that already hold exactly
-    `bands` pass through."""
-    if bands is None or pixels.shape[1] == len(bands):
-        return pixels
-    missing = [band for band in bands if band not in source_bands]
-    if missing or pixels.shape[1] != len(source_bands):
-        raise ValueError(
-            f"cannot select bands {list(bands)} from chips of {pixels.shape[1]} bands ({list(source_bands)})"
-        )
-    return pixels[:, [list(source_bands).index(band) for band in bands]]
+def embedding_layout(
+    model: ClayModel,
+    processor: ClayImageProcessor,
+    bands: Sequence[str] | None = None,
+    fill_value: float | str | None = None,
+    image_size: int | None = None,
+) -> ChipLayout:
+    """What each chip must give the model: its bands picked by name (`bands` names the chips' bands in the
+    chips' order; by default their band descriptions), `image_size` (a multiple of the patch size; the model's
+    by default), missing pixels filled with the processor's `fill_value` fill or the chip skipped."""
+    model_bands = model.config.band_names
+    fill = None if fill_value is None else processor.fill_values(fill_value, model_bands)
+    return ChipLayout.for_model(model.config, image_size, chip_bands=bands, fill_values=fill)
+
+
+def finite_rows(vectors: np.ndarray, batch: dict) -> np.ndarray:
+    """(B,) True where a chip's embedding is finite; the others are named in a warning (never written)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    for url in (url for url, ok in zip(batch["source_url"], finite, strict=True) if not ok):
+        logger.warning("skipped %s: non-finite embedding", url)
+    return finite
 
 
 def embed_to_geoparquet(
@@ -129,12 +147,19 @@ def embed_to_geoparquet(
     rows_per_part: int = 1024,
     resume: bool = False,
     progress: bool = True,
+    fill_value: float | str | None = None,
+    image_size: int | None = None,
 ) -> EmbeddingRun:
-    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring)."""
+    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring).
+
+    `bands` names the chips' bands in the chips' order (by default each chip's band descriptions, else v0 order for
+    13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
+    [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
+    skipped, named in a warning and counted in `bad_chips`.
+    """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
-    if bands is not None and list(bands) != list(model.config.band_names):
-        raise ValueError(f"--bands {list(bands)} do not match the model's bands {model.config.band_names}.")
+    layout = embedding_layout(model, processor, bands, fill_value, image_size)
     output = Path(output)
     parts_dir = output.with_name(output.name + ".parts")
     if not resume:
@@ -147,20 +172,24 @@ def embed_to_geoparquet(
     writer = _PartWriter(parts_dir, rows_per_part)
     bad_chips, embedded, shape = 0, 0, None
     if paths:
-        dataset = load_geotiff_dataset(paths, num_workers=num_workers)
+        dataset = load_geotiff_dataset(paths, num_workers=num_workers, layout=layout)
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress):
+            inputs = model_inputs(batch, processor, device, model.config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
             bad_chips += batch["bad_chips"]
-            pixels = select_bands(batch["pixels"], bands, CLAY_V0_BAND_NAMES)
-            inputs = model_inputs({**batch, "pixels": pixels}, processor, device, bands)
+            if not batch["source_url"]:
+                continue
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 vectors = embed_batch(model, inputs, level).cpu().numpy()
+            finite = finite_rows(vectors, batch)
+            bad_chips += int((~finite).sum())
             shape = shape or embedding_shape(model, level, inputs["pixel_values"].shape[-1])
-            writer.add(batch, vectors)
-            embedded += len(vectors)
+            writer.add(batch, vectors, finite)
+            embedded += int(finite.sum())
     writer.close()
     if shape is None:
-        shape = _recorded_shape(parts_dir) or embedding_shape(model, level, model.config.image_size)
+        shape = _recorded_shape(parts_dir) or embedding_shape(model, level, layout.size[1])
     _join_parts(parts_dir, output, level, shape)
     shutil.rmtree(parts_dir)
     logger.info(
@@ -186,11 +215,19 @@ class _PartWriter:
         self.rows: list[dict] = []
         self.index = len(list(folder.glob("part-*.parquet")))
 
-    def add(self, batch: dict, vectors: np.ndarray) -> None:
+    def add(self, batch: dict, vectors: np.ndarray, keep: np.ndarray) -> None:
         for i, url in enumerate(batch["source_url"]):
+            if not keep[i]:
+                continue
             footprint = chip_footprint(batch["bbox"][i].tolist(), int(batch["epsg"][i]))
             self.rows.append(
-                {"source_url": url, "date": batch["date"][i], "embeddings": vectors[i], "geometry": to_wkb(footprint)}
+                {
+                    "source_url": url,
+                    "date": batch["date"][i],
+                    "embeddings": vectors[i],
+                    "geometry": to_wkb(footprint),
+                    "nodata_fraction": float(batch["nodata_fraction"][i]),
+                }
             )
         if len(self.rows) >= self.rows_per_part:
             self.flush()
@@ -207,6 +244,7 @@ class _PartWriter:
                     pa.array(np.concatenate([row["embeddings"] for row in self.rows]).astype(np.float32)), length
                 ),
                 "geometry": [row["geometry"] for row in self.rows],
+                "nodata_fraction": pa.array([row["nodata_fraction"] for row in self.rows], pa.float32()),
             },
             schema=schema(length),
         )
@@ -265,4 +303,12 @@ def _total_bounds(parts: list[Path]) -> list[float] | None:
     ]
 
 
-__all__ = ["EmbeddingRun", "chip_footprint", "embed_batch", "embed_to_geoparquet", "embedding_shape", "load_encoder"]
+__all__ = [
+    "EmbeddingRun",
+    "chip_footprint",
+    "embed_batch",
+    "embed_to_geoparquet",
+    "embedding_layout",
+    "embedding_shape",
+    "load_encoder",
+]

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from .configuration_clay import ClayConfig
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.chips import ChipLayout
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
 
@@ -73,18 +74,23 @@ def evaluate_reconstruction(
     """Masked MSE in total (the v0 loss over all masked tokens) and per band group.
 
     `seed=None` masks as v0 validation did (eval mode: the first 75% of tokens, group-major); a seed masks
-    randomly, reproducibly.
+    randomly, reproducibly. Chips that do not fit the model (its bands by name, its image size) or hold missing
+    pixels are skipped and counted in `bad_chips_skipped`.
     """
     device = next(model.parameters()).device
     config = model.config
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     totals = MaskedErrorTotals(config, device)
     chips = bad = 0
-    loader = chip_dataloader(load_geotiff_dataset(resolve_sources(source)), batch_size)
+    layout = ChipLayout.for_model(config)
+    loader = chip_dataloader(load_geotiff_dataset(resolve_sources(source), layout=layout), batch_size)
     with torch.no_grad():
         for batch in loader:
+            inputs = model_inputs(batch, processor, device, config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
             bad += batch["bad_chips"]
-            inputs = model_inputs(batch, processor, device)
+            if not batch["source_url"]:
+                continue
             height, width = (size // config.patch_size for size in inputs["pixel_values"].shape[-2:])
             noise = masking_noise(len(batch["source_url"]), config.num_groups * height * width, generator)
             outputs = model(**inputs, noise=None if noise is None else noise.to(device))

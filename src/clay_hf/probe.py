@@ -16,8 +16,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs
-from .embeddings import embed_batch
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs
+from .embeddings import embed_batch, embedding_layout
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayModel
 
@@ -47,10 +47,12 @@ def mean_embeddings(
     """{chip path: mean embedding} for the readable chips among `paths`."""
     device = next(model.parameters()).device
     vectors: dict[str, np.ndarray] = {}
-    loader = chip_dataloader(load_geotiff_dataset(list(paths)), batch_size)
+    loader = chip_dataloader(load_geotiff_dataset(list(paths), layout=embedding_layout(model, processor)), batch_size)
     with torch.no_grad():
         for batch in loader:
-            inputs = model_inputs(batch, processor, device)
+            batch, inputs = drop_nonfinite_chips(batch, model_inputs(batch, processor, device, model.config.band_names))
+            if not batch["source_url"]:
+                continue
             for url, vector in zip(batch["source_url"], embed_batch(model, inputs, "mean").cpu().numpy(), strict=True):
                 vectors[url] = vector
     return vectors

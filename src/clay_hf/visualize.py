@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .data.chips import ChipLayout
 from .data.dataset import collate_chips, load_geotiff_dataset, resolve_sources
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
@@ -83,15 +84,17 @@ def save_reconstructions(
     seed: int = 0,
     dpi: int = 100,
 ) -> list[Path]:
-    """Save one PNG per chip for the first `num_chips` chips, masking randomly with a fixed `seed`."""
+    """Save one PNG per chip for the first `num_chips` good chips (bad ones are skipped and named in a warning),
+    masking randomly with a fixed `seed`."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     written = []
-    for record in load_geotiff_dataset(resolve_sources(source)).take(num_chips):
+    dataset = load_geotiff_dataset(resolve_sources(source), layout=ChipLayout.for_model(config))
+    for record in dataset.filter(lambda record: not record["bad_chip"]).take(num_chips):
         batch = collate_chips([record])
-        pixels = processor.normalize_tensor(batch["pixels"])[0]
+        pixels = processor.normalize_tensor(batch["pixels"], config.band_names)[0]
         side = pixels.shape[-1] // config.patch_size
         noise = torch.rand(config.num_groups * side * side, generator=generator)
         name = Path(record["source_url"]).stem

@@ -20,7 +20,7 @@ from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
 from .chips import ChipError, read_chip
-from .dataset import BadChipLog, chip_features
+from .dataset import BadChipLog, bad_record, chip_features
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,9 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, width: int) -> dict[str, list[Any]]:
-    """Batched map: WebDataset samples → chip records; bad samples are dropped and counted in `bad_chips_before`."""
+    """Batched map: WebDataset samples → chip records; a bad sample becomes a `bad_record` (counted by the collate)."""
     records: list[dict[str, Any]] = []
     log = BadChipLog()
-    pending = 0
     for tif, metadata, key in zip(batch["tif"], batch["json"], batch["__key__"], strict=True):
         metadata = metadata or {}
         name = metadata.get("source_url") or f"{key}.tif"
@@ -91,12 +90,9 @@ def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, wid
                 )
         except ChipError as error:
             log.skip(error)
-            pending += 1
+            records.append(bad_record(error, (num_bands, height, width), "float32"))
             continue
-        records.append({**chip.to_example(), "bad_chips_before": pending})
-        pending = 0
-    if pending:
-        logger.warning("%d bad chips at the end of a WebDataset batch were skipped", pending)
+        records.append(chip.to_example())
     return {key: [record[key] for record in records] for key in chip_features(1, 1, 1, "float32")}
 
 

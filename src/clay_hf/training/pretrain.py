@@ -8,6 +8,7 @@ data stream where it stopped.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -29,8 +30,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
+from ..data.chips import ChipLayout
 from ..data.dataset import (
     collate_chips,
+    drop_nonfinite_chips,
     load_geotiff_dataset,
     model_inputs,
     resolve_sources,
@@ -137,11 +140,19 @@ def data_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def build_loader(
-    paths: list[str], args: argparse.Namespace, accelerator: Accelerator, batch_size: int, shuffle: bool
+    paths: list[str],
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    batch_size: int,
+    shuffle: bool,
+    layout: ChipLayout | None = None,
 ) -> StatefulDataLoader:
-    """This rank's loader: the rank's own shards, read by its workers, with a resumable position."""
+    """This rank's loader: the rank's own shards, read by its workers, with a resumable position. Chips must fit
+    `layout` (the model's bands and image size); the others are skipped and counted."""
     workers = args.dataloader_num_workers
-    dataset = load_geotiff_dataset(paths, world_size=accelerator.num_processes, num_workers=workers)
+    dataset = load_geotiff_dataset(
+        paths, world_size=accelerator.num_processes, num_workers=workers, layout=layout or ChipLayout()
+    )
     dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
     if shuffle:
         dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
@@ -172,7 +183,10 @@ def evaluate(
     seen = 0
     with torch.no_grad():
         for batch in loader:
-            inputs = model_inputs(batch, processor, accelerator.device)
+            inputs = model_inputs(batch, processor, accelerator.device, config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
+            if not batch["source_url"]:
+                continue
             with accelerator.autocast():
                 outputs = model(**inputs)
             totals.add(inputs["pixel_values"], outputs)
@@ -210,14 +224,18 @@ def save_pretrained_folder(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator):
+def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, tail_bad_chips: list[int] | None = None):
     """Yield batches while EVERY rank has one: ranks whose shards hold a few more chips would otherwise wait
-    forever in the next collective. The ranks stop together and drop the tail of the epoch."""
+    forever in the next collective. The ranks stop together and drop the tail of the epoch; the bad chips met in
+    this rank's dropped tail are added to `tail_bad_chips[0]`, so that bad-chip counts stay exact."""
     iterator = iter(loader)
     while True:
         batch = next(iterator, None)
         has_batch = torch.tensor([int(batch is not None)], device=accelerator.device)
         if int(accelerator.reduce(has_batch, "sum")) < accelerator.num_processes:
+            if tail_bad_chips is not None:
+                tail = [] if batch is None else [batch]
+                tail_bad_chips[0] += sum(dropped["bad_chips"] for dropped in itertools.chain(tail, iterator))
             return
         yield batch
 
@@ -255,10 +273,15 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         model = torch.compile(model)
     set_seed(args.seed, device_specific=True)  # different masks on every rank
 
-    train_loader = build_loader(train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True)
+    layout = ChipLayout.for_model(config)
+    train_loader = build_loader(
+        train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=layout
+    )
     eval_loader = None
     if validation_paths:
-        eval_loader = build_loader(validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False)
+        eval_loader = build_loader(
+            validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False, layout=layout
+        )
     else:
         logger.warning("no validation chips (validation_fraction=%s): validation is skipped", args.validation_fraction)
     state = TrainState()
@@ -283,7 +306,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     while state.global_step < max_steps:
         train_loader.dataset.set_epoch(state.epoch)
         batches_this_epoch = 0
-        for batch in synchronized_batches(train_loader, accelerator):
+        tail_bad_chips = [0]
+        for batch in synchronized_batches(train_loader, accelerator, tail_bad_chips):
             batches_this_epoch += 1
             if seen_log is not None:
                 seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
@@ -313,6 +337,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
             if state.global_step >= max_steps:
                 break
         else:
+            state.bad_chips += _sum_over_ranks(accelerator, tail_bad_chips[0])
             if batches_this_epoch == 0 and not args.resume_from_checkpoint:
                 raise SystemExit(f"error: no training chips could be read from {args.train_dir} on every rank")
             state.epoch += 1
@@ -339,16 +364,33 @@ class StepWindow:
     started: float = field(default_factory=time.perf_counter)
 
 
+def _sum_over_ranks(accelerator: Accelerator, count: int) -> int:
+    return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), "sum"))
+
+
+def _placeholder_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One all-zero chip in the shape of `inputs` (which hold none): a rank whose micro-batch held only bad chips
+    runs it, with its loss scaled by 0, so that it still joins the step's collectives and adds no gradient."""
+    return {
+        key: torch.zeros((1, *value.shape[1:]), dtype=value.dtype, device=value.device) for key, value in inputs.items()
+    }
+
+
 def _micro_step(model, optimizer, batch, processor, accelerator, args, window: StepWindow, state: TrainState) -> None:
     """Forward, agree across ranks whether the loss is finite, then backward (and step at the window's end).
 
-    A non-finite loss on any rank marks the whole window bad: every rank skips its backward passes from there and
-    the step is dropped, so ranks never disagree on a collective.
+    Bad chips were taken out of the batch (and are counted); a micro-batch left with no chip runs a placeholder
+    with zero weight. A non-finite loss on any rank marks the whole window bad: every rank skips its backward
+    passes from there and the step is dropped, so ranks never disagree on a collective.
     """
     with accelerator.accumulate(model):
-        inputs = model_inputs(batch, processor, accelerator.device)
+        inputs = model_inputs(batch, processor, accelerator.device, accelerator.unwrap_model(model).config.band_names)
+        batch, inputs = drop_nonfinite_chips(batch, inputs)
+        empty = not batch["source_url"]
         with accelerator.autocast():
-            loss = model(**inputs).loss
+            loss = model(**(_placeholder_inputs(inputs) if empty else inputs)).loss
+        if empty:
+            loss = loss * 0.0
         finite = bool(torch.isfinite(loss.detach()))
         stats = torch.tensor(
             [loss.item() if finite else 0.0, float(finite), len(batch["source_url"]), batch["bad_chips"]],
