@@ -200,10 +200,11 @@ def fit_to_layout(chip: Chip, layout: ChipLayout) -> Chip:
     pixels, target = chip.pixels, np.dtype(layout.dtype)
     if chip.missing is not None:
         if layout.fill_values is None:
+            count, total = int(chip.missing.sum()), chip.missing.size
             raise ChipError(
                 chip.source_url,
-                f"{100 * chip.nodata_fraction:.1f}% nodata (NaN, ±inf or the file's nodata value or mask); "
-                "give a fill value to use it",
+                f"{100 * count / total:.3g}% nodata ({count} of {total} values are NaN, ±inf or the file's nodata "
+                "value or mask; a fill value would use the chip)",
             )
         fill = np.asarray(layout.fill_values, dtype=np.float64)[:, None, None]  # (C, 1, 1)
         pixels = np.where(chip.missing, fill, pixels)

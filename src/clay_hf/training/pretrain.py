@@ -305,10 +305,9 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
     while state.global_step < max_steps:
         train_loader.dataset.set_epoch(state.epoch)
-        batches_this_epoch = 0
+        chips_before_epoch = state.chips_seen
         tail_bad_chips = [0]
         for batch in synchronized_batches(train_loader, accelerator, tail_bad_chips):
-            batches_this_epoch += 1
             if seen_log is not None:
                 seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
             _micro_step(model, optimizer, batch, processor, accelerator, args, window, state)
@@ -338,11 +337,13 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
                 break
         else:
             state.bad_chips += _sum_over_ranks(accelerator, tail_bad_chips[0])
-            if batches_this_epoch == 0 and not args.resume_from_checkpoint:
-                raise SystemExit(f"error: no training chips could be read from {args.train_dir} on every rank")
+            if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
+                _no_chips(args, state)
             state.epoch += 1
 
     progress.close()
+    if state.chips_seen == 0:
+        _no_chips(args, state)
     if seen_log is not None:
         seen_log.close()
     _validate(model, eval_loader, processor, accelerator, config, args, state)
@@ -362,6 +363,13 @@ class StepWindow:
     chips: int = 0
     bad: bool = False
     started: float = field(default_factory=time.perf_counter)
+
+
+def _no_chips(args: argparse.Namespace, state: TrainState) -> None:
+    raise SystemExit(
+        f"error: no training chip could be used from {args.train_dir} ({state.bad_chips} bad chips skipped; "
+        "the warnings name each and say why)"
+    )
 
 
 def _sum_over_ranks(accelerator: Accelerator, count: int) -> int:
