@@ -64,8 +64,11 @@ def pack_webdataset_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chips_per_shard", type=int, default=256)
     parser.add_argument("--prefix", default="chips")
+    parser.add_argument("--resume", action="store_true", help="keep complete shards and pack only the chips they lack")
     args = parser.parse_args(argv)
-    shards, bad = pack_webdataset(resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix)
+    shards, bad = pack_webdataset(
+        resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, resume=args.resume
+    )
     for error in bad:
         print(f"skipped {error}")
     print(f"wrote {len(shards)} shards to {args.output_dir}, skipped {len(bad)} bad chips")

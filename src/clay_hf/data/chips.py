@@ -200,12 +200,7 @@ def fit_to_layout(chip: Chip, layout: ChipLayout) -> Chip:
     pixels, target = chip.pixels, np.dtype(layout.dtype)
     if chip.missing is not None:
         if layout.fill_values is None:
-            count, total = int(chip.missing.sum()), chip.missing.size
-            raise ChipError(
-                chip.source_url,
-                f"{100 * count / total:.3g}% nodata ({count} of {total} values are NaN, ±inf or the file's nodata "
-                "value or mask; a fill value would use the chip)",
-            )
+            raise nodata_error(chip)
         fill = np.asarray(layout.fill_values, dtype=np.float64)[:, None, None]  # (C, 1, 1)
         pixels = np.where(chip.missing, fill, pixels)
         if np.issubdtype(target, np.integer):
@@ -218,6 +213,16 @@ def fit_to_layout(chip: Chip, layout: ChipLayout) -> Chip:
         raise ChipError(chip.source_url, f"has values too large for {target}")
     chip.pixels, chip.missing = converted, None
     return chip
+
+
+def nodata_error(chip: Chip) -> ChipError:
+    """The error of a chip with missing values: "NAME: N% nodata (…)"."""
+    count, total = int(chip.missing.sum()), chip.missing.size
+    return ChipError(
+        chip.source_url,
+        f"{100 * count / total:.3g}% nodata ({count} of {total} values are NaN, ±inf or the file's nodata value or "
+        "mask; a fill value would use the chip)",
+    )
 
 
 def _band_selection(name: str, dataset: Any, layout: ChipLayout | None) -> tuple[list[str] | None, list[int] | None]:
@@ -320,6 +325,7 @@ __all__ = [
     "chip_band_names",
     "date_from_filename",
     "fit_to_layout",
+    "nodata_error",
     "read_chip",
     "resolve_chip_date",
 ]

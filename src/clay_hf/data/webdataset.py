@@ -19,7 +19,7 @@ from typing import Any
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
-from .chips import ChipError, read_chip
+from .chips import ChipError, nodata_error, read_chip
 from .dataset import BadChipLog, bad_record, chip_features
 
 logger = logging.getLogger(__name__)
@@ -32,29 +32,57 @@ def sample_key(path: str) -> str:
 
 
 def pack_webdataset(
-    paths: Sequence[str], output_dir: str | PathLike, chips_per_shard: int = 256, prefix: str = "chips"
+    paths: Sequence[str],
+    output_dir: str | PathLike,
+    chips_per_shard: int = 256,
+    prefix: str = "chips",
+    resume: bool = False,
 ) -> tuple[list[Path], list[ChipError]]:
-    """Pack chips into tar shards `{prefix}-{NNNNNN}.tar`; a chip that cannot be read is skipped and returned."""
+    """Pack chips into tar shards `{prefix}-{NNNNNN}.tar`; a bad chip (unreadable, no CRS or date, missing values)
+    is skipped and returned.
+
+    Each shard is written under a temporary name and renamed when complete, so an interrupted run leaves only
+    complete shards; `resume=True` keeps them, packs only the chips they lack and numbers new shards after them.
+    """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    for partial in output.glob(f"{prefix}-*.tar.tmp"):
+        partial.unlink()
+    shards = sorted(output.glob(f"{prefix}-*.tar")) if resume else []
+    done = _packed_keys(shards)
     bad: list[ChipError] = []
-    samples = _readable_samples(paths, bad)
-    shards: list[Path] = []
+    samples = _readable_samples([path for path in paths if sample_key(str(path)) not in done], bad)
+    index = 1 + max((int(shard.stem.rsplit("-", 1)[1]) for shard in shards), default=-1)
     while chunk := list(itertools.islice(samples, chips_per_shard)):
-        shards.append(output / f"{prefix}-{len(shards):06d}.tar")
-        with tarfile.open(shards[-1], "w") as archive:
+        shard = output / f"{prefix}-{index:06d}.tar"
+        staging = shard.with_name(shard.name + ".tmp")
+        with tarfile.open(staging, "w") as archive:
             for key, data, metadata in chunk:
                 _add(archive, f"{key}.tif", data)
                 _add(archive, f"{key}.json", json.dumps(metadata).encode())
+        staging.rename(shard)
+        shards.append(shard)
+        index += 1
     return shards, bad
 
 
+def _packed_keys(shards: Sequence[Path]) -> set[str]:
+    """The sample keys already in complete shards."""
+    keys: set[str] = set()
+    for shard in shards:
+        with tarfile.open(shard) as archive:
+            keys.update(name.rsplit(".", 1)[0] for name in archive.getnames())
+    return keys
+
+
 def _readable_samples(paths: Sequence[str], bad: list[ChipError]) -> Iterator[tuple[str, bytes, dict[str, str]]]:
-    """(key, GeoTIFF bytes, metadata) of each readable chip; the others are logged and appended to `bad`."""
+    """(key, GeoTIFF bytes, metadata) of each good chip; the others are logged and appended to `bad`."""
     log = BadChipLog()
     for path in paths:
         try:
-            chip = read_chip(path, read_pixels=False)
+            chip = read_chip(path)
+            if chip.missing is not None:
+                raise nodata_error(chip)
             data = Path(path).read_bytes()
         except ChipError as error:
             log.skip(error)
