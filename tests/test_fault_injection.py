@@ -417,3 +417,25 @@ def test_packing_skips_bad_chips_and_resumes_after_kill_9_without_loss_or_duplic
             keys += [name[: -len(".tif")] for name in archive.getnames() if name.endswith(".tif")]
     assert sorted(keys) == sorted(sample_key(p) for p in [*good, str(blocker), *model_dependent])
     assert not list(shards_dir.glob("*.tmp"))
+
+
+def test_evaluation_and_training_fill_nodata_only_when_asked(good_chips, bad_dir, model_dir):
+    from clay_hf.training import build_parser
+    from clay_hf.training.pretrain import training_layout
+
+    gaps = [str(bad_dir / f"{kind}.tif") for kind in ("nan", "inf", "nodata")]
+    model, processor = load_pretraining_model(str(model_dir))
+    skipped = evaluate_reconstruction(model, processor, [*gaps, *good_chips], batch_size=4, seed=0)
+    filled = evaluate_reconstruction(model, processor, [*gaps, *good_chips], batch_size=4, seed=0, fill_value="mean")
+    assert (skipped["num_chips"], skipped["bad_chips_skipped"]) == (NUM_GOOD, 3)
+    assert (filled["num_chips"], filled["bad_chips_skipped"]) == (NUM_GOOD + 3, 0)
+    assert np.isfinite(filled["masked_mse"])
+
+    args = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y", "--fill_value", "mean"])
+    layout = training_layout(model.config, processor.for_bands(model.config.band_names), args)
+    assert layout.fill_values == tuple(processor.image_mean) and layout.size == (SIZE, SIZE)
+    chip = read_chip(gaps[2], layout=layout)
+    assert chip.pixels[0, 3, 4] == pytest.approx(processor.image_mean[0]) and chip.nodata_fraction > 0
+    default = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y"])
+    with pytest.raises(ChipError, match="nodata"):
+        read_chip(gaps[2], layout=training_layout(model.config, processor, default))

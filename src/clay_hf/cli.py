@@ -75,21 +75,12 @@ def pack_webdataset_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def fill_value_arg(text: str) -> float | str:
-    """`--fill_value`: 'mean' or a raw pixel value."""
-    if text == "mean":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'mean' or a number, got {text!r}") from None
-
-
 def embed_main(argv: list[str] | None = None) -> int:
     """Embed GeoTIFF chips with a Clay encoder and write GeoParquet (v0 format)."""
     import torch
 
     from .embeddings import LEVELS, embed_to_geoparquet, load_encoder
+    from .image_processing_clay import parse_fill_value
 
     parser = argparse.ArgumentParser(description=embed_main.__doc__)
     parser.add_argument("--model_name_or_path", required=True, help="a save_pretrained folder or a Hub id")
@@ -104,7 +95,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fill_value",
-        type=fill_value_arg,
+        type=parse_fill_value,
         help="embed chips with nodata/NaN pixels, filled with 'mean' (the band mean) or a raw value; by default "
         "such chips are skipped and reported",
     )
@@ -155,6 +146,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     import json
 
     from .evaluation import evaluate_reconstruction, load_pretraining_model, write_eval_results
+    from .image_processing_clay import parse_fill_value
 
     parser = argparse.ArgumentParser(description=evaluate_main.__doc__)
     parser.add_argument("--model_name_or_path", required=True)
@@ -163,9 +155,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--seed", type=int, help="mask randomly with this seed; default: v0 validation masking")
     parser.add_argument("--max_chips", type=int)
+    parser.add_argument(
+        "--fill_value",
+        type=parse_fill_value,
+        help="use chips with nodata filled ('mean' or a raw value); default: skip",
+    )
     args = parser.parse_args(argv)
     model, processor = load_pretraining_model(args.model_name_or_path)
-    results = evaluate_reconstruction(model, processor, args.data_dir, args.batch_size, args.seed, args.max_chips)
+    results = evaluate_reconstruction(
+        model, processor, args.data_dir, args.batch_size, args.seed, args.max_chips, fill_value=args.fill_value
+    )
     path = write_eval_results(results, args.output_dir)
     print(json.dumps(results, indent=2))
     print(f"wrote {path}")

@@ -70,19 +70,21 @@ def evaluate_reconstruction(
     batch_size: int = 8,
     seed: int | None = None,
     max_chips: int | None = None,
+    fill_value: float | str | None = None,
 ) -> dict[str, Any]:
     """Masked MSE in total (the v0 loss over all masked tokens) and per band group.
 
     `seed=None` masks as v0 validation did (eval mode: the first 75% of tokens, group-major); a seed masks
     randomly, reproducibly. Chips that do not fit the model (its bands by name, its image size) or hold missing
-    pixels are skipped and counted in `bad_chips_skipped`.
+    pixels (unless `fill_value` is 'mean' or a raw value) are skipped and counted in `bad_chips_skipped`.
     """
     device = next(model.parameters()).device
     config = model.config
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     totals = MaskedErrorTotals(config, device)
     chips = bad = 0
-    layout = ChipLayout.for_model(config)
+    fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
+    layout = ChipLayout.for_model(config, fill_values=fill)
     loader = chip_dataloader(load_geotiff_dataset(resolve_sources(source), layout=layout), batch_size)
     with torch.no_grad():
         for batch in loader:

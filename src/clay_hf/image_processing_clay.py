@@ -278,6 +278,18 @@ class ClayImageProcessor(BaseImageProcessor):
         return np.where(missing, fill[None, :, None, None], pixels)
 
 
+def parse_fill_value(text: str) -> float | str:
+    """A command line's fill value: 'mean' or a raw pixel value (argparse `type=`)."""
+    if text == "mean":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected 'mean' or a number, got {text!r}") from None
+
+
 def load_image_processor(model_name_or_path: str, band_names: Sequence[str]) -> ClayImageProcessor:
     """The processor saved beside a model, or the v0 processor for `band_names` when none was saved."""
     from transformers import AutoImageProcessor
@@ -321,4 +333,5 @@ __all__ = [
     "load_image_processor",
     "normalize_pixels",
     "parse_date",
+    "parse_fill_value",
 ]

@@ -130,6 +130,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, 
     )
 
 
+def training_layout(config: ClayConfig, processor: ClayImageProcessor, args: argparse.Namespace) -> ChipLayout:
+    """What each chip must give: the model's bands by name (from `--bands` or the chips' band descriptions), its
+    image size, missing pixels filled with `--fill_value` or the chip skipped as bad."""
+    fill_value = getattr(args, "fill_value", None)
+    fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
+    return ChipLayout.for_model(config, chip_bands=getattr(args, "bands", None), fill_values=fill)
+
+
 def data_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Train and validation chip paths: --validation_dir, or the deterministic hash split of --train_dir."""
     paths = resolve_sources(args.train_dir)
@@ -273,7 +281,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         model = torch.compile(model)
     set_seed(args.seed, device_specific=True)  # different masks on every rank
 
-    layout = ChipLayout.for_model(config)
+    layout = training_layout(config, processor, args)
     train_loader = build_loader(
         train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=layout
     )
