@@ -229,16 +229,20 @@ def test_evaluate_reconstruct_and_probe_skip_and_count_bad_chips(good_chips, bad
     bad = sorted(str(p) for p in bad_dir.glob("*.tif"))
     paths = _with_bad_everywhere(good_chips, bad)
     model, processor = load_pretraining_model(str(model_dir))
-    results = evaluate_reconstruction(model, processor, paths, batch_size=3, seed=0)
-    assert (results["num_chips"], results["bad_chips_skipped"]) == (NUM_GOOD, len(bad))
+    huge = _good_data()
+    huge[0] = 3.0e38  # finite once normalised (blue's std is 2027), but it overflows inside the model
+    with_huge = [*paths[:2], str(write_geotiff(tmp_path / "huge.tif", data=huge, size=(SIZE, SIZE))), *paths[2:]]
+    results = evaluate_reconstruction(model, processor, with_huge, batch_size=3, seed=0)
+    assert (results["num_chips"], results["bad_chips_skipped"]) == (NUM_GOOD, len(bad) + 1)
     assert np.isfinite(results["masked_mse"]) and all(np.isfinite(list(results["masked_mse_per_group"].values())))
 
     written = save_reconstructions(model, processor, paths, tmp_path / "pngs", num_chips=2)  # bad chips lead
     assert [p.stem for p in written] == [Path(p).stem for p in good_chips[:2]]
 
     encoder, encoder_processor = load_encoder(str(model_dir))
-    vectors = mean_embeddings(encoder, encoder_processor, paths, batch_size=4)
+    vectors = mean_embeddings(encoder, encoder_processor, with_huge, batch_size=4)
     assert sorted(vectors) == sorted(good_chips) and all(np.isfinite(v).all() for v in vectors.values())
+    assert results == json.loads(json.dumps(results, allow_nan=False))  # eval_results.json holds no NaN or inf
 
 
 # --- bands by name ---------------------------------------------------------------------------------------------------

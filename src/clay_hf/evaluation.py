@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -15,6 +16,8 @@ from .data.chips import ChipLayout
 from .data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs, resolve_sources
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
+
+logger = logging.getLogger(__name__)
 
 EVAL_RESULTS_NAME = "eval_results.json"
 
@@ -63,6 +66,20 @@ class MaskedErrorTotals:
         }
 
 
+def finite_reconstructions(
+    pixel_values: torch.Tensor, outputs: ClayForMaskedImageModelingOutput, batch: dict[str, Any]
+) -> tuple[torch.Tensor, ClayForMaskedImageModelingOutput, int]:
+    """(pixels, outputs) of the chips whose reconstruction is finite, and how many were dropped (each named in a
+    warning): a chip whose values overflow inside the model never turns the results non-finite."""
+    finite = torch.isfinite(outputs.logits).flatten(1).all(dim=1)  # (B,)
+    if bool(finite.all()):
+        return pixel_values, outputs, 0
+    for url in (url for url, ok in zip(batch["source_url"], finite.tolist(), strict=True) if not ok):
+        logger.warning("skipped %s: non-finite reconstruction", url)
+    kept = ClayForMaskedImageModelingOutput(logits=outputs.logits[finite], mask=outputs.mask[finite])
+    return pixel_values[finite], kept, int((~finite).sum())
+
+
 def evaluate_reconstruction(
     model: ClayForMaskedImageModeling,
     processor: ClayImageProcessor,
@@ -96,8 +113,10 @@ def evaluate_reconstruction(
             height, width = (size // config.patch_size for size in inputs["pixel_values"].shape[-2:])
             noise = masking_noise(len(batch["source_url"]), config.num_groups * height * width, generator)
             outputs = model(**inputs, noise=None if noise is None else noise.to(device))
-            totals.add(inputs["pixel_values"], outputs)
-            chips += len(batch["source_url"])
+            pixel_values, outputs, overflowed = finite_reconstructions(inputs["pixel_values"], outputs, batch)
+            bad += overflowed
+            totals.add(pixel_values, outputs)
+            chips += len(pixel_values)
             if max_chips is not None and chips >= max_chips:
                 break
     results: dict[str, Any] = {
