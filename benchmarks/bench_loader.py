@@ -19,7 +19,7 @@ from pathlib import Path
 
 import rasterio
 
-from clay_hf.data import chip_dataloader, load_geotiff_dataset, resolve_sources, write_synthetic_chips
+from clay_hf.data import ChipLayout, chip_dataloader, load_geotiff_dataset, resolve_sources, write_synthetic_chips
 
 
 def copy_uncompressed(paths: list[Path], folder: Path) -> None:
@@ -49,16 +49,18 @@ def raw_reads(paths: list[str]) -> int:
     return len(paths)
 
 
-def streaming(folder: Path) -> int:
-    return sum(1 for _ in load_geotiff_dataset(folder, num_shards=8))
+def streaming(folder: Path, layout: ChipLayout) -> int:
+    return sum(1 for _ in load_geotiff_dataset(folder, num_shards=8, layout=layout))
 
 
-def dataloader(folder: Path, workers: int, batch_size: int) -> int:
-    loader = chip_dataloader(load_geotiff_dataset(folder, num_workers=workers), batch_size, workers)
+def dataloader(folder: Path, layout: ChipLayout, workers: int, batch_size: int) -> int:
+    loader = chip_dataloader(load_geotiff_dataset(folder, num_workers=workers, layout=layout), batch_size, workers)
     return sum(len(batch["source_url"]) for batch in loader)
 
 
-def measure(name: str, folder: Path, threads: str, num_chips: int, num_workers: int, batch_size: int) -> None:
+def measure(
+    name: str, folder: Path, threads: str, num_chips: int, num_workers: int, batch_size: int, chip_size: int
+) -> None:
     """One row of the table, in a process whose GDAL has only ever run with `threads`.
 
     (A parent that decoded with GDAL_NUM_THREADS>1 holds a GDAL thread pool that a forked DataLoader worker
@@ -66,9 +68,10 @@ def measure(name: str, folder: Path, threads: str, num_chips: int, num_workers: 
     """
     os.environ["GDAL_NUM_THREADS"] = threads
     files = resolve_sources(folder)
+    layout = ChipLayout(size=(chip_size, chip_size))
     raw_rate = rate(lambda: raw_reads(files), num_chips)
-    stream_rate = rate(lambda: streaming(folder), num_chips)
-    loader_rate = rate(lambda: dataloader(folder, num_workers, batch_size), num_chips)
+    stream_rate = rate(lambda: streaming(folder, layout), num_chips)
+    loader_rate = rate(lambda: dataloader(folder, layout, num_workers, batch_size), num_chips)
     print(
         f"{name:<14}{threads:<18}{raw_rate:>12.1f}/s{stream_rate:>10.1f}/s{stream_rate / raw_rate:>8.0%}"
         f"{loader_rate:>14.1f}/s",
@@ -86,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.row:
         name, folder, threads = args.row
-        measure(name, Path(folder), threads, args.num_chips, args.num_workers, args.batch_size)
+        measure(name, Path(folder), threads, args.num_chips, args.num_workers, args.batch_size, args.chip_size)
         return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, GDAL {rasterio.__gdal_version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +101,7 @@ def main() -> None:
         header = f"{'files':<14}{'GDAL_NUM_THREADS':<18}{'raw rasterio':>14}{'streaming':>12}{'ratio':>8}"
         print(header + f"{'DataLoader×' + str(args.num_workers):>16}", flush=True)
         common = ["--num_chips", str(args.num_chips), "--num_workers", str(args.num_workers)]
-        common += ["--batch_size", str(args.batch_size)]
+        common += ["--batch_size", str(args.batch_size), "--chip_size", str(args.chip_size)]
         for name, folder, threads in [
             ("deflate", deflate, "1"),
             ("deflate", deflate, "ALL_CPUS"),
