@@ -98,6 +98,26 @@ def test_bad_chips_raise_errors_naming_the_file(tmp_path, writer, kwargs, messag
     assert str(path) in str(info.value)
 
 
+def test_reading_keeps_the_files_nodata_value_mask_and_nan(tmp_path):
+    data = np.random.default_rng(0).uniform(1, 100, (2, 8, 8)).astype("float32")
+    data[:, 0, :3] = -9999
+    data[1, 5, 5] = np.nan
+    chip = read_chip(write_geotiff(tmp_path / "valued.tif", data=data, size=(8, 8), nodata=-9999))
+    expected = (data == -9999) | np.isnan(data)
+    assert chip.nodata == -9999 and chip.missing.shape == (2, 8, 8)
+    np.testing.assert_array_equal(chip.missing, expected)
+    assert chip.nodata_fraction == pytest.approx(expected.mean())
+
+    masked = write_geotiff(tmp_path / "masked.tif", data=np.ones((2, 8, 8), "float32"), size=(8, 8))
+    with rasterio.open(masked, "r+") as dataset:
+        mask = np.full((8, 8), 255, dtype="uint8")
+        mask[2:4, 2:4] = 0
+        dataset.write_mask(mask)
+    chip = read_chip(masked)
+    assert chip.nodata is None and chip.missing.sum() == 2 * 4 and chip.missing[:, 2:4, 2:4].all()
+    assert read_chip(write_geotiff(tmp_path / "clean.tif", size=(8, 8))).missing is None
+
+
 def test_unreadable_file_is_a_chip_error(tmp_path):
     path = tmp_path / "broken.tif"
     path.write_bytes(b"II*\x00 truncated")
