@@ -182,7 +182,8 @@ def test_bf16_mixed_precision_runs(chips, config_file, tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
-    """Chips of finite but huge values (NaN chips are bad chips, skipped before the model) overflow the forward."""
+    """Chips of finite values that stay finite once normalised overflow inside the model (NaN chips are bad chips,
+    skipped before the model)."""
     folder = tmp_path / "nan_chips"
     write_synthetic_chips(folder, 16, size=32, seed=2)
     for index in range(16):
