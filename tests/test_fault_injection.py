@@ -223,13 +223,32 @@ def test_evaluate_reconstruct_and_probe_skip_and_count_bad_chips(good_chips, bad
     assert (results["num_chips"], results["bad_chips_skipped"]) == (NUM_GOOD, len(bad) + 1)
     assert np.isfinite(results["masked_mse"]) and all(np.isfinite(list(results["masked_mse_per_group"].values())))
 
-    written = save_reconstructions(model, processor, paths, tmp_path / "pngs", num_chips=2)  # bad chips lead
-    assert [p.stem for p in written] == [Path(p).stem for p in good_chips[:2]]
+    written = save_reconstructions(model, processor, with_huge, tmp_path / "pngs", num_chips=3)  # bad chips lead
+    assert [p.stem for p in written] == [Path(p).stem for p in good_chips[:3]]
 
     encoder, encoder_processor = load_encoder(str(model_dir))
     vectors = mean_embeddings(encoder, encoder_processor, with_huge, batch_size=4)
     assert sorted(vectors) == sorted(good_chips) and all(np.isfinite(v).all() for v in vectors.values())
     assert results == json.loads(json.dumps(results, allow_nan=False))  # eval_results.json holds no NaN or inf
+
+
+def test_a_ranks_dropped_tail_still_counts_its_bad_chips():
+    """Ranks stop an epoch together when one runs out; the bad chips in the batches the others drop are counted."""
+    from clay_hf.training.pretrain import synchronized_batches
+
+    class TwoRanks:
+        """This rank holds three batches; the other rank only one."""
+
+        device, num_processes, calls = torch.device("cpu"), 2, 0
+
+        def reduce(self, tensor, reduction):
+            self.calls += 1
+            return tensor + int(self.calls <= 1)
+
+    batches = [{"bad_chips": 0}, {"bad_chips": 1}, {"bad_chips": 2}]
+    tail = [0]
+    assert list(synchronized_batches(batches, TwoRanks(), tail)) == batches[:1]
+    assert tail == [3]
 
 
 # --- bands by name ---------------------------------------------------------------------------------------------------

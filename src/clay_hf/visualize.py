@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -18,7 +19,13 @@ from .data.dataset import collate_chips, load_geotiff_dataset, resolve_sources
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
 
+logger = logging.getLogger(__name__)
+
 RGB_BANDS = ("red", "green", "blue")
+
+
+class NonFiniteReconstruction(ValueError):
+    """A chip whose values overflow in the model: it is skipped, never drawn."""
 
 
 def rgb_image(pixels: torch.Tensor, band_names: Sequence[str]) -> np.ndarray:
@@ -49,6 +56,8 @@ def reconstruction_figure(
     config = model.config
     with torch.no_grad():
         outputs = model(pixels[None], timestep[None], latlon[None], noise=noise[None])
+    if not (torch.isfinite(pixels).all() and torch.isfinite(outputs.logits).all()):
+        raise NonFiniteReconstruction("non-finite values in the input or its reconstruction")
     size = pixels.shape[-1]
     side = size // config.patch_size
     reconstruction = model.logits_to_image(outputs.logits, size, size)[0]
@@ -92,13 +101,19 @@ def save_reconstructions(
     generator = torch.Generator().manual_seed(seed)
     written = []
     dataset = load_geotiff_dataset(resolve_sources(source), layout=ChipLayout.for_model(config))
-    for record in dataset.filter(lambda record: not record["bad_chip"]).take(num_chips):
+    for record in dataset.filter(lambda record: not record["bad_chip"]):
+        if len(written) == num_chips:
+            break
         batch = collate_chips([record])
         pixels = processor.normalize_tensor(batch["pixels"], config.band_names)[0]
         side = pixels.shape[-1] // config.patch_size
         noise = torch.rand(config.num_groups * side * side, generator=generator)
         name = Path(record["source_url"]).stem
-        figure = reconstruction_figure(model, pixels, batch["timestep"][0], batch["latlon"][0], noise, name)
+        try:
+            figure = reconstruction_figure(model, pixels, batch["timestep"][0], batch["latlon"][0], noise, name)
+        except NonFiniteReconstruction as error:
+            logger.warning("skipped %s: %s", record["source_url"], error)
+            continue
         path = output / f"{name}.png"
         figure.savefig(path, dpi=dpi)
         plt.close(figure)
