@@ -232,25 +232,6 @@ def test_evaluate_reconstruct_and_probe_skip_and_count_bad_chips(good_chips, bad
     assert results == json.loads(json.dumps(results, allow_nan=False))  # eval_results.json holds no NaN or inf
 
 
-def test_a_ranks_dropped_tail_still_counts_its_bad_chips():
-    """Ranks stop an epoch together when one runs out; the bad chips in the batches the others drop are counted."""
-    from clay_hf.training.pretrain import synchronized_batches
-
-    class TwoRanks:
-        """This rank holds three batches; the other rank only one."""
-
-        device, num_processes, calls = torch.device("cpu"), 2, 0
-
-        def reduce(self, tensor, reduction):
-            self.calls += 1
-            return tensor + int(self.calls <= 1)
-
-    batches = [{"bad_chips": 0}, {"bad_chips": 1}, {"bad_chips": 2}]
-    tail = [0]
-    assert list(synchronized_batches(batches, TwoRanks(), tail)) == batches[:1]
-    assert tail == [3]
-
-
 # --- bands by name ---------------------------------------------------------------------------------------------------
 
 

@@ -100,7 +100,11 @@ def embed_main(argv: list[str] | None = None) -> int:
         "such chips are skipped and reported",
     )
     parser.add_argument(
-        "--image_size", type=int, help="chip side in pixels, a multiple of the patch size (default: the model's)"
+        "--image_size",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="chip side (or height width) in pixels, multiples of the patch size (default: the model's)",
     )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,11 +114,14 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
     args = parser.parse_args(argv)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    if args.image_size and len(args.image_size) > 2:
+        parser.error("--image_size takes a side, or a height and a width")
+    image_size = tuple(args.image_size) if args.image_size else None
     model, processor = load_encoder(args.model_name_or_path, args.device)
     run = embed_to_geoparquet(
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
-        fill_value=args.fill_value, image_size=args.image_size,
+        fill_value=args.fill_value, image_size=image_size,
     )  # fmt: skip
     print(
         f"wrote {run.output}: {run.embedded} chips embedded ({run.skipped_done} already done, "

@@ -1,13 +1,14 @@
 """Embeddings of GeoTIFF chips → GeoParquet (the v0 embeddings format), streamed and resumable.
 
 Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32), `geometry` (the chip's
-bounds as a WKB polygon in OGC:CRS84), `nodata_fraction` (float32: the share of the chip's values that were missing
-and filled; 0 for clean chips). The file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings`
-records the level and the shape of each embedding.
+footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see `clay_hf.geometry`),
+`nodata_fraction` (float32: the share of the chip's values that were missing and filled; 0 for clean chips). The
+file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings` records the level and the shape of each embedding.
 
-Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete), so an
-interrupted run loses at most one part and `resume=True` skips every chip already in a part. When all chips are
-done the parts are joined into OUT.parquet, row group by row group.
+Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete, numbered
+after the highest existing one), so an interrupted run loses at most one part and `resume=True` skips every chip
+already in a part, matched by its normalised key (`clay_hf.data.chips.chip_key`). Every part records the level and
+shape. When all chips are done the parts are joined into OUT.parquet, row group by row group.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pyproj import CRS, Transformer
-from shapely import Polygon, box, to_wkb
-from shapely.ops import transform as transform_geometry
+from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
 
-from .data.chips import ChipLayout
+from .data.chips import ChipLayout, chip_key
 from .data.dataset import (
     chip_dataloader,
     drop_nonfinite_chips,
@@ -36,13 +35,15 @@ from .data.dataset import (
     model_inputs,
     resolve_sources,
 )
+from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
 
 logger = logging.getLogger(__name__)
 
 LEVELS = ("mean", "patch", "group")
-CRS84 = CRS.from_user_input("OGC:CRS84")
+#: Schema metadata key of the embedding level and shape (in the output and in every part).
+SHAPE_KEY = b"clay:embeddings"
 
 
 @dataclass
@@ -62,11 +63,12 @@ def load_encoder(model_name_or_path: str, device: str | torch.device = "cpu") ->
     return model, load_image_processor(model_name_or_path, model.config.band_names)
 
 
-def embedding_shape(model: ClayModel, level: str, image_size: int) -> tuple[int, ...]:
-    """(D,) for `mean`, (h, w, D) for `patch`, (G, h, w, D) for `group`."""
-    side = image_size // model.config.patch_size
+def embedding_shape(model: ClayModel, level: str, image_size: int | tuple[int, int]) -> tuple[int, ...]:
+    """(D,) for `mean`, (h, w, D) for `patch`, (G, h, w, D) for `group`; `image_size` is a side or (height, width)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    rows, cols = height // model.config.patch_size, width // model.config.patch_size
     dim = model.config.hidden_size
-    return {"mean": (dim,), "patch": (side, side, dim), "group": (model.config.num_groups, side, side, dim)}[level]
+    return {"mean": (dim,), "patch": (rows, cols, dim), "group": (model.config.num_groups, rows, cols, dim)}[level]
 
 
 def embed_batch(model: ClayModel, inputs: dict[str, torch.Tensor], level: str) -> torch.Tensor:
@@ -83,32 +85,39 @@ def embed_batch(model: ClayModel, inputs: dict[str, torch.Tensor], level: str) -
     return tokens.reshape(batch_size, -1)
 
 
-def chip_footprint(bbox: Sequence[float], epsg: int) -> Polygon:
-    """The chip's bounds (in its CRS) as a polygon in OGC:CRS84 (lon, lat), edges densified before reprojecting."""
-    polygon = box(*bbox).segmentize((bbox[2] - bbox[0]) / 8)
-    if epsg == 4326:
-        return polygon
-    transformer = Transformer.from_crs(CRS.from_epsg(epsg), CRS84, always_xy=True)
-    return transform_geometry(transformer.transform, polygon)
+def chip_footprint(
+    bbox: Sequence[float],
+    crs: str | int,
+    transform: Sequence[float] | None = None,
+    size: tuple[int, int] | None = None,
+) -> Polygon | MultiPolygon:
+    """The chip's outline in OGC:CRS84: its pixel grid (`transform` and `size` = (height, width)) when given, else
+    its `bbox`, in `crs` (WKT, "EPSG:…" or an EPSG code). Split at the antimeridian, reaching a pole it contains
+    (see `clay_hf.geometry`)."""
+    if transform is not None and size is not None:
+        outline = chip_outline(transform, width=size[1], height=size[0])
+    else:
+        outline = box(*bbox)
+    return footprint(outline, crs)
 
 
-def geo_metadata(bbox: list[float] | None) -> dict:
-    column = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": CRS84.to_json_dict()}
+def geo_metadata(bbox: list[float] | None, geometry_types: Sequence[str] = ("Polygon",)) -> dict:
+    column = {"encoding": "WKB", "geometry_types": sorted(geometry_types), "crs": CRS84.to_json_dict()}
     if bbox is not None:
         column["bbox"] = bbox
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
-def schema(length: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("source_url", pa.string()),
-            ("date", pa.date32()),
-            ("embeddings", pa.list_(pa.float32(), length)),
-            ("geometry", pa.binary()),
-            ("nodata_fraction", pa.float32()),
-        ]
-    )
+def schema(length: int, with_key: bool = False) -> pa.Schema:
+    """The output's columns; parts also hold `chip_key` (see `clay_hf.data.chips.chip_key`), for `resume`."""
+    fields = [
+        ("source_url", pa.string()),
+        ("date", pa.date32()),
+        ("embeddings", pa.list_(pa.float32(), length)),
+        ("geometry", pa.binary()),
+        ("nodata_fraction", pa.float32()),
+    ]
+    return pa.schema([*fields, ("chip_key", pa.string())] if with_key else fields)
 
 
 def embedding_layout(
@@ -116,11 +125,11 @@ def embedding_layout(
     processor: ClayImageProcessor,
     bands: Sequence[str] | None = None,
     fill_value: float | str | None = None,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
 ) -> ChipLayout:
     """What each chip must give the model: its bands picked by name (`bands` names the chips' bands in the
-    chips' order; by default their band descriptions), `image_size` (a multiple of the patch size; the model's
-    by default), missing pixels filled with the processor's `fill_value` fill or the chip skipped."""
+    chips' order; by default their band descriptions), `image_size` (a side or (height, width), multiples of
+    the patch size; the model's by default), missing pixels filled with the processor's `fill_value` fill or the chip skipped."""
     model_bands = model.config.band_names
     fill = None if fill_value is None else processor.fill_values(fill_value, model_bands)
     return ChipLayout.for_model(model.config, image_size, chip_bands=bands, fill_values=fill)
@@ -148,7 +157,7 @@ def embed_to_geoparquet(
     resume: bool = False,
     progress: bool = True,
     fill_value: float | str | None = None,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
 ) -> EmbeddingRun:
     """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring).
 
@@ -165,12 +174,19 @@ def embed_to_geoparquet(
     if not resume:
         shutil.rmtree(parts_dir, ignore_errors=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    done = _done_sources(parts_dir)
+    recorded = _recorded_layout(parts_dir)
+    if recorded is not None and recorded[0] != level:
+        raise ValueError(
+            f"{parts_dir} holds embeddings at level {recorded[0]!r}: resume with --level {recorded[0]}, or start "
+            "again without --resume"
+        )
+    done = _done_keys(parts_dir)
 
-    paths = [path for path in resolve_sources(source) if path not in done]
+    sources = resolve_sources(source)
+    paths = [path for path in sources if chip_key(path) not in done]
     device = next(model.parameters()).device
-    writer = _PartWriter(parts_dir, rows_per_part)
-    bad_chips, embedded, shape = 0, 0, None
+    writer = _PartWriter(parts_dir, rows_per_part, level)
+    bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
         dataset = load_geotiff_dataset(paths, num_workers=num_workers, layout=layout)
         loader = chip_dataloader(dataset, batch_size, num_workers)
@@ -184,18 +200,25 @@ def embed_to_geoparquet(
                 vectors = embed_batch(model, inputs, level).cpu().numpy()
             finite = finite_rows(vectors, batch)
             bad_chips += int((~finite).sum())
-            shape = shape or embedding_shape(model, level, inputs["pixel_values"].shape[-1])
-            writer.add(batch, vectors, finite)
+            batch_shape = embedding_shape(model, level, tuple(inputs["pixel_values"].shape[-2:]))
+            if shape is not None and batch_shape != shape:
+                raise ValueError(
+                    f"chips of {tuple(inputs['pixel_values'].shape[-2:])} pixels give embeddings of shape "
+                    f"{batch_shape}, but {output} already holds shape {shape}: one output holds one chip size"
+                )
+            shape = batch_shape
+            writer.add(batch, vectors, shape, finite)
             embedded += int(finite.sum())
     writer.close()
     if shape is None:
-        shape = _recorded_shape(parts_dir) or embedding_shape(model, level, layout.size[1])
+        shape = embedding_shape(model, level, layout.size)
     _join_parts(parts_dir, output, level, shape)
     shutil.rmtree(parts_dir)
+    skipped_done = len(sources) - len(paths)
     logger.info(
-        "embedded %d chips (%d already done, %d bad chips skipped) → %s", embedded, len(done), bad_chips, output
+        "embedded %d chips (%d already done, %d bad chips skipped) → %s", embedded, skipped_done, bad_chips, output
     )
-    return EmbeddingRun(output, embedded, len(done), bad_chips, shape)
+    return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape)
 
 
 def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[dict]:
@@ -208,25 +231,30 @@ def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[di
 
 
 class _PartWriter:
-    """Buffers rows and writes them as complete part files (temporary name, then renamed)."""
+    """Buffers rows and writes them as complete part files (temporary name, then renamed), numbered after the
+    highest existing part so that a finished part is never overwritten."""
 
-    def __init__(self, folder: Path, rows_per_part: int) -> None:
-        self.folder, self.rows_per_part = folder, rows_per_part
+    def __init__(self, folder: Path, rows_per_part: int, level: str) -> None:
+        self.folder, self.rows_per_part, self.level = folder, rows_per_part, level
         self.rows: list[dict] = []
-        self.index = len(list(folder.glob("part-*.parquet")))
+        self.shape: tuple[int, ...] | None = None
+        self.index = max((_part_number(part) for part in folder.glob("part-*.parquet")), default=-1) + 1
 
-    def add(self, batch: dict, vectors: np.ndarray, keep: np.ndarray) -> None:
+    def add(self, batch: dict, vectors: np.ndarray, shape: tuple[int, ...], keep: np.ndarray) -> None:
+        """Rows of the chips of `batch` where `keep` is True."""
+        self.shape = shape
+        height, width = batch["pixels"].shape[-2:]
         for i, url in enumerate(batch["source_url"]):
             if not keep[i]:
                 continue
-            footprint = chip_footprint(batch["bbox"][i].tolist(), int(batch["epsg"][i]))
             self.rows.append(
                 {
                     "source_url": url,
                     "date": batch["date"][i],
                     "embeddings": vectors[i],
-                    "geometry": to_wkb(footprint),
+                    "geometry": _footprint_wkb(batch, i, (height, width)),
                     "nodata_fraction": float(batch["nodata_fraction"][i]),
+                    "chip_key": chip_key(url),
                 }
             )
         if len(self.rows) >= self.rows_per_part:
@@ -236,6 +264,7 @@ class _PartWriter:
         if not self.rows:
             return
         length = len(self.rows[0]["embeddings"])
+        metadata = {SHAPE_KEY: json.dumps({"level": self.level, "shape": list(self.shape)}).encode()}
         table = pa.table(
             {
                 "source_url": [row["source_url"] for row in self.rows],
@@ -245,8 +274,9 @@ class _PartWriter:
                 ),
                 "geometry": [row["geometry"] for row in self.rows],
                 "nodata_fraction": pa.array([row["nodata_fraction"] for row in self.rows], pa.float32()),
+                "chip_key": [row["chip_key"] for row in self.rows],
             },
-            schema=schema(length),
+            schema=schema(length, with_key=True).with_metadata(metadata),
         )
         final = self.folder / f"part-{self.index:05d}.parquet"
         staging = final.with_suffix(".tmp")
@@ -259,48 +289,68 @@ class _PartWriter:
         self.flush()
 
 
-def _done_sources(parts_dir: Path) -> set[str]:
+def _footprint_wkb(batch: dict, index: int, size: tuple[int, int]) -> bytes | None:
+    """The chip's footprint as WKB; None (a null geometry, with a warning naming the chip) if it has no place."""
+    crs = batch["crs"][index] if batch.get("crs") else ""
+    epsg = int(batch["epsg"][index])
+    transform = batch["transform"][index].tolist() if "transform" in batch else None
+    try:
+        if not crs and epsg < 0:
+            raise ValueError("it has no CRS")
+        return to_wkb(chip_footprint(batch["bbox"][index].tolist(), crs or epsg, transform, size))
+    except Exception as error:  # PROJ and geometry errors: the embedding is kept, the footprint is not
+        logger.warning("%s: no footprint (%s); its geometry is left null", batch["source_url"][index], error)
+        return None
+
+
+def _part_number(part: Path) -> int:
+    return int(part.stem.split("-", 1)[1])
+
+
+def _done_keys(parts_dir: Path) -> set[str]:
+    """The chip keys in finished parts (parts of older runs without keys: their normalised `source_url`)."""
     done: set[str] = set()
     for part in sorted(parts_dir.glob("part-*.parquet")):
-        done.update(pq.read_table(part, columns=["source_url"]).column("source_url").to_pylist())
+        names = pq.read_schema(part).names
+        column = "chip_key" if "chip_key" in names else "source_url"
+        done.update(chip_key(url) for url in pq.read_table(part, columns=[column]).column(column).to_pylist())
     return done
 
 
-def _recorded_shape(parts_dir: Path) -> tuple[int, ...] | None:
-    parts = sorted(parts_dir.glob("part-*.parquet"))
-    return (pq.read_schema(parts[0]).field("embeddings").type.list_size,) if parts else None
+def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
+    """(level, shape) recorded in the finished parts, or None if there are none."""
+    for part in sorted(parts_dir.glob("part-*.parquet")):
+        metadata = pq.read_schema(part).metadata or {}
+        if SHAPE_KEY in metadata:
+            recorded = json.loads(metadata[SHAPE_KEY])
+            return recorded["level"], tuple(recorded["shape"])
+    return None
 
 
 def _join_parts(parts_dir: Path, output: Path, level: str, shape: tuple[int, ...]) -> None:
     """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata."""
-    parts = sorted(parts_dir.glob("part-*.parquet"))
+    parts = sorted(parts_dir.glob("part-*.parquet"), key=_part_number)
     length = int(np.prod(shape))
-    bounds = _total_bounds(parts)
+    geometries = _footprints(parts)
     metadata = {
-        b"geo": json.dumps(geo_metadata(bounds)).encode(),
-        b"clay:embeddings": json.dumps({"level": level, "shape": list(shape)}).encode(),
+        b"geo": json.dumps(
+            geo_metadata(lonlat_bbox(geometries), {g.geom_type for g in geometries} or {"Polygon"})
+        ).encode(),
+        SHAPE_KEY: json.dumps({"level": level, "shape": list(shape)}).encode(),
     }
     target = schema(length).with_metadata(metadata)
     staging = output.with_name(output.name + ".tmp")
     with pq.ParquetWriter(staging, target) as writer:
         for part in parts:
-            writer.write_table(pq.read_table(part).cast(target))
+            writer.write_table(pq.read_table(part, columns=target.names).cast(target))
     staging.rename(output)
 
 
-def _total_bounds(parts: list[Path]) -> list[float] | None:
-    from shapely import bounds, from_wkb
-
-    boxes = [bounds(from_wkb(pq.read_table(p, columns=["geometry"]).column("geometry").to_pylist())) for p in parts]
-    if not boxes or not sum(len(b) for b in boxes):
-        return None
-    stacked = np.concatenate(boxes)
-    return [
-        float(stacked[:, 0].min()),
-        float(stacked[:, 1].min()),
-        float(stacked[:, 2].max()),
-        float(stacked[:, 3].max()),
+def _footprints(parts: list[Path]) -> list[Polygon | MultiPolygon]:
+    wkb = [
+        value for part in parts for value in pq.read_table(part, columns=["geometry"]).column("geometry").to_pylist()
     ]
+    return [geometry for geometry in from_wkb([value for value in wkb if value is not None])]
 
 
 __all__ = [

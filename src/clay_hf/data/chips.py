@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -15,6 +17,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 
 from ..configuration_clay import CLAY_V0_BAND_NAMES
+from ..geometry import normalize_longitude
 from ..image_processing_clay import parse_date
 
 #: v0 chip names: claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter:04d}.tif
@@ -32,7 +35,8 @@ class ChipError(ValueError):
 
 @dataclass
 class Chip:
-    """One chip. `pixels` keep the file's dtype; `bbox` is (left, bottom, right, top) in the chip's CRS."""
+    """One chip. `pixels` keep the file's dtype; `bbox` is (left, bottom, right, top) in the chip's CRS, `crs` that
+    CRS as WKT (any CRS, with or without an EPSG code), `transform` the pixel grid's affine transform (a … f)."""
 
     pixels: np.ndarray | None  # (C, H, W)
     date: dt.date
@@ -42,6 +46,8 @@ class Chip:
     epsg: int | None
     source_url: str
     tags: dict[str, str]
+    crs: str = ""
+    transform: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     #: (C, H, W) True where a value is missing: NaN, ±inf, the file's nodata value or its mask; None when none is.
     missing: np.ndarray | None = None
     #: the file's own nodata value (None when it declares none)
@@ -60,6 +66,8 @@ class Chip:
             "lat": self.lat,
             "bbox": list(self.bbox),
             "epsg": -1 if self.epsg is None else self.epsg,
+            "crs": self.crs,
+            "transform": list(self.transform),
             "source_url": self.source_url,
             "nodata_fraction": self.nodata_fraction,
             "bad_chip": "",
@@ -94,16 +102,20 @@ class ChipLayout:
     def for_model(
         cls,
         config: Any,
-        image_size: int | None = None,
+        image_size: int | Sequence[int] | None = None,
         chip_bands: Sequence[str] | None = None,
         fill_values: Sequence[float] | None = None,
         dtype: str = "float32",
     ) -> ChipLayout:
-        """The layout a model reads: its `band_names`, and `image_size` (a multiple of its patch size; the model's
-        own image size by default)."""
+        """The layout a model reads: its `band_names`, and `image_size` (a side, or (height, width), each a multiple
+        of its patch size; the model's own image size by default)."""
         size = image_size or config.image_size
-        if size % config.patch_size:
-            raise ValueError(f"image size {size} is not a multiple of the model's patch size {config.patch_size}.")
+        sides = [size] if isinstance(size, int) else list(size)  # a side, or (height, width)
+        height, width = sides[0], sides[-1]
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"image size {height}×{width} is not a multiple of the model's patch size {config.patch_size}."
+            )
         lacking = [band for band in config.band_names if chip_bands is not None and band not in chip_bands]
         if lacking:
             raise ValueError(
@@ -111,7 +123,7 @@ class ChipLayout:
             )
         return cls(
             bands=tuple(config.band_names),
-            size=(size, size),
+            size=(height, width),
             dtype=dtype,
             chip_bands=None if chip_bands is None else tuple(chip_bands),
             fill_values=None if fill_values is None else tuple(float(v) for v in fill_values),
@@ -123,9 +135,31 @@ class ChipLayout:
         return (len(self.bands), *self.size)
 
 
-def date_from_filename(name: str) -> dt.date | None:
-    """The date of a v0 chip name `claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter}.tif`, or None."""
-    match = CHIP_NAME_PATTERN.search(str(name))
+def _is_remote(text: str) -> bool:
+    return "://" in text or text.startswith("/vsi")
+
+
+def chip_key(source: str | PathLike) -> str:
+    """What identifies a chip wherever it is named from: an absolute, normalised local path (relative or absolute
+    spellings, trailing slashes and `..` agree), or a URL / GDAL path without its query string (signed URLs of one
+    object agree)."""
+    text = os.fspath(source)
+    if _is_remote(text):
+        parts = urlsplit(text)
+        return parts._replace(query="", fragment="").geturl().rstrip("/")
+    return os.path.abspath(text)
+
+
+def chip_file_name(source: str | PathLike) -> str:
+    """The chip's file name without folders, GDAL `/vsi…` prefixes or query string: `…/a.tif?X-Amz-…` → `a.tif`."""
+    key = chip_key(source) if _is_remote(os.fspath(source)) else os.fspath(source)
+    return key.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def date_from_filename(name: str | PathLike) -> dt.date | None:
+    """The date of a v0 chip name `claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter}.tif` (a path or URL: its file name
+    is used, without query string), or None."""
+    match = CHIP_NAME_PATTERN.search(chip_file_name(name))
     if match is None:
         return None
     try:
@@ -169,10 +203,12 @@ def read_chip(
             band_names, indexes = _band_selection(name, dataset, layout)
             if layout is not None:
                 _check_dtype(name, dataset.dtypes[0], layout.dtype)
+            lon, lat = _centre_lonlat(name, dataset)
             pixels, missing = _read_pixels(dataset, indexes) if read_pixels else (None, None)
-            lon, lat = dataset.lnglat()
             bounds = dataset.bounds
             epsg = dataset.crs.to_epsg()
+            crs = dataset.crs.to_wkt()
+            transform = tuple(dataset.transform)[:6]
             nodata = dataset.nodata
     except ChipError:
         raise
@@ -181,12 +217,14 @@ def read_chip(
     chip = Chip(
         pixels=pixels,
         date=chip_date,
-        lon=float(lon),
-        lat=float(lat),
+        lon=lon,
+        lat=lat,
         bbox=(bounds.left, bounds.bottom, bounds.right, bounds.top),
         epsg=epsg,
         source_url=name,
         tags=tags,
+        crs=crs,
+        transform=transform,
         missing=missing,
         nodata=None if nodata is None else float(nodata),
         band_names=band_names,
@@ -296,6 +334,17 @@ def _read_pixels(dataset: Any, indexes: list[int] | None) -> tuple[np.ndarray, n
     return pixels, missing
 
 
+def _centre_lonlat(name: str, dataset: Any) -> tuple[float, float]:
+    """The chip centre's longitude in [-180, 180] (0–360 grids and rounding past ±180 normalised) and latitude."""
+    try:
+        lon, lat = dataset.lnglat()
+    except Exception as error:  # PROJ errors for a CRS it cannot transform
+        raise ChipError(name, f"its centre cannot be placed in longitude/latitude ({error})") from None
+    if not (np.isfinite(lon) and np.isfinite(lat) and abs(lat) <= 90.0 + 1e-9):
+        raise ChipError(name, f"its centre is not a place on Earth (lon {lon}, lat {lat}); check its CRS")
+    return float(normalize_longitude(lon)), float(np.clip(lat, -90.0, 90.0))
+
+
 def _open(source: Any):
     if hasattr(source, "open") and not isinstance(source, (str, PathLike)):
         return source.open()  # a rasterio MemoryFile
@@ -323,6 +372,8 @@ __all__ = [
     "ChipError",
     "ChipLayout",
     "chip_band_names",
+    "chip_file_name",
+    "chip_key",
     "date_from_filename",
     "fit_to_layout",
     "nodata_error",

@@ -14,18 +14,21 @@ import itertools
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import fsspec
 import numpy as np
 import torch
 from datasets import Array3D, Dataset, Features, IterableDataset, List, Value
 
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
-from .chips import Chip, ChipError, ChipLayout, read_chip
+from .chips import Chip, ChipError, ChipLayout, chip_file_name, read_chip
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +43,27 @@ MAX_AUTO_SHARDS = 4096
 
 
 def resolve_sources(source: str | PathLike | Sequence[str | PathLike]) -> list[str]:
-    """A folder (searched recursively), a glob, a list of paths/URLs, or a text file listing them → sorted list."""
+    """A folder (searched recursively), a glob, a list of paths/URLs, or a text file listing them → sorted list.
+
+    Object stores (`s3://…/`, `/vsis3/…/*.tif`, any fsspec protocol) and archives (`/vsizip/a.zip/*.tif`,
+    `/vsitar/…`) are listed too: a URL that ends with `/`, names no GeoTIFF or holds a glob is expanded.
+    """
     if isinstance(source, (list, tuple)):
         return [str(item) for item in source]
     text = str(source)
     if _is_url(text):
-        return [text]
-    path = Path(text)
-    if path.is_dir():
-        paths = sorted(str(p) for p in path.rglob("*") if p.suffix in GEOTIFF_SUFFIXES)
-    elif path.is_file() and path.suffix not in GEOTIFF_SUFFIXES:
-        lines = (line.strip() for line in path.read_text().splitlines())
-        paths = [line for line in lines if line and not line.startswith("#")]
-    elif path.is_file():
-        paths = [text]
+        paths = list_remote_chips(text)
     else:
-        paths = sorted(glob.glob(text, recursive=True))
+        path = Path(text)
+        if path.is_dir():
+            paths = sorted(str(p) for p in path.rglob("*") if p.suffix in GEOTIFF_SUFFIXES)
+        elif path.is_file() and path.suffix not in GEOTIFF_SUFFIXES:
+            lines = (line.strip() for line in path.read_text().splitlines())
+            paths = [line for line in lines if line and not line.startswith("#")]
+        elif path.is_file():
+            paths = [text]
+        else:
+            paths = sorted(glob.glob(text, recursive=True))
     if not paths:
         raise FileNotFoundError(f"no GeoTIFF chips found in {text!r} (a folder, a glob, a list file or a URL).")
     return paths
@@ -63,6 +71,86 @@ def resolve_sources(source: str | PathLike | Sequence[str | PathLike]) -> list[s
 
 def _is_url(text: str) -> bool:
     return "://" in text or text.startswith("/vsi")
+
+
+#: GDAL virtual file systems → fsspec protocols, for listing.
+VSI_PROTOCOLS = {"/vsis3/": "s3://", "/vsigs/": "gs://", "/vsiaz/": "az://", "/vsiadls/": "abfs://"}
+#: Protocols without folders to list (a web server's pages are not a listing): their URLs are taken as they are.
+NOT_LISTABLE = frozenset({"http", "https", "ftp"})
+ARCHIVE_PATTERN = re.compile(r"^/vsi(?P<kind>zip|tar)/(?P<archive>.+?\.(?:zip|tar|tar\.gz|tgz))(?:/(?P<inner>.*))?$")
+
+
+def list_remote_chips(url: str) -> list[str]:
+    """The chips a URL or GDAL path names, listed with fsspec: itself when it names one GeoTIFF, else every GeoTIFF
+    under it (a folder, `…/`) or matching it (a glob). Paths come back in the spelling given (GDAL reads them)."""
+    archive = ARCHIVE_PATTERN.match(url)
+    if archive is not None:
+        return _list_archive(url, archive["kind"], archive["archive"], archive["inner"] or "")
+    listed_as, prefix = url, ""
+    for vsi, protocol in VSI_PROTOCOLS.items():
+        if url.startswith(vsi):
+            listed_as, prefix = protocol + url[len(vsi) :], vsi
+    parts = urlsplit(listed_as)
+    listable = parts.scheme in fsspec.available_protocols() and parts.scheme not in NOT_LISTABLE
+    if not listable or not _needs_listing(parts.path):
+        return [url]
+    filesystem, root = _filesystem(url, listed_as)
+    found = _find_geotiffs(filesystem, root, parts.path)
+    if not found and not (glob.has_magic(parts.path) or parts.path.endswith("/")):
+        return [url]  # one object whose name has no GeoTIFF suffix
+    if prefix:
+        return sorted(prefix + filesystem._strip_protocol(path).lstrip("/") for path in found)
+    return sorted(filesystem.unstrip_protocol(path) for path in found)
+
+
+def fsspec_url(path: str) -> str:
+    """The fsspec spelling of a local path, URL or GDAL path: `/vsis3/b/k` → `s3://b/k`, `/vsizip/a.zip/m.tif` →
+    `zip://m.tif::a.zip`, `/vsicurl/https://…` → `https://…`."""
+    archive = ARCHIVE_PATTERN.match(path)
+    if archive is not None:
+        return f"{archive['kind']}://{archive['inner'] or ''}::{fsspec_url(archive['archive'])}"
+    if path.startswith("/vsicurl/"):
+        return path[len("/vsicurl/") :]
+    for vsi, protocol in VSI_PROTOCOLS.items():
+        if path.startswith(vsi):
+            return protocol + path[len(vsi) :]
+    return path
+
+
+def _needs_listing(path: str) -> bool:
+    return path.endswith("/") or glob.has_magic(path) or not path.endswith(GEOTIFF_SUFFIXES)
+
+
+def _filesystem(url: str, listed_as: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return fsspec.core.url_to_fs(listed_as, **options)
+    except ImportError as error:
+        raise ImportError(
+            f"listing {url} needs an fsspec filesystem that is not installed ({error}); install it (for S3: "
+            "pip install 'clay_hf[s3]'), or give a text file that lists the chips"
+        ) from None
+
+
+def _find_geotiffs(filesystem: fsspec.AbstractFileSystem, root: str, path: str) -> list[str]:
+    """GeoTIFFs matching a glob, or under a folder (recursively)."""
+    found = filesystem.glob(root) if glob.has_magic(path) else filesystem.find(root)
+    return [item for item in found if item.endswith(GEOTIFF_SUFFIXES)]
+
+
+def _list_archive(url: str, kind: str, archive: str, inner: str) -> list[str]:
+    """Members of a zip or tar archive (local, or on any store fsspec or GDAL names) matching `inner`."""
+    target = fsspec_url(archive)
+    if not _needs_listing(inner or "/"):
+        return [url]
+    try:
+        with fsspec.open(target, "rb") as handle:
+            filesystem = fsspec.filesystem(kind, fo=handle)
+            members = _find_geotiffs(filesystem, inner or "", inner or "/")
+    except ImportError as error:
+        raise ImportError(f"listing {url} needs an fsspec filesystem that is not installed ({error})") from None
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{url}: the archive {archive} cannot be listed ({error})") from None
+    return sorted(f"/vsi{kind}/{archive}/{member.lstrip('/')}" for member in members)
 
 
 def auto_num_shards(num_paths: int, world_size: int = 1, num_workers: int = 1) -> int:
@@ -82,8 +170,9 @@ def shard_paths(paths: Sequence[str], num_shards: int) -> list[list[str]]:
 
 
 def split_of(path: str, validation_fraction: float = 0.2) -> str:
-    """'train' or 'validation', from a hash of the file NAME: stable across runs, machines and storage places."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
+    """'train' or 'validation', from a hash of the file NAME (no folders, GDAL `/vsi…` prefix or URL query string):
+    stable across runs, machines, storage places and signed URLs of the same chip."""
+    name = chip_file_name(path)
     digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
     return "validation" if digest / 2**64 < validation_fraction else "train"
 
@@ -118,6 +207,8 @@ def chip_features(num_bands: int, height: int, width: int, dtype: str, with_pixe
         lat=Value("float64"),
         bbox=List(Value("float64"), length=4),
         epsg=Value("int32"),
+        crs=Value("string"),
+        transform=List(Value("float64"), length=6),
         source_url=Value("string"),
         nodata_fraction=Value("float32"),
     )
@@ -135,6 +226,8 @@ def bad_record(error: ChipError, shape: tuple[int, int, int], dtype: str) -> dic
         "lat": 0.0,
         "bbox": [0.0, 0.0, 0.0, 0.0],
         "epsg": -1,
+        "crs": "",
+        "transform": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
         "source_url": error.source,
         "nodata_fraction": 0.0,
         "bad_chip": error.problem or "bad chip",
@@ -315,13 +408,24 @@ def drop_nonfinite_chips(batch: dict[str, Any], inputs: dict[str, torch.Tensor])
 
 
 #: The entries of a collated batch that hold one item per chip.
-PER_CHIP_KEYS = ("pixels", "timestep", "latlon", "date", "bbox", "epsg", "source_url", "nodata_fraction")
+PER_CHIP_KEYS = (
+    "pixels",
+    "timestep",
+    "latlon",
+    "date",
+    "bbox",
+    "epsg",
+    "crs",
+    "transform",
+    "source_url",
+    "nodata_fraction",
+)
 
 
 def _select(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
     """The chips of a collated batch where `keep` (B,) is True."""
     selected = dict(batch)
-    for key in PER_CHIP_KEYS:
+    for key in (key for key in PER_CHIP_KEYS if key in batch):
         value = batch[key]
         if isinstance(value, torch.Tensor):
             selected[key] = value[keep]
@@ -341,6 +445,7 @@ def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
     records = list(examples)
     examples = [example for example in records if not example.get("bad_chip")]
     bad = [example for example in records if example.get("bad_chip")]
+    grids = [example.get("transform") for example in examples]
     shape = np.asarray(records[0]["pixels"]).shape if records else (0, 0, 0)
     if examples:
         pixels = torch.from_numpy(np.stack([np.asarray(example["pixels"]) for example in examples]))  # (B, C, H, W)
@@ -354,10 +459,16 @@ def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "date": [example["date"] for example in examples],
         "bbox": torch.tensor([list(example["bbox"]) for example in examples], dtype=torch.float64).reshape(-1, 4),
         "epsg": torch.tensor([example["epsg"] for example in examples], dtype=torch.int32),
+        "crs": [example.get("crs") or "" for example in examples],
         "source_url": [example["source_url"] for example in examples],
         "nodata_fraction": torch.tensor([example.get("nodata_fraction", 0.0) for example in examples]),
         "bad_chips": len(bad),
         "bad_chip_sources": [example["source_url"] for example in bad],
+        **(
+            {"transform": torch.tensor([list(grid) for grid in grids], dtype=torch.float64).reshape(-1, 6)}
+            if all(grid is not None for grid in grids)
+            else {}
+        ),
     }
 
 
@@ -370,6 +481,7 @@ __all__ = [
     "collate_chips",
     "drop_nonfinite_chips",
     "generate_chips",
+    "list_remote_chips",
     "load_geotiff_dataset",
     "model_inputs",
     "read_metadata",

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS
-from .chips import ChipError, resolve_chip_date
+from .chips import ChipError, chip_file_name, chip_key, resolve_chip_date
 
 
 def chip_name(tile: str, date: dt.date, counter: int, version: int = 2) -> str:
@@ -42,6 +42,10 @@ def chip_windows(height: int, width: int, chip_size: int) -> Iterator[Window]:
             yield Window(col, row, chip_size, chip_size)
 
 
+#: Tag naming the raster a chip was cut from, so that a chip of another raster is never overwritten.
+SOURCE_TAG = "clay_source"
+
+
 def make_chips(
     source: str | PathLike,
     output_dir: str | PathLike,
@@ -54,9 +58,12 @@ def make_chips(
 ) -> ChipReport:
     """Cut a multiband GeoTIFF (any CRS, any size, with or without nodata) into v0 chips.
 
-    Chips keep the source CRS, are deflate-compressed, carry a `date` tag and v0 names. A chip whose share of
-    nodata or non-finite pixels (including the part past the raster's edge) exceeds `max_nodata_fraction` is
-    skipped. `dtype` is "float32" (v0) or "source".
+    Chips keep the source CRS, are deflate-compressed, carry a `date` tag, the source's name (`clay_source`) and v0
+    names. A chip whose share of nodata or non-finite pixels (including the part past the raster's edge) exceeds
+    `max_nodata_fraction` is skipped. Padding past the edge is written as nodata: the source's nodata value, else
+    NaN (float chips) or a value the chip does not hold (integer chips), recorded as the chip's nodata. Before
+    writing, a ChipError is raised if a chip name is already taken by a chip of another source (same tile id and
+    date): nothing is overwritten. `dtype` is "float32" (v0) or "source".
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -65,9 +72,12 @@ def make_chips(
     try:
         with rasterio.open(source) as raster:
             chip_date = resolve_chip_date(name, date, raster.tags())
-            tile_id = _tile_id(tile or Path(name).stem)
+            tile_id = _tile_id(tile or Path(chip_file_name(name)).stem)
             out_dtype = raster.dtypes[0] if dtype == "source" else dtype
-            for counter, window in enumerate(chip_windows(raster.height, raster.width, chip_size)):
+            windows = list(chip_windows(raster.height, raster.width, chip_size))
+            names = [chip_name(tile_id, chip_date, counter, version) for counter in range(len(windows))]
+            _refuse_overwriting_other_sources(name, output, names)
+            for window, chip_file in zip(windows, names, strict=True):
                 fill = raster.nodata if raster.nodata is not None else 0
                 pixels = raster.read(window=window, boundless=True, fill_value=fill)  # (C, chip, chip)
                 missing = _missing_fraction(pixels, raster.nodata, window, raster.height, raster.width)
@@ -75,7 +85,14 @@ def make_chips(
                 if missing > max_nodata_fraction:
                     report.skipped.append((label, f"{missing:.1%} nodata (limit {max_nodata_fraction:.1%})"))
                     continue
-                path = output / chip_name(tile_id, chip_date, counter, version)
+                pixels = pixels.astype(out_dtype)
+                nodata = raster.nodata
+                if nodata is None and _reaches_past_edge(window, raster.height, raster.width):
+                    nodata = _mark_padding(pixels, window, raster.height, raster.width)
+                    if nodata is None:
+                        report.skipped.append((label, f"no {out_dtype} value is free to mark its padding as nodata"))
+                        continue
+                path = output / chip_file
                 profile = dict(
                     driver="GTiff",
                     width=chip_size,
@@ -85,17 +102,58 @@ def make_chips(
                     crs=raster.crs,
                     transform=raster.window_transform(window),
                     compress="deflate",
-                    nodata=raster.nodata,
+                    nodata=nodata,
                 )
                 with rasterio.open(path, "w", **profile) as chip:
-                    chip.write(pixels.astype(out_dtype))
-                    chip.update_tags(date=chip_date.isoformat())
+                    chip.write(pixels)
+                    chip.update_tags(date=chip_date.isoformat(), **{SOURCE_TAG: chip_key(name)})
                     if raster.descriptions and any(raster.descriptions):
                         chip.descriptions = raster.descriptions
                 report.written.append(path)
     except (RasterioError, OSError) as error:
         raise ChipError(name, f"cannot be read ({error})") from error
     return report
+
+
+def _refuse_overwriting_other_sources(source: str, output: Path, names: list[str]) -> None:
+    """A ChipError if one of `names` in `output` is a chip cut from another source (or of unknown origin)."""
+    own = chip_key(source)
+    for chip_file in names:
+        path = output / chip_file
+        if not path.exists():
+            continue
+        try:
+            with rasterio.open(path) as existing:
+                origin = existing.tags().get(SOURCE_TAG)
+        except RasterioError:
+            origin = None
+        if origin != own:
+            raise ChipError(
+                source,
+                f"would overwrite {path}, cut from {origin or 'another source'}: both give the same tile id and "
+                "date; give each source its own --tile, or another --output_dir",
+            )
+
+
+def _reaches_past_edge(window: Window, height: int, width: int) -> bool:
+    return window.row_off + window.height > height or window.col_off + window.width > width
+
+
+def _mark_padding(pixels: np.ndarray, window: Window, height: int, width: int) -> float | None:
+    """Fill the part of `pixels` past the raster's edge with a nodata value (NaN for floats, else the dtype's
+    maximum or minimum if the chip does not hold it) and return it; None if no such value is free."""
+    inside = pixels[:, : max(0, height - window.row_off), : max(0, width - window.col_off)]
+    if np.issubdtype(pixels.dtype, np.floating):
+        candidates = [np.nan]
+    else:
+        info = np.iinfo(pixels.dtype)
+        candidates = [value for value in (info.max, info.min) if not (inside == value).any()]
+    if not candidates:
+        return None
+    padding = np.ones(pixels.shape[1:], bool)
+    padding[: inside.shape[1], : inside.shape[2]] = False
+    pixels[:, padding] = candidates[0]
+    return float(candidates[0])
 
 
 def _tile_id(text: str) -> str:

@@ -6,6 +6,7 @@ sample through the same reader as the GeoTIFF loader ([`read_chip`]), so both gi
 
 from __future__ import annotations
 
+import glob
 import io
 import itertools
 import json
@@ -16,11 +17,12 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import fsspec
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
 from .chips import ChipError, nodata_error, read_chip
-from .dataset import BadChipLog, bad_record, chip_features
+from .dataset import BadChipLog, bad_record, chip_features, fsspec_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +85,22 @@ def _readable_samples(paths: Sequence[str], bad: list[ChipError]) -> Iterator[tu
             chip = read_chip(path)
             if chip.missing is not None:
                 raise nodata_error(chip)
-            data = Path(path).read_bytes()
+            data = _read_bytes(str(path))
         except ChipError as error:
             log.skip(error)
             bad.append(error)
             continue
         metadata = {"date": chip.date.isoformat(), "source_url": chip.source_url, **_extra_tags(chip.tags)}
         yield sample_key(str(path)), data, metadata
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes, from a local path, a URL or a GDAL `/vsi…` path (through fsspec)."""
+    try:
+        with fsspec.open(fsspec_url(path), "rb") as handle:
+            return handle.read()
+    except (OSError, ImportError, ValueError) as error:
+        raise ChipError(path, f"cannot be read for packing ({error})") from None
 
 
 def _extra_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -124,12 +135,46 @@ def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, wid
     return {key: [record[key] for record in records] for key in chip_features(1, 1, 1, "float32")}
 
 
+def resolve_shards(data_files: str | PathLike | Sequence[str]) -> list[str]:
+    """Shard paths from a folder (its `*.tar`, recursively), a glob, a list, or one shard; local or any fsspec URL."""
+    if isinstance(data_files, (list, tuple)):
+        return [str(item) for item in data_files]
+    text = str(data_files)
+    if "://" in text:
+        filesystem, root = fsspec.core.url_to_fs(text)
+        if text.endswith(".tar") and not glob.has_magic(text):
+            return [text]
+        found = filesystem.glob(root) if glob.has_magic(text) else filesystem.find(root)
+        shards = sorted(filesystem.unstrip_protocol(path) for path in found if path.endswith(".tar"))
+    elif Path(text).is_dir():
+        shards = sorted(str(path) for path in Path(text).rglob("*.tar"))
+    else:
+        shards = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+    if not shards:
+        raise FileNotFoundError(f"no WebDataset shards (*.tar) in {text!r}")
+    return shards
+
+
+def shard_layout(shard: str) -> tuple[int, int, int, str]:
+    """(bands, height, width, dtype) of the first chip in a shard, read from its GeoTIFF header."""
+    with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
+        for member in archive:
+            if member.isfile() and member.name.lower().endswith((".tif", ".tiff")):
+                data = archive.extractfile(member).read()
+                with MemoryFile(data) as memory, memory.open() as dataset:
+                    return dataset.count, dataset.height, dataset.width, dataset.dtypes[0]
+    raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")
+
+
 def load_chip_webdataset(
-    data_files: str | Sequence[str], layout: tuple[int, int, int, str] = (13, 512, 512, "float32")
+    data_files: str | PathLike | Sequence[str], layout: tuple[int, int, int, str] | None = None
 ) -> IterableDataset:
-    """Stream WebDataset chip shards as the same records (and features) as `load_geotiff_dataset`."""
-    num_bands, height, width, dtype = layout
-    dataset = load_dataset("webdataset", data_files=data_files, streaming=True, split="train")
+    """Stream WebDataset chip shards (a folder, a glob, a list or one shard) as the same records (and features) as
+    `load_geotiff_dataset`. The layout (bands, height, width, dtype) is the first chip's, unless given; chips that
+    differ from it are skipped and counted."""
+    shards = resolve_shards(data_files)
+    num_bands, height, width, dtype = layout or shard_layout(shards[0])
+    dataset = load_dataset("webdataset", data_files=shards, streaming=True, split="train")
     dataset = dataset.cast_column("tif", Image(decode=False))
     return dataset.map(
         decode_samples,
@@ -141,4 +186,11 @@ def load_chip_webdataset(
     )
 
 
-__all__ = ["decode_samples", "load_chip_webdataset", "pack_webdataset", "sample_key"]
+__all__ = [
+    "decode_samples",
+    "load_chip_webdataset",
+    "pack_webdataset",
+    "resolve_shards",
+    "sample_key",
+    "shard_layout",
+]

@@ -73,11 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
-    run.add_argument("--num_train_epochs", type=int, default=25)
+    run.add_argument(
+        "--num_train_epochs",
+        type=int,
+        default=25,
+        help="passes over the training chips: every chip once per epoch (an epoch's last, partial accumulation "
+        "window is stepped)",
+    )
     run.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides epochs")
     run.add_argument("--checkpointing_steps", type=int, default=None, help="save a resumable state every N steps")
-    run.add_argument("--checkpoints_total_limit", type=int, default=3, help="keep the newest K checkpoints")
-    run.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    run.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=3,
+        help="keep the newest K checkpoints (and K pretrained-N folders of --save_every_checkpoint_as_pretrained)",
+    )
+    run.add_argument(
+        "--resume_from_checkpoint",
+        help="a checkpoint folder, or 'latest'; the number of processes, --dataloader_num_workers, "
+        "--shuffle_buffer_size, --seed and the training chips must be those of the checkpoint",
+    )
     run.add_argument("--eval_steps", type=int, default=None, help="validate every N steps (and at the end)")
     run.add_argument("--logging_steps", type=int, default=10)
     run.add_argument("--seed", type=int, default=42)

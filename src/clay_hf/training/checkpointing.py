@@ -4,14 +4,17 @@ A checkpoint is written to `checkpoints/tmp-checkpoint-{step}` by every rank (Ac
 optimizer, scheduler, RNG; plus each rank's data position and the run's counters), then renamed to
 `checkpoints/checkpoint-{step}` once all ranks are done. A kill mid-write leaves only a `tmp-` folder, which
 `latest` never picks. Steps are named by us, not by Accelerate's automatic naming, whose counter `load_state`
-does not restore.
+does not restore. The counters record the data layout (processes, workers, shuffle, seed, training chips) that the
+data positions depend on; a resume under another layout is refused by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
+from argparse import Namespace
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from ..data.chips import chip_file_name
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+PRETRAINED_PATTERN = re.compile(r"^pretrained-(\d+)$")
 TRAIN_STATE_NAME = "train_state.json"
 
 
@@ -90,10 +96,61 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
     return train_state, data_state
 
 
+def data_layout(paths: list[str], args: Namespace, num_processes: int) -> dict[str, Any]:
+    """What a checkpoint's data position depends on: resuming with another value would re-train or skip chips."""
+    names = hashlib.sha256("\n".join(chip_file_name(path) for path in paths).encode()).hexdigest()[:16]
+    return {
+        "num_processes": num_processes,
+        "dataloader_num_workers": args.dataloader_num_workers,
+        "shuffle_buffer_size": args.shuffle_buffer_size,
+        "seed": args.seed,
+        "train_chips": len(paths),
+        "train_chip_names_sha256": names,
+    }
+
+
+#: How to change each data-layout value on the command line, for the refusal message.
+DATA_LAYOUT_FLAGS = {
+    "num_processes": "accelerate launch --num_processes",
+    "dataloader_num_workers": "--dataloader_num_workers",
+    "shuffle_buffer_size": "--shuffle_buffer_size",
+    "seed": "--seed",
+    "train_chips": "--train_dir (number of training chips)",
+    "train_chip_names_sha256": "--train_dir (the training chips' names and order)",
+}
+
+
+def check_data_layout(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume a data position under another layout (a clear message naming what must match)."""
+    differences = [
+        f"{DATA_LAYOUT_FLAGS.get(key, key)}: {saved[key]} in the checkpoint, {current.get(key)} now"
+        for key in saved
+        if saved[key] != current.get(key)
+    ]
+    if differences:
+        raise SystemExit(
+            f"error: cannot resume the data position of {checkpoint}: it was saved with another data layout ("
+            + "; ".join(differences)
+            + "). Each rank's position in its own shards is only valid for the same number of processes, "
+            "DataLoader workers, shuffle buffer, seed and training chips: resume with those, or start a new run "
+            "from its weights (--model_name_or_path on a --save_every_checkpoint_as_pretrained folder)."
+        )
+
+
 def _rotate(output_dir: str | PathLike, total_limit: int | None) -> None:
     if total_limit is None or total_limit < 1:
         return
     for old in list_checkpoints(output_dir)[:-total_limit]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prune_pretrained_folders(output_dir: str | PathLike, total_limit: int | None) -> None:
+    """Keep the newest `total_limit` `pretrained-{step}` folders (`--save_every_checkpoint_as_pretrained`)."""
+    if total_limit is None or total_limit < 1:
+        return
+    folder = Path(output_dir)
+    found = [(int(match[1]), path) for path in folder.iterdir() if (match := PRETRAINED_PATTERN.match(path.name))]
+    for _, old in sorted(found)[:-total_limit]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -102,4 +159,12 @@ def _remove_stale_staging(folder: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["list_checkpoints", "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
+__all__ = [
+    "check_data_layout",
+    "data_layout",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_pretrained_folders",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]

@@ -8,7 +8,7 @@ data stream where it stopped.
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import logging
 import math
@@ -32,11 +32,13 @@ from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
 from ..data.chips import ChipLayout
 from ..data.dataset import (
+    auto_num_shards,
     collate_chips,
     drop_nonfinite_chips,
     load_geotiff_dataset,
     model_inputs,
     resolve_sources,
+    shard_paths,
     split_paths,
     worker_start_method,
 )
@@ -44,7 +46,14 @@ from ..evaluation import MaskedErrorTotals
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
-from .checkpointing import load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    check_data_layout,
+    data_layout,
+    load_checkpoint,
+    prune_pretrained_folders,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
@@ -70,6 +79,8 @@ class TrainState:
     validation_loss: float | None = None
     validation_group_losses: dict[str, float] = field(default_factory=dict)
     wall_time: float = 0.0
+    partial_windows: int = 0
+    data_layout: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -232,29 +243,45 @@ def save_pretrained_folder(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, tail_bad_chips: list[int] | None = None):
-    """Yield batches while EVERY rank has one: ranks whose shards hold a few more chips would otherwise wait
-    forever in the next collective. The ranks stop together and drop the tail of the epoch; the bad chips met in
-    this rank's dropped tail are added to `tail_bad_chips[0]`, so that bad-chip counts stay exact."""
+def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, last: dict[str, Any]):
+    """Yield (batch, is_padding) while ANY rank has a batch, so that every chip of every rank is trained on.
+
+    A rank whose shards are done repeats its last batch as padding (zero loss weight, not counted) while the others
+    finish, so all ranks run the same collectives. `last` keeps that batch across epochs; a rank that has none
+    yet (no readable chip at all) ends the epoch for every rank, with a warning.
+    """
     iterator = iter(loader)
     while True:
         batch = next(iterator, None)
-        has_batch = torch.tensor([int(batch is not None)], device=accelerator.device)
-        if int(accelerator.reduce(has_batch, "sum")) < accelerator.num_processes:
-            if tail_bad_chips is not None:
-                tail = [] if batch is None else [batch]
-                tail_bad_chips[0] += sum(dropped["bad_chips"] for dropped in itertools.chain(tail, iterator))
+        if batch is not None:
+            last["batch"] = batch
+        flags = torch.tensor(
+            [int(batch is not None), int(batch is None and "batch" not in last)], device=accelerator.device
+        )
+        flags = accelerator.reduce(flags, "sum")
+        if int(flags[0]) == 0:
             return
-        yield batch
+        if int(flags[1]) > 0:
+            logger.warning("a rank has no chip to pad with while others still train: the epoch ends here")
+            return
+        yield last["batch"], batch is None
+
+
+def steps_per_epoch(paths: list[str], args: argparse.Namespace, num_processes: int) -> int:
+    """Optimizer steps in one epoch, for the schedule: windows of `gradient_accumulation_steps` batches of the
+    busiest rank (shards are spread over ranks; an epoch's last window may be partial and is stepped)."""
+    shards = shard_paths(paths, auto_num_shards(len(paths), num_processes, args.dataloader_num_workers))
+    per_rank = math.ceil(len(shards) / num_processes) * max(len(shard) for shard in shards)
+    batches = math.ceil(min(per_rank, len(paths)) / args.per_device_train_batch_size)
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
 
 
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     """Run pretraining; return the training summary (also written to `output_dir`)."""
     started = time.perf_counter()
     report_to = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=report_to, project_dir=args.output_dir
-    )
+    # Gradient accumulation is ours (see `_micro_step`): windows end at an epoch's end too, as a partial window.
+    accelerator = Accelerator(log_with=report_to, project_dir=args.output_dir)
     _check_world(accelerator)
     configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -268,9 +295,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     processor = ClayImageProcessor(band_names=config.band_names)
     optimizer = build_optimizer(model, args)
     train_paths, validation_paths = data_paths(args)
-    batches_per_epoch = math.ceil(len(train_paths) / (accelerator.num_processes * args.per_device_train_batch_size))
-    max_steps = (
-        args.max_train_steps or max(1, batches_per_epoch // args.gradient_accumulation_steps) * args.num_train_epochs
+    max_steps = args.max_train_steps or steps_per_epoch(train_paths, args, accelerator.num_processes) * (
+        args.num_train_epochs
     )
     # The scheduler is stepped by us once per optimizer step (as v0), not by Accelerate, which would step it once
     # per process; it is registered so that checkpoints hold it.
@@ -281,25 +307,27 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         model = torch.compile(model)
     set_seed(args.seed, device_specific=True)  # different masks on every rank
 
-    layout = training_layout(config, processor, args)
+    chip_layout = training_layout(config, processor, args)
     train_loader = build_loader(
-        train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=layout
+        train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=chip_layout
     )
     eval_loader = None
     if validation_paths:
         eval_loader = build_loader(
-            validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False, layout=layout
+            validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False, layout=chip_layout
         )
     else:
         logger.warning("no validation chips (validation_fraction=%s): validation is skipped", args.validation_fraction)
-    state = TrainState()
+    layout = data_layout(train_paths, args, accelerator.num_processes)
+    state = TrainState(data_layout=layout)
     if args.resume_from_checkpoint:
-        state = _resume(accelerator, train_loader, output_dir, args.resume_from_checkpoint)
+        state = _resume(accelerator, train_loader, output_dir, args.resume_from_checkpoint, layout)
 
     accelerator.init_trackers("clay_pretrain", config=_tracker_config(args))
     seen_log = None
     if args.log_seen_chips:
-        seen_log = (output_dir / f"seen_chips_rank{accelerator.process_index}.txt").open("a")
+        # Line-buffered: every line is with the OS as soon as it is written, so a kill loses none.
+        seen_log = (output_dir / f"seen_chips_rank{accelerator.process_index}.txt").open("a", buffering=1)
     progress = tqdm(
         total=max_steps,
         initial=state.global_step,
@@ -311,42 +339,41 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     logged_losses: list[float] = []
     elapsed_before = state.wall_time
 
-    while state.global_step < max_steps:
+    last_batch: dict[str, Any] = {}
+    while _more_training(state, args, max_steps):
         train_loader.dataset.set_epoch(state.epoch)
         chips_before_epoch = state.chips_seen
-        tail_bad_chips = [0]
-        for batch in synchronized_batches(train_loader, accelerator, tail_bad_chips):
-            if seen_log is not None:
+        for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
+            if seen_log is not None and not padding:
                 seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
-            _micro_step(model, optimizer, batch, processor, accelerator, args, window, state)
-            if not accelerator.sync_gradients:
+            window.micro_batches += 1
+            end_of_window = window.micro_batches == args.gradient_accumulation_steps
+            _micro_step(model, optimizer, batch, processor, accelerator, args, window, state, end_of_window, padding)
+            if not end_of_window:
                 continue
-
-            # One optimizer step (or one skipped step) is complete.
-            if window.bad:
-                _skip_step(state, args)
-            else:
-                scheduler.step()
-                state.consecutive_nonfinite = 0
-                state.train_loss = window.loss / args.gradient_accumulation_steps
-            state.global_step += 1
-            if not window.bad and state.global_step % args.logging_steps == 0:
-                logged_losses.append(state.train_loss)
-            state.chips_seen += window.chips
-            _report(progress, accelerator, scheduler, args, state, window)
+            _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
             window = StepWindow()
-            if args.eval_steps and state.global_step % args.eval_steps == 0:
-                _validate(model, eval_loader, processor, accelerator, config, args, state)
             state.wall_time = elapsed_before + time.perf_counter() - started
-            if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-                _checkpoint(accelerator, model, processor, train_loader, args, state, output_dir)
-            _simulated_crash(state.global_step)
-            if state.global_step >= max_steps:
+            _after_step(model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir)
+            if args.max_train_steps and state.global_step >= args.max_train_steps:
                 break
         else:
-            state.bad_chips += _sum_over_ranks(accelerator, tail_bad_chips[0])
             if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
                 _no_chips(args, state)
+            if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
+                logger.info(
+                    "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
+                    "averaged over its %d batches",
+                    state.epoch,
+                    window.micro_batches,
+                    args.gradient_accumulation_steps,
+                    window.micro_batches,
+                )
+                state.partial_windows += 1
+                _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
+                window = StepWindow()
+                state.wall_time = elapsed_before + time.perf_counter() - started
+                _after_step(model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir)
             state.epoch += 1
 
     progress.close()
@@ -363,13 +390,22 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _more_training(state: TrainState, args: argparse.Namespace, max_steps: int) -> bool:
+    """Until --max_train_steps optimizer steps when given, else until --num_train_epochs whole epochs are done."""
+    if args.max_train_steps:
+        return state.global_step < max_steps
+    return state.epoch < args.num_train_epochs
+
+
 @dataclass
 class StepWindow:
     """What the micro-batches of one optimizer step add up to."""
 
     loss: float = 0.0
     chips: int = 0
+    micro_batches: int = 0
     bad: bool = False
+    synced: bool = True
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -380,10 +416,6 @@ def _no_chips(args: argparse.Namespace, state: TrainState) -> None:
     )
 
 
-def _sum_over_ranks(accelerator: Accelerator, count: int) -> int:
-    return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), "sum"))
-
-
 def _placeholder_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One all-zero chip in the shape of `inputs` (which hold none): a rank whose micro-batch held only bad chips
     runs it, with its loss scaled by 0, so that it still joins the step's collectives and adds no gradient."""
@@ -392,14 +424,17 @@ def _placeholder_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     }
 
 
-def _micro_step(model, optimizer, batch, processor, accelerator, args, window: StepWindow, state: TrainState) -> None:
-    """Forward, agree across ranks whether the loss is finite, then backward (and step at the window's end).
+def _micro_step(
+    model, optimizer, batch, processor, accelerator, args, window: StepWindow, state: TrainState, sync: bool, padding
+) -> None:
+    """Forward, agree across ranks whether the loss is finite, then backward (gradients all-reduced by DDP only at
+    the window's last batch). A padding batch (see `synchronized_batches`) has zero weight and is not counted.
 
     Bad chips were taken out of the batch (and are counted); a micro-batch left with no chip runs a placeholder
     with zero weight. A non-finite loss on any rank marks the whole window bad: every rank skips its backward
     passes from there and the step is dropped, so ranks never disagree on a collective.
     """
-    with accelerator.accumulate(model):
+    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
         inputs = model_inputs(batch, processor, accelerator.device, accelerator.unwrap_model(model).config.band_names)
         batch, inputs = drop_nonfinite_chips(batch, inputs)
         empty = not batch["source_url"]
@@ -407,24 +442,74 @@ def _micro_step(model, optimizer, batch, processor, accelerator, args, window: S
             loss = model(**(_placeholder_inputs(inputs) if empty else inputs)).loss
         if empty:
             loss = loss * 0.0
-        finite = bool(torch.isfinite(loss.detach()))
+        finite = padding or bool(torch.isfinite(loss.detach()))
+        real = not padding
         stats = torch.tensor(
-            [loss.item() if finite else 0.0, float(finite), len(batch["source_url"]), batch["bad_chips"]],
+            [
+                loss.item() if finite and real else 0.0,
+                float(finite),
+                len(batch["source_url"]) if real else 0,
+                batch["bad_chips"] if real else 0,
+                float(real),
+            ],
             device=accelerator.device,
             dtype=torch.float64,
         )
-        stats = accelerator.reduce(stats, "sum")  # one collective: loss, finiteness, chips, bad chips
+        stats = accelerator.reduce(stats, "sum")  # one collective: loss, finiteness, chips, bad chips, real batches
         all_finite = int(stats[1]) == accelerator.num_processes
         window.bad = window.bad or not all_finite
         if not window.bad:
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-        optimizer.zero_grad()  # a no-op inside the window; at its end it also drops a bad window's gradients
-    window.loss += float(stats[0]) / accelerator.num_processes if all_finite else 0.0
+            weight = 0.0 if padding else 1.0 / args.gradient_accumulation_steps
+            accelerator.backward(loss * weight)
+    window.synced = sync
+    window.loss += float(stats[0]) / max(float(stats[4]), 1.0) if all_finite else 0.0
     window.chips += int(stats[2])
     state.bad_chips += int(stats[3])
+
+
+def _optimizer_step(model, optimizer, accelerator: Accelerator, args, window: StepWindow) -> None:
+    """Step on the window's gradients: all-reduced by hand if its last batch ran without DDP's sync (an epoch's
+    partial window), and rescaled to the mean over its batches when it holds fewer than a full window."""
+    if not window.bad:
+        parameters = [p for p in model.parameters() if p.grad is not None]
+        if not window.synced and accelerator.num_processes > 1:
+            flat = accelerator.reduce(torch.cat([p.grad.reshape(-1) for p in parameters]), "mean")
+            offset = 0
+            for parameter in parameters:
+                parameter.grad.copy_(flat[offset : offset + parameter.grad.numel()].view_as(parameter.grad))
+                offset += parameter.grad.numel()
+        if window.micro_batches < args.gradient_accumulation_steps:
+            for parameter in parameters:
+                parameter.grad.mul_(args.gradient_accumulation_steps / window.micro_batches)
+        if args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+    optimizer.zero_grad()  # also drops a bad window's gradients
+
+
+def _end_window(model, optimizer, scheduler, accelerator, args, window: StepWindow, state: TrainState, logged, bar):
+    """One optimizer step (or one skipped step) is complete: step, count, log."""
+    _optimizer_step(model, optimizer, accelerator, args, window)
+    if window.bad:
+        _skip_step(state, args)
+    else:
+        scheduler.step()
+        state.consecutive_nonfinite = 0
+        state.train_loss = window.loss / window.micro_batches
+    state.global_step += 1
+    if not window.bad and state.global_step % args.logging_steps == 0:
+        logged.append(state.train_loss)
+    state.chips_seen += window.chips
+    _report(bar, accelerator, scheduler, args, state, window)
+
+
+def _after_step(model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir) -> None:
+    """Validation and checkpoints every N steps; the simulated crash of the resume tests."""
+    if args.eval_steps and state.global_step % args.eval_steps == 0:
+        _validate(model, eval_loader, processor, accelerator, config, args, state)
+    if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+        _checkpoint(accelerator, model, processor, train_loader, args, state, output_dir)
+    _simulated_crash(state.global_step)
 
 
 def _report(progress, accelerator: Accelerator, scheduler, args, state: TrainState, window: StepWindow) -> None:
@@ -446,15 +531,31 @@ def _report(progress, accelerator: Accelerator, scheduler, args, state: TrainSta
         )
 
 
-def _resume(accelerator: Accelerator, train_loader: StatefulDataLoader, output_dir: Path, value: str) -> TrainState:
+def _resume(
+    accelerator: Accelerator, train_loader: StatefulDataLoader, output_dir: Path, value: str, layout: dict[str, Any]
+) -> TrainState:
     checkpoint = resolve_checkpoint(output_dir, value)
     saved, data_state = load_checkpoint(accelerator, checkpoint)
-    state = TrainState(**saved)
+    check_data_layout(saved.get("data_layout") or {}, layout, checkpoint)
+    state = TrainState(**{**saved, "data_layout": layout})
     train_loader.dataset.set_epoch(state.epoch)
     if data_state is not None:
+        saved_workers = saved_num_workers(data_state)
+        if saved_workers != train_loader.num_workers:  # also for checkpoints from before the data layout was saved
+            raise SystemExit(
+                f"error: cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
+                f"{saved_workers} workers, this run has {train_loader.num_workers}; resume with "
+                f"--dataloader_num_workers {saved_workers}"
+            )
         train_loader.load_state_dict(data_state)
     accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
     return state
+
+
+def saved_num_workers(data_state: dict[str, Any]) -> int:
+    """The number of DataLoader workers a `StatefulDataLoader` state was saved with (0: no worker snapshot)."""
+    snapshot = data_state.get("_snapshot")
+    return len(snapshot.get("_worker_snapshots", {})) if isinstance(snapshot, dict) else 0
 
 
 def _check_world(accelerator: Accelerator) -> None:
@@ -521,6 +622,8 @@ def _checkpoint(accelerator, model, processor, train_loader, args, state: TrainS
     if args.save_every_checkpoint_as_pretrained:
         summary = _summary(state, args, accelerator, accelerator.unwrap_model(model).config, model, [])
         save_pretrained_folder(accelerator, model, processor, output_dir / f"pretrained-{state.global_step}", summary)
+        if accelerator.is_main_process:
+            prune_pretrained_folders(output_dir, args.checkpoints_total_limit)
     accelerator.print(f"checkpoint saved to {path}")
 
 
@@ -528,6 +631,7 @@ def _summary(state: TrainState, args, accelerator, config: ClayConfig, model, lo
     return {
         "global_step": state.global_step,
         "epochs_completed": state.epoch,
+        "partial_accumulation_windows_stepped": state.partial_windows,
         "chips_seen": state.chips_seen,
         "bad_chips_skipped": state.bad_chips,
         "nonfinite_steps_skipped": state.nonfinite_steps,
