@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,9 @@ def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = No
     size = size or config.image_size
     return {
         "pixel_values": torch.randn(batch_size, config.num_channels, size, size, generator=generator),
-        "timestep": torch.randn(batch_size, 3, generator=generator),
-        "latlon": torch.randn(batch_size, 2, generator=generator),
+        # In the range of the v0 encodings: angles in [-π, π], sin(lat) in [-1, 1] (the model rejects raw values).
+        "timestep": (torch.rand(batch_size, 3, generator=generator) * 2 - 1) * math.pi,
+        "latlon": (torch.rand(batch_size, 2, generator=generator) * 2 - 1) * torch.tensor([1.0, math.pi]),
     }
 
 

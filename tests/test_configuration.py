@@ -69,3 +69,34 @@ def test_presets_match_the_v0_factories():
     assert (medium.hidden_size, medium.num_hidden_layers, medium.image_size) == (1024, 24, 256)
     with pytest.raises(ValueError, match="Unknown Clay preset"):
         ClayConfig.from_preset("huge")
+
+
+def test_from_pretrained_kwargs_are_normalised_like_constructor_arguments(tmp_path):
+    ClayConfig(image_size=32, patch_size=8).save_pretrained(tmp_path)
+    config = ClayConfig.from_pretrained(tmp_path, band_groups={"rgb": [2, 1, 0], "nir": [6]}, mask_ratio=0.5)
+    assert config.band_groups == [["rgb", [2, 1, 0]], ["nir", [6]]]
+    assert (config.mask_ratio, config.image_size) == (0.5, 32)
+    config, unused = ClayConfig.from_pretrained(tmp_path, band_groups={"dem": 12}, foo=1, return_unused_kwargs=True)
+    assert config.band_groups == [["dem", [12]]] and unused == {"foo": 1}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"band_groups": {"rgb": [2, 1, 13]}}, "out of range"),
+        ({"mask_ratio": 1.5}, "mask_ratio"),
+        ({"mask_ratio": -0.1}, "mask_ratio"),
+        ({"image_size": 500}, "multiple of patch_size"),
+        ({"band_groups": [["a"]]}, "pair"),
+    ],
+)
+def test_from_pretrained_kwargs_are_validated_like_constructor_arguments(tmp_path, fields, message):
+    ClayConfig().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        ClayConfig.from_pretrained(tmp_path, **fields)
+
+
+def test_assigned_band_groups_are_stored_as_ordered_pairs():
+    config = ClayConfig()
+    config.band_groups = {"sar": (10, 11), "rgb": (2, 1, 0)}
+    assert config.band_groups == [["sar", [10, 11]], ["rgb", [2, 1, 0]]]

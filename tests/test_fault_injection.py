@@ -427,7 +427,7 @@ def test_evaluation_and_training_fill_nodata_only_when_asked(good_chips, bad_dir
     assert np.isfinite(filled["masked_mse"])
 
     args = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y", "--fill_value", "mean"])
-    layout = training_layout(model.config, processor.for_bands(model.config.band_names), args)
+    layout = training_layout(model.config, processor.select_bands(model.config.band_names), args)
     assert layout.fill_values == tuple(processor.image_mean) and layout.size == (SIZE, SIZE)
     chip = read_chip(gaps[2], layout=layout)
     assert chip.pixels[0, 3, 4] == pytest.approx(processor.image_mean[0]) and chip.nodata_fraction > 0

@@ -55,7 +55,7 @@ def test_inputs_in_every_accepted_form_give_the_same_result():
 def test_bands_are_picked_by_name_in_the_processors_order_with_their_statistics():
     """`bands` names the images' channels in the images' order; the output holds the processor's bands in ITS order."""
     model_bands = ["blue", "green", "red", "nir"]
-    processor = ClayImageProcessor().for_bands(model_bands)
+    processor = ClayImageProcessor().select_bands(model_bands)
     images = raw_chips(bands=4)
     chip_order = ["red", "green", "blue", "nir"]  # red and blue swapped relative to the model
     outputs = processor(images, dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=chip_order)
@@ -76,11 +76,11 @@ def test_wrong_or_lacking_bands_are_clear_errors():
             raw_chips(), dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=["red", "green", "blue", "nir"]
         )
     with pytest.raises(ValueError, match=r"images lack band\(s\) \['blue'\] that this processor's model reads"):
-        ClayImageProcessor().for_bands(["blue", "nir"])(
+        ClayImageProcessor().select_bands(["blue", "nir"])(
             raw_chips(bands=2), dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=["red", "nir"]
         )
     with pytest.raises(ValueError, match="unknown bands"):
-        ClayImageProcessor().for_bands(["thermal"])
+        ClayImageProcessor().select_bands(["thermal"])
 
 
 def test_nan_and_inf_are_reported_per_band():
@@ -175,3 +175,35 @@ def test_statistics_need_known_bands_or_explicit_values():
     assert processor.band_statistics() == ([300.0], [20.0])
     with pytest.raises(ValueError, match="one entry per band"):
         ClayImageProcessor(band_names=["red", "nir"], image_mean=[1.0], image_std=[1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("lonlat", "message"),
+    [
+        (np.array([[0.0, 1.0, 2.0], [10.0, 11.0, 12.0]]), r"got shape \(2, 3\) \(a \[longitudes, latitudes\] array"),
+        (np.zeros((3, 2, 1)), r"got shape \(3, 2, 1\)"),
+        ([0.0, 1.0, 2.0], r"got shape \(3,\)"),
+        (np.zeros(6), r"got shape \(6,\)"),
+        ([(0.0, 1.0), (2.0,)], "could not read"),
+    ],
+)
+def test_lonlat_of_any_other_shape_than_b2_is_an_error(lonlat, message):
+    """A (2, B) array of [lons, lats] (or a flat list) used to be reshaped into wrong pairs without a word."""
+    with pytest.raises(ValueError, match=r"lonlat must be \(B, 2\) .*" + message):
+        encode_lonlat(lonlat)
+    with pytest.raises(ValueError, match=r"lonlat must be \(B, 2\)"):
+        ClayImageProcessor()(raw_chips(batch=3), dates=["2020-01-01"] * 3, lonlat=lonlat)
+
+
+def test_lonlat_pairs_and_a_single_pair_are_accepted():
+    pairs = np.array([[12.5, 41.9], [-70.0, -33.4]])
+    np.testing.assert_array_equal(encode_lonlat(pairs[0]), encode_lonlat(pairs[:1]))
+    assert encode_lonlat(pairs).shape == (2, 2)
+
+
+def test_a_pil_image_is_refused_with_the_way_to_the_clay_pipeline():
+    """What `pipeline("image-feature-extraction")` hands over: an RGB picture, without date or place."""
+    from PIL import Image
+
+    with pytest.raises(ValueError, match=r"not PIL images.*clay-feature-extraction"):
+        ClayImageProcessor()(Image.new("RGB", (32, 32)), dates="2020-01-01", lonlat=(0, 0))

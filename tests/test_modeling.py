@@ -1,5 +1,7 @@
 """Behaviour of ClayModel and ClayForMaskedImageModeling beyond the fixture parity."""
 
+import math
+
 import pytest
 import torch
 from conftest import random_inputs, small_config
@@ -252,3 +254,168 @@ def test_training_step_compiles_without_graph_breaks():
     compiled = gradients(torch.compile(model, fullgraph=True, backend="eager"))
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs are checked (issue 17)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", [ClayModel, ClayForMaskedImageModeling])
+@pytest.mark.parametrize("typo", [{"mask_ration": 0.1}, {"output_hidden_state": True}, {"labels": None}])
+def test_unknown_forward_arguments_raise_type_error(model_class, typo):
+    config = small_config()
+    with pytest.raises(TypeError, match=next(iter(typo))):
+        model_class(config).eval()(**random_inputs(config), **typo)
+
+
+def bool_mask(batch_size: int, num_tokens: int, num_masked: int, seed: int = 0) -> torch.Tensor:
+    noise = torch.rand(batch_size, num_tokens, generator=torch.Generator().manual_seed(seed))
+    return torch.zeros(batch_size, num_tokens, dtype=torch.bool).scatter(1, noise.argsort(1)[:, :num_masked], True)
+
+
+def test_bool_masked_pos_masks_exactly_the_given_tokens():
+    """bool_masked_pos (True = masked) gives the same outputs as noise that puts those tokens first, in order."""
+    config = small_config()
+    model = ClayForMaskedImageModeling(config).eval()
+    inputs = random_inputs(config)
+    num_tokens = config.num_groups * 16
+    bool_masked_pos = bool_mask(2, num_tokens, 40)
+    outputs = model(**inputs, bool_masked_pos=bool_masked_pos)
+    torch.testing.assert_close(outputs.mask, bool_masked_pos.float())
+    assert outputs.kept_indices.shape == (2, num_tokens - 40)
+    assert (outputs.kept_indices.diff(dim=1) > 0).all()  # position order
+    positions = torch.arange(num_tokens).expand(2, -1)
+    noise = torch.where(bool_masked_pos, positions, positions + num_tokens).float()
+    reference = model(**inputs, noise=noise, mask_ratio=40 / num_tokens)
+    torch.testing.assert_close(outputs.logits, reference.logits)
+    torch.testing.assert_close(outputs.loss, reference.loss)
+    encoder = model.clay(**inputs, bool_masked_pos=bool_masked_pos)
+    torch.testing.assert_close(encoder.last_hidden_state, outputs.encoder_last_hidden_state)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"bool_masked_pos": torch.zeros(2, 5, dtype=torch.bool)}, r"must be \(B, G·L\) = \(B, 96\)"),
+        ({"bool_masked_pos": torch.ones(2, 96, dtype=torch.bool)}, "masks all 96 tokens"),
+        ({"bool_masked_pos": torch.eye(2, 96, dtype=torch.bool).flip(0) | torch.eye(2, 96, dtype=torch.bool)}, None),
+        ({"bool_masked_pos": torch.tensor([[True] * 2 + [False] * 94, [True] + [False] * 95])}, "same number"),
+        ({"bool_masked_pos": bool_mask(2, 96, 10), "mask_ratio": 0.5}, "not both"),
+        ({"bool_masked_pos": bool_mask(2, 96, 10), "noise": torch.rand(2, 96)}, "not both"),
+    ],
+)
+def test_bad_bool_masked_pos_is_a_clear_error(arguments, message):
+    config = small_config()
+    model = ClayModel(config).eval()
+    if message is None:  # two tokens masked in each row: accepted
+        assert model(**random_inputs(config), **arguments).mask.sum() == 4
+        return
+    with pytest.raises(ValueError, match=message):
+        model(**random_inputs(config), **arguments)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("latlon", torch.zeros(3, 2), r"latlon must be \(B, 2\) = \(2, 2\) for 2 chips .* got shape \(3, 2\)"),
+        ("latlon", torch.zeros(2, 3), r"latlon must be \(B, 2\) = \(2, 2\) .* got shape \(2, 3\)"),
+        ("latlon", torch.zeros(2), r"latlon must be \(B, 2\) = \(2, 2\)"),
+        ("timestep", torch.zeros(1, 3), r"timestep must be \(B, 3\) = \(2, 3\) .* got shape \(1, 3\)"),
+        ("timestep", torch.zeros(2, 2), r"timestep must be \(B, 3\)"),
+        ("latlon", torch.tensor([[12.49, 41.89], [12.5, 41.9]]), "latlon holds 12.49.*raw degrees.*encode_lonlat"),
+        ("latlon", torch.tensor([[0.5, 0.1], [0.2, -179.0]]), "latlon holds -179.*raw degrees"),
+        ("timestep", torch.tensor([[2023.0, 6, 1]] * 2), "timestep holds 2023.*raw dates.*encode_dates"),
+    ],
+)
+def test_timestep_and_latlon_must_be_encodings_for_each_chip(name, value, message):
+    config = small_config()
+    inputs = {**random_inputs(config), name: value}
+    with pytest.raises(ValueError, match=message):
+        ClayModel(config).eval()(**inputs)
+    with pytest.raises(ValueError, match=message):
+        ClayForMaskedImageModeling(config).eval()(**inputs)
+
+
+def test_encoded_inputs_at_the_edges_of_their_range_are_accepted():
+    config = small_config()
+    inputs = random_inputs(config)
+    inputs["latlon"] = torch.tensor([[1.0, math.pi], [-1.0, -math.pi]])
+    inputs["timestep"] = torch.tensor([[math.pi, -math.pi, 0.0]] * 2)
+    assert torch.isfinite(ClayModel(config).eval()(**inputs).pooler_output).all()
+
+
+@pytest.mark.parametrize("mask_ratio", [1.0, 1.5, -0.1])
+def test_encoder_refuses_mask_ratios_that_keep_nothing_or_make_no_sense(mask_ratio):
+    config = small_config()
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+        ClayModel(config).eval()(**random_inputs(config), mask_ratio=mask_ratio)
+
+
+@pytest.mark.parametrize("where", ["argument", "config"])
+def test_reconstruction_without_masked_tokens_is_refused_not_nan(where):
+    config = small_config(mask_ratio=0.0 if where == "config" else 0.75)
+    model = ClayForMaskedImageModeling(config).eval()
+    arguments = {"mask_ratio": 0.0} if where == "argument" else {}
+    with pytest.raises(ValueError, match="no token is masked"):
+        model(**random_inputs(config), **arguments)
+    with pytest.raises(ValueError, match="no token is masked"):
+        model(**random_inputs(config), bool_masked_pos=torch.zeros(2, 96, dtype=torch.bool))
+    assert torch.isfinite(model(**random_inputs(config), mask_ratio=0.02).loss)  # int(0.02 · 96) = 1 masked
+
+
+def test_input_embeddings_are_the_patch_embeddings():
+    config = small_config()
+    model = ClayForMaskedImageModeling(config)
+    assert model.get_input_embeddings() is model.clay.embeddings.patch_embeddings
+    assert model.clay.get_input_embeddings() is model.clay.embeddings.patch_embeddings
+
+
+@pytest.mark.parametrize("model_class", [ClayModel, ClayForMaskedImageModeling])
+def test_frozen_embeddings_with_reentrant_checkpointing_still_train_the_encoder(model_class):
+    """The standard recipe (PEFT's preparation): frozen input embeddings, re-entrant activation checkpointing and
+    `enable_input_require_grads`, so the checkpointed layers see an input that requires grad."""
+    config = small_config()
+    model = model_class(config).train()
+    model.get_input_embeddings().requires_grad_(False)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    model.enable_input_require_grads()
+    outputs = model(**random_inputs(config), noise=torch.rand(2, config.num_groups * 16), mask_ratio=0.5)
+    (outputs.pooler_output.sum() if model_class is ClayModel else outputs.loss).backward()
+    encoder = model if model_class is ClayModel else model.clay
+    for name, param in encoder.encoder.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert all(param.grad is None for param in model.get_input_embeddings().parameters())
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 128), (96, 64), (128, 32), (40, 40)])
+def test_logits_to_image_round_trips_non_square_chips(height, width):
+    """Any multiple of the patch size; one side is enough, the other follows from the patch count."""
+    config = small_config()  # 32×32 chips of 8×8 patches
+    model = ClayForMaskedImageModeling(config)
+    image = torch.randn(2, 13, height, width)
+    logits = patchify(image, config.patch_size)  # (B, C, L, P·P), the layout of the model's logits
+    torch.testing.assert_close(model.logits_to_image(logits, height, width), image, atol=0, rtol=0)
+    torch.testing.assert_close(model.logits_to_image(logits, height=height), image, atol=0, rtol=0)
+    torch.testing.assert_close(model.logits_to_image(logits, width=width), image, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"cannot tell the image size.*Pass height and/or width"):
+        model.logits_to_image(logits)
+
+
+def test_logits_to_image_of_a_model_output_and_its_errors():
+    config = small_config()
+    model = ClayForMaskedImageModeling(config).eval()
+    inputs = random_inputs(config)
+    inputs["pixel_values"] = torch.randn(2, 13, 32, 128)
+    logits = model(**inputs).logits  # (2, 13, 64, 64)
+    assert model.logits_to_image(logits, height=32).shape == (2, 13, 32, 128)
+    square = model(**random_inputs(config)).logits
+    assert model.logits_to_image(square).shape == (2, 13, 32, 32)  # the config's image_size
+    with pytest.raises(ValueError, match="cannot make an image of height 24"):
+        model.logits_to_image(logits, height=24)  # 3 rows do not divide 64 patches
+    with pytest.raises(ValueError, match="not a positive multiple of the patch size 8"):
+        model.logits_to_image(logits, width=30)
+    with pytest.raises(ValueError, match="a 32×64 image has 32 patches of 8, the logits 64"):
+        model.logits_to_image(logits, 32, 64)
+    with pytest.raises(ValueError, match=r"logits must be \(B, C, L, P·P\) with P·P = 64"):
+        model.logits_to_image(logits[..., :16])

@@ -42,9 +42,10 @@ def test_mask_reconstruction_and_loss_match_original(tiny_model, expected, attn_
 
 @pytest.mark.parametrize("attn_implementation", ATTENTION)
 def test_training_path_matches_original(tiny_model, expected, attn_implementation):
-    """With autograd on, blocks take the path that recomputes norms and GELUs in backward: same outputs."""
+    """In training mode with autograd on, blocks take the path that recomputes norms and GELUs in backward: same
+    outputs."""
     tiny_model.set_attn_implementation(attn_implementation)
-    outputs = tiny_model(expected["pixels"], expected["timestep"], expected["latlon"], noise=expected["noise"])
+    outputs = tiny_model.train()(expected["pixels"], expected["timestep"], expected["latlon"], noise=expected["noise"])
     assert outputs.loss.requires_grad
     torch.testing.assert_close(outputs.logits, expected["reconstruction"], atol=ATOL, rtol=ATOL)
     torch.testing.assert_close(outputs.loss.reshape(1), expected["loss"], atol=ATOL, rtol=ATOL)

@@ -9,14 +9,14 @@ from conftest import random_inputs, small_config
 from torch import nn
 
 from clay_hf import ClayForMaskedImageModeling, modeling_clay
-from clay_hf.modeling_clay import gelu_linear, layernorm_linear
+from clay_hf.recompute import gelu_linear, layernorm_linear
 
 
-def plain_layernorm_linear(x, layernorm, linear):
+def plain_layernorm_linear(x, layernorm, linear, recompute=False):
     return linear(layernorm(x))
 
 
-def plain_gelu_linear(pre_activation, linear):
+def plain_gelu_linear(pre_activation, linear, recompute=False):
     return linear(nn.functional.gelu(pre_activation))
 
 
@@ -164,3 +164,63 @@ def test_double_backward_raises_instead_of_returning_wrong_gradients():
         (grad_x,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="differentiate twice"):
             grad_x.sum().backward()
+
+
+def eager_encoder():
+    """Second-order gradients need eager attention: PyTorch's CPU sdpa kernels have no double backward."""
+    config = small_config()
+    config._attn_implementation = "eager"
+    return ClayForMaskedImageModeling(config).clay, random_inputs(config)
+
+
+def input_gradient_penalty(model, inputs):
+    """A second-order quantity: the squared norm of d(embedding)/d(pixels), itself differentiated."""
+    pixels = inputs["pixel_values"].clone().requires_grad_(True)
+    loss = model(**{**inputs, "pixel_values": pixels}).pooler_output.square().sum()
+    (saliency,) = torch.autograd.grad(loss, pixels, create_graph=True)
+    return saliency.square().sum()
+
+
+def test_eval_mode_supports_second_order_gradients():
+    """Gradient saliency with create_graph=True, then a double backward to the weights: plain modules in eval."""
+    model, inputs = eager_encoder()
+    input_gradient_penalty(model.eval(), inputs).backward()
+    assert model.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+
+
+def test_torch_func_grad_works_in_eval_mode():
+    config = small_config()
+    model = ClayForMaskedImageModeling(config).clay.eval()
+    inputs = random_inputs(config)
+    params = dict(model.named_parameters())
+
+    def embedding_norm(params, pixels):
+        outputs = torch.func.functional_call(model, params, (pixels, inputs["timestep"], inputs["latlon"]))
+        return outputs.pooler_output.square().sum()
+
+    func_grads = torch.func.grad(embedding_norm)(params, inputs["pixel_values"])
+    embedding_norm(params, inputs["pixel_values"]).backward()
+    for name, param in params.items():
+        torch.testing.assert_close(func_grads[name], param.grad, msg=name)
+
+
+def test_torch_func_grad_takes_the_plain_path_even_in_training_mode():
+    config = small_config()
+    model = ClayForMaskedImageModeling(config).clay.train()
+    inputs = random_inputs(config)
+
+    def embedding_norm(pixels):
+        return model(pixels, inputs["timestep"], inputs["latlon"]).pooler_output.square().sum()
+
+    torch.testing.assert_close(torch.func.grad(embedding_norm)(inputs["pixel_values"]).shape, (2, 13, 32, 32))
+
+
+def test_training_mode_second_order_gradients_after_turning_recompute_off():
+    model, inputs = eager_encoder()
+    model.train()
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        input_gradient_penalty(model, inputs).backward()
+    model.zero_grad()
+    model.set_activation_recompute(False)
+    input_gradient_penalty(model, inputs).backward()
+    assert model.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0

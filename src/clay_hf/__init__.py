@@ -10,10 +10,17 @@ from transformers import (
     AutoModelForMaskedImageModeling,
     AutoModelForPreTraining,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
 from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
-from .image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor, encode_dates, encode_lonlat
+from .image_processing_clay import (
+    CLAY_V0_BAND_STATISTICS,
+    ClayImageProcessor,
+    encode_dates,
+    encode_lonlat,
+    load_image_processor,
+)
 from .modeling_clay import (
     ClayForMaskedImageModeling,
     ClayForMaskedImageModelingOutput,
@@ -24,6 +31,8 @@ from .modeling_clay import (
     patchify,
     unpatchify,
 )
+from .pipeline_clay import TASK as CLAY_PIPELINE_TASK
+from .pipeline_clay import ClayFeatureExtractionPipeline
 
 __version__ = "0.1.0"
 
@@ -32,14 +41,20 @@ AutoModel.register(ClayConfig, ClayModel, exist_ok=True)
 AutoModelForMaskedImageModeling.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
 AutoModelForPreTraining.register(ClayConfig, ClayForMaskedImageModeling, exist_ok=True)
 AutoImageProcessor.register(ClayConfig, image_processor_classes={"pil": ClayImageProcessor}, exist_ok=True)
+if CLAY_PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+    PIPELINE_REGISTRY.register_pipeline(
+        CLAY_PIPELINE_TASK, pipeline_class=ClayFeatureExtractionPipeline, pt_model=AutoModel, type="image"
+    )
 
 __all__ = [
+    "CLAY_PIPELINE_TASK",
     "CLAY_V0_BAND_GROUPS",
     "CLAY_V0_BAND_NAMES",
     "CLAY_V0_BAND_STATISTICS",
     "CLAY_V0_PRESETS",
     "CheckpointConversionError",
     "ClayConfig",
+    "ClayFeatureExtractionPipeline",
     "ClayForMaskedImageModeling",
     "ClayForMaskedImageModelingOutput",
     "ClayImageProcessor",
@@ -50,6 +65,7 @@ __all__ = [
     "convert_original_checkpoint",
     "encode_dates",
     "encode_lonlat",
+    "load_image_processor",
     "patchify",
     "unpatchify",
 ]

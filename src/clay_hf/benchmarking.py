@@ -213,8 +213,8 @@ def _inputs(config: ClayConfig, batch_size: int, device: torch.device) -> dict[s
     size = config.image_size
     return {
         "pixel_values": torch.randn(batch_size, config.num_channels, size, size, device=device),
-        "timestep": torch.randn(batch_size, 3, device=device),
-        "latlon": torch.randn(batch_size, 2, device=device),
+        "timestep": torch.rand(batch_size, 3, device=device),  # in the range of the v0 encodings
+        "latlon": torch.rand(batch_size, 2, device=device),
     }
 
 

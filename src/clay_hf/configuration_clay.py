@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -179,6 +181,75 @@ class ClayConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate()
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        # However band_groups is set (here, by `from_dict`, by a user), it is stored as the ordered list of pairs.
+        if key == "band_groups" and value is not None:
+            value = normalize_band_groups(value)
+        super().__setattr__(key, value)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> ClayConfig | tuple[ClayConfig, dict[str, Any]]:
+        """As `PretrainedConfig.from_dict`, but Clay's own fields among `kwargs` go through `__init__` (so they are
+        normalised and validated like constructor arguments), and `bands=[...]` selects band groups by name (see
+        [`select_bands`]). This is the path of `ClayConfig.from_pretrained(path, **kwargs)` and of the models'
+        `from_pretrained(path, **kwargs)`."""
+        bands = kwargs.pop("bands", None)
+        own_fields = {key: kwargs.pop(key) for key in list(kwargs) if key in _INIT_FIELDS}
+        result = super().from_dict({**config_dict, **own_fields}, **kwargs)
+        if bands is None:
+            return result
+        if isinstance(result, tuple):
+            config, unused = result
+            return config.select_bands(bands), unused
+        return result.select_bands(bands)
+
+    def select_bands(self, bands: Sequence[str]) -> ClayConfig:
+        """The config of a model for inputs that hold `bands` (names, in the input's channel order).
+
+        Keeps the band groups whose bands are all in `bands` (in this config's group order, so the kept groups load
+        their weights by name from this config's checkpoint) and drops the others. The new `band_names` are the
+        kept groups' bands in the order of `bands`. Sizes and every other field are unchanged.
+        """
+        bands = list(bands)
+        unknown = [band for band in bands if band not in self.band_names]
+        if unknown or len(set(bands)) != len(bands):
+            problem = f"unknown bands {unknown}" if unknown else f"repeated bands in {bands}"
+            raise ValueError(f"select_bands: {problem}; this model knows {self.band_names}.")
+        kept, dropped = [], {}
+        for name, indices in self.band_groups:
+            group_bands = [self.band_names[index] for index in indices]
+            if all(band in bands for band in group_bands):
+                kept.append((name, group_bands))
+            else:
+                dropped[name] = [band for band in group_bands if band not in bands]
+        if not kept:
+            needs = "; ".join(f"{name}: {[self.band_names[i] for i in indices]}" for name, indices in self.band_groups)
+            raise ValueError(f"bands {bands} complete no band group of this model (groups and their bands: {needs}).")
+        used = {band for _, group_bands in kept for band in group_bands}
+        band_names = [band for band in bands if band in used]
+        config = copy.deepcopy(self)
+        config.band_names = band_names
+        config.band_groups = [[name, [band_names.index(band) for band in group_bands]] for name, group_bands in kept]
+        config._validate()
+        config._dropped_band_groups = {**getattr(self, "_dropped_band_groups", {}), **dropped}
+        return config
+
+    def band_selection_summary(self) -> str | None:
+        """One line on the band groups [`select_bands`] dropped (None when it dropped none)."""
+        dropped = getattr(self, "_dropped_band_groups", None)
+        if not dropped:
+            return None
+        missing = "; ".join(f"{name} (lacks {', '.join(bands)})" for name, bands in dropped.items())
+        return (
+            f"reading bands {self.band_names} with band groups {self.group_names}; dropped the groups whose bands "
+            f"are not all given (their weights are not loaded): {missing}."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_dropped_band_groups", None)  # a note for loading, not part of the saved model
+        return output
+
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> ClayConfig:
         """Build the config of a v0 model size: `tiny`, `small` (the released model), `medium` or `large`."""
@@ -238,6 +309,10 @@ class ClayConfig(PretrainedConfig):
                 if index in seen:
                     raise ValueError(f"band index {index} is in both group {seen[index]!r} and group {name!r}.")
                 seen[index] = name
+
+
+#: Clay's own constructor arguments (what `from_dict` routes through `__init__`).
+_INIT_FIELDS = frozenset(inspect.signature(ClayConfig.__init__).parameters) - {"self", "kwargs"}
 
 
 __all__ = ["CLAY_V0_BAND_GROUPS", "CLAY_V0_BAND_NAMES", "CLAY_V0_PRESETS", "ClayConfig", "normalize_band_groups"]

@@ -21,7 +21,13 @@ from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 
 PACKAGE_DIR = Path(__file__).parent
 CARD_DIR = Path(__file__).resolve().parents[2] / "model_card"
-REMOTE_CODE = ("configuration_clay.py", "modeling_clay.py", "image_processing_clay.py")
+REMOTE_CODE = (
+    "configuration_clay.py",
+    "modeling_clay.py",
+    "recompute.py",
+    "loss_clay.py",
+    "image_processing_clay.py",
+)
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_clay.ClayConfig",
     "AutoModel": "modeling_clay.ClayModel",

@@ -9,6 +9,7 @@ The formulas are those of the v0 training code:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import math
@@ -88,9 +89,33 @@ def encode_dates(dates: Sequence[DateLike]) -> np.ndarray:
     return encoded.astype(np.float32).reshape(len(parsed), 3)
 
 
-def encode_lonlat(lonlat: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    """(lon, lat) degrees (B, 2) → v0 `latlon` (B, 2) float32: (sin(lat), atan2(cos(lon), sin(lon)))."""
-    values = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+def lonlat_pairs(lonlat: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """(lon, lat) in degrees as (B, 2) pairs, or one (2,) pair → (B, 2) float64. Any other shape is an error: a
+    (2, B) array of [lons, lats] would otherwise be read as wrong pairs."""
+    try:
+        values = np.asarray(lonlat, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"lonlat must be (B, 2) (longitude, latitude) pairs in degrees; could not read {lonlat!r}."
+        ) from error
+    if values.shape == (2,):
+        values = values[None]
+    if values.ndim != 2 or values.shape[1] != 2:
+        hint = (
+            " (a [longitudes, latitudes] array is (2, B): transpose it)"
+            if values.ndim == 2 and values.shape[0] == 2
+            else ""
+        )
+        raise ValueError(
+            f"lonlat must be (B, 2) (longitude, latitude) pairs or one (2,) pair, in degrees; got shape "
+            f"{values.shape}{hint}."
+        )
+    return values
+
+
+def encode_lonlat(lonlat: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """(lon, lat) degrees, (B, 2) or (2,) → v0 `latlon` (B, 2) float32: (sin(lat), atan2(cos(lon), sin(lon)))."""
+    values = lonlat_pairs(lonlat)
     lon, lat = values[:, 0], values[:, 1]
     bad = ~np.isfinite(values).all(axis=1) | (np.abs(lon) > 180) | (np.abs(lat) > 90)
     if bad.any():
@@ -167,14 +192,6 @@ class ClayImageProcessor(BaseImageProcessor):
         indices = self.band_indices(bands)
         return [self.image_mean[i] for i in indices], [self.image_std[i] for i in indices]
 
-    def for_bands(self, bands: Sequence[str]) -> ClayImageProcessor:
-        """This processor for a model that reads `bands` (e.g. a partial model's `config.band_names`), in that
-        order, with their statistics."""
-        mean, std = self.band_statistics(bands)
-        return type(self)(
-            band_names=bands, image_mean=mean, image_std=std, nodata=self.nodata, fill_value=self.fill_value
-        )
-
     def fill_values(self, fill_value: float | str, bands: Sequence[str] | None = None) -> list[float]:
         """The raw value that replaces a missing pixel in each band: the band's mean for `"mean"` (0 once
         normalised), else `fill_value` itself."""
@@ -196,6 +213,14 @@ class ClayImageProcessor(BaseImageProcessor):
         """Normalise a raw (B, C, H, W) tensor on its own device (see [`normalize_pixels`])."""
         mean, std = self.band_statistics(bands)
         return normalize_pixels(pixels, mean, std)
+
+    def select_bands(self, bands: Sequence[str]) -> ClayImageProcessor:
+        """A copy for inputs that hold `bands` (names, in channel order), with this processor's statistics for them:
+        the processor of a partial model is `processor.select_bands(model.config.band_names)`."""
+        mean, std = self.band_statistics(bands)
+        processor = copy.deepcopy(self)
+        processor.band_names, processor.image_mean, processor.image_std = list(bands), mean, std
+        return processor
 
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
@@ -220,13 +245,19 @@ class ClayImageProcessor(BaseImageProcessor):
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}.")
+        if type(images).__module__.startswith("PIL."):
+            raise ValueError(
+                "ClayImageProcessor takes raw band stacks (C, H, W) or (B, C, H, W), numpy or torch, with dates and "
+                "lonlat, not PIL images; for a pipeline, use pipeline('clay-feature-extraction', model=...) after "
+                "`import clay_hf`."
+            )
         pixels = _as_batch(images)  # (B, C, H, W), float64
         pixels = self._pick_bands(pixels, bands)  # (B, C, H, W) in band_names order
         mean, std = self.band_statistics()
         if dates is None or lonlat is None:
             raise ValueError("dates and lonlat are required: Clay encodes each chip's date and centre.")
         date_list = [dates] if isinstance(dates, (str, dt.date, np.datetime64)) else list(dates)
-        lonlat_array = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+        lonlat_array = lonlat_pairs(lonlat)  # (B, 2)
         if not len(date_list) == len(lonlat_array) == pixels.shape[0]:
             raise ValueError(
                 f"mismatched batch lengths: {pixels.shape[0]} images, {len(date_list)} dates, "
@@ -255,7 +286,7 @@ class ClayImageProcessor(BaseImageProcessor):
         if lacking:
             raise ValueError(
                 f"images lack band(s) {lacking} that this processor's model reads ({self.band_names}); the images "
-                f"hold {given}. For a model of fewer bands use processor.for_bands(model.config.band_names)."
+                f"hold {given}. For a model of fewer bands use processor.select_bands(model.config.band_names)."
             )
         return pixels[:, [given.index(band) for band in self.band_names]]
 
@@ -291,14 +322,19 @@ def parse_fill_value(text: str) -> float | str:
 
 
 def load_image_processor(model_name_or_path: str, band_names: Sequence[str]) -> ClayImageProcessor:
-    """The processor saved beside a model, or the v0 processor for `band_names` when none was saved."""
+    """The processor saved beside a model, for the bands the model reads (`model.config.band_names`: a partial
+    model loaded with `bands=[...]` reads fewer than the folder's processor), or the v0 processor for `band_names`
+    when none was saved."""
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(model_name_or_path)
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError):
         logger.warning("no preprocessor_config.json in %s: using the v0 statistics", model_name_or_path)
         return ClayImageProcessor(band_names=band_names)
+    if list(processor.band_names) == list(band_names):
+        return processor
+    return processor.select_bands(band_names)
 
 
 def _as_batch(images: Any) -> np.ndarray:

@@ -6,13 +6,16 @@ G band groups, N tokens kept by the mask, D width of the encoder, E width of the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -20,6 +23,17 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_clay import ClayConfig
+from .loss_clay import (
+    clay_group_error_sums,
+    clay_masked_reconstruction_loss,
+    clay_per_patch_loss,
+    patch_grid_size,
+    patchify,
+    unpatchify,
+)
+from .recompute import gelu_linear, layernorm_linear
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fixed sin-cos encodings
@@ -102,6 +116,32 @@ def random_masking(noise: torch.Tensor, mask_ratio: float) -> ClayMasking:
     return ClayMasking(mask=mask, kept_indices=kept_indices, masked_indices=masked_indices)
 
 
+def masking_from_bool_masked_pos(bool_masked_pos: torch.Tensor, num_tokens: int) -> ClayMasking:
+    """A given mask (B, G·L), True = masked, as a [`ClayMasking`]: masked and kept tokens in position order.
+
+    The encoder drops masked tokens (MAE style), so every chip must mask the same number of tokens and keep one.
+    """
+    if bool_masked_pos.ndim != 2 or bool_masked_pos.shape[1] != num_tokens:
+        raise ValueError(
+            f"bool_masked_pos must be (B, G·L) = (B, {num_tokens}), True where a group-patch token is masked; got "
+            f"shape {tuple(bool_masked_pos.shape)}."
+        )
+    bool_masked_pos = bool_masked_pos.bool()
+    counts = bool_masked_pos.sum(dim=1)  # (B,)
+    num_masked = int(counts[0])
+    if (counts != num_masked).any():
+        raise ValueError(
+            f"bool_masked_pos must mask the same number of tokens in every chip (the kept tokens form one batch); "
+            f"got {counts.tolist()}."
+        )
+    if num_masked == num_tokens:
+        raise ValueError(f"bool_masked_pos masks all {num_tokens} tokens; the encoder needs at least one kept token.")
+    order = torch.argsort((~bool_masked_pos).to(torch.uint8), dim=1, stable=True)  # (B, G·L): masked first
+    return ClayMasking(
+        mask=bool_masked_pos.float(), kept_indices=order[:, num_masked:], masked_indices=order[:, :num_masked]
+    )
+
+
 def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Pick `indices` (B, N) along the token axis of `tokens` (B, T, D) → (B, N, D)."""
     return torch.gather(tokens, 1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -160,6 +200,7 @@ class ClayEmbeddings(nn.Module):
         latlon: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ClayMasking | None]:
         patches = self.patch_embeddings(pixel_values)  # (B, G, L, D)
         batch_size, num_groups, num_patches, dim = patches.shape
@@ -169,8 +210,11 @@ class ClayEmbeddings(nn.Module):
         tokens = self.dropout(tokens)
 
         masking = None
-        if noise is not None or mask_ratio is not None:
+        if bool_masked_pos is not None:
+            masking = masking_from_bool_masked_pos(bool_masked_pos.to(tokens.device), num_groups * num_patches)
+        elif noise is not None or mask_ratio is not None:
             masking = self.mask(tokens, noise, self.config.mask_ratio if mask_ratio is None else mask_ratio)
+        if masking is not None:
             tokens = gather_tokens(tokens, masking.kept_indices)  # (B, N, D)
 
         latlon_token = self.latlon_embedding(latlon.to(tokens.dtype))[:, None]  # (B, 1, D)
@@ -188,120 +232,6 @@ class ClayEmbeddings(nn.Module):
         elif noise.shape != (batch_size, num_tokens):
             raise ValueError(f"noise must have shape (B, G·L) = {(batch_size, num_tokens)}, got {tuple(noise.shape)}.")
         return random_masking(noise.to(tokens.device), mask_ratio)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Linear layers that recompute their cheap input in backward
-# ---------------------------------------------------------------------------------------------------------------------
-#
-# In training, a pre-norm block would store LayerNorm(x) for the linear that reads it (besides x, which the
-# LayerNorm stores) and GELU(h) for fc2 (besides h, which the GELU stores): 6 of the 16 token-sized activations a
-# block keeps for backward. The two functions below store only x and h and recompute the LayerNorm and the GELU,
-# elementwise work, in backward. The forward pass runs the very same ops, so outputs are unchanged; gradients are
-# the same math in the same order (first-order only: a double backward raises).
-
-
-def _autocast_state(device_type: str) -> torch.autocast:
-    """The autocast context active now on `device_type`, to re-enter in backward."""
-    return torch.autocast(
-        device_type,
-        dtype=torch.get_autocast_dtype(device_type),
-        enabled=torch.is_autocast_enabled(device_type),
-    )
-
-
-def _linear_backward(
-    grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, needs_grad: tuple[bool, bool, bool]
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of `F.linear(inputs, weight, bias)` for inputs, weight and bias, computed in grad_output's dtype
-    (the dtype the forward matmul ran in)."""
-    dtype = grad_output.dtype
-    grad_rows = grad_output.reshape(-1, grad_output.shape[-1])  # (B·T, out)
-    grad_inputs = grad_output @ weight.to(dtype) if needs_grad[0] else None  # (B, T, in)
-    grad_weight = grad_rows.T @ inputs.to(dtype).reshape(-1, inputs.shape[-1]) if needs_grad[1] else None  # (out, in)
-    grad_bias = grad_rows.sum(0) if needs_grad[2] else None  # (out,)
-    return grad_inputs, grad_weight, grad_bias
-
-
-class _LayerNormLinear(torch.autograd.Function):
-    """`linear(layer_norm(x))` storing x, not the normalised x."""
-
-    @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, eps, weight, bias):
-        ctx.autocast = _autocast_state(x.device.type)
-        normed = nn.functional.layer_norm(x, x.shape[-1:], norm_weight, norm_bias, eps)
-        output = nn.functional.linear(normed, weight, bias)
-        ctx.save_for_backward(x, norm_weight, norm_bias, weight)
-        ctx.eps, ctx.output_dtype = eps, output.dtype
-        return output
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, norm_weight, norm_bias, weight = ctx.saved_tensors
-        needs_x, needs_norm_weight, needs_norm_bias, _, needs_weight, needs_bias = ctx.needs_input_grad
-        norm_inputs = (
-            x.detach().requires_grad_(needs_x),
-            norm_weight.detach().requires_grad_(needs_norm_weight),
-            norm_bias.detach().requires_grad_(needs_norm_bias),
-        )
-        with torch.enable_grad(), ctx.autocast:
-            normed = nn.functional.layer_norm(norm_inputs[0], x.shape[-1:], *norm_inputs[1:], ctx.eps)  # recomputed
-        needs_normed = needs_x or needs_norm_weight or needs_norm_bias
-        grad_normed, grad_weight, grad_bias = _linear_backward(
-            grad_output.to(ctx.output_dtype), normed.detach(), weight, (needs_normed, needs_weight, needs_bias)
-        )
-        grad_norm_inputs = [None, None, None]
-        if needs_normed:
-            wanted = [tensor for tensor in norm_inputs if tensor.requires_grad]
-            found = iter(torch.autograd.grad(normed, wanted, grad_normed))
-            grad_norm_inputs = [next(found) if tensor.requires_grad else None for tensor in norm_inputs]
-        return *grad_norm_inputs, None, grad_weight, grad_bias
-
-
-class _GeluLinear(torch.autograd.Function):
-    """`linear(gelu(h))` storing h, not gelu(h)."""
-
-    @staticmethod
-    def forward(ctx, pre_activation, weight, bias):
-        ctx.autocast = _autocast_state(pre_activation.device.type)
-        output = nn.functional.linear(nn.functional.gelu(pre_activation), weight, bias)
-        ctx.save_for_backward(pre_activation, weight)
-        ctx.output_dtype = output.dtype
-        return output
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        pre_activation, weight = ctx.saved_tensors
-        pre_activation = pre_activation.detach().requires_grad_(ctx.needs_input_grad[0])
-        with torch.enable_grad(), ctx.autocast:
-            activation = nn.functional.gelu(pre_activation)  # recomputed
-        grad_activation, grad_weight, grad_bias = _linear_backward(
-            grad_output.to(ctx.output_dtype), activation.detach(), weight, ctx.needs_input_grad
-        )
-        grad_pre_activation = None
-        if ctx.needs_input_grad[0]:
-            (grad_pre_activation,) = torch.autograd.grad(activation, pre_activation, grad_activation)
-        return grad_pre_activation, grad_weight, grad_bias
-
-
-def layernorm_linear(x: torch.Tensor, layernorm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
-    """`linear(layernorm(x))`; with autograd on, the normalised x is recomputed in backward instead of stored.
-
-    Under `torch.compile` the plain ops are traced: the compiler's partitioner decides what to recompute itself.
-    """
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return linear(layernorm(x))
-    return _LayerNormLinear.apply(x, layernorm.weight, layernorm.bias, layernorm.eps, linear.weight, linear.bias)
-
-
-def gelu_linear(pre_activation: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """`linear(gelu(pre_activation))`; with autograd on, the GELU is recomputed in backward instead of stored
-    (under `torch.compile`, the compiler decides)."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return linear(nn.functional.gelu(pre_activation))
-    return _GeluLinear.apply(pre_activation, linear.weight, linear.bias)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -345,12 +275,19 @@ class ClayAttention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, layernorm: nn.LayerNorm | None = None
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        layernorm: nn.LayerNorm | None = None,
+        recompute: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Self-attention over `hidden_states`, or over `layernorm(hidden_states)` when the block's pre-norm is
-        passed (then the normalised tokens are recomputed in backward, not stored)."""
+        passed (with `recompute`, the normalised tokens are recomputed in backward, not stored)."""
         batch_size, num_tokens, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states) if layernorm is None else layernorm_linear(hidden_states, layernorm, self.qkv)
+        if layernorm is None:
+            qkv = self.qkv(hidden_states)  # (B, T, 3·heads·head_dim)
+        else:
+            qkv = layernorm_linear(hidden_states, layernorm, self.qkv, recompute)  # (B, T, 3·heads·head_dim)
         qkv = qkv.view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, T, head_dim)
 
@@ -379,18 +316,27 @@ class ClayMLP(nn.Module):
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, layernorm: nn.LayerNorm | None = None) -> torch.Tensor:
-        """The MLP of `hidden_states`, or of `layernorm(hidden_states)` when the block's pre-norm is passed. In
-        training it stores fc1's input and output only: the norm and the GELU are recomputed in backward."""
+    def forward(
+        self, hidden_states: torch.Tensor, layernorm: nn.LayerNorm | None = None, recompute: bool = False
+    ) -> torch.Tensor:
+        """The MLP of `hidden_states`, or of `layernorm(hidden_states)` when the block's pre-norm is passed. With
+        `recompute` it stores fc1's input and output only: the norm and the GELU are recomputed in backward."""
         if layernorm is None:
             pre_activation = self.fc1(hidden_states)  # (B, T, intermediate)
         else:
-            pre_activation = layernorm_linear(hidden_states, layernorm, self.fc1)  # (B, T, intermediate)
-        return gelu_linear(pre_activation, self.fc2)  # (B, T, hidden)
+            pre_activation = layernorm_linear(hidden_states, layernorm, self.fc1, recompute)  # (B, T, intermediate)
+        return gelu_linear(pre_activation, self.fc2, recompute)  # (B, T, hidden)
 
 
 class ClayLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    In training mode (and with `recompute_activations`, on by default) the LayerNorm and GELU outputs are recomputed
+    in backward instead of stored (see [`clay_hf.recompute`]); in eval mode the plain modules run, so second-order
+    gradients and `torch.func` work.
+    """
+
+    recompute_activations: bool = True
 
     def __init__(
         self, config: ClayConfig, hidden_size: int, num_heads: int, head_dim: int, intermediate_size: int
@@ -405,9 +351,13 @@ class ClayLayer(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attention(hidden_states, output_attentions, layernorm=self.layernorm_before)
+        recompute = self.training and self.recompute_activations
+        attn_output, attn_weights = self.attention(
+            hidden_states, output_attentions, layernorm=self.layernorm_before, recompute=recompute
+        )
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(hidden_states, layernorm=self.layernorm_after))
+        mlp_output = self.mlp(hidden_states, layernorm=self.layernorm_after, recompute=recompute)
+        hidden_states = hidden_states + self.dropout(mlp_output)
         return hidden_states, attn_weights
 
 
@@ -520,6 +470,48 @@ class ClayPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # tested: torch.compile(model, fullgraph=True) traces the forward
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args,
+        bands: Sequence[str] | None = None,
+        **kwargs,
+    ):
+        """`PreTrainedModel.from_pretrained`, plus `bands=[...]`: the names of the input's bands, in its channel
+        order. The model keeps the band groups whose bands are all given (its config is the saved one with
+        [`ClayConfig.select_bands`], so every size works), loads their weights, and says in one log line which
+        groups it dropped."""
+        if bands is not None:
+            config = kwargs.get("config")
+            if isinstance(config, ClayConfig):
+                kwargs["config"] = config.select_bands(bands)
+            else:
+                kwargs["bands"] = bands  # ClayConfig.from_dict selects the groups of the saved config
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if summary := model.config.band_selection_summary():
+            logger.warning("%s: %s", cls.__name__, summary)
+        return loaded
+
+    def post_init(self) -> None:
+        super().post_init()
+        # Weights of the band groups that `select_bands` dropped are expected to be left out: not reported one by one.
+        dropped = getattr(self.config, "_dropped_band_groups", None)
+        if dropped:
+            names = "|".join(re.escape(name) for name in dropped)
+            self._keys_to_ignore_on_load_unexpected.add(rf"(^|\.)(patch_embeddings\.groups|to_pixels)\.({names})\.")
+
+    def set_activation_recompute(self, enabled: bool) -> None:
+        """Recompute LayerNorm and GELU outputs in backward in training mode (the default) or store them.
+
+        The recomputing functions are first-order only: turn this off to take second-order gradients (e.g.
+        `create_graph=True`) in training mode. Eval mode and `torch.func` always use the plain modules.
+        """
+        for module in self.modules():
+            if isinstance(module, ClayLayer):
+                module.recompute_activations = enabled
+
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -562,26 +554,34 @@ class ClayModel(ClayPreTrainedModel):
         latlon: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ClayModelOutput | tuple:
         r"""
         Args:
             pixel_values: (B, C, H, W) normalised bands, H and W multiples of the patch size.
-            timestep: (B, 3) encoded acquisition date (year, month, day).
-            latlon: (B, 2) encoded chip centre (lat, lon).
+            timestep: (B, 3) encoded acquisition date (year, month, day), see [`encode_dates`].
+            latlon: (B, 2) encoded chip centre (sin(lat), lon angle), see [`encode_lonlat`]; not degrees.
             noise: (B, G·L) masking noise; the smallest `mask_ratio` share is masked (v0 convention).
-            mask_ratio: mask this share of tokens; with only `noise` given, `config.mask_ratio` is used.
+            mask_ratio: mask this share of tokens, in [0, 1); with only `noise` given, `config.mask_ratio` is used.
+            bool_masked_pos: (B, G·L) bool, True = masked: the tokens to mask, instead of `noise`/`mask_ratio`. The
+                encoder drops masked tokens (MAE style), so each chip must mask as many tokens as the others.
         """
         output_hidden_states = _default(output_hidden_states, self.config.output_hidden_states)
         output_attentions = _default(output_attentions, self.config.output_attentions)
         return_dict = _default(return_dict, self.config.return_dict)
-        self._check_pixel_values(pixel_values)
+        check_inputs(self.config, pixel_values, timestep, latlon)
+        check_masking_arguments(noise, mask_ratio, bool_masked_pos)
 
         tokens, masking = self.embeddings(
-            pixel_values.to(self.dtype), timestep, latlon, noise=noise, mask_ratio=mask_ratio
+            pixel_values.to(self.dtype),
+            timestep,
+            latlon,
+            noise=noise,
+            mask_ratio=mask_ratio,
+            bool_masked_pos=bool_masked_pos,
         )  # (B, N+2, D)
         encoded = self.encoder(tokens, output_hidden_states, output_attentions)
         pooled = encoded.last_hidden_state[:, :-2].mean(dim=1)  # (B, D)
@@ -597,18 +597,60 @@ class ClayModel(ClayPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
-        channels, height, width = pixel_values.shape[1:]
-        if channels != self.config.num_channels:
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embeddings (one Conv2d + LayerNorm stem per band group)."""
+        return self.embeddings.patch_embeddings
+
+
+def check_inputs(config: ClayConfig, pixel_values: torch.Tensor, timestep: torch.Tensor, latlon: torch.Tensor) -> None:
+    """Shapes of the three inputs, and `timestep`/`latlon` in the range of the v0 encodings (not dates, degrees)."""
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
+    batch_size, channels, height, width = pixel_values.shape
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} bands; this model reads {config.num_channels}: {config.band_names}."
+        )
+    patch = config.patch_size
+    if height % patch or width % patch:
+        raise ValueError(f"Image size {height}×{width} is not a multiple of the patch size {patch}.")
+    for name, value, size, encoder in (
+        ("timestep", timestep, 3, "encode_dates"),
+        ("latlon", latlon, 2, "encode_lonlat"),
+    ):
+        if tuple(value.shape) != (batch_size, size):
             raise ValueError(
-                f"pixel_values has {channels} bands; this model reads {self.config.num_channels}: "
-                f"{self.config.band_names}."
+                f"{name} must be (B, {size}) = ({batch_size}, {size}) for {batch_size} chips in pixel_values, got "
+                f"shape {tuple(value.shape)}; make it with clay_hf.{encoder} or ClayImageProcessor."
             )
-        patch = self.config.patch_size
-        if height % patch or width % patch:
-            raise ValueError(f"Image size {height}×{width} is not a multiple of the patch size {patch}.")
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return  # the range check reads values: not traceable, and checked in eager runs
+    _check_encoded_range(timestep, (math.pi,) * 3, "timestep", "dates (year, month, day)", "encode_dates")
+    _check_encoded_range(latlon, (1.0, math.pi), "latlon", "degrees", "encode_lonlat")
+
+
+def _check_encoded_range(
+    values: torch.Tensor, bounds: tuple[float, ...], name: str, raw: str, encoder: str, tolerance: float = 1e-3
+) -> None:
+    """The v0 encodings are sines (in [-1, 1]) and atan2 angles (in [-π, π]); larger values are raw inputs."""
+    limit = torch.tensor(bounds, dtype=torch.float32, device=values.device) + tolerance
+    outside = values.detach().float().abs() > limit  # (B, k)
+    if outside.any():
+        example = values[outside.nonzero()[0].unbind()].item()
+        raise ValueError(
+            f"{name} holds {example:g}, outside the range of the v0 encoding (|value| ≤ {list(bounds)}): it looks "
+            f"like raw {raw}. Encode them with clay_hf.{encoder} or ClayImageProcessor."
+        )
+
+
+def check_masking_arguments(
+    noise: torch.Tensor | None, mask_ratio: float | None, bool_masked_pos: torch.Tensor | None
+) -> None:
+    """One way of masking at a time, and a mask ratio that keeps tokens."""
+    if bool_masked_pos is not None and (noise is not None or mask_ratio is not None):
+        raise ValueError("pass bool_masked_pos or noise/mask_ratio, not both: bool_masked_pos fixes the masked tokens.")
+    if mask_ratio is not None and not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1) (the encoder needs a kept token), got {mask_ratio}.")
 
 
 class ClayDecoder(nn.Module):
@@ -663,65 +705,6 @@ class ClayDecoder(nn.Module):
         return torch.cat(pixels, dim=1)  # (B, C, L, P·P)
 
 
-def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) → (B, C, L, P·P): row-major patches, row-major pixels inside a patch."""
-    batch_size, channels, height, width = pixel_values.shape
-    h, w = height // patch_size, width // patch_size
-    patches = pixel_values.reshape(batch_size, channels, h, patch_size, w, patch_size)
-    return patches.permute(0, 1, 2, 4, 3, 5).reshape(batch_size, channels, h * w, patch_size**2)
-
-
-def unpatchify(patches: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, C, L, P·P) → (B, C, H, W), the inverse of [`patchify`]."""
-    batch_size, channels, _, pixels_per_patch = patches.shape
-    patch_size = round(pixels_per_patch**0.5)
-    h, w = height // patch_size, width // patch_size
-    image = patches.reshape(batch_size, channels, h, w, patch_size, patch_size)
-    return image.permute(0, 1, 2, 4, 3, 5).reshape(batch_size, channels, height, width)
-
-
-def clay_per_patch_loss(pixel_values: torch.Tensor, logits: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Squared error averaged over the P·P pixels of each patch → (B, C, L). Channels paired by position."""
-    target = patchify(pixel_values, patch_size)  # (B, C, L, P·P)
-    return ((logits.float() - target.float()) ** 2).mean(dim=-1)  # (B, C, L)
-
-
-def clay_group_error_sums(
-    pixel_values: torch.Tensor,
-    logits: torch.Tensor,
-    mask: torch.Tensor,
-    band_groups: list[list],
-    patch_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per band group: the sum over masked tokens of the group's per-patch error, and the masked-token count.
-
-    Both are (G,). Sums and counts add up exactly across batches and ranks; sum / count is the masked MSE of a
-    group, and their totals give the v0 loss (see [`clay_masked_reconstruction_loss`]).
-    """
-    per_patch = clay_per_patch_loss(pixel_values, logits, patch_size)  # (B, C, L)
-    mask = mask.view(mask.shape[0], len(band_groups), -1).float()  # (B, G, L)
-    group_errors = torch.stack([per_patch[:, bands].mean(dim=1) for _, bands in band_groups], dim=1)  # (B, G, L)
-    return (group_errors * mask).sum(dim=(0, 2)), mask.sum(dim=(0, 2))
-
-
-def clay_masked_reconstruction_loss(
-    pixel_values: torch.Tensor,
-    logits: torch.Tensor,
-    mask: torch.Tensor,
-    band_groups: list[list],
-    patch_size: int,
-) -> torch.Tensor:
-    """The v0 loss, quirks included.
-
-    The target is the normalised pixels in BAND order (B, C, L, P·P), the reconstruction is in GROUP order, and
-    the squared error pairs them by channel position, so a trained decoder emits band c in channel c. For each
-    group g, the per-patch error is averaged over the channels listed in g and weighted by g's mask; the sum over
-    groups is divided by the number of masked tokens.
-    """
-    sums, counts = clay_group_error_sums(pixel_values, logits, mask, band_groups, patch_size)
-    return sums.sum() / counts.sum()
-
-
 class ClayForMaskedImageModeling(ClayPreTrainedModel):
     """Clay v0 pretraining model: the encoder ([`ClayModel`]), the decoder and the v0 loss."""
 
@@ -744,30 +727,39 @@ class ClayForMaskedImageModeling(ClayPreTrainedModel):
         latlon: torch.Tensor,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ClayForMaskedImageModelingOutput | tuple:
         r"""
         Args:
             pixel_values, timestep, latlon: as in [`ClayModel`].
             noise: (B, G·L) masking noise (the smallest share is masked); without it the noise is random in
                 training mode and `arange` (no shuffle, as v0 validation) in eval mode.
-            mask_ratio: defaults to `config.mask_ratio`.
+            mask_ratio: defaults to `config.mask_ratio`; it must mask at least one token (the loss is over them).
+            bool_masked_pos: (B, G·L) bool, True = masked, instead of `noise`/`mask_ratio` (see [`ClayModel`]).
         """
         return_dict = _default(return_dict, self.config.return_dict)
-        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if bool_masked_pos is None and mask_ratio is None:
+            mask_ratio = self.config.mask_ratio
         encoded = self.clay(
             pixel_values,
             timestep,
             latlon,
             noise=noise,
             mask_ratio=mask_ratio,
+            bool_masked_pos=bool_masked_pos,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
         )
+        if encoded.masked_indices.shape[1] == 0:
+            raise ValueError(
+                f"no token is masked (mask_ratio={mask_ratio} of {encoded.mask.shape[1]} tokens, or an empty "
+                "bool_masked_pos): the reconstruction loss is the error over masked tokens. Mask at least one, or "
+                "use ClayModel for unmasked embeddings."
+            )
         height, width = (size // self.config.patch_size for size in pixel_values.shape[-2:])
         logits = self.decoder(encoded.last_hidden_state, encoded.kept_indices, height, width)  # (B, C, L, P·P)
         loss = clay_masked_reconstruction_loss(
@@ -788,10 +780,16 @@ class ClayForMaskedImageModeling(ClayPreTrainedModel):
     def logits_to_image(
         self, logits: torch.Tensor, height: int | None = None, width: int | None = None
     ) -> torch.Tensor:
-        """Turn `logits` (B, C, L, P·P) into an image (B, C, H, W) in band order (channel c is band c)."""
-        if height is None or width is None:
-            side = round(logits.shape[2] ** 0.5) * self.config.patch_size
-            height, width = height or side, width or side
+        """Turn `logits` (B, C, L, P·P) into an image (B, C, H, W) in band order (channel c is band c).
+
+        Give the chip's `height` and/or `width` (one is enough: the other follows from L). With neither, the chip
+        is taken to be the config's square `image_size`, which must have L patches; otherwise it is an error.
+        """
+        if logits.ndim != 4 or logits.shape[-1] != self.config.patch_size**2:
+            raise ValueError(
+                f"logits must be (B, C, L, P·P) with P·P = {self.config.patch_size**2}, got {tuple(logits.shape)}."
+            )
+        height, width = patch_grid_size(logits.shape[2], self.config.patch_size, height, width, self.config.image_size)
         return unpatchify(logits, height, width)
 
 
@@ -807,6 +805,7 @@ __all__ = [
     "ClayPreTrainedModel",
     "clay_group_error_sums",
     "clay_masked_reconstruction_loss",
+    "clay_per_patch_loss",
     "patchify",
     "unpatchify",
 ]
