@@ -1,14 +1,20 @@
-"""Loader throughput: raw rasterio reads vs the streaming loader vs the loader through a DataLoader, in one run.
+"""Loader throughput and size per chip, every chip format in one run: GeoTIFF (deflate, zstd, lzw, uncompressed),
+WebDataset and Clay shards (each codec), read through `load_chip_dataset` + `chip_dataloader` on ONE core.
 
-    python benchmarks/bench_loader.py --num_chips 32 --chip_size 512 --num_workers 2
+    python benchmarks/bench_loader.py --chips_dir chips/ --repeat 6           # chips cut from a real scene
+    python benchmarks/bench_loader.py --num_chips 32                          # synthetic chips
 
-Writes synthetic 13-band float32 chips twice (deflate and uncompressed) into a temporary folder, then prints
-chips/s for each way of reading, and for deflate also with GDAL_NUM_THREADS=1 and ALL_CPUS.
+Every format is written from the same chips into a temporary folder (`--repeat` lists the chips several times, so
+a small real set still gives enough chips to time), read once to put it in the page cache, then timed: each row
+runs in its own process, num_workers=0 (one core), batch 4, best of `--passes` passes. `chips/s per core` is
+chips over the process's CPU time (robust on a shared machine; wall-clock chips/s are printed beside it).
+Every format's pixels are checked bit-identical to the GeoTIFF chips.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -17,97 +23,181 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import rasterio
 
-from clay_hf.data import ChipLayout, chip_dataloader, load_geotiff_dataset, resolve_sources, write_synthetic_chips
+from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
+from clay_hf.data import ChipLayout, chip_dataloader, read_chip, resolve_sources, write_synthetic_chips
+from clay_hf.data.shards import pack_shards
+from clay_hf.data.sources import load_chip_dataset
+from clay_hf.data.webdataset import pack_webdataset
+
+GEOTIFF_CODECS = {
+    "deflate": {"compress": "deflate"},
+    "deflate+pred3": {"compress": "deflate", "predictor": 3},
+    "zstd": {"compress": "zstd", "zstd_level": 9},
+    "lzw": {"compress": "lzw"},
+    "uncompressed": {"compress": None},
+}
+SHARD_CODECS = ("none", "lz4", "lz4:9", "zstd:1", "zstd:3", "zstd:9")
 
 
-def copy_uncompressed(paths: list[Path], folder: Path) -> None:
+def rewrite_geotiffs(paths: list[str], folder: Path, options: dict) -> list[str]:
+    """The chips re-encoded with other GeoTIFF creation options (same pixels, tags and descriptions)."""
     folder.mkdir(parents=True, exist_ok=True)
+    written = []
     for path in paths:
-        with rasterio.open(path) as source:
-            profile = {**source.profile, "compress": None}
-            with rasterio.open(folder / path.name, "w", **profile) as target:
-                target.write(source.read())
-                target.update_tags(**source.tags())
+        target = folder / Path(path).name
+        if not target.exists():
+            with rasterio.open(path) as source:
+                profile = {**source.profile, **options}
+                with rasterio.open(target, "w", **profile) as chip:
+                    chip.write(source.read())
+                    chip.update_tags(**source.tags())
+                    chip.descriptions = source.descriptions
+        written.append(str(target))
+    return written
 
 
-def rate(fn, count: int, repeats: int = 2) -> float:
+def prepare(
+    paths: list[str], root: Path, repeat: int, chips_per_shard: int, formats: list[str] | None = None
+) -> list[tuple[str, str, list[str]]]:
+    """(row name, kind, files) for every format (or those `formats` names), all holding the same chips `repeat`
+    times."""
+
+    def wanted(name: str) -> bool:
+        return not formats or any(word in name for word in formats)
+
+    rows = []
+    for name, options in GEOTIFF_CODECS.items():
+        if not wanted(f"GeoTIFF {name}"):
+            continue
+        files = rewrite_geotiffs(paths, root / f"geotiff-{name}", options)
+        rows.append((f"GeoTIFF {name}", "geotiff", files * repeat))
+    if wanted("WebDataset"):
+        shards, _ = pack_webdataset(paths * repeat, root / "webdataset", chips_per_shard)
+        rows.append(("WebDataset (tar of deflate GeoTIFFs)", "webdataset", [str(path) for path in shards]))
+    for codec in SHARD_CODECS:
+        if not wanted(f"Clay shards {codec}"):
+            continue
+        report = pack_shards(paths * repeat, root / f"shards-{codec.replace(':', '-')}", chips_per_shard, codec=codec)
+        rows.append((f"Clay shards {codec}", "shards", [str(path) for path in report.shards]))
+    return rows
+
+
+def mib_per_chip(kind: str, files: list[str], num_chips: int) -> float:
+    unique = sorted(set(files))
+    size = sum(os.path.getsize(path) for path in unique)
+    chips = len(unique) if kind == "geotiff" else num_chips
+    return size / chips / 2**20
+
+
+def time_row(files: list[str], num_chips: int, passes: int, batch_size: int, layout: ChipLayout) -> dict[str, float]:
+    """Best-of-`passes` CPU and wall time to read every chip through chip_dataloader (after one warm-up pass)."""
+    best_cpu = best_wall = float("inf")
+    for attempt in range(passes + 1):
+        loader = chip_dataloader(load_chip_dataset(files, layout=layout), batch_size)
+        cpu, wall = time.process_time(), time.perf_counter()
+        seen = sum(len(batch["source_url"]) for batch in loader)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        assert seen == num_chips, (seen, num_chips)
+        if attempt:  # the first pass fills the page cache
+            best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
+    return {"chips_per_cpu_second": num_chips / best_cpu, "chips_per_wall_second": num_chips / best_wall}
+
+
+def decode_rate(files: list[str], passes: int) -> float:
+    """Chips per CPU second of the shard decoder alone (read + decode a record, no datasets, no collation)."""
+    from clay_hf.data.shards import read_index, read_record
+
     best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        seen = fn()
-        best = min(best, time.perf_counter() - start)
-        assert seen == count, (seen, count)
+    for _ in range(passes):
+        start, count = time.process_time(), 0
+        for path in files:
+            with open(path, "rb") as handle:
+                index = read_index(path, handle)
+                for position in range(len(index)):
+                    read_record(handle, index, position)
+                    count += 1
+        best = min(best, time.process_time() - start)
     return count / best
 
 
-def raw_reads(paths: list[str]) -> int:
-    for path in paths:
-        with rasterio.open(path) as dataset:
-            dataset.read()
-    return len(paths)
+def chips_layout(reference: str) -> ChipLayout:
+    """The layout of the measured chips (all bands, in the reference chip's order, size and dtype): every format is
+    read whole, as a model reading all of them would."""
+    chip = read_chip(reference)
+    bands = chip.band_names or CLAY_V0_BAND_NAMES[: chip.pixels.shape[0]]
+    return ChipLayout(bands=tuple(bands), size=chip.pixels.shape[1:], dtype=chip.pixels.dtype.name)
 
 
-def streaming(folder: Path, layout: ChipLayout) -> int:
-    return sum(1 for _ in load_geotiff_dataset(folder, num_shards=8, layout=layout))
-
-
-def dataloader(folder: Path, layout: ChipLayout, workers: int, batch_size: int) -> int:
-    loader = chip_dataloader(load_geotiff_dataset(folder, num_workers=workers, layout=layout), batch_size, workers)
-    return sum(len(batch["source_url"]) for batch in loader)
-
-
-def measure(
-    name: str, folder: Path, threads: str, num_chips: int, num_workers: int, batch_size: int, chip_size: int
-) -> None:
-    """One row of the table, in a process whose GDAL has only ever run with `threads`.
-
-    (A parent that decoded with GDAL_NUM_THREADS>1 holds a GDAL thread pool that a forked DataLoader worker
-    inherits in a broken state: the worker deadlocks. Each row therefore runs in a fresh process.)
-    """
-    os.environ["GDAL_NUM_THREADS"] = threads
-    files = resolve_sources(folder)
-    layout = ChipLayout(size=(chip_size, chip_size))
-    raw_rate = rate(lambda: raw_reads(files), num_chips)
-    stream_rate = rate(lambda: streaming(folder, layout), num_chips)
-    loader_rate = rate(lambda: dataloader(folder, layout, num_workers, batch_size), num_chips)
-    print(
-        f"{name:<14}{threads:<18}{raw_rate:>12.1f}/s{stream_rate:>10.1f}/s{stream_rate / raw_rate:>8.0%}"
-        f"{loader_rate:>14.1f}/s",
-        flush=True,
-    )
+def check_identical(files: list[str], reference: list[str], layout: ChipLayout) -> None:
+    """The first chips of a format equal the GeoTIFF pixels bit for bit."""
+    expected = {Path(path).name: read_chip(path).pixels for path in reference}
+    for record, _ in zip(load_chip_dataset(files, layout=layout), range(len(expected)), strict=False):
+        pixels = np.asarray(record["pixels"])
+        want = expected[Path(record["source_url"]).name]
+        assert pixels.dtype == want.dtype and pixels.tobytes() == want.tobytes(), record["source_url"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_chips", type=int, default=32)
+    parser.add_argument("--chips_dir", help="GeoTIFF chips to measure (default: synthetic chips)")
+    parser.add_argument("--num_chips", type=int, default=16, help="synthetic chips, without --chips_dir")
     parser.add_argument("--chip_size", type=int, default=512)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=4, help="list each chip this many times")
+    parser.add_argument("--chips_per_shard", type=int, default=16)
+    parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--row", nargs=3, metavar=("NAME", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--formats", nargs="+", help="only the rows whose name contains one of these words")
+    parser.add_argument("--output", help="write the rows as JSON here")
+    parser.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.row:
-        name, folder, threads = args.row
-        measure(name, Path(folder), threads, args.num_chips, args.num_workers, args.batch_size, args.chip_size)
+    if args.row:  # one timed row, in a fresh process
+        num_chips, reference, files = int(args.row[0]), args.row[1], args.row[2:]
+        timing = time_row(files, num_chips, args.passes, args.batch_size, chips_layout(reference))
+        if files[0].endswith(".clayshard"):
+            timing["decode_chips_per_cpu_second"] = decode_rate(files, args.passes)
+        print(json.dumps(timing))
         return
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, GDAL {rasterio.__gdal_version__}", flush=True)
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, GDAL {rasterio.__gdal_version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        deflate = Path(tmp) / "deflate"
-        paths = write_synthetic_chips(deflate, args.num_chips, size=args.chip_size)
-        raw = Path(tmp) / "raw"
-        copy_uncompressed(paths, raw)
-        print(f"{args.num_chips} chips of 13×{args.chip_size}×{args.chip_size} float32, best of 2 passes")
-        header = f"{'files':<14}{'GDAL_NUM_THREADS':<18}{'raw rasterio':>14}{'streaming':>12}{'ratio':>8}"
-        print(header + f"{'DataLoader×' + str(args.num_workers):>16}", flush=True)
-        common = ["--num_chips", str(args.num_chips), "--num_workers", str(args.num_workers)]
-        common += ["--batch_size", str(args.batch_size), "--chip_size", str(args.chip_size)]
-        for name, folder, threads in [
-            ("deflate", deflate, "1"),
-            ("deflate", deflate, "ALL_CPUS"),
-            ("uncompressed", raw, "1"),
-        ]:
-            subprocess.run([sys.executable, __file__, *common, "--row", name, str(folder), threads], check=True)
+        root = Path(tmp)
+        if args.chips_dir:
+            paths = resolve_sources(args.chips_dir)
+            origin = args.chips_dir
+        else:
+            paths = [str(p) for p in write_synthetic_chips(root / "synthetic", args.num_chips, size=args.chip_size)]
+            origin = "synthetic chips (smooth fields + noise)"
+        first = read_chip(paths[0]).pixels
+        num_chips = len(paths) * args.repeat
+        print(
+            f"{len(paths)} chips of {'×'.join(map(str, first.shape))} {first.dtype} from {origin}, each listed "
+            f"{args.repeat}× ({num_chips} chips a pass); num_workers=0, batch {args.batch_size}, best of "
+            f"{args.passes} passes after a warm-up pass; load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        rows = prepare(paths, root, args.repeat, args.chips_per_shard, args.formats)
+        header = f"{'format':<40}{'MiB/chip':>10}{'chips/s per core':>18}{'chips/s wall':>14}{'decode alone':>14}"
+        print(header + "\n" + "-" * len(header), flush=True)
+        results = []
+        for name, kind, files in rows:
+            check_identical(files, paths, chips_layout(paths[0]))
+            command = [sys.executable, __file__, "--passes", str(args.passes), "--batch_size", str(args.batch_size)]
+            output = subprocess.run(
+                [*command, "--row", str(num_chips), paths[0], *files], check=True, capture_output=True, text=True
+            )
+            timing = json.loads(output.stdout.strip().splitlines()[-1])
+            row = {"format": name, "mib_per_chip": mib_per_chip(kind, files, num_chips), **timing}
+            results.append(row)
+            decode = row.get("decode_chips_per_cpu_second")
+            print(f"{name:<40}{row['mib_per_chip']:>10.2f}{row['chips_per_cpu_second']:>18.1f}"
+                  f"{row['chips_per_wall_second']:>14.1f}{'' if decode is None else f'{decode:>14.1f}'}",
+                  flush=True)  # fmt: skip
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"source": origin, "rows": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ def test_webdataset_shards_read_back_as_the_same_records(chip_dir, tmp_path):
     assert [s.name for s in shards] == ["chips-000000.tar", "chips-000001.tar", "chips-000002.tar"]
     assert len(errors) == 1 and "broken.tif" in str(errors[0])
     records = {
-        r["source_url"]: r for r in load_chip_webdataset([str(s) for s in shards], layout=(13, 32, 32, "float32"))
+        r["source_url"]: r for r in load_chip_webdataset([str(s) for s in shards], layout=ChipLayout(size=(32, 32)))
     }
     direct = {r["source_url"]: r for r in load_geotiff_dataset(chip_dir, layout=LAYOUT)}
     assert records.keys() == direct.keys()

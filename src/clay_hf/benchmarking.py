@@ -194,7 +194,9 @@ def run_train_step(
     model = ClayForMaskedImageModeling(config).to(device).train()
     if checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=device.type == "cuda"
+    )  # as scripts/pretrain.py
     inputs = _inputs(config, batch_size, device)
 
     def step() -> None:

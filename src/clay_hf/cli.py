@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .data.chips import ChipError
 from .data.dataset import resolve_sources
+from .data.shards import DEFAULT_CODEC, pack_shards
 from .data.tiling import make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
 
@@ -72,6 +73,32 @@ def pack_webdataset_main(argv: list[str] | None = None) -> int:
     for error in bad:
         print(f"skipped {error}")
     print(f"wrote {len(shards)} shards to {args.output_dir}, skipped {len(bad)} bad chips")
+    return 0
+
+
+def pack_shards_main(argv: list[str] | None = None) -> int:
+    """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
+    parser = argparse.ArgumentParser(description=pack_shards_main.__doc__)
+    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--chips_per_shard", type=int, default=256)
+    parser.add_argument("--prefix", default="chips")
+    parser.add_argument("--codec", default=DEFAULT_CODEC, help="zstd[:LEVEL], lz4[:LEVEL] or none")
+    parser.add_argument("--num_workers", type=int, default=0, help="processes packing shards in parallel")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite shards already in --output_dir")
+    args = parser.parse_args(argv)
+    try:
+        report = pack_shards(
+            resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, args.codec,
+            args.num_workers, args.overwrite,
+        )  # fmt: skip
+    except ValueError as error:
+        parser.error(str(error))
+    for message in report.bad:
+        print(f"skipped {message}")
+    print(
+        f"{len(report.shards)} shards in {args.output_dir} hold {report.chips} chips; skipped {len(report.bad)} bad chips"
+    )
     return 0
 
 

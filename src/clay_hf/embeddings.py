@@ -28,13 +28,8 @@ import torch
 from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
 
 from .data.chips import ChipLayout, chip_key
-from .data.dataset import (
-    chip_dataloader,
-    drop_nonfinite_chips,
-    load_geotiff_dataset,
-    model_inputs,
-    resolve_sources,
-)
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
+from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayModel
@@ -182,13 +177,13 @@ def embed_to_geoparquet(
         )
     done = _done_keys(parts_dir)
 
-    sources = resolve_sources(source)
-    paths = [path for path in sources if chip_key(path) not in done]
+    sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
+    paths = without_chips(sources, done, key=chip_key)
     device = next(model.parameters()).device
     writer = _PartWriter(parts_dir, rows_per_part, level)
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
-        dataset = load_geotiff_dataset(paths, num_workers=num_workers, layout=layout)
+        dataset = load_chip_dataset(paths, num_workers=num_workers, layout=layout)
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress):
             inputs = model_inputs(batch, processor, device, model.config.band_names)

@@ -13,7 +13,8 @@ import torch
 
 from .configuration_clay import ClayConfig
 from .data.chips import ChipLayout
-from .data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs, resolve_sources
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
+from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
 
@@ -102,7 +103,7 @@ def evaluate_reconstruction(
     chips = bad = 0
     fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
     layout = ChipLayout.for_model(config, fill_values=fill)
-    loader = chip_dataloader(load_geotiff_dataset(resolve_sources(source), layout=layout), batch_size)
+    loader = chip_dataloader(load_chip_dataset(source, layout=layout), batch_size)
     with torch.no_grad():
         for batch in loader:
             inputs = model_inputs(batch, processor, device, config.band_names)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .data.chips import ChipLayout
-from .data.dataset import collate_chips, load_geotiff_dataset, resolve_sources
+from .data.dataset import collate_chips
+from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
 
@@ -100,7 +101,7 @@ def save_reconstructions(
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     written = []
-    dataset = load_geotiff_dataset(resolve_sources(source), layout=ChipLayout.for_model(config))
+    dataset = load_chip_dataset(source, layout=ChipLayout.for_model(config))
     for record in dataset.filter(lambda record: not record["bad_chip"]):
         if len(written) == num_chips:
             break

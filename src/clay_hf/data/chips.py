@@ -200,7 +200,7 @@ def read_chip(
                 raise ChipError(name, "has no CRS, so its place is unknown")
             tags = dataset.tags()
             chip_date = resolve_chip_date(name, date, tags)
-            band_names, indexes = _band_selection(name, dataset, layout)
+            band_names, indexes = _band_selection(name, dataset.count, dataset.descriptions, layout)
             if layout is not None:
                 _check_dtype(name, dataset.dtypes[0], layout.dtype)
             lon, lat = _centre_lonlat(name, dataset)
@@ -263,20 +263,22 @@ def nodata_error(chip: Chip) -> ChipError:
     )
 
 
-def _band_selection(name: str, dataset: Any, layout: ChipLayout | None) -> tuple[list[str] | None, list[int] | None]:
+def _band_selection(
+    name: str, count: int, descriptions: Sequence[str | None], layout: ChipLayout | None
+) -> tuple[list[str] | None, list[int] | None]:
     """(the chip's band names, the 1-based indexes of the layout's bands in the layout's order)."""
-    names = chip_band_names(dataset.count, dataset.descriptions, None if layout is None else layout)
+    names = chip_band_names(count, descriptions, layout)
     if layout is None:
         return names, None
     if names is None:
         raise ChipError(
             name,
-            f"has {dataset.count} bands and no clay band names in its band descriptions, so its bands are unknown: "
+            f"has {count} bands and no clay band names in its band descriptions, so its bands are unknown: "
             f"the model reads {list(layout.bands)}; name the chip's bands with --bands (a 13-band chip is read in "
             "v0 order)",
         )
-    if len(names) != dataset.count:
-        raise ChipError(name, f"has {dataset.count} bands, but {len(names)} band names were given ({names})")
+    if len(names) != count:
+        raise ChipError(name, f"has {count} bands, but {len(names)} band names were given ({names})")
     lacking = [band for band in layout.bands if band not in names]
     if lacking:
         raise ChipError(
@@ -284,6 +286,28 @@ def _band_selection(name: str, dataset: Any, layout: ChipLayout | None) -> tuple
             f"{list(layout.bands)})"
         )  # fmt: skip
     return [names[names.index(band)] for band in layout.bands], [names.index(band) + 1 for band in layout.bands]
+
+
+def conform_chip(chip: Chip, descriptions: Sequence[str | None], layout: ChipLayout) -> Chip:
+    """A chip read with all its bands from elsewhere than a GeoTIFF (a Clay shard record), made to fit `layout`
+    exactly as `read_chip(..., layout=)` makes a file fit: bands picked by name, size and dtype checked, NaN, ±inf
+    and the chip's nodata value missing (filled or the chip bad). Raises ChipError."""
+    name = chip.source_url
+    count, height, width = chip.pixels.shape  # (C, H, W), all the chip's bands
+    if (height, width) != tuple(layout.size):
+        raise ChipError(name, f"is {height}×{width} pixels, expected {layout.size[0]}×{layout.size[1]}")
+    band_names, indexes = _band_selection(name, count, descriptions, layout)
+    _check_dtype(name, chip.pixels.dtype.name, layout.dtype)
+    pixels = chip.pixels[[index - 1 for index in indexes]]  # (C', H, W) in the layout's order
+    missing = np.zeros(pixels.shape, dtype=bool)
+    if np.issubdtype(pixels.dtype, np.inexact):
+        missing |= ~np.isfinite(pixels)
+    if chip.nodata is not None and not np.isnan(chip.nodata):
+        missing |= pixels == chip.nodata
+    chip.pixels, chip.band_names = pixels, band_names
+    chip.missing = missing if missing.any() else None
+    chip.nodata_fraction = float(missing.mean())
+    return fit_to_layout(chip, layout)
 
 
 def chip_band_names(
@@ -374,6 +398,7 @@ __all__ = [
     "chip_band_names",
     "chip_file_name",
     "chip_key",
+    "conform_chip",
     "date_from_filename",
     "fit_to_layout",
     "nodata_error",

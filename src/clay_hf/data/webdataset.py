@@ -21,7 +21,7 @@ import fsspec
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
-from .chips import ChipError, nodata_error, read_chip
+from .chips import ChipError, ChipLayout, chip_band_names, nodata_error, read_chip
 from .dataset import BadChipLog, bad_record, chip_features, fsspec_url
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, width: int) -> dict[str, list[Any]]:
+def decode_samples(batch: dict[str, list[Any]], layout: ChipLayout) -> dict[str, list[Any]]:
     """Batched map: WebDataset samples → chip records; a bad sample becomes a `bad_record` (counted by the collate)."""
     records: list[dict[str, Any]] = []
     log = BadChipLog()
@@ -124,12 +124,10 @@ def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, wid
             if tif is None:
                 raise ChipError(name, "has no .tif member in its WebDataset sample")
             with MemoryFile(tif["bytes"]) as memory:
-                chip = read_chip(
-                    memory, date=metadata.get("date"), num_bands=num_bands, size=(height, width), source_url=name
-                )
+                chip = read_chip(memory, date=metadata.get("date"), source_url=name, layout=layout)
         except ChipError as error:
             log.skip(error)
-            records.append(bad_record(error, (num_bands, height, width), "float32"))
+            records.append(bad_record(error, layout.shape, layout.dtype))
             continue
         records.append(chip.to_example())
     return {key: [record[key] for record in records] for key in chip_features(1, 1, 1, "float32")}
@@ -155,25 +153,32 @@ def resolve_shards(data_files: str | PathLike | Sequence[str]) -> list[str]:
     return shards
 
 
-def shard_layout(shard: str) -> tuple[int, int, int, str]:
-    """(bands, height, width, dtype) of the first chip in a shard, read from its GeoTIFF header."""
+def shard_layout(shard: str) -> ChipLayout:
+    """The layout of the first chip in a shard (its bands by name, size and dtype), read from its GeoTIFF header."""
     with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
         for member in archive:
             if member.isfile() and member.name.lower().endswith((".tif", ".tiff")):
                 data = archive.extractfile(member).read()
                 with MemoryFile(data) as memory, memory.open() as dataset:
-                    return dataset.count, dataset.height, dataset.width, dataset.dtypes[0]
+                    bands = chip_band_names(dataset.count, dataset.descriptions)
+                    if bands is None:
+                        raise ChipError(
+                            f"{shard} ({member.name})",
+                            f"has {dataset.count} bands without clay band names: pass layout=ChipLayout(bands=…)",
+                        )
+                    return ChipLayout(bands=tuple(bands), size=(dataset.height, dataset.width), dtype=dataset.dtypes[0])
     raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")
 
 
 def load_chip_webdataset(
-    data_files: str | PathLike | Sequence[str], layout: tuple[int, int, int, str] | None = None
+    data_files: str | PathLike | Sequence[str], layout: ChipLayout | None = None
 ) -> IterableDataset:
     """Stream WebDataset chip shards (a folder, a glob, a list or one shard) as the same records (and features) as
-    `load_geotiff_dataset`. The layout (bands, height, width, dtype) is the first chip's, unless given; chips that
-    differ from it are skipped and counted."""
+    `load_geotiff_dataset`. Chips must fit `layout` (`ChipLayout.for_model(config)` when a model reads them); without
+    one, the shards' own layout (the first chip's bands, size and dtype). Chips that do not fit are skipped and
+    counted."""
     shards = resolve_shards(data_files)
-    num_bands, height, width, dtype = layout or shard_layout(shards[0])
+    layout = layout or shard_layout(shards[0])
     dataset = load_dataset("webdataset", data_files=shards, streaming=True, split="train")
     dataset = dataset.cast_column("tif", Image(decode=False))
     return dataset.map(
@@ -181,8 +186,8 @@ def load_chip_webdataset(
         batched=True,
         batch_size=16,
         remove_columns=list(dataset.column_names or ["tif", "json", "__key__", "__url__"]),
-        fn_kwargs={"num_bands": num_bands, "height": height, "width": width},
-        features=chip_features(num_bands, height, width, dtype),
+        fn_kwargs={"layout": layout},
+        features=chip_features(*layout.shape, layout.dtype),
     )
 
 

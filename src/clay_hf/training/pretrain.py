@@ -35,13 +35,11 @@ from ..data.dataset import (
     auto_num_shards,
     collate_chips,
     drop_nonfinite_chips,
-    load_geotiff_dataset,
     model_inputs,
-    resolve_sources,
     shard_paths,
-    split_paths,
     worker_start_method,
 )
+from ..data.sources import ShardSelection, load_chip_dataset, split_chip_source
 from ..evaluation import MaskedErrorTotals
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
@@ -54,6 +52,7 @@ from .checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from .prefetch import DevicePrefetcher
 
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
@@ -119,13 +118,16 @@ def build_model(args: argparse.Namespace, config: ClayConfig) -> ClayForMaskedIm
     return model
 
 
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW over all parameters, as v0."""
+def build_optimizer(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over all parameters, as v0; on CUDA the fused kernel (one launch for all parameters)."""
     return torch.optim.AdamW(
         model.parameters(),
         lr=args.learning_rate,
         weight_decay=args.weight_decay,
         betas=(args.adam_beta1, args.adam_beta2),
+        fused=device is not None and device.type == "cuda",
     )
 
 
@@ -149,33 +151,29 @@ def training_layout(config: ClayConfig, processor: ClayImageProcessor, args: arg
     return ChipLayout.for_model(config, chip_bands=getattr(args, "bands", None), fill_values=fill)
 
 
-def data_paths(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Train and validation chip paths: --validation_dir, or the deterministic hash split of --train_dir."""
-    paths = resolve_sources(args.train_dir)
-    if args.validation_dir:
-        return paths, resolve_sources(args.validation_dir)
-    splits = split_paths(paths, args.validation_fraction)
-    return splits["train"], splits["validation"]
+def data_paths(args: argparse.Namespace) -> tuple[list[str] | ShardSelection, list[str] | ShardSelection]:
+    """Train and validation chips (GeoTIFF paths or Clay shard records): --validation_dir, or the deterministic
+    hash split of --train_dir."""
+    return split_chip_source(args.train_dir, args.validation_dir, args.validation_fraction)
 
 
 def build_loader(
-    paths: list[str],
+    paths: list[str] | ShardSelection,
     args: argparse.Namespace,
     accelerator: Accelerator,
     batch_size: int,
     shuffle: bool,
     layout: ChipLayout | None = None,
-) -> StatefulDataLoader:
-    """This rank's loader: the rank's own shards, read by its workers, with a resumable position. Chips must fit
-    `layout` (the model's bands and image size); the others are skipped and counted."""
+) -> DevicePrefetcher:
+    """This rank's loader: the rank's own shards, read by its workers, with a resumable position; on CUDA each
+    batch is pinned and copied to the GPU one step ahead. Chips must fit `layout` (the model's bands and image
+    size); the others are skipped and counted."""
     workers = args.dataloader_num_workers
-    dataset = load_geotiff_dataset(
-        paths, world_size=accelerator.num_processes, num_workers=workers, layout=layout or ChipLayout()
-    )
+    dataset = load_chip_dataset(paths, world_size=accelerator.num_processes, num_workers=workers, layout=layout)
     dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
     if shuffle:
         dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
-    return StatefulDataLoader(
+    loader = StatefulDataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
@@ -186,6 +184,7 @@ def build_loader(
         # resume does not shift the random masks (the global RNG is what checkpoints restore).
         generator=torch.Generator().manual_seed(args.seed),
     )
+    return DevicePrefetcher(loader, accelerator.device)
 
 
 def evaluate(
@@ -267,10 +266,11 @@ def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, l
         yield last["batch"], batch is None
 
 
-def steps_per_epoch(paths: list[str], args: argparse.Namespace, num_processes: int) -> int:
+def steps_per_epoch(paths: list[str] | ShardSelection, args: argparse.Namespace, num_processes: int) -> int:
     """Optimizer steps in one epoch, for the schedule: windows of `gradient_accumulation_steps` batches of the
     busiest rank (shards are spread over ranks; an epoch's last window may be partial and is stepped)."""
-    shards = shard_paths(paths, auto_num_shards(len(paths), num_processes, args.dataloader_num_workers))
+    # Work-shard sizes depend only on the chip count (GeoTIFF paths and shard records are split alike).
+    shards = shard_paths(range(len(paths)), auto_num_shards(len(paths), num_processes, args.dataloader_num_workers))
     per_rank = math.ceil(len(shards) / num_processes) * max(len(shard) for shard in shards)
     batches = math.ceil(min(per_rank, len(paths)) / args.per_device_train_batch_size)
     return max(1, math.ceil(batches / args.gradient_accumulation_steps))
@@ -293,7 +293,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     config = build_config(args)
     model = build_model(args, config)
     processor = ClayImageProcessor(band_names=config.band_names)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, accelerator.device)
     train_paths, validation_paths = data_paths(args)
     max_steps = args.max_train_steps or steps_per_epoch(train_paths, args, accelerator.num_processes) * (
         args.num_train_epochs

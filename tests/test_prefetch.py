@@ -1,0 +1,45 @@
+"""Batches copied to the device one step ahead: the same batches, and a resume point that skips nothing."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from clay_hf.training.prefetch import DevicePrefetcher, batch_to_device
+from clay_hf.training.pretrain import build_optimizer
+
+
+def loader() -> StatefulDataLoader:
+    data = [{"pixels": torch.full((2, 4, 4), float(i)), "timestep": torch.zeros(3), "latlon": torch.zeros(2)}
+            for i in range(10)]  # fmt: skip
+    return StatefulDataLoader(data, batch_size=2)
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata 0.11 on torch >= 2.10
+def test_prefetcher_gives_the_loader_batches_and_its_resume_point():
+    plain, wrapped = loader(), DevicePrefetcher(loader(), torch.device("cpu"))
+    assert [b["pixels"].tolist() for b in plain] == [b["pixels"].tolist() for b in wrapped]
+    wrapped = DevicePrefetcher(loader(), torch.device("cpu"))
+    iterator = iter(wrapped)
+    first = [next(iterator)["pixels"][:, 0, 0, 0].tolist() for _ in range(2)]
+    resumed = DevicePrefetcher(loader(), torch.device("cpu"))
+    resumed.load_state_dict(wrapped.state_dict())
+    rest = [batch["pixels"][:, 0, 0, 0].tolist() for batch in resumed]
+    assert first + rest == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]
+
+
+def test_batch_to_device_moves_only_model_inputs():
+    batch = {"pixels": torch.zeros(1), "source_url": ["a"], "bbox": torch.zeros(4)}
+    moved = batch_to_device(batch, torch.device("meta"))
+    assert moved["pixels"].device.type == "meta" and moved["bbox"].device.type == "cpu"
+    assert moved["source_url"] == ["a"]
+
+
+def test_adamw_is_fused_on_cuda_only():
+    args = argparse.Namespace(learning_rate=1e-4, weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95)
+    model = torch.nn.Linear(2, 2)
+    assert build_optimizer(model, args, torch.device("cuda")).defaults["fused"] is True
+    assert not build_optimizer(model, args, torch.device("cpu")).defaults["fused"]

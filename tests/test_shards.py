@@ -1,0 +1,317 @@
+"""Clay shards, the packed training format: lossless, self-describing, sharded, resumable, robust to bad records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from datasets.distributed import split_dataset_by_node
+from geotiffs import write_geotiff
+
+from clay_hf.data import (
+    ChipLayout,
+    chip_dataloader,
+    load_chip_dataset,
+    read_chip,
+    resolve_sources,
+    write_synthetic_chips,
+)
+from clay_hf.data.dataset import split_paths
+from clay_hf.data.shards import (
+    ShardError,
+    iter_shard,
+    narrowest_exact_dtype,
+    pack_shards,
+    read_index,
+    read_record,
+)
+from clay_hf.data.sources import ShardSelection, chip_format, split_chip_source, without_chips
+from clay_hf.data.webdataset import pack_webdataset
+
+SIZE = 16
+
+
+def mixed_chip(seed: int) -> np.ndarray:
+    """13 float32 bands: integral reflectances, real-valued floats, a band with -0.0, negative integers, huge ints."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 10000, (13, SIZE, SIZE)).astype(np.float32)  # S2-like: stored as uint16
+    pixels[10] = rng.gamma(2.0, 0.05, (SIZE, SIZE))  # SAR-like: stays float
+    pixels[11] = rng.integers(0, 200, (SIZE, SIZE))  # fits uint8
+    pixels[11, 0, 0] = -0.0  # integral, but -0.0 is not 0: must stay float
+    pixels[12] = rng.integers(-400, 4000, (SIZE, SIZE))  # DEM-like with negatives: int16
+    pixels[9, 0, 0] = 2.0**24  # integral, beyond uint16: uint32
+    return pixels
+
+
+@pytest.fixture
+def chips(tmp_path):
+    """Six GeoTIFF chips: mixed float32 ones, a uint16 one, one in a CRS with no EPSG code, nodata and band names."""
+    folder = tmp_path / "chips"
+    paths = []
+    for index in range(4):
+        paths.append(
+            write_geotiff(
+                folder / f"claytile_T{index}_20210615_v02_{index:04d}.tif", size=(SIZE, SIZE), data=mixed_chip(index)
+            )
+        )
+    paths.append(
+        write_geotiff(folder / "plain_uint16.tif", size=(SIZE, SIZE), dtype="uint16", nodata=0,
+                      data=np.random.default_rng(9).integers(1, 60000, (13, SIZE, SIZE)).astype(np.uint16))
+    )  # fmt: skip
+    custom = 'PROJCS["custom",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Sinusoidal"],PARAMETER["longitude_of_center",10],PARAMETER["false_easting",0],PARAMETER["false_northing",0],UNIT["metre",1]]'
+    paths.append(write_geotiff(folder / "sinusoidal.tif", size=(SIZE, SIZE), crs=custom, date="2019-02-03", seed=3))
+    with rasterio.open(paths[0], "r+") as dataset:
+        dataset.descriptions = tuple(f"band{i}" for i in range(13))
+    return [str(path) for path in paths]
+
+
+LAYOUT = ChipLayout(size=(SIZE, SIZE))  # the 13 v0 bands, float32: what a model reads
+
+
+def read_back(folder) -> dict[str, dict]:
+    return {record["source_url"]: record for record in load_chip_dataset(folder, layout=LAYOUT)}
+
+
+@pytest.mark.parametrize("codec", ["zstd:1", "lz4:9", "none"])
+def test_round_trip_is_bit_identical_and_integral_bands_are_stored_as_integers(chips, tmp_path, codec):
+    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=4, codec=codec)
+    assert report.chips == len(chips) and len(report.shards) == 2 and not report.bad
+    stored = {chip.source_url: chip.pixels for shard in report.shards for chip in iter_shard(shard)}
+    records = read_back(tmp_path / "shards")
+    assert sorted(records) == sorted(stored) == sorted(chips)
+    for path in chips:
+        expected = read_chip(path).pixels  # the file's own dtype and bits
+        assert stored[path].dtype == expected.dtype and stored[path].tobytes() == expected.tobytes(), path
+        loaded = read_chip(path, layout=LAYOUT).pixels  # what the GeoTIFF loader gives a model
+        pixels = np.asarray(records[path]["pixels"])
+        assert pixels.dtype == loaded.dtype and pixels.tobytes() == loaded.tobytes(), path
+    with open(report.shards[0], "rb") as handle:
+        index = read_index(report.shards[0], handle)
+        handle.seek(index.offsets[0])
+        record = handle.read(index.lengths[0])
+    (length,) = struct.unpack_from("<I", record)
+    stored = [band["dtype"] for band in json.loads(record[4 : 4 + length])["bands"]]
+    assert stored[:9] == ["<u2"] * 9 and stored[9] == "<u4"  # integral reflectances → uint16, 2**24 → uint32
+    assert stored[10] == "<f4" and stored[11] == "<f4" and stored[12] == "<i2"  # real floats and -0.0 stay float
+
+
+def test_narrowest_exact_dtype_is_lossless_only():
+    assert narrowest_exact_dtype(np.array([0, 255], np.float32)) == np.uint8
+    assert narrowest_exact_dtype(np.array([-1, 300], np.float32)) == np.int16
+    assert narrowest_exact_dtype(np.array([0.5, 2], np.float32)) == np.float32
+    assert narrowest_exact_dtype(np.array([np.nan, 2], np.float32)) == np.float32
+    assert narrowest_exact_dtype(np.array([-0.0, 2], np.float32)) == np.float32
+    assert narrowest_exact_dtype(np.array([1, 2], np.uint16)) == np.uint16  # integer bands keep their type
+
+
+def test_metadata_is_kept(chips, tmp_path):
+    pack_shards(chips, tmp_path / "shards", chips_per_shard=10)
+    records = read_back(tmp_path / "shards")
+    for path in chips:
+        chip = read_chip(path)
+        record = records[path]
+        assert record["date"] == chip.date and record["epsg"] == (chip.epsg or -1)
+        assert (record["lon"], record["lat"]) == (chip.lon, chip.lat)
+        assert list(record["bbox"]) == list(chip.bbox)
+        assert record["crs"] == chip.crs and list(record["transform"]) == list(chip.transform)
+    shard = tmp_path / "shards" / "chips-000000.clayshard"
+    with open(shard, "rb") as handle:
+        index = read_index(shard, handle)
+        named, facts = read_record(handle, index, 0)
+        uint16_chip, uint16_facts = read_record(handle, index, 4)
+        sinusoidal, sinusoidal_facts = read_record(handle, index, 5)
+    assert facts.band_names == [f"band{i}" for i in range(13)] and facts.dtype == "float32"
+    assert uint16_facts.nodata == 0 and uint16_facts.dtype == "uint16" and uint16_chip.pixels.dtype == np.uint16
+    assert sinusoidal.epsg is None and "Sinusoidal" in sinusoidal_facts.crs_wkt
+    assert sinusoidal.date.isoformat() == "2019-02-03" and sinusoidal_facts.transform[0] == 10.0
+    assert named.tags["date"] == "2021-06-15"
+
+
+def test_resume_mid_epoch_gives_exactly_the_rest(tmp_path):
+    paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 10, size=SIZE)]
+    pack_shards(paths, tmp_path / "shards", chips_per_shard=3)
+    dataset = load_chip_dataset(tmp_path / "shards", num_shards=4, layout=LAYOUT)
+    full = [record["source_url"] for record in dataset]
+    iterator = iter(dataset)
+    first = [next(iterator)["source_url"] for _ in range(4)]
+    state = dataset.state_dict()
+    resumed = load_chip_dataset(tmp_path / "shards", num_shards=4, layout=LAYOUT)
+    resumed.load_state_dict(state)
+    assert first + [record["source_url"] for record in resumed] == full
+    assert sorted(full) == sorted(paths)
+
+
+def test_two_ranks_with_two_workers_each_read_every_chip_once(tmp_path):
+    paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 11, size=SIZE)]
+    pack_shards(paths, tmp_path / "shards", chips_per_shard=5)  # 3 files: fewer than ranks × workers
+    seen = []
+    for rank in range(2):
+        dataset = load_chip_dataset(tmp_path / "shards", world_size=2, num_workers=2, layout=LAYOUT)
+        assert dataset.num_shards % 4 == 0
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=2)
+        for batch in chip_dataloader(dataset, batch_size=2, num_workers=2):
+            seen += batch["source_url"]
+    assert sorted(seen) == sorted(paths)
+
+
+def _corrupt_record(shard, position: int, how: str) -> None:
+    index = read_index(shard)
+    data = bytearray(shard.read_bytes())
+    start = index.offsets[position]
+    if how == "payload":
+        end = start + index.lengths[position]
+        data[end - 200 : end - 190] = bytes(10)  # inside the last band's payload
+    else:  # the header length points past the record: a truncated record
+        data[start : start + 4] = struct.pack("<I", index.lengths[position] + 10)
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["payload", "truncated"])
+@pytest.mark.parametrize("codec", ["zstd:1", "lz4", "none"])
+def test_a_corrupted_record_is_skipped_named_and_counted(tmp_path, caplog, how, codec):
+    paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 5, size=SIZE)]
+    report = pack_shards(paths, tmp_path / "shards", chips_per_shard=5, codec=codec)
+    _corrupt_record(report.shards[0], 2, how)
+    with caplog.at_level(logging.WARNING, logger="clay_hf"):
+        batches = list(
+            chip_dataloader(load_chip_dataset(tmp_path / "shards", num_shards=1, layout=LAYOUT), batch_size=5)
+        )
+    assert batches[0]["source_url"] == paths[:2] + paths[3:]
+    assert batches[0]["bad_chips"] == 1
+    assert "chips-000000.clayshard record 2" in caplog.text and "corrupted record" in caplog.text
+
+
+def test_a_truncated_shard_is_an_error_naming_the_file(tmp_path):
+    paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)]
+    report = pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
+    shard = report.shards[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ShardError, match=r"chips-000001\.clayshard: is truncated"):
+        load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
+
+
+def test_bad_chips_are_skipped_when_packing_and_packing_continues(tmp_path):
+    paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)]
+    broken = tmp_path / "chips" / "broken.tif"
+    broken.write_bytes(b"not a tiff")
+    report = pack_shards([*paths[:2], str(broken), *paths[2:]], tmp_path / "shards", chips_per_shard=3)
+    assert report.chips == 4 and len(report.bad) == 1 and "broken.tif" in report.bad[0]
+    first = report.shards[0]
+    before = first.stat().st_mtime_ns
+    again = pack_shards([*paths[:2], str(broken), *paths[2:]], tmp_path / "shards", chips_per_shard=3)
+    assert again.chips == 4 and not again.bad and first.stat().st_mtime_ns == before  # finished shards are kept
+
+
+def test_split_of_shards_matches_the_geotiff_split(tmp_path):
+    paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 30, size=SIZE)]
+    pack_shards(paths, tmp_path / "shards", chips_per_shard=7)
+    train, validation = split_chip_source(tmp_path / "shards")
+    expected = split_paths(paths)
+    assert isinstance(train, ShardSelection) and len(train) + len(validation) == 30
+    assert sorted(train.all_names()) == sorted(expected["train"])
+    assert sorted(validation.all_names()) == sorted(expected["validation"])
+    records = [record["source_url"] for record in load_chip_dataset(validation, layout=LAYOUT)]
+    assert sorted(records) == sorted(expected["validation"])
+    assert sorted(
+        r["source_url"] for r in load_chip_dataset(tmp_path / "shards", split="validation", layout=LAYOUT)
+    ) == sorted(expected["validation"])
+    rest = without_chips(train, set(expected["train"][:3]))
+    assert len(rest) == len(train) - 3
+
+
+def test_every_format_gives_the_same_records(tmp_path):
+    write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)
+    paths = resolve_sources(tmp_path / "chips")  # sorted, as the GeoTIFF loader reads them
+    pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
+    pack_webdataset(paths, tmp_path / "tars", chips_per_shard=2)
+    layout = LAYOUT
+    sources = {"geotiff": tmp_path / "chips", "shards": tmp_path / "shards", "webdataset": tmp_path / "tars"}
+    batches = {}
+    for fmt, source in sources.items():
+        assert chip_format(source) == fmt
+        loader = chip_dataloader(load_chip_dataset(source, layout=layout, num_shards=1), batch_size=4)
+        batches[fmt] = next(iter(loader))
+    for fmt in ("shards", "webdataset"):
+        assert batches[fmt]["source_url"] == batches["geotiff"]["source_url"]
+        for key in ("pixels", "timestep", "latlon", "bbox", "epsg", "transform"):
+            assert torch.equal(batches[fmt][key], batches["geotiff"][key]), (fmt, key)
+        assert batches[fmt]["crs"] == batches["geotiff"]["crs"]
+
+
+def test_pack_shards_script(tmp_path, capsys):
+    from clay_hf.cli import pack_shards_main
+
+    write_synthetic_chips(tmp_path / "chips", 3, size=SIZE)
+    assert (
+        pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / "out"), "--chips_per_shard", "2"])
+        == 0
+    )
+    assert (
+        "2 shards" in capsys.readouterr().out
+        and len(load_chip_dataset(tmp_path / "out", layout=LAYOUT).num_shards * [0]) >= 1
+    )
+    with pytest.raises(SystemExit):
+        pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / "x"), "--codec", "brotli"])
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    from conftest import small_config
+
+    from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
+
+    torch.manual_seed(0)
+    ClayForMaskedImageModeling(small_config()).save_pretrained(tmp_path / "model")
+    ClayImageProcessor().save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata 0.11 on torch >= 2.10
+def test_embed_evaluate_and_pretrain_read_shards(model_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    from clay_hf.embeddings import embed_to_geoparquet, load_encoder
+    from clay_hf.evaluation import evaluate_reconstruction, load_pretraining_model
+    from clay_hf.training.pretrain import main as pretrain_main
+
+    write_synthetic_chips(tmp_path / "chips", 12, size=32, seed=1)
+    paths = resolve_sources(tmp_path / "chips")
+    pack_shards(paths, tmp_path / "shards", chips_per_shard=5)
+
+    encoder, processor = load_encoder(str(model_dir))
+    from_tifs = embed_to_geoparquet(encoder, processor, tmp_path / "chips", tmp_path / "a.parquet", progress=False)
+    from_shards = embed_to_geoparquet(encoder, processor, tmp_path / "shards", tmp_path / "b.parquet", progress=False)
+    assert from_shards.embedded == from_tifs.embedded == 12
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    assert a.column("source_url").to_pylist() == b.column("source_url").to_pylist()
+    assert a.column("embeddings").to_pylist() == b.column("embeddings").to_pylist()
+
+    model, processor = load_pretraining_model(str(model_dir))
+    on_tifs = evaluate_reconstruction(model, processor, tmp_path / "chips")
+    on_shards = evaluate_reconstruction(model, processor, tmp_path / "shards")
+    assert on_shards["num_chips"] == 12 and on_shards["masked_mse"] == on_tifs["masked_mse"]
+
+    summary = pretrain_main(
+        ["--train_dir", str(tmp_path / "shards"), "--output_dir", str(tmp_path / "run"),
+         "--config_name", str(model_dir / "config.json"), "--per_device_train_batch_size", "2",
+         "--gradient_accumulation_steps", "1", "--max_train_steps", "2", "--report_to", "none"]
+    )  # fmt: skip
+    assert summary["global_step"] == 2 and summary["chips_seen"] == 4
+    assert summary["final_validation_loss"] is not None  # the hash split gave validation records too
+
+
+def test_a_shard_cut_short_during_a_run_counts_its_records_as_bad(tmp_path):
+    write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)
+    paths = resolve_sources(tmp_path / "chips")
+    report = pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
+    dataset = load_chip_dataset(
+        tmp_path / "shards", num_shards=1, layout=LAYOUT
+    )  # the indexes were fine when it was built
+    report.shards[0].write_bytes(report.shards[0].read_bytes()[:100])
+    batches = list(chip_dataloader(dataset, batch_size=4))
+    assert batches[0]["source_url"] == paths[2:] and batches[0]["bad_chips"] == 2
