@@ -154,19 +154,21 @@ def resolve_shards(data_files: str | PathLike | Sequence[str]) -> list[str]:
 
 
 def shard_layout(shard: str) -> ChipLayout:
-    """The layout of the first chip in a shard (its bands by name, size and dtype), read from its GeoTIFF header."""
+    """The layout of the first chip in a shard (its bands by name, size and dtype), read from its GeoTIFF header;
+    bands without clay names in their descriptions are taken whole, in the file's order."""
     with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
         for member in archive:
             if member.isfile() and member.name.lower().endswith((".tif", ".tiff")):
                 data = archive.extractfile(member).read()
                 with MemoryFile(data) as memory, memory.open() as dataset:
-                    bands = chip_band_names(dataset.count, dataset.descriptions)
-                    if bands is None:
-                        raise ChipError(
-                            f"{shard} ({member.name})",
-                            f"has {dataset.count} bands without clay band names: pass layout=ChipLayout(bands=…)",
-                        )
-                    return ChipLayout(bands=tuple(bands), size=(dataset.height, dataset.width), dtype=dataset.dtypes[0])
+                    named = chip_band_names(dataset.count, dataset.descriptions)
+                    bands = tuple(named or (f"band{index}" for index in range(1, dataset.count + 1)))
+                    return ChipLayout(
+                        bands=bands,
+                        size=(dataset.height, dataset.width),
+                        dtype=dataset.dtypes[0],
+                        chip_bands=None if named else bands,  # unnamed bands: all of them, in the file's order
+                    )
     raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")
 
 
