@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 
 import pytest
 import torch
@@ -38,8 +39,31 @@ def test_batch_to_device_moves_only_model_inputs():
     assert moved["source_url"] == ["a"]
 
 
-def test_adamw_is_fused_on_cuda_only():
+def test_adamw_is_fused_on_cuda_and_cpu():
     args = argparse.Namespace(learning_rate=1e-4, weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95)
     model = torch.nn.Linear(2, 2)
     assert build_optimizer(model, args, torch.device("cuda")).defaults["fused"] is True
-    assert not build_optimizer(model, args, torch.device("cpu")).defaults["fused"]
+    assert build_optimizer(model, args, torch.device("cpu")).defaults["fused"] is True
+    assert build_optimizer(model, args).defaults["fused"] is True  # the parameters' device: the CPU
+    assert not build_optimizer(model, args, torch.device("meta")).defaults["fused"]
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, None), (torch.bfloat16, 2e-2)])
+def test_fused_adamw_on_the_cpu_steps_as_the_plain_one(dtype, tolerance):
+    """The fused kernel is the same update: after a few steps the parameters agree with the plain AdamW's in float32
+    (to rounding, or to bf16's precision for bf16 parameters)."""
+    args = argparse.Namespace(learning_rate=1e-2, weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95)
+    torch.manual_seed(0)
+    plain_model = torch.nn.Linear(8, 4)
+    fused_model, initial = copy.deepcopy(plain_model).to(dtype), copy.deepcopy(plain_model)
+    fused = build_optimizer(fused_model, args, torch.device("cpu"))
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=1e-2, weight_decay=0.05, betas=(0.9, 0.95))
+    inputs = torch.randn(16, 8)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            model(inputs.to(model.weight.dtype)).float().square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for got, expected in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=tolerance)
+    assert not torch.equal(plain_model.weight, initial.weight)  # the steps moved the parameters

@@ -21,6 +21,10 @@ from .configuration_clay import ClayConfig
 from .memory import GLIBC_DEFAULT_MMAP_THRESHOLD, configure_training_malloc
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 
+# Devices whose fused AdamW kernel the training step uses: one pass over each parameter's memory instead of about ten
+# elementwise ops (measured on a 2-core CPU: the plain AdamW step of `small` took a tenth of the training step).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
 
 def transformer_flops(tokens: int, width: int, layers: int, heads: int, head_dim: int, intermediate: int) -> int:
     """Forward FLOPs of one sequence through a pre-norm transformer stack (matmuls only)."""
@@ -195,7 +199,7 @@ def run_train_step(
     if checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=device.type == "cuda"
+        model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=device.type in FUSED_ADAMW_DEVICES
     )  # as scripts/pretrain.py
     inputs = _inputs(config, batch_size, device)
 

@@ -289,7 +289,9 @@ class ClayAttention(nn.Module):
         else:
             qkv = layernorm_linear(hidden_states, layernorm, self.qkv, recompute)  # (B, T, 3·heads·head_dim)
         qkv = qkv.view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, heads, T, head_dim)
+        # Unbound along its own axis, the backward stacks the three gradients straight into qkv's layout (B, T, 3,
+        # heads, head_dim), with no second copy to undo a permute.
+        query, key, value = (part.transpose(1, 2) for part in qkv.unbind(2))  # 3 × (B, heads, T, head_dim)
 
         # Only the eager path returns attention probabilities.
         implementation = "eager" if output_attentions else self.config._attn_implementation
