@@ -170,33 +170,41 @@ def _stack_one(
     return report, [source.name for source in band_sources(bands)]
 
 
-@user_errors
-def pack_webdataset_main(argv: list[str] | None = None) -> int:
-    """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
-    parser = argparse.ArgumentParser(description=pack_webdataset_main.__doc__)
-    parser.add_argument("source", help="a folder, glob or list file of chips")
+def _packing_parser(main: Callable[..., int]) -> argparse.ArgumentParser:
+    """The arguments every packer takes: the chips, where the shards go, how many chips each holds."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chips_per_shard", type=int, default=256)
     parser.add_argument("--prefix", default="chips")
+    return parser
+
+
+def _print_packing(output_dir: str, shards: int, bad: list, chips: int | None = None) -> None:
+    """Each skipped chip with its reason, then the totals."""
+    for message in bad:
+        print(f"skipped {message}")
+    held = "" if chips is None else f" hold {chips} chips;"
+    print(f"{shards} shards in {output_dir}{held} skipped {len(bad)} bad chips")
+
+
+@user_errors
+def pack_webdataset_main(argv: list[str] | None = None) -> int:
+    """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
+    parser = _packing_parser(pack_webdataset_main)
     parser.add_argument("--resume", action="store_true", help="keep complete shards and pack only the chips they lack")
     args = parser.parse_args(argv)
     shards, bad = pack_webdataset(
         resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, resume=args.resume
     )
-    for error in bad:
-        print(f"skipped {error}")
-    print(f"wrote {len(shards)} shards to {args.output_dir}, skipped {len(bad)} bad chips")
+    _print_packing(args.output_dir, len(shards), bad)
     return 0
 
 
 @user_errors
 def pack_shards_main(argv: list[str] | None = None) -> int:
     """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
-    parser = argparse.ArgumentParser(description=pack_shards_main.__doc__)
-    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--chips_per_shard", type=int, default=256)
-    parser.add_argument("--prefix", default="chips")
+    parser = _packing_parser(pack_shards_main)
     parser.add_argument("--codec", default=DEFAULT_CODEC, help="zstd[:LEVEL], lz4[:LEVEL] or none")
     parser.add_argument("--num_workers", type=int, default=0, help="processes packing shards in parallel")
     parser.add_argument("--overwrite", action="store_true", help="rewrite shards already in --output_dir")
@@ -208,11 +216,7 @@ def pack_shards_main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except ValueError as error:
         parser.error(str(error))
-    for message in report.bad:
-        print(f"skipped {message}")
-    print(
-        f"{len(report.shards)} shards in {args.output_dir} hold {report.chips} chips; skipped {len(report.bad)} bad chips"
-    )
+    _print_packing(args.output_dir, len(report.shards), report.bad, report.chips)
     return 0
 
 
