@@ -58,12 +58,7 @@ TASKS = {
 PIPELINE_TAGS = {"semantic-segmentation": "image-segmentation", "image-classification": "image-classification"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: threads only contend
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

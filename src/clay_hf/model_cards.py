@@ -144,19 +144,7 @@ def render_model_card(model_dir: str | PathLike, repo_id: str) -> ModelCard:
     origin = WeightsOrigin.of(model_dir, config)
     evaluation = _optional_json(model_dir / EVAL_RESULTS)
     model_name = repo_id.split("/")[-1]
-    card_data = ModelCardData(
-        model_name=model_name,
-        license="openrail",
-        license_name="openrail-m",
-        license_link=LICENSE_FILE,
-        library_name="transformers",
-        pipeline_tag=PRETRAINED_PIPELINE_TAG,
-        tags=TAGS,
-        eval_results=_eval_results(evaluation),
-    )
-    with torch.device("meta"):  # parameter counts only: no memory, no initialisation
-        num_parameters = ClayForMaskedImageModeling(config).num_parameters()
-        encoder_parameters = ClayModel(config).num_parameters()
+    card_data = _card_data(model_name, PRETRAINED_PIPELINE_TAG, TAGS, _eval_results(evaluation))
     return ModelCard.from_template(
         card_data,
         template_path=str(CARD_DIR / "template.md"),
@@ -167,8 +155,8 @@ def render_model_card(model_dir: str | PathLike, repo_id: str) -> ModelCard:
         decoder_shape=_shape_text(
             config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_num_attention_heads
         ),
-        num_parameters=f"{num_parameters:,}",
-        encoder_parameters=f"{encoder_parameters:,}",
+        num_parameters=f"{_num_parameters(ClayForMaskedImageModeling, config):,}",
+        encoder_parameters=f"{_num_parameters(ClayModel, config):,}",
         num_bands=config.num_channels,
         image_size=config.image_size,
         patch_size=config.patch_size,
@@ -182,6 +170,28 @@ def render_model_card(model_dir: str | PathLike, repo_id: str) -> ModelCard:
         training_section=_training_text(origin),
         evaluation_section=_evaluation_text(evaluation, origin),
         environment_section=_environment_text(origin),
+    )
+
+
+def _num_parameters(model_class: type, config: ClayConfig) -> int:
+    with torch.device("meta"):  # parameter counts only: no memory, no initialisation
+        return model_class(config).num_parameters()
+
+
+def _card_data(
+    model_name: str, pipeline_tag: str | None, tags: list[str], eval_results: list[EvalResult] | None, **extra: Any
+) -> ModelCardData:
+    """The metadata every Clay card carries: the OpenRAIL-M licence of the weights, transformers, task and tags."""
+    return ModelCardData(
+        model_name=model_name,
+        license="openrail",
+        license_name="openrail-m",
+        license_link=LICENSE_FILE,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=tags,
+        eval_results=eval_results,
+        **extra,
     )
 
 
@@ -417,21 +427,15 @@ def render_finetuned_card(
     evaluation = _optional_json(model_dir / EVAL_RESULTS) or {}
     base = hub_base_model(evaluation, base_model)
     model_name = repo_id.split("/")[-1]
-    card_data = ModelCardData(
-        model_name=model_name,
-        license="openrail",
-        license_name="openrail-m",
-        license_link=LICENSE_FILE,
-        library_name="transformers",
-        pipeline_tag=task.pipeline_tag,
-        tags=finetuned_tags(task),
+    card_data = _card_data(
+        model_name,
+        task.pipeline_tag,
+        finetuned_tags(task),
+        _finetuned_eval_results(task, evaluation),
         base_model=base,
         base_model_relation="finetune" if base else None,
-        eval_results=_finetuned_eval_results(task, evaluation),
     )
     model_class = ClayForSemanticSegmentation if task.name == "semantic-segmentation" else ClayForImageClassification
-    with torch.device("meta"):  # parameter counts only: no memory, no initialisation
-        num_parameters = model_class(config).num_parameters()
     return ModelCard.from_template(
         card_data,
         template_path=str(CARD_DIR / "finetuned.md"),
@@ -442,7 +446,7 @@ def render_finetuned_card(
         base_model_text=_base_model_text(evaluation, base),
         model_class=model_class.__name__,
         architecture_text=_head_text(task, config),
-        num_parameters=f"{num_parameters:,}",
+        num_parameters=f"{_num_parameters(model_class, config):,}",
         num_bands=config.num_channels,
         band_list=", ".join(config.band_names),
         image_size=config.image_size,
