@@ -255,3 +255,26 @@ def test_a_regression_model_has_no_pipeline_tag_and_publishes_rmse_mae_r2(tmp_pa
     assert "One value per chip" in card.text and "AutoModelForImageClassification" in card.text
     config = json.loads((staged.folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_clay_heads.ClayForImageClassification"
+
+
+def test_a_pretrained_repository_loads_into_a_head_without_clay_hf(finetuned, tmp_path):
+    """The pretrained repository's auto_map lists the heads: fine-tuning can start from it with trust_remote_code."""
+    pretrained = tmp_path / "mim"
+    shutil.copytree(finetuned["semantic-segmentation"].parent / "mim", pretrained)
+    ClayImageProcessor().save_pretrained(pretrained)
+    staged = stage_repository(pretrained, tmp_path / "repo", BASE_ID)
+    program = f"""
+import json, sys
+sys.modules["clay_hf"] = None
+import transformers
+model = transformers.AutoModelForSemanticSegmentation.from_pretrained({str(staged.folder)!r}, trust_remote_code=True,
+                                                                      num_labels=3)
+print(json.dumps({{"name": type(model).__name__, "encoder": model.clay.embeddings.latlon_embedding.weight.tolist()}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    mim = ClayForMaskedImageModeling.from_pretrained(pretrained)
+    assert result["name"] == "ClayForSemanticSegmentation"
+    assert torch.equal(torch.tensor(result["encoder"]), mim.clay.embeddings.latlon_embedding.weight.detach())
