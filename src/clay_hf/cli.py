@@ -410,13 +410,20 @@ def publish_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=publish_main.__doc__)
     parser.add_argument("--model_dir", required=True, help="a save_pretrained folder with preprocessor_config.json")
     parser.add_argument("--repo_id", default="made-with-clay/Clay")
+    parser.add_argument(
+        "--base_model",
+        help="fine-tuned models: the Hub id of the pretrained Clay it was fine-tuned from, when clay-finetune "
+        "recorded a local folder",
+    )
     parser.add_argument("--staging_dir", help="where to assemble the repository (default: a temporary folder)")
     parser.add_argument("--dry_run", action="store_true", help="do everything but upload; print what would go where")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", help="a branch to upload to (created if missing)")
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
-    staged = stage_repository(args.model_dir, staging, args.repo_id)
+    staged = stage_repository(args.model_dir, staging, args.repo_id, base_model=args.base_model)
+    for note in staged.notes:
+        print(f"note: {note}")
     if staged.reused:
         print(f"reused {staged.folder}: a staging folder of an earlier run (it holds {STAGING_MARKER}), emptied first")
     target = f"https://huggingface.co/{args.repo_id}" + (f"/tree/{args.revision}" if args.revision else "")
