@@ -7,7 +7,7 @@ import torch
 from conftest import random_inputs, small_config
 from transformers import AutoModel, AutoModelForMaskedImageModeling, AutoModelForPreTraining
 
-from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayModel, patchify, unpatchify
+from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayModel, modeling_clay, patchify, unpatchify
 
 
 def test_released_shape_parameter_counts():
@@ -419,3 +419,21 @@ def test_logits_to_image_of_a_model_output_and_its_errors():
         model.logits_to_image(logits, 32, 64)
     with pytest.raises(ValueError, match=r"logits must be \(B, C, L, P·P\) with P·P = 64"):
         model.logits_to_image(logits[..., :16])
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_backward_writes_the_qkv_gradient_once(attn_implementation):
+    """The three gradients of query, key and value are stacked straight into the qkv projection's layout
+    (B, T, 3, heads, head_dim): no second copy of them to undo a permute (a profile of the training step showed one
+    per layer)."""
+    config = small_config()
+    config._attn_implementation = attn_implementation
+    attention = modeling_clay.ClayAttention(config, config.hidden_size, config.num_attention_heads, config.head_dim)
+    hidden_states = torch.randn(2, 7, config.hidden_size, requires_grad=True)
+    output, _ = attention(hidden_states)
+    qkv_shape = [2, 7, 3, config.num_attention_heads, config.head_dim]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        output.sum().backward()
+    copies = [event for event in profile.events() if event.name == "aten::copy_" and qkv_shape in event.input_shapes]
+    assert copies == []
+    assert hidden_states.grad is not None and attention.qkv.weight.grad is not None
