@@ -45,13 +45,17 @@ class SearchIndexError(ValueError):
 
 @dataclass
 class AnnIndex:
-    """An approximate nearest-neighbour index and the query settings that go with it."""
+    """An approximate nearest-neighbour index and the query settings that go with it. The IVF partitions are trained
+    by k-means on `sample_rate` vectors a partition for at most `max_iterations` (LanceDB's defaults); fewer make a
+    large index faster to build."""
 
     index_type: str
     num_partitions: int
     num_sub_vectors: int | None
     nprobes: int
     refine_factor: int | None
+    max_iterations: int = 50
+    sample_rate: int = 256
 
 
 @dataclass
@@ -155,9 +159,14 @@ def _ann_settings(rows: int, dim: int, index_type: str) -> AnnIndex:
 def _index_config(ann: AnnIndex, metric: str):
     from lancedb.index import HnswSq, IvfPq
 
+    training = {
+        "num_partitions": ann.num_partitions,
+        "max_iterations": ann.max_iterations,
+        "sample_rate": ann.sample_rate,
+    }
     if ann.index_type == "IVF_PQ":
-        return IvfPq(distance_type=metric, num_partitions=ann.num_partitions, num_sub_vectors=ann.num_sub_vectors)
-    return HnswSq(distance_type=metric, num_partitions=ann.num_partitions)
+        return IvfPq(distance_type=metric, num_sub_vectors=ann.num_sub_vectors, **training)
+    return HnswSq(distance_type=metric, **training)
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
