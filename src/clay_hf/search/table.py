@@ -32,9 +32,10 @@ INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
 #: Tables with at least this many rows get an ANN index; smaller ones are searched exactly (brute force: ~0.4 s a
 #: query at 200 k × 768 on a loaded 2-core CPU, benchmarks/bench_search.py).
 ANN_THRESHOLD = 100_000
-#: Query settings for the IVF-PQ index: recall@10 0.994 at 200 k × 768 in benchmarks/bench_search.py (refine 30: 1.0).
+#: Query settings for the IVF-PQ index: recall@10 0.964 at 1 M × 768 in benchmarks/bench_search.py, 12 ms a query
+#: (refine 10: 0.736; at 200 k, refine 10 gave 0.994 and refine 30 1.0).
 DEFAULT_NPROBES = 32
-DEFAULT_REFINE_FACTOR = 10
+DEFAULT_REFINE_FACTOR = 30
 BBOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 CRS84 = CRS.from_user_input("OGC:CRS84")
 
