@@ -31,7 +31,7 @@ import torch
 
 from clay_hf import ClayConfig
 from clay_hf.benchmarking import machine_description, matmul_peak, run_inference, run_train_step
-from clay_hf.data import chip_dataloader, load_chip_dataset, pack_shards, write_synthetic_chips
+from clay_hf.data import ChipLayout, chip_dataloader, load_chip_dataset, pack_shards, write_synthetic_chips
 
 REPO = Path(__file__).resolve().parents[1]
 #: Nominal dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by a part of the name torch reports.
@@ -112,7 +112,7 @@ def prepare_shards(work: Path, args) -> Path:
 
 
 def loader_alone(shards: Path, args, device, results: list[dict]) -> None:
-    dataset = load_chip_dataset(shards, num_workers=args.num_workers)
+    dataset = load_chip_dataset(shards, num_workers=args.num_workers, layout=ChipLayout(size=(args.image_size,) * 2))
     loader = chip_dataloader(
         dataset, args.loader_batch, args.num_workers, pin_memory=device.type == "cuda", persistent_workers=False
     )
@@ -152,14 +152,14 @@ def end_to_end(shards: Path, work: Path, batch: int, model_rate: float | None, a
         results, f"pretrain.py end to end, batch {batch}: {rate:.1f} chips/s of the whole loop{ratio}")  # fmt: skip
 
 
-def prefetch_check(shards: Path, device, results: list[dict]) -> None:
+def prefetch_check(shards: Path, device, results: list[dict], image_size: int) -> None:
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     from clay_hf.data.dataset import collate_chips
     from clay_hf.training.prefetch import DevicePrefetcher
 
     def make():
-        dataset = load_chip_dataset(shards, num_shards=4)
+        dataset = load_chip_dataset(shards, num_shards=4, layout=ChipLayout(size=(image_size, image_size)))
         return StatefulDataLoader(dataset, batch_size=2, collate_fn=collate_chips, pin_memory=device.type == "cuda")
 
     plain = [batch["pixels"].double().sum().item() for _, batch in zip(range(4), make(), strict=False)]
@@ -210,7 +210,7 @@ def main() -> None:
         work = Path(args.work_dir or tempfile.mkdtemp(prefix="clay-gpu-bench-"))
         if not {"loader", "pretrain"} <= set(args.skip):
             shards = prepare_shards(work, args)
-            prefetch_check(shards, device, results)
+            prefetch_check(shards, device, results, args.image_size)
             if "loader" not in args.skip:
                 loader_alone(shards, args, device, results)
             if "pretrain" not in args.skip:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from clay_hf.data import chip_dataloader, read_chip, resolve_sources, write_synthetic_chips
+from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
+from clay_hf.data import ChipLayout, chip_dataloader, read_chip, resolve_sources, write_synthetic_chips
 from clay_hf.data.shards import pack_shards
 from clay_hf.data.sources import load_chip_dataset
 from clay_hf.data.webdataset import pack_webdataset
@@ -91,11 +92,11 @@ def mib_per_chip(kind: str, files: list[str], num_chips: int) -> float:
     return size / chips / 2**20
 
 
-def time_row(files: list[str], num_chips: int, passes: int, batch_size: int) -> dict[str, float]:
+def time_row(files: list[str], num_chips: int, passes: int, batch_size: int, layout: ChipLayout) -> dict[str, float]:
     """Best-of-`passes` CPU and wall time to read every chip through chip_dataloader (after one warm-up pass)."""
     best_cpu = best_wall = float("inf")
     for attempt in range(passes + 1):
-        loader = chip_dataloader(load_chip_dataset(files), batch_size)
+        loader = chip_dataloader(load_chip_dataset(files, layout=layout), batch_size)
         cpu, wall = time.process_time(), time.perf_counter()
         seen = sum(len(batch["source_url"]) for batch in loader)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -122,10 +123,18 @@ def decode_rate(files: list[str], passes: int) -> float:
     return count / best
 
 
-def check_identical(files: list[str], reference: list[str]) -> None:
+def chips_layout(reference: str) -> ChipLayout:
+    """The layout of the measured chips (all bands, in the reference chip's order, size and dtype): every format is
+    read whole, as a model reading all of them would."""
+    chip = read_chip(reference)
+    bands = chip.band_names or CLAY_V0_BAND_NAMES[: chip.pixels.shape[0]]
+    return ChipLayout(bands=tuple(bands), size=chip.pixels.shape[1:], dtype=chip.pixels.dtype.name)
+
+
+def check_identical(files: list[str], reference: list[str], layout: ChipLayout) -> None:
     """The first chips of a format equal the GeoTIFF pixels bit for bit."""
     expected = {Path(path).name: read_chip(path).pixels for path in reference}
-    for record, _ in zip(load_chip_dataset(files), range(len(expected)), strict=False):
+    for record, _ in zip(load_chip_dataset(files, layout=layout), range(len(expected)), strict=False):
         pixels = np.asarray(record["pixels"])
         want = expected[Path(record["source_url"]).name]
         assert pixels.dtype == want.dtype and pixels.tobytes() == want.tobytes(), record["source_url"]
@@ -145,8 +154,8 @@ def main() -> None:
     parser.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:  # one timed row, in a fresh process
-        num_chips, files = int(args.row[0]), args.row[1:]
-        timing = time_row(files, num_chips, args.passes, args.batch_size)
+        num_chips, reference, files = int(args.row[0]), args.row[1], args.row[2:]
+        timing = time_row(files, num_chips, args.passes, args.batch_size, chips_layout(reference))
         if files[0].endswith(".clayshard"):
             timing["decode_chips_per_cpu_second"] = decode_rate(files, args.passes)
         print(json.dumps(timing))
@@ -174,10 +183,10 @@ def main() -> None:
         print(header + "\n" + "-" * len(header), flush=True)
         results = []
         for name, kind, files in rows:
-            check_identical(files, paths)
+            check_identical(files, paths, chips_layout(paths[0]))
             command = [sys.executable, __file__, "--passes", str(args.passes), "--batch_size", str(args.batch_size)]
             output = subprocess.run(
-                [*command, "--row", str(num_chips), *files], check=True, capture_output=True, text=True
+                [*command, "--row", str(num_chips), paths[0], *files], check=True, capture_output=True, text=True
             )
             timing = json.loads(output.stdout.strip().splitlines()[-1])
             row = {"format": name, "mib_per_chip": mib_per_chip(kind, files, num_chips), **timing}

@@ -17,6 +17,7 @@ from rasterio.warp import transform as warp_transform
 
 from clay_hf.data import (
     ChipError,
+    ChipLayout,
     auto_num_shards,
     chip_dataloader,
     collate_chips,
@@ -33,7 +34,7 @@ from clay_hf.data import (
 from clay_hf.data.webdataset import load_chip_webdataset, pack_webdataset
 
 REPO = Path(__file__).resolve().parents[1]
-LAYOUT = (13, 32, 32, "float32")
+LAYOUT = ChipLayout(size=(32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,26 @@ def test_bad_chips_raise_errors_naming_the_file(tmp_path, writer, kwargs, messag
     with pytest.raises(ChipError, match=message) as info:
         read_chip(path, **kwargs)
     assert str(path) in str(info.value)
+
+
+def test_reading_keeps_the_files_nodata_value_mask_and_nan(tmp_path):
+    data = np.random.default_rng(0).uniform(1, 100, (2, 8, 8)).astype("float32")
+    data[:, 0, :3] = -9999
+    data[1, 5, 5] = np.nan
+    chip = read_chip(write_geotiff(tmp_path / "valued.tif", data=data, size=(8, 8), nodata=-9999))
+    expected = (data == -9999) | np.isnan(data)
+    assert chip.nodata == -9999 and chip.missing.shape == (2, 8, 8)
+    np.testing.assert_array_equal(chip.missing, expected)
+    assert chip.nodata_fraction == pytest.approx(expected.mean())
+
+    masked = write_geotiff(tmp_path / "masked.tif", data=np.ones((2, 8, 8), "float32"), size=(8, 8))
+    with rasterio.open(masked, "r+") as dataset:
+        mask = np.full((8, 8), 255, dtype="uint8")
+        mask[2:4, 2:4] = 0
+        dataset.write_mask(mask)
+    chip = read_chip(masked)
+    assert chip.nodata is None and chip.missing.sum() == 2 * 4 and chip.missing[:, 2:4, 2:4].all()
+    assert read_chip(write_geotiff(tmp_path / "clean.tif", size=(8, 8))).missing is None
 
 
 def test_unreadable_file_is_a_chip_error(tmp_path):
@@ -209,7 +230,7 @@ def test_split_is_deterministic_by_file_name_and_near_80_20():
 
 
 def test_streaming_loader_yields_every_chip_with_explicit_features(chip_dir):
-    dataset = load_geotiff_dataset(chip_dir, num_shards=4)
+    dataset = load_geotiff_dataset(chip_dir, num_shards=4, layout=LAYOUT)
     assert dataset.n_shards == 4
     assert str(dataset.features["pixels"].dtype) == "float32" and dataset.features["pixels"].shape == (13, 32, 32)
     records = list(dataset)
@@ -221,7 +242,7 @@ def test_streaming_loader_yields_every_chip_with_explicit_features(chip_dir):
 
 
 def test_map_style_loader_reads_pixels_lazily(chip_dir, monkeypatch):
-    dataset = load_geotiff_dataset(chip_dir, streaming=False)
+    dataset = load_geotiff_dataset(chip_dir, streaming=False, layout=LAYOUT)
     assert len(dataset) == 12 and "pixels" not in dataset.column_names
     reads = []
     import clay_hf.data.dataset as module
@@ -234,7 +255,7 @@ def test_map_style_loader_reads_pixels_lazily(chip_dir, monkeypatch):
 
 
 def test_two_ranks_read_disjoint_and_complete_parts(chip_dir):
-    dataset = load_geotiff_dataset(chip_dir, world_size=2, num_workers=1)
+    dataset = load_geotiff_dataset(chip_dir, world_size=2, num_workers=1, layout=LAYOUT)
     assert dataset.n_shards % 2 == 0
     parts = [[r["source_url"] for r in split_dataset_by_node(dataset, rank=rank, world_size=2)] for rank in range(2)]
     assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
@@ -242,32 +263,35 @@ def test_two_ranks_read_disjoint_and_complete_parts(chip_dir):
 
 
 def test_shuffle_epochs_and_resume(chip_dir):
-    dataset = load_geotiff_dataset(chip_dir, num_shards=4).shuffle(seed=3, buffer_size=4)
+    dataset = load_geotiff_dataset(chip_dir, num_shards=4, layout=LAYOUT).shuffle(seed=3, buffer_size=4)
     dataset.set_epoch(0)
     epoch0 = [r["source_url"] for r in dataset]
     dataset.set_epoch(1)
     epoch1 = [r["source_url"] for r in dataset]
     assert sorted(epoch0) == sorted(epoch1) and epoch0 != epoch1
 
-    plain = load_geotiff_dataset(chip_dir, num_shards=4)
+    plain = load_geotiff_dataset(chip_dir, num_shards=4, layout=LAYOUT)
     iterator = iter(plain)
     seen = [next(iterator)["source_url"] for _ in range(5)]
     state = plain.state_dict()
-    resumed = load_geotiff_dataset(chip_dir, num_shards=4)
+    resumed = load_geotiff_dataset(chip_dir, num_shards=4, layout=LAYOUT)
     resumed.load_state_dict(state)
     rest = [r["source_url"] for r in resumed]
     assert seen + rest == [r["source_url"] for r in plain]
 
 
 def test_train_and_validation_splits_partition_the_chips(chip_dir):
-    train = {r["source_url"] for r in load_geotiff_dataset(chip_dir, split="train")}
-    validation = {r["source_url"] for r in load_geotiff_dataset(chip_dir, split="validation", validation_fraction=0.3)}
+    train = {r["source_url"] for r in load_geotiff_dataset(chip_dir, split="train", layout=LAYOUT)}
+    validation = {
+        r["source_url"]
+        for r in load_geotiff_dataset(chip_dir, split="validation", validation_fraction=0.3, layout=LAYOUT)
+    }
     everything = set(resolve_sources(chip_dir))
     assert train | {p for p in everything if split_of(p) == "validation"} == everything
     assert validation == {p for p in everything if split_of(p, 0.3) == "validation"}
 
 
-def test_bad_chips_are_skipped_named_and_counted(tmp_path, caplog):
+def test_bad_chips_are_skipped_named_and_counted_wherever_they_sit(tmp_path, caplog):
     folder = tmp_path / "mixed"
     write_synthetic_chips(folder, 3, size=32)
     (folder / "unreadable.tif").write_bytes(b"not a tiff")
@@ -275,20 +299,19 @@ def test_bad_chips_are_skipped_named_and_counted(tmp_path, caplog):
     write_geotiff(folder / "wrong_size.tif", size=(16, 16))
     write_geotiff(folder / "no_date.tif", date=None)
     with caplog.at_level(logging.WARNING):
-        dataset = load_geotiff_dataset(folder, num_shards=2, layout=LAYOUT)
-        records = list(dataset)
-    assert len(records) == 3 and sum(r["bad_chips_before"] for r in records) <= 4
+        records = list(load_geotiff_dataset(folder, num_shards=2, layout=LAYOUT))
+    assert len([r for r in records if not r["bad_chip"]]) == 3
+    assert sorted(Path(r["source_url"]).name for r in records if r["bad_chip"]) == [
+        "no_date.tif", "unreadable.tif", "wrong_bands.tif", "wrong_size.tif"
+    ]  # fmt: skip
     for name in ("unreadable.tif", "wrong_bands.tif", "wrong_size.tif", "no_date.tif"):
         assert name in caplog.text
-    batches = list(
-        torch.utils.data.DataLoader(
-            load_geotiff_dataset(folder, num_shards=1, layout=LAYOUT), batch_size=8, collate_fn=collate_chips
-        )
-    )
-    # one shard in sorted order: the four bad files (names after 'claytile_') are trailing and logged
-    assert sum(len(b["source_url"]) for b in batches) == 3
-    lead = load_geotiff_dataset(sorted(resolve_sources(folder), reverse=True), num_shards=1, layout=LAYOUT)
-    assert sum(b["bad_chips"] for b in torch.utils.data.DataLoader(lead, batch_size=8, collate_fn=collate_chips)) == 4
+    # Bad chips trailing the stream (names after 'claytile_'), leading it, or alone in their shards: all counted.
+    for order, shards in ((sorted, 1), (lambda p: sorted(p, reverse=True), 1), (sorted, 7)):
+        dataset = load_geotiff_dataset(order(resolve_sources(folder)), num_shards=shards, layout=LAYOUT)
+        batches = list(torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate_chips))
+        assert sum(len(b["source_url"]) for b in batches) == 3
+        assert sum(b["bad_chips"] for b in batches) == 4
 
     map_style = load_geotiff_dataset(folder, streaming=False, layout=LAYOUT)
     assert len(map_style) == 3
@@ -300,7 +323,7 @@ def test_collate_keeps_pixels_compact_and_encodes_metadata(tmp_path):
         write_geotiff(
             tmp_path / f"claytile_T_2020010{i + 1}_v02_000{i}.tif", dtype="uint16", bands=13, date=None, seed=i
         )
-    dataset = load_geotiff_dataset(tmp_path, num_shards=1)
+    dataset = load_geotiff_dataset(tmp_path, num_shards=1, layout=ChipLayout(size=(32, 32), dtype="uint16"))
     assert dataset.features["pixels"].dtype == "uint16"
     batch = collate_chips(list(dataset))
     assert batch["pixels"].dtype == torch.uint16 and batch["pixels"].shape == (3, 13, 32, 32)
@@ -309,14 +332,14 @@ def test_collate_keeps_pixels_compact_and_encodes_metadata(tmp_path):
 
 
 def test_dataloader_workers_split_the_shards(chip_dir):
-    loader = chip_dataloader(load_geotiff_dataset(chip_dir, num_workers=2), batch_size=4, num_workers=2)
+    loader = chip_dataloader(load_geotiff_dataset(chip_dir, num_workers=2, layout=LAYOUT), batch_size=4, num_workers=2)
     urls = [url for batch in loader for url in batch["source_url"]]
     assert sorted(urls) == resolve_sources(chip_dir)
 
 
 def test_threaded_gdal_decoding_starts_workers_without_fork(chip_dir, monkeypatch):
     """GDAL's thread pool does not survive fork (a forked worker deadlocks), so such workers use forkserver."""
-    dataset = load_geotiff_dataset(chip_dir)
+    dataset = load_geotiff_dataset(chip_dir, layout=LAYOUT)
     monkeypatch.setenv("GDAL_NUM_THREADS", "ALL_CPUS")
     assert chip_dataloader(dataset, 4, num_workers=2).multiprocessing_context.get_start_method() == "forkserver"
     assert chip_dataloader(dataset, 4, num_workers=0).multiprocessing_context is None
@@ -334,8 +357,10 @@ def test_webdataset_shards_read_back_as_the_same_records(chip_dir, tmp_path):
     shards, errors = pack_webdataset([*resolve_sources(chip_dir), str(bad)], tmp_path / "wds", chips_per_shard=5)
     assert [s.name for s in shards] == ["chips-000000.tar", "chips-000001.tar", "chips-000002.tar"]
     assert len(errors) == 1 and "broken.tif" in str(errors[0])
-    records = {r["source_url"]: r for r in load_chip_webdataset([str(s) for s in shards], layout=LAYOUT)}
-    direct = {r["source_url"]: r for r in load_geotiff_dataset(chip_dir)}
+    records = {
+        r["source_url"]: r for r in load_chip_webdataset([str(s) for s in shards], layout=ChipLayout(size=(32, 32)))
+    }
+    direct = {r["source_url"]: r for r in load_geotiff_dataset(chip_dir, layout=LAYOUT)}
     assert records.keys() == direct.keys()
     for url, record in records.items():
         np.testing.assert_array_equal(record["pixels"], direct[url]["pixels"])

@@ -16,6 +16,7 @@ import rasterio
 from geotiffs import write_geotiff
 
 from clay_hf.data import (
+    ChipLayout,
     date_from_filename,
     load_geotiff_dataset,
     make_chips,
@@ -56,7 +57,7 @@ def test_vsizip_globs_and_archives_are_listed_and_read(tmp_path):
     assert resolve_sources(f"/vsizip/{archive}/inner/*.tif") == members
     assert resolve_sources(f"/vsizip/{archive}") == members
     assert resolve_sources(members[1]) == [members[1]]
-    records = list(load_geotiff_dataset(f"/vsizip/{archive}/inner/*.tif"))
+    records = list(load_geotiff_dataset(f"/vsizip/{archive}/inner/*.tif", layout=ChipLayout(size=(32, 32))))
     assert [record["source_url"] for record in records] == members
     assert [record["date"] for record in records] == [dt.date(2021, 6, 15)] * 3  # the files' date tags
     shards, bad = pack_webdataset(resolve_sources(f"/vsizip/{archive}"), tmp_path / "shards")  # from the zip
@@ -106,7 +107,8 @@ def test_webdataset_layout_comes_from_the_shards_and_a_folder_is_accepted(tmp_pa
     assert len(records) == 4  # 4-band 24×16 chips, not dropped for differing from a hard-coded 13×512×512
     assert len(list(load_chip_webdataset(str(tmp_path / "shards")))) == 4  # a folder of shards
     assert [record["source_url"] for record in records] == [str(path) for path in paths]
-    expected = list(load_geotiff_dataset(folder))
+    layout = ChipLayout(bands=("blue", "green", "red", "nir"), size=(24, 16), dtype="uint16")
+    expected = list(load_geotiff_dataset(folder, layout=layout))
     for record, chip in zip(records, expected, strict=True):
         assert record["pixels"].shape == (4, 24, 16) and record["pixels"].dtype == chip["pixels"].dtype
         assert (record["pixels"] == chip["pixels"]).all() and record["crs"] == chip["crs"]

@@ -111,6 +111,7 @@ def given() -> dict[str, object]:
         "timestep": torch.from_numpy(encode_dates(["2023-06-01", "2019-11-20"])).float(),
         "latlon": torch.from_numpy(encode_lonlat(np.array([[12.49, 41.89], [-60.0, -3.1]]))).float(),
         "raw_chip": rng.integers(0, 10000, (13, 32, 32)).astype(np.uint16),
+        "rgbn_chip": rng.integers(0, 10000, (4, 32, 32)).astype(np.uint16),  # red, green, blue, nir
     }
 
 

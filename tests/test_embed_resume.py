@@ -77,7 +77,8 @@ def test_resume_after_a_kill_in_the_final_join_keeps_the_level_shape(encoder, ch
     table = pq.read_table(output)
     layout = json.loads(table.schema.metadata[b"clay:embeddings"])
     assert (layout["level"], layout["shape"], layout["dtype"]) == ("patch", [4, 4, 32], "float32")
-    assert len(table) == 10 and table.column_names == ["source_url", "date", "embeddings", "geometry"]
+    assert len(table) == 10
+    assert table.column_names == ["source_url", "date", "embeddings", "geometry", "nodata_fraction"]
     with pytest.raises(ValueError, match="level 'patch'"):
         interrupt_after(monkeypatch, "_join_parts", 1)
         with pytest.raises(KeyboardInterrupt):
@@ -108,7 +109,7 @@ def test_non_square_chips_give_h_by_w_patch_embeddings(encoder, tmp_path):
     for i in range(3):
         write_geotiff(tmp_path / "chips" / f"wide{i}.tif", size=(32, 48), seed=i)
     run = embed_to_geoparquet(
-        model, processor, tmp_path / "chips", tmp_path / "o.parquet", level="patch", progress=False
+        model, processor, tmp_path / "chips", tmp_path / "o.parquet", level="patch", image_size=(32, 48), progress=False
     )
     assert run.shape == (4, 6, 32)
     table = pq.read_table(run.output)

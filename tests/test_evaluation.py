@@ -16,7 +16,14 @@ from conftest import small_config
 
 from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
 from clay_hf.cli import evaluate_main
-from clay_hf.data import chip_dataloader, load_geotiff_dataset, resolve_sources, split_of, write_synthetic_chips
+from clay_hf.data import (
+    ChipLayout,
+    chip_dataloader,
+    load_geotiff_dataset,
+    resolve_sources,
+    split_of,
+    write_synthetic_chips,
+)
 from clay_hf.demo import training_artifacts
 from clay_hf.evaluation import chip_masking_noise, evaluate_reconstruction, load_pretraining_model
 from clay_hf.metrics import MASKED_RECONSTRUCTION_PATH
@@ -91,12 +98,13 @@ def test_training_validation_uses_the_same_masks_as_evaluate(loaded, chips):
     """The training run's validation loss equals evaluate.py's on the same chips: same random masks."""
     model, processor = loaded
     accelerator = Accelerator(cpu=True)
-    loader = chip_dataloader(load_geotiff_dataset(chips), 4)
+    layout = ChipLayout.for_model(model.config)
+    loader = chip_dataloader(load_geotiff_dataset(chips, layout=layout), 4)
     metrics = training_validation(model, loader, processor, accelerator, model.config)
     expected = evaluate_reconstruction(model, processor, chips, split="all")
     assert metrics["loss"] == pytest.approx(expected["masked_mse"], rel=1e-6)
     assert {name: metrics[name] for name in GROUPS} == pytest.approx(expected["masked_mse_per_group"], rel=1e-6)
-    capped = training_validation(model, chip_dataloader(load_geotiff_dataset(chips), 4), processor, accelerator,
+    capped = training_validation(model, chip_dataloader(load_geotiff_dataset(chips, layout=layout), 4), processor, accelerator,
                                  model.config, max_chips=3)  # fmt: skip
     three = evaluate_reconstruction(model, processor, chips, split="all", max_chips=3)
     assert capped["loss"] == pytest.approx(three["masked_mse"], rel=1e-6)

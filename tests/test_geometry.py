@@ -18,7 +18,7 @@ from rasterio.transform import Affine
 from shapely import Point, from_wkb
 
 from clay_hf import ClayImageProcessor, ClayModel
-from clay_hf.data import collate_chips, load_geotiff_dataset, read_chip
+from clay_hf.data import ChipLayout, collate_chips, load_geotiff_dataset, read_chip
 from clay_hf.embeddings import embed_to_geoparquet
 from clay_hf.geometry import chip_outline, footprint, lonlat_bbox, normalize_longitude
 
@@ -87,7 +87,9 @@ def test_crs_without_epsg_code_and_0_360_longitudes_are_embedded(encoder, tmp_pa
     assert read_chip(folder / "ortho.tif").epsg is None and "ortho" in read_chip(folder / "ortho.tif").crs.lower()
     east = read_chip(folder / "east360.tif")
     assert east.lon == pytest.approx(-160 + 0.016)  # 200.016 → -159.984
-    collate_chips(list(load_geotiff_dataset(folder)))  # encodes every chip's place without error
+    collate_chips(
+        list(load_geotiff_dataset(folder, layout=ChipLayout(size=(32, 32))))
+    )  # encodes every chip's place without error
     run, rows, _ = embed(encoder, folder, tmp_path)
     assert run.embedded == 2 and run.bad_chips == 0
     assert rows["ortho.tif"].centroid.distance(Point(-100, 40)) < 1e-3

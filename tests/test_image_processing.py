@@ -7,6 +7,7 @@ from conftest import small_config
 from transformers import AutoImageProcessor
 
 from clay_hf import CLAY_V0_BAND_STATISTICS, ClayForMaskedImageModeling, ClayImageProcessor
+from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
 from clay_hf.image_processing_clay import encode_dates, encode_lonlat, normalize_pixels, parse_date
 
 MEAN = np.array([mean for mean, _ in CLAY_V0_BAND_STATISTICS.values()])
@@ -51,24 +52,35 @@ def test_inputs_in_every_accepted_form_give_the_same_result():
             torch.testing.assert_close(variant[key], reference[key])
 
 
-def test_band_subset_uses_its_statistics():
-    bands = ["red", "green", "blue", "nir"]
+def test_bands_are_picked_by_name_in_the_processors_order_with_their_statistics():
+    """`bands` names the images' channels in the images' order; the output holds the processor's bands in ITS order."""
+    model_bands = ["blue", "green", "red", "nir"]
+    processor = ClayImageProcessor().select_bands(model_bands)
     images = raw_chips(bands=4)
-    outputs = ClayImageProcessor()(images, dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=bands)
-    mean = np.array([CLAY_V0_BAND_STATISTICS[b][0] for b in bands])[None, :, None, None]
-    std = np.array([CLAY_V0_BAND_STATISTICS[b][1] for b in bands])[None, :, None, None]
-    np.testing.assert_allclose(outputs["pixel_values"].numpy(), (images - mean) / std, rtol=1e-6, atol=1e-6)
+    chip_order = ["red", "green", "blue", "nir"]  # red and blue swapped relative to the model
+    outputs = processor(images, dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=chip_order)
+    reordered = images[:, [chip_order.index(band) for band in model_bands]]
+    mean = np.array([CLAY_V0_BAND_STATISTICS[b][0] for b in model_bands])[None, :, None, None]
+    std = np.array([CLAY_V0_BAND_STATISTICS[b][1] for b in model_bands])[None, :, None, None]
+    np.testing.assert_allclose(outputs["pixel_values"].numpy(), (reordered - mean) / std, rtol=1e-6, atol=1e-6)
+    # 13-band chips (v0 order) for the 4-band model: its bands are picked out by name.
+    full = raw_chips()
+    picked = processor(full, dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=CLAY_V0_BAND_NAMES)
+    expected = full[:, [CLAY_V0_BAND_NAMES.index(band) for band in model_bands]]
+    np.testing.assert_allclose(picked["pixel_values"].numpy(), (expected - mean) / std, rtol=1e-6, atol=1e-6)
 
 
-def test_wrong_band_count_is_a_clear_error():
-    with pytest.raises(
-        ValueError, match=r"images have 13 bands, but 4 are expected: \['red', 'green', 'blue', 'nir'\]"
-    ):
+def test_wrong_or_lacking_bands_are_clear_errors():
+    with pytest.raises(ValueError, match=r"images have 13 bands, but 4 are named: \['red', 'green', 'blue', 'nir'\]"):
         ClayImageProcessor()(
             raw_chips(), dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=["red", "green", "blue", "nir"]
         )
+    with pytest.raises(ValueError, match=r"images lack band\(s\) \['blue'\] that this processor's model reads"):
+        ClayImageProcessor().select_bands(["blue", "nir"])(
+            raw_chips(bands=2), dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=["red", "nir"]
+        )
     with pytest.raises(ValueError, match="unknown bands"):
-        ClayImageProcessor()(raw_chips(bands=1), dates=["2020-01-01"] * 2, lonlat=[(0, 0)] * 2, bands=["thermal"])
+        ClayImageProcessor().select_bands(["thermal"])
 
 
 def test_nan_and_inf_are_reported_per_band():

@@ -181,10 +181,12 @@ def test_bf16_mixed_precision_runs(chips, config_file, tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
+    """Chips of finite values that stay finite once normalised overflow inside the model (NaN chips are bad chips,
+    skipped before the model)."""
     folder = tmp_path / "nan_chips"
     write_synthetic_chips(folder, 16, size=32, seed=2)
     for index in range(16):
-        data = np.full((13, 32, 32), np.nan, dtype="float32")
+        data = np.full((13, 32, 32), 1e37, dtype="float32")
         write_geotiff(folder / f"claytile_NAN_20200101_v02_{index:04d}.tif", data=data, date="2020-01-01")
 
     mixed = tmp_path / "mixed"

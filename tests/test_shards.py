@@ -13,10 +13,18 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from geotiffs import write_geotiff
 
-from clay_hf.data import chip_dataloader, load_chip_dataset, read_chip, resolve_sources, write_synthetic_chips
+from clay_hf.data import (
+    ChipLayout,
+    chip_dataloader,
+    load_chip_dataset,
+    read_chip,
+    resolve_sources,
+    write_synthetic_chips,
+)
 from clay_hf.data.dataset import split_paths
 from clay_hf.data.shards import (
     ShardError,
+    iter_shard,
     narrowest_exact_dtype,
     pack_shards,
     read_index,
@@ -62,20 +70,26 @@ def chips(tmp_path):
     return [str(path) for path in paths]
 
 
+LAYOUT = ChipLayout(size=(SIZE, SIZE))  # the 13 v0 bands, float32: what a model reads
+
+
 def read_back(folder) -> dict[str, dict]:
-    return {record["source_url"]: record for record in load_chip_dataset(folder)}
+    return {record["source_url"]: record for record in load_chip_dataset(folder, layout=LAYOUT)}
 
 
 @pytest.mark.parametrize("codec", ["zstd:1", "lz4:9", "none"])
 def test_round_trip_is_bit_identical_and_integral_bands_are_stored_as_integers(chips, tmp_path, codec):
     report = pack_shards(chips, tmp_path / "shards", chips_per_shard=4, codec=codec)
     assert report.chips == len(chips) and len(report.shards) == 2 and not report.bad
+    stored = {chip.source_url: chip.pixels for shard in report.shards for chip in iter_shard(shard)}
     records = read_back(tmp_path / "shards")
-    assert sorted(records) == sorted(chips)
+    assert sorted(records) == sorted(stored) == sorted(chips)
     for path in chips:
-        expected = read_chip(path).pixels
+        expected = read_chip(path).pixels  # the file's own dtype and bits
+        assert stored[path].dtype == expected.dtype and stored[path].tobytes() == expected.tobytes(), path
+        loaded = read_chip(path, layout=LAYOUT).pixels  # what the GeoTIFF loader gives a model
         pixels = np.asarray(records[path]["pixels"])
-        assert pixels.dtype == expected.dtype and pixels.tobytes() == expected.tobytes(), path
+        assert pixels.dtype == loaded.dtype and pixels.tobytes() == loaded.tobytes(), path
     with open(report.shards[0], "rb") as handle:
         index = read_index(report.shards[0], handle)
         handle.seek(index.offsets[0])
@@ -121,12 +135,12 @@ def test_metadata_is_kept(chips, tmp_path):
 def test_resume_mid_epoch_gives_exactly_the_rest(tmp_path):
     paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 10, size=SIZE)]
     pack_shards(paths, tmp_path / "shards", chips_per_shard=3)
-    dataset = load_chip_dataset(tmp_path / "shards", num_shards=4)
+    dataset = load_chip_dataset(tmp_path / "shards", num_shards=4, layout=LAYOUT)
     full = [record["source_url"] for record in dataset]
     iterator = iter(dataset)
     first = [next(iterator)["source_url"] for _ in range(4)]
     state = dataset.state_dict()
-    resumed = load_chip_dataset(tmp_path / "shards", num_shards=4)
+    resumed = load_chip_dataset(tmp_path / "shards", num_shards=4, layout=LAYOUT)
     resumed.load_state_dict(state)
     assert first + [record["source_url"] for record in resumed] == full
     assert sorted(full) == sorted(paths)
@@ -137,7 +151,7 @@ def test_two_ranks_with_two_workers_each_read_every_chip_once(tmp_path):
     pack_shards(paths, tmp_path / "shards", chips_per_shard=5)  # 3 files: fewer than ranks × workers
     seen = []
     for rank in range(2):
-        dataset = load_chip_dataset(tmp_path / "shards", world_size=2, num_workers=2)
+        dataset = load_chip_dataset(tmp_path / "shards", world_size=2, num_workers=2, layout=LAYOUT)
         assert dataset.num_shards % 4 == 0
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=2)
         for batch in chip_dataloader(dataset, batch_size=2, num_workers=2):
@@ -164,7 +178,9 @@ def test_a_corrupted_record_is_skipped_named_and_counted(tmp_path, caplog, how, 
     report = pack_shards(paths, tmp_path / "shards", chips_per_shard=5, codec=codec)
     _corrupt_record(report.shards[0], 2, how)
     with caplog.at_level(logging.WARNING, logger="clay_hf"):
-        batches = list(chip_dataloader(load_chip_dataset(tmp_path / "shards", num_shards=1), batch_size=5))
+        batches = list(
+            chip_dataloader(load_chip_dataset(tmp_path / "shards", num_shards=1, layout=LAYOUT), batch_size=5)
+        )
     assert batches[0]["source_url"] == paths[:2] + paths[3:]
     assert batches[0]["bad_chips"] == 1
     assert "chips-000000.clayshard record 2" in caplog.text and "corrupted record" in caplog.text
@@ -176,7 +192,7 @@ def test_a_truncated_shard_is_an_error_naming_the_file(tmp_path):
     shard = report.shards[1]
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(ShardError, match=r"chips-000001\.clayshard: is truncated"):
-        load_chip_dataset(tmp_path / "shards")
+        load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
 
 
 def test_bad_chips_are_skipped_when_packing_and_packing_continues(tmp_path):
@@ -199,11 +215,11 @@ def test_split_of_shards_matches_the_geotiff_split(tmp_path):
     assert isinstance(train, ShardSelection) and len(train) + len(validation) == 30
     assert sorted(train.all_names()) == sorted(expected["train"])
     assert sorted(validation.all_names()) == sorted(expected["validation"])
-    records = [record["source_url"] for record in load_chip_dataset(validation)]
+    records = [record["source_url"] for record in load_chip_dataset(validation, layout=LAYOUT)]
     assert sorted(records) == sorted(expected["validation"])
-    assert sorted(r["source_url"] for r in load_chip_dataset(tmp_path / "shards", split="validation")) == sorted(
-        expected["validation"]
-    )
+    assert sorted(
+        r["source_url"] for r in load_chip_dataset(tmp_path / "shards", split="validation", layout=LAYOUT)
+    ) == sorted(expected["validation"])
     rest = without_chips(train, set(expected["train"][:3]))
     assert len(rest) == len(train) - 3
 
@@ -213,7 +229,7 @@ def test_every_format_gives_the_same_records(tmp_path):
     paths = resolve_sources(tmp_path / "chips")  # sorted, as the GeoTIFF loader reads them
     pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
     pack_webdataset(paths, tmp_path / "tars", chips_per_shard=2)
-    layout = (13, SIZE, SIZE, "float32")
+    layout = LAYOUT
     sources = {"geotiff": tmp_path / "chips", "shards": tmp_path / "shards", "webdataset": tmp_path / "tars"}
     batches = {}
     for fmt, source in sources.items():
@@ -235,7 +251,10 @@ def test_pack_shards_script(tmp_path, capsys):
         pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / "out"), "--chips_per_shard", "2"])
         == 0
     )
-    assert "2 shards" in capsys.readouterr().out and len(load_chip_dataset(tmp_path / "out").num_shards * [0]) >= 1
+    assert (
+        "2 shards" in capsys.readouterr().out
+        and len(load_chip_dataset(tmp_path / "out", layout=LAYOUT).num_shards * [0]) >= 1
+    )
     with pytest.raises(SystemExit):
         pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / "x"), "--codec", "brotli"])
 
@@ -290,7 +309,9 @@ def test_a_shard_cut_short_during_a_run_counts_its_records_as_bad(tmp_path):
     write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)
     paths = resolve_sources(tmp_path / "chips")
     report = pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
-    dataset = load_chip_dataset(tmp_path / "shards", num_shards=1)  # the indexes were fine when it was built
+    dataset = load_chip_dataset(
+        tmp_path / "shards", num_shards=1, layout=LAYOUT
+    )  # the indexes were fine when it was built
     report.shards[0].write_bytes(report.shards[0].read_bytes()[:100])
     batches = list(chip_dataloader(dataset, batch_size=4))
     assert batches[0]["source_url"] == paths[2:] and batches[0]["bad_chips"] == 2

@@ -21,7 +21,14 @@ from pyproj import Transformer
 from shapely.geometry import box
 
 from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
-from clay_hf.data import collate_chips, load_geotiff_dataset, read_chip, resolve_sources, write_synthetic_chips
+from clay_hf.data import (
+    ChipLayout,
+    collate_chips,
+    load_geotiff_dataset,
+    read_chip,
+    resolve_sources,
+    write_synthetic_chips,
+)
 from clay_hf.embeddings import embed_to_geoparquet, load_encoder
 from clay_hf.evaluation import evaluate_reconstruction
 from clay_hf.metrics import MASKED_RECONSTRUCTION_PATH
@@ -80,7 +87,7 @@ def test_geoparquet_schema_crs_geometry_and_mean_embeddings(model_dir, chips, tm
         to_lonlat = Transformer.from_crs(chip.epsg, "OGC:CRS84", always_xy=True)
         corners = np.array(to_lonlat.transform(*np.array(expected.exterior.coords).T)).T
         assert np.allclose(np.array(row.geometry.bounds), [*corners.min(0), *corners.max(0)], atol=1e-6)
-        batch = collate_chips(list(load_geotiff_dataset([row.source_url])))
+        batch = collate_chips(list(load_geotiff_dataset([row.source_url], layout=ChipLayout.for_model(model.config))))
         with torch.no_grad():
             pooled = model(
                 processor.normalize_tensor(batch["pixels"]), batch["timestep"], batch["latlon"]
@@ -156,9 +163,9 @@ def test_partial_inputs_end_to_end(tmp_path, chips):
     ClayModel(config).save_pretrained(folder)
     ClayImageProcessor(band_names=bands).save_pretrained(folder)
     output = tmp_path / "rgbn.parquet"
-    run_script("embed.py", "--model_name_or_path", folder, "--data_dir", chips, "--output", output, "--bands", *bands)
+    run_script("embed.py", "--model_name_or_path", folder, "--data_dir", chips, "--output", output)
     assert len(pq.read_table(output)) == 10
-    with pytest.raises(ValueError, match="do not match the model's bands"):
+    with pytest.raises(ValueError, match=r"lack \['blue', 'green'\], which the model reads"):
         embed_to_geoparquet(*load_encoder(str(folder)), chips, tmp_path / "x.parquet", bands=["red", "nir"])
 
 
@@ -220,7 +227,7 @@ def test_evaluate_script_writes_eval_results(model_dir, chips, tmp_path):
     assert results["masked_mse_per_group"]["dem"] is None  # v0's masking never reaches the last group
     model = ClayForMaskedImageModeling.from_pretrained(model_dir).eval()
     processor = ClayImageProcessor.from_pretrained(model_dir)
-    batch = collate_chips(list(load_geotiff_dataset(chips)))
+    batch = collate_chips(list(load_geotiff_dataset(chips, layout=ChipLayout.for_model(model.config))))
     with torch.no_grad():
         loss = model(processor.normalize_tensor(batch["pixels"]), batch["timestep"], batch["latlon"]).loss
     assert results["masked_mse"] == pytest.approx(float(loss), rel=1e-5)

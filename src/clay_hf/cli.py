@@ -170,30 +170,41 @@ def _stack_one(
     return report, [source.name for source in band_sources(bands)]
 
 
-@user_errors
-def pack_webdataset_main(argv: list[str] | None = None) -> int:
-    """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
-    parser = argparse.ArgumentParser(description=pack_webdataset_main.__doc__)
-    parser.add_argument("source", help="a folder, glob or list file of chips")
+def _packing_parser(main: Callable[..., int]) -> argparse.ArgumentParser:
+    """The arguments every packer takes: the chips, where the shards go, how many chips each holds."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chips_per_shard", type=int, default=256)
     parser.add_argument("--prefix", default="chips")
+    return parser
+
+
+def _print_packing(output_dir: str, shards: int, bad: list, chips: int | None = None) -> None:
+    """Each skipped chip with its reason, then the totals."""
+    for message in bad:
+        print(f"skipped {message}")
+    held = "" if chips is None else f" hold {chips} chips;"
+    print(f"{shards} shards in {output_dir}{held} skipped {len(bad)} bad chips")
+
+
+@user_errors
+def pack_webdataset_main(argv: list[str] | None = None) -> int:
+    """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
+    parser = _packing_parser(pack_webdataset_main)
+    parser.add_argument("--resume", action="store_true", help="keep complete shards and pack only the chips they lack")
     args = parser.parse_args(argv)
-    shards, bad = pack_webdataset(resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix)
-    for error in bad:
-        print(f"skipped {error}")
-    print(f"wrote {len(shards)} shards to {args.output_dir}, skipped {len(bad)} bad chips")
+    shards, bad = pack_webdataset(
+        resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, resume=args.resume
+    )
+    _print_packing(args.output_dir, len(shards), bad)
     return 0
 
 
 @user_errors
 def pack_shards_main(argv: list[str] | None = None) -> int:
     """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
-    parser = argparse.ArgumentParser(description=pack_shards_main.__doc__)
-    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--chips_per_shard", type=int, default=256)
-    parser.add_argument("--prefix", default="chips")
+    parser = _packing_parser(pack_shards_main)
     parser.add_argument("--codec", default=DEFAULT_CODEC, help="zstd[:LEVEL], lz4[:LEVEL] or none")
     parser.add_argument("--num_workers", type=int, default=0, help="processes packing shards in parallel")
     parser.add_argument("--overwrite", action="store_true", help="rewrite shards already in --output_dir")
@@ -205,11 +216,7 @@ def pack_shards_main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except ValueError as error:
         parser.error(str(error))
-    for message in report.bad:
-        print(f"skipped {message}")
-    print(
-        f"{len(report.shards)} shards in {args.output_dir} hold {report.chips} chips; skipped {len(report.bad)} bad chips"
-    )
+    _print_packing(args.output_dir, len(report.shards), report.bad, report.chips)
     return 0
 
 
@@ -220,6 +227,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     import torch
 
     from .embeddings import EMBEDDINGS_DTYPES, LEVELS, embed_to_geoparquet, load_encoder
+    from .image_processing_clay import parse_fill_value
     from .ranks import current_rank
 
     parser = argparse.ArgumentParser(description=embed_main.__doc__)
@@ -228,7 +236,25 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", required=True, help="chips: a folder, glob, list file or URL")
     parser.add_argument("--output", required=True, help="the GeoParquet file to write")
     parser.add_argument("--level", choices=LEVELS, default="mean", help="mean (D), patch (h·w·D) or group (G·h·w·D)")
-    parser.add_argument("--bands", nargs="+", help="band subset, for a model built for those bands")
+    parser.add_argument(
+        "--bands",
+        nargs="+",
+        help="the chips' band names in the chips' order (default: each chip's band descriptions, else the 13 v0 "
+        "bands); the model picks its bands from them by name",
+    )
+    parser.add_argument(
+        "--fill_value",
+        type=parse_fill_value,
+        help="embed chips with nodata/NaN pixels, filled with 'mean' (the band mean) or a raw value; by default "
+        "such chips are skipped and reported",
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="chip side (or height width) in pixels, multiples of the patch size (default: the model's)",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision")
@@ -244,6 +270,9 @@ def embed_main(argv: list[str] | None = None) -> int:
     if args.onnx and args.dtype != "fp32":
         parser.error("--dtype is PyTorch's autocast; an ONNX encoder runs as exported (float32)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    if args.image_size and len(args.image_size) > 2:
+        parser.error("--image_size takes a side, or a height and a width")
+    image_size = tuple(args.image_size) if args.image_size else None
     rank = current_rank(args.device)
     if args.onnx:
         from .export import OnnxEncoder
@@ -255,7 +284,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     run = embed_to_geoparquet(
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
-        embeddings_dtype=args.embeddings_dtype, rank=rank,
+        embeddings_dtype=args.embeddings_dtype, rank=rank, fill_value=args.fill_value, image_size=image_size,
     )  # fmt: skip
     if rank.is_main:
         print(
@@ -290,6 +319,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     import json
 
     from .evaluation import MASKINGS, SPLITS, evaluate_reconstruction, load_pretraining_model, write_eval_results
+    from .image_processing_clay import parse_fill_value
 
     parser = argparse.ArgumentParser(description=evaluate_main.__doc__)
     parser.add_argument("--model_name_or_path", required=True)
@@ -312,11 +342,17 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masking")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_chips", type=int, help="evaluate exactly this many chips (the first readable ones)")
+    parser.add_argument(
+        "--fill_value",
+        type=parse_fill_value,
+        help="use chips with nodata filled ('mean' or a raw value); default: skip them as bad chips",
+    )
     args = parser.parse_args(argv)
     model, processor = load_pretraining_model(args.model_name_or_path)
     results = evaluate_reconstruction(
         model, processor, args.data_dir, args.batch_size, masking=args.masking, seed=args.seed,
         max_chips=args.max_chips, split=args.split, validation_fraction=args.validation_fraction,
+        fill_value=args.fill_value,
     )  # fmt: skip
     path = write_eval_results(results, args.output_dir)
     print(json.dumps(results, indent=2))

@@ -1,8 +1,9 @@
 """Embeddings of GeoTIFF chips → GeoParquet (the v0 embeddings format), streamed and resumable.
 
 Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32, or float16 when asked),
-`geometry` (the chip's
-footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see `clay_hf.geometry`). The
+`geometry` (the chip's footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see
+`clay_hf.geometry`), `nodata_fraction` (float32: the share of the chip's values that were missing and filled; 0 for
+clean chips). The
 file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings` records the level and the shape of each embedding.
 
 Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete, numbered
@@ -32,9 +33,8 @@ import pyarrow.parquet as pq
 import torch
 from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
 
-from .configuration_clay import CLAY_V0_BAND_NAMES
-from .data.chips import chip_key
-from .data.dataset import chip_dataloader, model_inputs
+from .data.chips import ChipLayout, chip_key
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
 from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
@@ -120,21 +120,32 @@ def schema(length: int, with_key: bool = False, embeddings_dtype: str = "float32
         ("date", pa.date32()),
         ("embeddings", pa.list_(EMBEDDINGS_DTYPES[embeddings_dtype], length)),
         ("geometry", pa.binary()),
+        ("nodata_fraction", pa.float32()),
     ]
     return pa.schema([*fields, ("chip_key", pa.string())] if with_key else fields)
 
 
-def select_bands(pixels: torch.Tensor, bands: Sequence[str] | None, source_bands: Sequence[str]) -> torch.Tensor:
-    """Pick `bands` (by name) from chips whose channels are `source_bands`; chips that already hold exactly
-    `bands` pass through."""
-    if bands is None or pixels.shape[1] == len(bands):
-        return pixels
-    missing = [band for band in bands if band not in source_bands]
-    if missing or pixels.shape[1] != len(source_bands):
-        raise ValueError(
-            f"cannot select bands {list(bands)} from chips of {pixels.shape[1]} bands ({list(source_bands)})"
-        )
-    return pixels[:, [list(source_bands).index(band) for band in bands]]
+def embedding_layout(
+    model: ClayModel,
+    processor: ClayImageProcessor,
+    bands: Sequence[str] | None = None,
+    fill_value: float | str | None = None,
+    image_size: int | Sequence[int] | None = None,
+) -> ChipLayout:
+    """What each chip must give the model: its bands picked by name (`bands` names the chips' bands in the
+    chips' order; by default their band descriptions), `image_size` (a side or (height, width), multiples of
+    the patch size; the model's by default), missing pixels filled with the processor's `fill_value` fill or the chip skipped."""
+    model_bands = model.config.band_names
+    fill = None if fill_value is None else processor.fill_values(fill_value, model_bands)
+    return ChipLayout.for_model(model.config, image_size, chip_bands=bands, fill_values=fill)
+
+
+def finite_rows(vectors: np.ndarray, batch: dict) -> np.ndarray:
+    """(B,) True where a chip's embedding is finite; the others are named in a warning (never written)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    for url in (url for url, ok in zip(batch["source_url"], finite, strict=True) if not ok):
+        logger.warning("skipped %s: non-finite embedding", url)
+    return finite
 
 
 def embed_to_geoparquet(
@@ -150,18 +161,25 @@ def embed_to_geoparquet(
     rows_per_part: int = 1024,
     resume: bool = False,
     progress: bool = True,
+    fill_value: float | str | None = None,
+    image_size: int | Sequence[int] | None = None,
     embeddings_dtype: str = "float32",
     rank: Rank | None = None,
 ) -> EmbeddingRun:
-    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring). `model` is a
-    ClayModel or anything with its call, `config` and `device` (e.g. `clay_hf.export.OnnxEncoder`); `rank` is this
-    process's place among several (`clay_hf.ranks.current_rank()`); only the main rank writes `output`."""
+    """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring).
+
+    `model` is a ClayModel or anything with its call, `config` and `device` (e.g. `clay_hf.export.OnnxEncoder`).
+    `bands` names the chips' bands in the chips' order (by default each chip's band descriptions, else v0 order for
+    13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
+    [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
+    skipped, named in a warning and counted in `bad_chips`. `rank` is this process's place among several
+    (`clay_hf.ranks.current_rank()`); only the main rank writes `output`.
+    """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
     if embeddings_dtype not in EMBEDDINGS_DTYPES:
         raise ValueError(f"embeddings_dtype must be one of {list(EMBEDDINGS_DTYPES)}, got {embeddings_dtype!r}.")
-    if bands is not None and list(bands) != list(model.config.band_names):
-        raise ValueError(f"--bands {list(bands)} do not match the model's bands {model.config.band_names}.")
+    layout = embedding_layout(model, processor, bands, fill_value, image_size)
     rank = rank or Rank(0, 1, str(model.device))
     output = Path(output)
     parts_dir = output.with_name(output.name + ".parts")
@@ -189,14 +207,18 @@ def embed_to_geoparquet(
     writer = _PartWriter(_rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype)
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
-        dataset = load_chip_dataset(paths, num_workers=num_workers)
+        dataset = load_chip_dataset(paths, num_workers=num_workers, layout=layout)
         loader = chip_dataloader(dataset, batch_size, num_workers)
         for batch in _progress(loader, len(paths), batch_size, progress and rank.is_main):
+            inputs = model_inputs(batch, processor, device, model.config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
             bad_chips += batch["bad_chips"]
-            pixels = select_bands(batch["pixels"], bands, CLAY_V0_BAND_NAMES)
-            inputs = model_inputs({**batch, "pixels": pixels}, processor, device, bands)
+            if not batch["source_url"]:
+                continue
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 vectors = embed_batch(model, inputs, level).cpu().numpy()
+            finite = finite_rows(vectors, batch)
+            bad_chips += int((~finite).sum())
             batch_shape = embedding_shape(model, level, tuple(inputs["pixel_values"].shape[-2:]))
             if shape is not None and batch_shape != shape:
                 raise ValueError(
@@ -204,8 +226,8 @@ def embed_to_geoparquet(
                     f"{batch_shape}, but {output} already holds shape {shape}: one output holds one chip size"
                 )
             shape = batch_shape
-            writer.add(batch, vectors, shape)
-            embedded += len(vectors)
+            writer.add(batch, vectors, shape, finite)
+            embedded += int(finite.sum())
     writer.close()
     write_report(parts_dir, RankReport(rank.index, embedded, bad_chips, started, time.time()))
     skipped_done = len(sources) - len(remaining)
@@ -213,9 +235,9 @@ def embed_to_geoparquet(
         return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape or ())
     reports = wait_for_reports(parts_dir, rank.world_size)
     recorded = _recorded_layout(parts_dir)  # every rank's parts, now that all are done
-    shape = recorded[1] if recorded else shape or embedding_shape(model, level, model.config.image_size)
-    layout = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
-    _join_parts(parts_dir, output, {**layout, "model_name_or_path": getattr(model, "name_or_path", None) or None})
+    shape = recorded[1] if recorded else shape or embedding_shape(model, level, layout.size)
+    written = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
+    _join_parts(parts_dir, output, {**written, "model_name_or_path": getattr(model, "name_or_path", None) or None})
     shutil.rmtree(parts_dir)
     embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
     rate = throughput(reports)
@@ -270,16 +292,20 @@ class _PartWriter:
         self.shape: tuple[int, ...] | None = None
         self.index = max((_part_number(part) for part in folder.glob("part-*.parquet")), default=-1) + 1
 
-    def add(self, batch: dict, vectors: np.ndarray, shape: tuple[int, ...]) -> None:
+    def add(self, batch: dict, vectors: np.ndarray, shape: tuple[int, ...], keep: np.ndarray) -> None:
+        """Rows of the chips of `batch` where `keep` is True."""
         self.shape = shape
         height, width = batch["pixels"].shape[-2:]
         for i, url in enumerate(batch["source_url"]):
+            if not keep[i]:
+                continue
             self.rows.append(
                 {
                     "source_url": url,
                     "date": batch["date"][i],
                     "embeddings": vectors[i],
                     "geometry": _footprint_wkb(batch, i, (height, width)),
+                    "nodata_fraction": float(batch["nodata_fraction"][i]),
                     "chip_key": chip_key(url),
                 }
             )
@@ -299,6 +325,7 @@ class _PartWriter:
                     pa.array(np.concatenate([row["embeddings"] for row in self.rows]).astype(np.float32)), length
                 ).cast(pa.list_(EMBEDDINGS_DTYPES[self.embeddings_dtype], length)),
                 "geometry": [row["geometry"] for row in self.rows],
+                "nodata_fraction": pa.array([row["nodata_fraction"] for row in self.rows], pa.float32()),
                 "chip_key": [row["chip_key"] for row in self.rows],
             },
             schema=schema(length, True, self.embeddings_dtype).with_metadata(metadata),
@@ -368,8 +395,15 @@ def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
     staging = output.with_name(output.name + ".tmp")
     with pq.ParquetWriter(staging, target) as writer:
         for part in parts:
-            writer.write_table(pq.read_table(part, columns=target.names).cast(target))
+            writer.write_table(_with_nodata_fraction(pq.read_table(part)).select(target.names).cast(target))
     staging.rename(output)
+
+
+def _with_nodata_fraction(table: pa.Table) -> pa.Table:
+    """A part as written today: parts of runs before the `nodata_fraction` column held only clean chips (0)."""
+    if "nodata_fraction" in table.column_names:
+        return table
+    return table.append_column("nodata_fraction", pa.array(np.zeros(len(table), np.float32)))
 
 
 def _footprints(parts: list[Path]) -> list[Polygon | MultiPolygon]:
@@ -379,4 +413,12 @@ def _footprints(parts: list[Path]) -> list[Polygon | MultiPolygon]:
     return [geometry for geometry in from_wkb([value for value in wkb if value is not None])]
 
 
-__all__ = ["EmbeddingRun", "chip_footprint", "embed_batch", "embed_to_geoparquet", "embedding_shape", "load_encoder"]
+__all__ = [
+    "EmbeddingRun",
+    "chip_footprint",
+    "embed_batch",
+    "embed_to_geoparquet",
+    "embedding_layout",
+    "embedding_shape",
+    "load_encoder",
+]

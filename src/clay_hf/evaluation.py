@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 import torch
 
 from .configuration_clay import ClayConfig
-from .data.chips import chip_file_name
-from .data.dataset import chip_dataloader, model_inputs
+from .data.chips import ChipLayout, chip_file_name
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
 from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import from_pretrained_checked
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
+
+logger = logging.getLogger(__name__)
 
 EVAL_RESULTS_NAME = "eval_results.json"
 #: Masking schemes: "random" (each chip's own noise from a fixed seed and its file name; every group is masked at
@@ -98,6 +101,30 @@ class MaskedErrorTotals:
         }
 
 
+def finite_reconstructions(
+    pixel_values: torch.Tensor, outputs: ClayForMaskedImageModelingOutput, batch: dict[str, Any]
+) -> tuple[torch.Tensor, ClayForMaskedImageModelingOutput, int]:
+    """(pixels, outputs) of the chips whose reconstruction is finite, and how many were dropped (each named in a
+    warning): a chip whose values overflow inside the model never turns the results non-finite."""
+    finite = torch.isfinite(outputs.logits).flatten(1).all(dim=1)  # (B,)
+    if bool(finite.all()):
+        return pixel_values, outputs, 0
+    for url in (url for url, ok in zip(batch["source_url"], finite.tolist(), strict=True) if not ok):
+        logger.warning("skipped %s: non-finite reconstruction", url)
+    kept = ClayForMaskedImageModelingOutput(logits=outputs.logits[finite], mask=outputs.mask[finite])
+    return pixel_values[finite], kept, int((~finite).sum())
+
+
+def first_chips(
+    pixel_values: torch.Tensor, outputs: ClayForMaskedImageModelingOutput, count: int
+) -> tuple[torch.Tensor, ClayForMaskedImageModelingOutput]:
+    """The first `count` chips of a batch and their outputs (all of them if the batch holds no more)."""
+    if count >= len(pixel_values):
+        return pixel_values, outputs
+    kept = ClayForMaskedImageModelingOutput(logits=outputs.logits[:count], mask=outputs.mask[:count])
+    return pixel_values[:count], kept
+
+
 def evaluate_reconstruction(
     model: ClayForMaskedImageModeling,
     processor: ClayImageProcessor,
@@ -108,6 +135,7 @@ def evaluate_reconstruction(
     max_chips: int | None = None,
     split: str = "validation",
     validation_fraction: float = 0.2,
+    fill_value: float | str | None = None,
 ) -> dict[str, Any]:
     """Masked MSE in total (the v0 loss over all masked tokens) and per band group (None: no masked token).
 
@@ -115,9 +143,13 @@ def evaluate_reconstruction(
         source: chips (a folder, glob, list file or list of paths).
         masking: "random" (default: per-chip noise from `seed`, as the training run's validation) or "v0" (v0's
             validation masking, which never masks the last band groups).
-        max_chips: evaluate exactly this many readable chips (the first ones).
+        max_chips: evaluate exactly this many good chips (the first ones).
         split: "validation" (default) or "train", the training run's hash split of the file names with
             `validation_fraction`, or "all" chips.
+        fill_value: use chips with missing pixels filled ("mean" or a raw value); by default they are bad chips.
+
+    Chips that do not fit the model (its bands by name, its image size), cannot be read, hold missing pixels (unless
+    `fill_value`) or overflow inside the model are skipped, named in a warning and counted in `bad_chips_skipped`.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
@@ -127,18 +159,28 @@ def evaluate_reconstruction(
     config = model.config
     totals = MaskedErrorTotals(config, device)
     chips = bad = 0
+    fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
+    layout = ChipLayout.for_model(config, fill_values=fill)
     dataset = load_chip_dataset(
-        source, split=None if split == "all" else split, validation_fraction=validation_fraction
+        source, split=None if split == "all" else split, validation_fraction=validation_fraction, layout=layout
     )
-    if max_chips is not None:
-        dataset = dataset.take(max_chips)
     with torch.no_grad():
         for batch in chip_dataloader(dataset, batch_size):
+            inputs = model_inputs(batch, processor, device, config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
             bad += batch["bad_chips"]
-            inputs = model_inputs(batch, processor, device)
+            if not batch["source_url"]:
+                continue
             noise = masking_noise(batch["source_url"], inputs["pixel_values"], config, masking, seed)
-            totals.add(inputs["pixel_values"], model(**inputs, noise=noise))
-            chips += len(batch["source_url"])
+            outputs = model(**inputs, noise=noise)
+            pixel_values, outputs, overflowed = finite_reconstructions(inputs["pixel_values"], outputs, batch)
+            bad += overflowed
+            if max_chips is not None:
+                pixel_values, outputs = first_chips(pixel_values, outputs, max_chips - chips)
+            totals.add(pixel_values, outputs)
+            chips += len(pixel_values)
+            if max_chips is not None and chips >= max_chips:
+                break
     return {
         "masked_mse": totals.masked_mse(),
         "masked_mse_per_group": totals.per_group(),
@@ -149,6 +191,7 @@ def evaluate_reconstruction(
         "mask_ratio": config.mask_ratio,
         "split": split,
         "validation_fraction": validation_fraction,
+        "fill_value": fill_value,
         "dataset": str(source),
     }
 

@@ -192,6 +192,15 @@ class ClayImageProcessor(BaseImageProcessor):
         indices = self.band_indices(bands)
         return [self.image_mean[i] for i in indices], [self.image_std[i] for i in indices]
 
+    def fill_values(self, fill_value: float | str, bands: Sequence[str] | None = None) -> list[float]:
+        """The raw value that replaces a missing pixel in each band: the band's mean for `"mean"` (0 once
+        normalised), else `fill_value` itself."""
+        if fill_value == "mean":
+            return self.band_statistics(bands)[0]
+        if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
+            raise ValueError(f"fill_value must be 'mean' or a number, got {fill_value!r}.")
+        return [float(fill_value)] * len(self.band_indices(bands))
+
     def band_indices(self, bands: Sequence[str] | None = None) -> list[int]:
         if bands is None:
             return list(range(len(self.band_names)))
@@ -228,7 +237,12 @@ class ClayImageProcessor(BaseImageProcessor):
         **kwargs: Any,
     ) -> BatchFeature:
         """Raw images (C, H, W) or (B, C, H, W), channels first, with their dates and (lon, lat) centres →
-        `pixel_values` (B, C, H, W) float32, `timestep` (B, 3), `latlon` (B, 2)."""
+        `pixel_values` (B, C, H, W) float32 holding this processor's `band_names` in its order, `timestep` (B, 3),
+        `latlon` (B, 2).
+
+        `bands` names the images' channels in the images' order (by default: this processor's `band_names`); the
+        processor picks the bands it needs by name, whatever their order, and says which it needs and lacks.
+        """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}.")
         if type(images).__module__.startswith("PIL."):
@@ -238,10 +252,8 @@ class ClayImageProcessor(BaseImageProcessor):
                 "`import clay_hf`."
             )
         pixels = _as_batch(images)  # (B, C, H, W), float64
-        mean, std = self.band_statistics(bands)
-        names = list(bands) if bands is not None else self.band_names
-        if pixels.shape[1] != len(names):
-            raise ValueError(f"images have {pixels.shape[1]} bands, but {len(names)} are expected: {names}.")
+        pixels = self._pick_bands(pixels, bands)  # (B, C, H, W) in band_names order
+        mean, std = self.band_statistics()
         if dates is None or lonlat is None:
             raise ValueError("dates and lonlat are required: Clay encodes each chip's date and centre.")
         date_list = [dates] if isinstance(dates, (str, dt.date, np.datetime64)) else list(dates)
@@ -252,11 +264,7 @@ class ClayImageProcessor(BaseImageProcessor):
                 f"{len(lonlat_array)} lon/lat pairs."
             )
         pixels = self._fill_missing(
-            pixels,
-            names,
-            mean,
-            self.nodata if nodata is None else nodata,
-            self.fill_value if fill_value is None else fill_value,
+            pixels, self.nodata if nodata is None else nodata, self.fill_value if fill_value is None else fill_value
         )
         mean_array = np.asarray(mean, dtype=np.float64)[None, :, None, None]
         std_array = np.asarray(std, dtype=np.float64)[None, :, None, None]
@@ -267,10 +275,24 @@ class ClayImageProcessor(BaseImageProcessor):
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    @staticmethod
-    def _fill_missing(
-        pixels: np.ndarray, names: list[str], mean: list[float], nodata: float | None, fill_value: float | str | None
-    ) -> np.ndarray:
+    def _pick_bands(self, pixels: np.ndarray, bands: Sequence[str] | None) -> np.ndarray:
+        """The channels of `band_names`, in that order, from images whose channels are `bands`."""
+        given = list(bands) if bands is not None else self.band_names
+        if pixels.shape[1] != len(given):
+            raise ValueError(f"images have {pixels.shape[1]} bands, but {len(given)} are named: {given}.")
+        if len(set(given)) != len(given):
+            raise ValueError(f"bands {given} name a band twice.")
+        lacking = [band for band in self.band_names if band not in given]
+        if lacking:
+            raise ValueError(
+                f"images lack band(s) {lacking} that this processor's model reads ({self.band_names}); the images "
+                f"hold {given}. For a model of fewer bands use processor.select_bands(model.config.band_names)."
+            )
+        return pixels[:, [given.index(band) for band in self.band_names]]
+
+    def _fill_missing(self, pixels: np.ndarray, nodata: float | None, fill_value: float | str | None) -> np.ndarray:
+        """Replace NaN, ±inf and `nodata` values (B, C, H, W) with [`fill_values`], or raise saying where they are."""
+        names = self.band_names
         missing = ~np.isfinite(pixels)
         if nodata is not None:
             missing |= pixels == nodata
@@ -283,8 +305,20 @@ class ClayImageProcessor(BaseImageProcessor):
                 f"images hold {int(missing.sum())} missing pixels (NaN, inf or nodata) — per band {where}. Pass "
                 "fill_value='mean' (or a raw value) to fill them, and nodata=<value> if the files mark gaps with one."
             )
-        fill = np.asarray(mean if fill_value == "mean" else [fill_value] * len(names), dtype=np.float64)
+        fill = np.asarray(self.fill_values(fill_value), dtype=np.float64)
         return np.where(missing, fill[None, :, None, None], pixels)
+
+
+def parse_fill_value(text: str) -> float | str:
+    """A command line's fill value: 'mean' or a raw pixel value (argparse `type=`)."""
+    if text == "mean":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected 'mean' or a number, got {text!r}") from None
 
 
 def load_image_processor(model_name_or_path: str, band_names: Sequence[str]) -> ClayImageProcessor:
@@ -335,4 +369,5 @@ __all__ = [
     "load_image_processor",
     "normalize_pixels",
     "parse_date",
+    "parse_fill_value",
 ]

@@ -16,8 +16,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data.dataset import chip_dataloader, load_geotiff_dataset, model_inputs
-from .embeddings import embed_batch
+from .data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs
+from .embeddings import embed_batch, embedding_layout, finite_rows
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayModel
 
@@ -56,15 +56,20 @@ def labels_from_folders(root: str | PathLike) -> dict[str, str]:
 def mean_embeddings(
     model: ClayModel, processor: ClayImageProcessor, paths: Sequence[str], batch_size: int = 8
 ) -> dict[str, np.ndarray]:
-    """{chip path: mean embedding} for the readable chips among `paths`."""
+    """{chip path: mean embedding} for the good chips among `paths` (bad ones are skipped and named)."""
     device = next(model.parameters()).device
     vectors: dict[str, np.ndarray] = {}
-    loader = chip_dataloader(load_geotiff_dataset(list(paths)), batch_size)
+    loader = chip_dataloader(load_geotiff_dataset(list(paths), layout=embedding_layout(model, processor)), batch_size)
     with torch.no_grad():
         for batch in loader:
-            inputs = model_inputs(batch, processor, device)
-            for url, vector in zip(batch["source_url"], embed_batch(model, inputs, "mean").cpu().numpy(), strict=True):
-                vectors[url] = vector
+            batch, inputs = drop_nonfinite_chips(batch, model_inputs(batch, processor, device, model.config.band_names))
+            if not batch["source_url"]:
+                continue
+            embedded = embed_batch(model, inputs, "mean").cpu().numpy()
+            finite = finite_rows(embedded, batch)
+            for url, vector, ok in zip(batch["source_url"], embedded, finite, strict=True):
+                if ok:
+                    vectors[url] = vector
     return vectors
 
 

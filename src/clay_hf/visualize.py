@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -13,12 +14,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .data.chips import ChipLayout
 from .data.dataset import collate_chips
 from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
 
+logger = logging.getLogger(__name__)
+
 RGB_BANDS = ("red", "green", "blue")
+
+
+class NonFiniteReconstruction(ValueError):
+    """A chip whose values overflow in the model: it is skipped, never drawn."""
 
 
 def display_bands(band_names: Sequence[str]) -> list[int]:
@@ -72,6 +80,8 @@ def reconstruction_panels(
     config = model.config
     with torch.no_grad():
         outputs = model(pixels[None], timestep[None], latlon[None], noise=noise[None])
+    if not (torch.isfinite(pixels).all() and torch.isfinite(outputs.logits).all()):
+        raise NonFiniteReconstruction("non-finite values in the input or its reconstruction")
     size = pixels.shape[-1]
     side = size // config.patch_size
     reconstruction = model.logits_to_image(outputs.logits, size, size)[0]  # (C, H, W)
@@ -135,20 +145,30 @@ def save_reconstructions(
     seed: int = 0,
     dpi: int = 100,
 ) -> list[Path]:
-    """Save one PNG per chip for the first `num_chips` chips, masking randomly with a fixed `seed`."""
+    """Save one PNG per chip for the first `num_chips` good chips (bad ones are skipped and named in a warning),
+    masking randomly with a fixed `seed`."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     written = []
-    for record in load_chip_dataset(source).take(num_chips):
+    dataset = load_chip_dataset(source, layout=ChipLayout.for_model(config))
+    for record in dataset.filter(lambda record: not record["bad_chip"]):
+        if len(written) == num_chips:
+            break
         batch = collate_chips([record])
-        pixels = processor.normalize_tensor(batch["pixels"])[0]
+        pixels = processor.normalize_tensor(batch["pixels"], config.band_names)[0]
         side = pixels.shape[-1] // config.patch_size
         noise = torch.rand(config.num_groups * side * side, generator=generator)
         name = Path(record["source_url"]).stem
         statistics = processor.band_statistics()
-        figure = reconstruction_figure(model, pixels, batch["timestep"][0], batch["latlon"][0], noise, name, statistics)
+        try:
+            figure = reconstruction_figure(
+                model, pixels, batch["timestep"][0], batch["latlon"][0], noise, name, statistics
+            )
+        except NonFiniteReconstruction as error:
+            logger.warning("skipped %s: %s", record["source_url"], error)
+            continue
         path = output / f"{name}.png"
         figure.savefig(path, dpi=dpi)
         plt.close(figure)

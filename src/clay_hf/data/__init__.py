@@ -1,12 +1,13 @@
 """Reading, cutting, packing and loading chips for Clay (GeoTIFF chips, WebDataset and Clay shards)."""
 
-from .chips import Chip, ChipError, date_from_filename, read_chip
+from .chips import Chip, ChipError, ChipLayout, date_from_filename, read_chip
 from .datacube import BandSource, TargetGrid, band_sources, clay_band_name, make_datacube_chips, target_grid
 from .dataset import (
     auto_num_shards,
     chip_dataloader,
     chip_features,
     collate_chips,
+    drop_nonfinite_chips,
     load_geotiff_dataset,
     resolve_sources,
     shard_paths,
@@ -23,6 +24,7 @@ __all__ = [
     "BandSource",
     "Chip",
     "ChipError",
+    "ChipLayout",
     "ChipReport",
     "PackReport",
     "SampleDataUnavailable",
@@ -38,6 +40,7 @@ __all__ = [
     "clay_band_name",
     "collate_chips",
     "date_from_filename",
+    "drop_nonfinite_chips",
     "load_chip_dataset",
     "load_geotiff_dataset",
     "make_chips",

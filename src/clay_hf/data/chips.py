@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -12,8 +13,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 
+from ..configuration_clay import CLAY_V0_BAND_NAMES
 from ..geometry import normalize_longitude
 from ..image_processing_clay import parse_date
 
@@ -45,6 +48,14 @@ class Chip:
     tags: dict[str, str]
     crs: str = ""
     transform: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    #: (C, H, W) True where a value is missing: NaN, ±inf, the file's nodata value or its mask; None when none is.
+    missing: np.ndarray | None = None
+    #: the file's own nodata value (None when it declares none)
+    nodata: float | None = None
+    #: the band of each channel of `pixels`, when known (from a layout, `--bands` or the band descriptions)
+    band_names: list[str] | None = None
+    #: the fraction of values that were missing when read (before any fill)
+    nodata_fraction: float = 0.0
 
     def to_example(self) -> dict[str, Any]:
         """The record the `datasets` loader yields (see `clay_hf.data.dataset.chip_features`)."""
@@ -58,7 +69,70 @@ class Chip:
             "crs": self.crs,
             "transform": list(self.transform),
             "source_url": self.source_url,
+            "nodata_fraction": self.nodata_fraction,
+            "bad_chip": "",
         }
+
+
+@dataclass(frozen=True)
+class ChipLayout:
+    """What every chip of a run must give: the bands the model reads (in the model's order), the size and the
+    dtype the pixels travel in, and what becomes of missing pixels. It comes from the model and its processor
+    (see [`ChipLayout.for_model`]), never from whichever chip is read first.
+
+    Args:
+        bands: the bands the model reads, in its order; each chip's bands are picked from it by name.
+        size: (height, width) of every chip.
+        dtype: the dtype pixels travel in; a chip of a float dtype, or of an integer dtype when `dtype` is a float,
+            is converted; any other dtype (complex, or a wider integer into a narrower one) is a bad chip.
+        chip_bands: the names of the chips' bands in the chips' order (`--bands`); by default each chip's GeoTIFF
+            band descriptions, else the 13 v0 bands for a 13-band chip, else the model's bands for a chip with as
+            many bands as the model reads.
+        fill_values: raw per-band values (in `bands` order) that replace missing pixels; None makes a chip with
+            any missing pixel bad.
+    """
+
+    bands: tuple[str, ...] = tuple(CLAY_V0_BAND_NAMES)
+    size: tuple[int, int] = (512, 512)
+    dtype: str = "float32"
+    chip_bands: tuple[str, ...] | None = None
+    fill_values: tuple[float, ...] | None = None
+
+    @classmethod
+    def for_model(
+        cls,
+        config: Any,
+        image_size: int | Sequence[int] | None = None,
+        chip_bands: Sequence[str] | None = None,
+        fill_values: Sequence[float] | None = None,
+        dtype: str = "float32",
+    ) -> ChipLayout:
+        """The layout a model reads: its `band_names`, and `image_size` (a side, or (height, width), each a multiple
+        of its patch size; the model's own image size by default)."""
+        size = image_size or config.image_size
+        sides = [size] if isinstance(size, int) else list(size)  # a side, or (height, width)
+        height, width = sides[0], sides[-1]
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"image size {height}×{width} is not a multiple of the model's patch size {config.patch_size}."
+            )
+        lacking = [band for band in config.band_names if chip_bands is not None and band not in chip_bands]
+        if lacking:
+            raise ValueError(
+                f"the chips' bands {list(chip_bands)} lack {lacking}, which the model reads ({config.band_names})."
+            )
+        return cls(
+            bands=tuple(config.band_names),
+            size=(height, width),
+            dtype=dtype,
+            chip_bands=None if chip_bands is None else tuple(chip_bands),
+            fill_values=None if fill_values is None else tuple(float(v) for v in fill_values),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the pixels every record holds."""
+        return (len(self.bands), *self.size)
 
 
 def _is_remote(text: str) -> bool:
@@ -101,13 +175,21 @@ def read_chip(
     num_bands: int | None = None,
     size: tuple[int, int] | None = None,
     source_url: str | None = None,
+    layout: ChipLayout | None = None,
 ) -> Chip:
     """Read a chip from a local path, any URL GDAL reads (`s3://`, `https://`, `/vsi…`) or an open `MemoryFile`.
 
     The date is `date` when given, else the file's `date` tag, else the date in a v0 file name. With `num_bands`
-    or `size` (height, width), a chip that differs is rejected. Every problem raises [`ChipError`] naming the file.
+    or `size` (height, width), a chip that differs is rejected. The chip keeps the file's nodata: `missing` marks
+    NaN, ±inf and the values the file's nodata value or mask declares missing.
+
+    With a `layout`, the chip must fit it: the layout's bands are picked by name in the layout's order, its size
+    and a convertible dtype are required, and missing values are filled with the layout's `fill_values` or, without
+    them, make the chip bad. Every problem raises [`ChipError`] naming the file.
     """
     name = source_url or (str(source) if isinstance(source, (str, PathLike)) else str(source.name))
+    if layout is not None:
+        size = layout.size
     try:
         with _open(source) as dataset:
             if num_bands is not None and dataset.count != num_bands:
@@ -118,17 +200,21 @@ def read_chip(
                 raise ChipError(name, "has no CRS, so its place is unknown")
             tags = dataset.tags()
             chip_date = resolve_chip_date(name, date, tags)
+            band_names, indexes = _band_selection(name, dataset.count, dataset.descriptions, layout)
+            if layout is not None:
+                _check_dtype(name, dataset.dtypes[0], layout.dtype)
             lon, lat = _centre_lonlat(name, dataset)
-            pixels = dataset.read() if read_pixels else None
+            pixels, missing = _read_pixels(dataset, indexes) if read_pixels else (None, None)
             bounds = dataset.bounds
             epsg = dataset.crs.to_epsg()
             crs = dataset.crs.to_wkt()
             transform = tuple(dataset.transform)[:6]
+            nodata = dataset.nodata
     except ChipError:
         raise
     except (RasterioError, OSError) as error:
         raise ChipError(name, f"cannot be read ({error})") from error
-    return Chip(
+    chip = Chip(
         pixels=pixels,
         date=chip_date,
         lon=lon,
@@ -139,7 +225,137 @@ def read_chip(
         tags=tags,
         crs=crs,
         transform=transform,
+        missing=missing,
+        nodata=None if nodata is None else float(nodata),
+        band_names=band_names,
+        nodata_fraction=0.0 if missing is None else float(missing.mean()),
     )
+    return chip if layout is None or pixels is None else fit_to_layout(chip, layout)
+
+
+def fit_to_layout(chip: Chip, layout: ChipLayout) -> Chip:
+    """Fill (or refuse) missing values and convert the pixels to the layout's dtype; raises ChipError."""
+    pixels, target = chip.pixels, np.dtype(layout.dtype)
+    if chip.missing is not None:
+        if layout.fill_values is None:
+            raise nodata_error(chip)
+        fill = np.asarray(layout.fill_values, dtype=np.float64)[:, None, None]  # (C, 1, 1)
+        pixels = np.where(chip.missing, fill, pixels)
+        if np.issubdtype(target, np.integer):
+            pixels = np.rint(pixels)
+            info = np.iinfo(target)
+            if pixels.min() < info.min or pixels.max() > info.max:
+                raise ChipError(chip.source_url, f"has a fill value outside the range of {target}")
+    converted = pixels.astype(target, copy=False)
+    if converted.dtype != chip.pixels.dtype and np.issubdtype(target, np.floating) and not np.isfinite(converted).all():
+        raise ChipError(chip.source_url, f"has values too large for {target}")
+    chip.pixels, chip.missing = converted, None
+    return chip
+
+
+def nodata_error(chip: Chip) -> ChipError:
+    """The error of a chip with missing values: "NAME: N% nodata (…)"."""
+    count, total = int(chip.missing.sum()), chip.missing.size
+    return ChipError(
+        chip.source_url,
+        f"{100 * count / total:.3g}% nodata ({count} of {total} values are NaN, ±inf or the file's nodata value or "
+        "mask; a fill value would use the chip)",
+    )
+
+
+def _band_selection(
+    name: str, count: int, descriptions: Sequence[str | None], layout: ChipLayout | None
+) -> tuple[list[str] | None, list[int] | None]:
+    """(the chip's band names, the 1-based indexes of the layout's bands in the layout's order)."""
+    names = chip_band_names(count, descriptions, layout)
+    if layout is None:
+        return names, None
+    if names is None:
+        raise ChipError(
+            name,
+            f"has {count} bands and no clay band names in its band descriptions, so its bands are unknown: "
+            f"the model reads {list(layout.bands)}; name the chip's bands with --bands (a 13-band chip is read in "
+            "v0 order)",
+        )
+    if len(names) != count:
+        raise ChipError(name, f"has {count} bands, but {len(names)} band names were given ({names})")
+    lacking = [band for band in layout.bands if band not in names]
+    if lacking:
+        raise ChipError(
+            name, f"lacks band(s) {lacking} that the model reads (the chip's bands: {names}; the model's: "
+            f"{list(layout.bands)})"
+        )  # fmt: skip
+    return [names[names.index(band)] for band in layout.bands], [names.index(band) + 1 for band in layout.bands]
+
+
+def conform_chip(chip: Chip, descriptions: Sequence[str | None], layout: ChipLayout) -> Chip:
+    """A chip read with all its bands from elsewhere than a GeoTIFF (a Clay shard record), made to fit `layout`
+    exactly as `read_chip(..., layout=)` makes a file fit: bands picked by name, size and dtype checked, NaN, ±inf
+    and the chip's nodata value missing (filled or the chip bad). Raises ChipError."""
+    name = chip.source_url
+    count, height, width = chip.pixels.shape  # (C, H, W), all the chip's bands
+    if (height, width) != tuple(layout.size):
+        raise ChipError(name, f"is {height}×{width} pixels, expected {layout.size[0]}×{layout.size[1]}")
+    band_names, indexes = _band_selection(name, count, descriptions, layout)
+    _check_dtype(name, chip.pixels.dtype.name, layout.dtype)
+    pixels = chip.pixels[[index - 1 for index in indexes]]  # (C', H, W) in the layout's order
+    missing = np.zeros(pixels.shape, dtype=bool)
+    if np.issubdtype(pixels.dtype, np.inexact):
+        missing |= ~np.isfinite(pixels)
+    if chip.nodata is not None and not np.isnan(chip.nodata):
+        missing |= pixels == chip.nodata
+    chip.pixels, chip.band_names = pixels, band_names
+    chip.missing = missing if missing.any() else None
+    chip.nodata_fraction = float(missing.mean())
+    return fit_to_layout(chip, layout)
+
+
+def chip_band_names(
+    count: int, descriptions: Sequence[str | None], layout: ChipLayout | None = None
+) -> list[str] | None:
+    """The names of a chip's bands in its order: the layout's `chip_bands` (`--bands`), else the band
+    descriptions when each names a clay band, else the v0 order for 13 bands, else the layout's own bands when the
+    chip has exactly that many; None when unknown."""
+    if layout is not None and layout.chip_bands is not None:
+        return list(layout.chip_bands)
+    known = set(CLAY_V0_BAND_NAMES) | set(layout.bands if layout is not None else ())
+    cleaned = [(text or "").strip() for text in descriptions]
+    if cleaned and all(text in known for text in cleaned):
+        return cleaned
+    if count == len(CLAY_V0_BAND_NAMES):
+        return list(CLAY_V0_BAND_NAMES)
+    if layout is not None and count == len(layout.bands):
+        return list(layout.bands)
+    return None
+
+
+def _check_dtype(name: str, dtype: str, target: str) -> None:
+    """A float chip converts to a float layout, any integer chip to a float layout, an integer chip to an integer
+    layout only without loss; anything else (complex, a wider integer) is a bad chip."""
+    source, wanted = np.dtype(dtype), np.dtype(target)
+    real = np.issubdtype(source, np.integer) or np.issubdtype(source, np.floating)
+    if real and (np.issubdtype(wanted, np.floating) or np.can_cast(source, wanted, "safe")):
+        return
+    raise ChipError(name, f"has pixels of dtype {dtype}, which cannot be read as {target}")
+
+
+def _read_pixels(dataset: Any, indexes: list[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pixels (C, H, W) in the file's dtype, the missing-value mask or None): NaN, ±inf and what the file's
+    nodata value or mask declares missing."""
+    chosen = indexes or list(range(1, dataset.count + 1))
+    flags = [dataset.mask_flag_enums[i - 1] for i in chosen]
+    if all(band_flags == [MaskFlags.all_valid] for band_flags in flags):
+        pixels = dataset.read(chosen)
+        missing = None
+    else:
+        masked = dataset.read(chosen, masked=True)
+        pixels, missing = np.ma.getdata(masked), np.ma.getmaskarray(masked)
+    if np.issubdtype(pixels.dtype, np.inexact):
+        nonfinite = ~np.isfinite(pixels)
+        missing = nonfinite if missing is None else missing | nonfinite
+    if missing is not None and not missing.any():
+        missing = None
+    return pixels, missing
 
 
 def _centre_lonlat(name: str, dataset: Any) -> tuple[float, float]:
@@ -178,9 +394,14 @@ __all__ = [
     "CHIP_NAME_PATTERN",
     "Chip",
     "ChipError",
+    "ChipLayout",
+    "chip_band_names",
     "chip_file_name",
     "chip_key",
+    "conform_chip",
     "date_from_filename",
+    "fit_to_layout",
+    "nodata_error",
     "read_chip",
     "resolve_chip_date",
 ]

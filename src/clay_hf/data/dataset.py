@@ -7,6 +7,7 @@ metadata whose pixels are read lazily by a transform (no Arrow copy of the pixel
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import hashlib
 import itertools
@@ -23,12 +24,11 @@ from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
-import rasterio
 import torch
 from datasets import Array3D, Dataset, Features, IterableDataset, List, Value
 
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
-from .chips import Chip, ChipError, chip_file_name, read_chip
+from .chips import Chip, ChipError, ChipLayout, chip_file_name, read_chip
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,13 @@ def split_paths(paths: Sequence[str], validation_fraction: float = 0.2) -> dict[
 
 
 def chip_features(num_bands: int, height: int, width: int, dtype: str, with_pixels: bool = True) -> Features:
-    """The explicit schema of a chip record (pixels in the file's dtype)."""
+    """The explicit schema of a chip record (pixels in the layout's dtype).
+
+    A streamed record is either a chip (`bad_chip` empty) or a bad chip that was skipped (`bad_chip` says why, the
+    other fields are placeholders): bad chips travel in the stream so that every one is counted where it is met,
+    whatever its place (first, last, alone in a shard, at a worker's tail, on any rank). [`collate_chips`] takes
+    them out of the batch and counts them.
+    """
     fields: dict[str, Any] = {}
     if with_pixels:
         fields["pixels"] = Array3D(shape=(num_bands, height, width), dtype=dtype)
@@ -204,24 +210,28 @@ def chip_features(num_bands: int, height: int, width: int, dtype: str, with_pixe
         crs=Value("string"),
         transform=List(Value("float64"), length=6),
         source_url=Value("string"),
+        nodata_fraction=Value("float32"),
     )
     if with_pixels:
-        fields["bad_chips_before"] = Value("int32")
+        fields["bad_chip"] = Value("string")
     return Features(fields)
 
 
-def probe_layout(paths: Sequence[str]) -> tuple[int, int, int, str]:
-    """(bands, height, width, dtype) of the first readable chip."""
-    problems = []
-    for path in paths[:100]:
-        try:
-            with rasterio.open(path) as dataset:
-                return dataset.count, dataset.height, dataset.width, dataset.dtypes[0]
-        except Exception as error:  # a bad first file must not hide the good ones
-            problems.append(f"{path}: {error}")
-    raise ChipError(
-        str(paths[0]) if paths else "<no paths>", "no readable chip among the first 100: " + "; ".join(problems[:3])
-    )
+def bad_record(error: ChipError, shape: tuple[int, int, int], dtype: str) -> dict[str, Any]:
+    """The stream's record of a skipped chip: its name and problem, placeholder pixels (never used)."""
+    return {
+        "pixels": np.zeros(shape, dtype=dtype),
+        "date": dt.date(1970, 1, 1),
+        "lon": 0.0,
+        "lat": 0.0,
+        "bbox": [0.0, 0.0, 0.0, 0.0],
+        "epsg": -1,
+        "crs": "",
+        "transform": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "source_url": error.source,
+        "nodata_fraction": 0.0,
+        "bad_chip": error.problem or "bad chip",
+    }
 
 
 class BadChipLog:
@@ -232,42 +242,33 @@ class BadChipLog:
 
     def skip(self, error: ChipError) -> None:
         self.count += 1
-        logger.warning("skipping bad chip %s (%d skipped so far)", error, self.count)
+        logger.warning("skipped %s (%d skipped so far)", error, self.count)
 
 
-def generate_chips(
-    shards: Sequence[Sequence[str]], num_bands: int, height: int, width: int
-) -> Iterator[dict[str, Any]]:
-    """The generator behind the streaming loader: reads each chip of the given shards, skipping bad ones.
+def generate_chips(shards: Sequence[Sequence[str]], layout: ChipLayout) -> Iterator[dict[str, Any]]:
+    """The generator behind the streaming loader: reads each chip of the given shards to `layout`.
 
-    `datasets` hands each call a SLICE of the outer shard list, so the shards are flattened here. Every record
-    carries `bad_chips_before`: how many bad chips were skipped since the previous record, so that the count
-    survives DataLoader workers and ranks and can be summed by the training loop.
+    `datasets` hands each call a SLICE of the outer shard list, so the shards are flattened here. A bad chip is
+    logged and yielded as a [`bad_record`], so that it is counted in the batch it falls in.
     """
     log = BadChipLog()
-    pending = 0
     for shard in shards:
         for path in shard:
             try:
-                chip = read_chip(path, num_bands=num_bands, size=(height, width))
+                yield read_chip(path, layout=layout).to_example()
             except ChipError as error:
                 log.skip(error)
-                pending += 1
-                continue
-            yield {**chip.to_example(), "bad_chips_before": pending}
-            pending = 0
-    if pending:
-        logger.warning("%d bad chips at the end of this stream were skipped", pending)
+                yield bad_record(error, layout.shape, layout.dtype)
 
 
 def read_metadata(
-    paths: Sequence[str], num_threads: int = 8, num_bands: int | None = None, size: tuple[int, int] | None = None
+    paths: Sequence[str], num_threads: int = 8, layout: ChipLayout | None = None
 ) -> tuple[list[Chip], list[ChipError]]:
     """Read the headers (not the pixels) of many chips in parallel threads; bad chips are returned apart."""
 
     def read(path: str) -> Chip | ChipError:
         try:
-            return read_chip(path, read_pixels=False, num_bands=num_bands, size=size)
+            return read_chip(path, read_pixels=False, layout=layout)
         except ChipError as error:
             return error
 
@@ -289,7 +290,7 @@ def load_geotiff_dataset(
     num_shards: int | None = None,
     world_size: int = 1,
     num_workers: int = 1,
-    layout: tuple[int, int, int, str] | None = None,
+    layout: ChipLayout | None = None,
     num_threads: int = 8,
 ) -> IterableDataset | Dataset:
     """Load GeoTIFF chips as a `datasets` dataset.
@@ -301,11 +302,14 @@ def load_geotiff_dataset(
         split: `None` for all chips, or "train"/"validation" of the deterministic hash split.
         num_shards: streaming shards; by default a multiple of `world_size × num_workers` (see `auto_num_shards`),
             so `datasets.distributed.split_dataset_by_node` gives each rank disjoint shards.
-        layout: (bands, height, width, dtype) that every chip must have; read from the first chip by default.
+        layout: the bands (by name), size and dtype every chip must give, and whether missing pixels are filled
+            (see [`ChipLayout`]; `ChipLayout.for_model(config)` for a model). By default the 13 v0 bands at 512×512,
+            float32, chips with missing pixels bad. Never guessed from the chips.
         num_threads: threads reading headers for the map-style dataset.
 
     Shuffle with `dataset.shuffle(seed=…, buffer_size=…)` (shard order + buffer), reshuffle with `set_epoch`,
-    resume with `state_dict()`/`load_state_dict()`. Bad chips are skipped with a warning naming them.
+    resume with `state_dict()`/`load_state_dict()`. Bad chips are skipped with a warning naming them; streamed,
+    each yields a record whose `bad_chip` says why (see [`chip_features`]).
     """
     paths = resolve_sources(source)
     if split is not None:
@@ -314,43 +318,39 @@ def load_geotiff_dataset(
         paths = split_paths(paths, validation_fraction)[split]
         if not paths:
             raise FileNotFoundError(f"the {split} split of {source!r} is empty ({validation_fraction=}).")
-    num_bands, height, width, dtype = layout or probe_layout(paths)
+    layout = layout or ChipLayout()
     if streaming:
         shards = shard_paths(paths, num_shards or auto_num_shards(len(paths), world_size, num_workers))
         return IterableDataset.from_generator(
             generate_chips,
-            gen_kwargs={"shards": shards, "num_bands": num_bands, "height": height, "width": width},
-            features=chip_features(num_bands, height, width, dtype),
+            gen_kwargs={"shards": shards, "layout": layout},
+            features=chip_features(*layout.shape, layout.dtype),
         )
-    return _map_style_dataset(paths, num_bands, height, width, dtype, num_threads)
+    return _map_style_dataset(paths, layout, num_threads)
 
 
-def _map_style_dataset(
-    paths: Sequence[str], num_bands: int, height: int, width: int, dtype: str, num_threads: int
-) -> Dataset:
-    chips, errors = read_metadata(paths, num_threads, num_bands, (height, width))
+def _map_style_dataset(paths: Sequence[str], layout: ChipLayout, num_threads: int) -> Dataset:
+    chips, errors = read_metadata(paths, num_threads, layout)
     log = BadChipLog()
     for error in errors:
         log.skip(error)
     records = [chip.to_example() for chip in chips]
-    columns = {key: [record[key] for record in records] for key in chip_features(1, 1, 1, dtype, with_pixels=False)}
-    dataset = Dataset.from_dict(columns, features=chip_features(num_bands, height, width, dtype, with_pixels=False))
+    features = chip_features(*layout.shape, layout.dtype, with_pixels=False)
+    dataset = Dataset.from_dict({key: [record[key] for record in records] for key in features}, features=features)
     dataset.info.description = f"{len(errors)} bad chips skipped"
-    return dataset.with_transform(PixelReader(num_bands, height, width))
+    return dataset.with_transform(PixelReader(layout))
 
 
 class PixelReader:
-    """`with_transform` function: adds `pixels` (file dtype) to a batch of metadata rows by reading the files."""
+    """`with_transform` function: adds `pixels` (the layout's dtype) to a batch of metadata rows by reading the
+    files; a chip whose pixels turn out bad (e.g. nodata) raises a ChipError naming it."""
 
-    def __init__(self, num_bands: int, height: int, width: int) -> None:
-        self.num_bands, self.height, self.width = num_bands, height, width
+    def __init__(self, layout: ChipLayout) -> None:
+        self.layout = layout
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         batch = dict(batch)
-        batch["pixels"] = [
-            read_chip(url, num_bands=self.num_bands, size=(self.height, self.width)).pixels
-            for url in batch["source_url"]
-        ]
+        batch["pixels"] = [read_chip(url, layout=self.layout).pixels for url in batch["source_url"]]
         return batch
 
 
@@ -383,7 +383,8 @@ def chip_dataloader(
 def model_inputs(
     batch: dict[str, Any], processor: ClayImageProcessor, device: torch.device, bands: Sequence[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """A collated batch → ClayModel inputs on `device`: the compact pixels travel, then are normalised there."""
+    """A collated batch → ClayModel inputs on `device`: the compact pixels travel, then are normalised there.
+    `bands` names the pixels' channels (the model's bands); see [`drop_nonfinite_chips`] for the guard."""
     pixels = batch["pixels"].to(device, non_blocking=True)
     return {
         "pixel_values": processor.normalize_tensor(pixels, bands),
@@ -392,25 +393,79 @@ def model_inputs(
     }
 
 
+def drop_nonfinite_chips(batch: dict[str, Any], inputs: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Take chips whose normalised pixels are not all finite out of the batch and its inputs, counting them in
+    `bad_chips` (a last guard on the device: readers already refuse NaN, ±inf and nodata)."""
+    finite = torch.isfinite(inputs["pixel_values"]).flatten(1).all(dim=1)  # (B,)
+    if bool(finite.all()):
+        return batch, inputs
+    keep = finite.cpu()
+    for url in (url for url, ok in zip(batch["source_url"], keep.tolist(), strict=True) if not ok):
+        logger.warning("skipped %s: non-finite values after normalisation", url)
+    batch = _select(batch, keep)
+    batch["bad_chips"] += int((~keep).sum())
+    return batch, {key: value[finite] for key, value in inputs.items()}
+
+
+#: The entries of a collated batch that hold one item per chip.
+PER_CHIP_KEYS = (
+    "pixels",
+    "timestep",
+    "latlon",
+    "date",
+    "bbox",
+    "epsg",
+    "crs",
+    "transform",
+    "source_url",
+    "nodata_fraction",
+)
+
+
+def _select(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The chips of a collated batch where `keep` (B,) is True."""
+    selected = dict(batch)
+    for key in (key for key in PER_CHIP_KEYS if key in batch):
+        value = batch[key]
+        if isinstance(value, torch.Tensor):
+            selected[key] = value[keep]
+        else:
+            selected[key] = [item for item, kept in zip(value, keep.tolist(), strict=True) if kept]
+    return selected
+
+
 def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Stack chip records into a batch with compact pixels (the file dtype, e.g. uint16 or float32; no widening)
-    and the v0 `timestep` and `latlon` encodings. Normalise on the device (`ClayImageProcessor.normalize_tensor`)."""
-    examples = list(examples)
+    """Stack chip records into a batch with compact pixels (the layout's dtype, e.g. uint16 or float32; no
+    widening) and the v0 `timestep` and `latlon` encodings. Normalise on the device
+    (`ClayImageProcessor.normalize_tensor`).
+
+    Records of bad chips are taken out and counted: `bad_chips` (their number) and `bad_chip_sources` (their
+    names). A batch may hold no chip at all when all its records were bad.
+    """
+    records = list(examples)
+    examples = [example for example in records if not example.get("bad_chip")]
+    bad = [example for example in records if example.get("bad_chip")]
     grids = [example.get("transform") for example in examples]
-    pixels = torch.from_numpy(np.stack([np.asarray(example["pixels"]) for example in examples]))  # (B, C, H, W)
-    lonlat = np.array([[example["lon"], example["lat"]] for example in examples], dtype=np.float64)
+    shape = np.asarray(records[0]["pixels"]).shape if records else (0, 0, 0)
+    if examples:
+        pixels = torch.from_numpy(np.stack([np.asarray(example["pixels"]) for example in examples]))  # (B, C, H, W)
+    else:
+        pixels = torch.from_numpy(np.empty((0, *shape), dtype=np.asarray(records[0]["pixels"]).dtype))
+    lonlat = np.array([[example["lon"], example["lat"]] for example in examples], dtype=np.float64).reshape(-1, 2)
     return {
         "pixels": pixels,
         "timestep": torch.from_numpy(encode_dates([example["date"] for example in examples])),
         "latlon": torch.from_numpy(encode_lonlat(lonlat)),
         "date": [example["date"] for example in examples],
-        "bbox": torch.tensor([list(example["bbox"]) for example in examples], dtype=torch.float64),
+        "bbox": torch.tensor([list(example["bbox"]) for example in examples], dtype=torch.float64).reshape(-1, 4),
         "epsg": torch.tensor([example["epsg"] for example in examples], dtype=torch.int32),
         "crs": [example.get("crs") or "" for example in examples],
         "source_url": [example["source_url"] for example in examples],
-        "bad_chips": sum(int(example.get("bad_chips_before", 0)) for example in examples),
+        "nodata_fraction": torch.tensor([example.get("nodata_fraction", 0.0) for example in examples]),
+        "bad_chips": len(bad),
+        "bad_chip_sources": [example["source_url"] for example in bad],
         **(
-            {"transform": torch.tensor([list(grid) for grid in grids], dtype=torch.float64)}
+            {"transform": torch.tensor([list(grid) for grid in grids], dtype=torch.float64).reshape(-1, 6)}
             if all(grid is not None for grid in grids)
             else {}
         ),
@@ -418,10 +473,13 @@ def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 __all__ = [
+    "ChipLayout",
     "auto_num_shards",
+    "bad_record",
     "chip_dataloader",
     "chip_features",
     "collate_chips",
+    "drop_nonfinite_chips",
     "generate_chips",
     "list_remote_chips",
     "load_geotiff_dataset",

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, IterableDataset
 
-from .chips import ChipError
+from .chips import ChipError, ChipLayout, conform_chip
 from .dataset import (
     BadChipLog,
     auto_num_shards,
+    bad_record,
     chip_features,
     load_geotiff_dataset,
     resolve_sources,
@@ -147,69 +148,32 @@ class ShardSelection:
         return shards
 
 
-def probe_shard_layout(selection: ShardSelection) -> tuple[int, int, int, str]:
-    """(bands, height, width, dtype) of the first readable record."""
-    problems = []
-    for path, positions in zip(selection.files, selection.positions, strict=True):
-        for position in positions[:3]:
-            try:
-                with _open(path) as handle:
-                    chip, _ = read_record(handle, read_index(path, handle), position, read_pixels=True)
-                return (*chip.pixels.shape, chip.pixels.dtype.name)
-            except ChipError as error:
-                problems.append(str(error))
-        if len(problems) > 10:
-            break
-    raise ShardError(
-        selection.files[0] if selection.files else "<no shards>", "no readable record: " + "; ".join(problems[:3])
-    )
-
-
 def generate_shard_chips(
-    pieces: Sequence[Sequence[tuple[str, Sequence[int]]]], num_bands: int, height: int, width: int
+    pieces: Sequence[Sequence[tuple[str, Sequence[int]]]], layout: ChipLayout
 ) -> Iterator[dict[str, Any]]:
-    """The generator behind the shard loader; records as `generate_chips` gives them, bad ones skipped and counted
-    in the next record's `bad_chips_before`. A shard that became unreadable counts all its records as bad."""
+    """The generator behind the shard loader: records as `generate_chips` gives them, each chip made to fit
+    `layout`; a bad record (corrupted, or not fitting) is logged and yielded as a `bad_record`, so that it is
+    counted in the batch it falls in. A shard that became unreadable counts all its records as bad."""
     log = BadChipLog()
-    pending = 0
     for piece in pieces:  # datasets hands each call a slice of the list of work shards
         for path, positions in piece:
             try:
+                index = read_index(path)  # the file may have changed since the dataset was built
                 handle = _open(path)
-            except OSError as error:
-                pending += _skip_all(log, path, positions, error)
+            except (OSError, ShardError) as error:
+                for position in positions:
+                    problem = ChipError(f"{path} record {position}", f"is unreadable ({error})")
+                    log.skip(problem)
+                    yield bad_record(problem, layout.shape, layout.dtype)
                 continue
             with handle:
-                try:
-                    index = read_index(path, handle)
-                except ShardError as error:  # changed since the dataset was built
-                    pending += _skip_all(log, path, positions, error)
-                    continue
                 for position in positions:
                     try:
-                        chip, _ = read_record(handle, index, position)
-                        _check_shape(chip.source_url, chip.pixels.shape, (num_bands, height, width))
+                        chip, facts = read_record(handle, index, position)
+                        yield conform_chip(chip, facts.band_names, layout).to_example()
                     except ChipError as error:
                         log.skip(error)
-                        pending += 1
-                        continue
-                    yield {**chip.to_example(), "bad_chips_before": pending}
-                    pending = 0
-    if pending:
-        logger.warning("%d bad chips at the end of this stream were skipped", pending)
-
-
-def _skip_all(log: BadChipLog, path: str, positions: Sequence[int], error: Exception) -> int:
-    for position in positions:
-        log.skip(ChipError(f"{path} record {position}", f"is unreadable ({error})"))
-    return len(positions)
-
-
-def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, int, int]) -> None:
-    if shape[0] != expected[0]:
-        raise ChipError(name, f"has {shape[0]} bands, expected {expected[0]}")
-    if tuple(shape[1:]) != expected[1:]:
-        raise ChipError(name, f"is {shape[1]}×{shape[2]} pixels, expected {expected[1]}×{expected[2]}")
+                        yield bad_record(error, layout.shape, layout.dtype)
 
 
 def load_shard_dataset(
@@ -217,17 +181,18 @@ def load_shard_dataset(
     num_shards: int | None = None,
     world_size: int = 1,
     num_workers: int = 1,
-    layout: tuple[int, int, int, str] | None = None,
+    layout: ChipLayout | None = None,
 ) -> IterableDataset:
-    """Stream the selected records of Clay shards as chip records (see the module docstring)."""
+    """Stream the selected records of Clay shards as chip records (see the module docstring), each made to fit
+    `layout` (the model's bands, size and dtype; by default the 13 v0 bands at 512×512, as for GeoTIFF chips)."""
     if len(selection) == 0:
         raise FileNotFoundError(f"no chips selected in the Clay shards {selection.files[:3]}…")
-    num_bands, height, width, dtype = layout or probe_shard_layout(selection)
+    layout = layout or ChipLayout()
     pieces = selection.pieces(num_shards or auto_num_shards(len(selection), world_size, num_workers))
     return IterableDataset.from_generator(
         generate_shard_chips,
-        gen_kwargs={"pieces": pieces, "num_bands": num_bands, "height": height, "width": width},
-        features=chip_features(num_bands, height, width, dtype),
+        gen_kwargs={"pieces": pieces, "layout": layout},
+        features=chip_features(*layout.shape, layout.dtype),
     )
 
 
@@ -283,7 +248,7 @@ def load_chip_dataset(
     num_shards: int | None = None,
     world_size: int = 1,
     num_workers: int = 1,
-    layout: tuple[int, int, int, str] | None = None,
+    layout: ChipLayout | None = None,
 ) -> IterableDataset | Dataset:
     """Chips of any format as a `datasets` dataset of the same records.
 
@@ -294,7 +259,9 @@ def load_chip_dataset(
         streaming: False gives the map-style dataset of `load_geotiff_dataset` (GeoTIFF chips only).
         num_shards, world_size, num_workers: as `load_geotiff_dataset`: the work-shard count is a multiple of
             world_size × workers by default.
-        layout: (bands, height, width, dtype) every chip must have; read from the first chip by default.
+        layout: what every chip must give (see [`ChipLayout`]; `ChipLayout.for_model(config)` for a model): by
+            default the 13 v0 bands at 512×512 for GeoTIFF chips and Clay shards, never guessed from a chip;
+            WebDataset shards without a layout keep their own chips' layout.
     """
     if split is not None and split not in ("train", "validation"):
         raise ValueError(f"split must be None, 'train' or 'validation', got {split!r}.")
@@ -323,7 +290,7 @@ def load_chip_dataset(
 
 
 def _load_webdataset(
-    source: SourceLike, split: str | None, validation_fraction: float, layout: tuple[int, int, int, str] | None
+    source: SourceLike, split: str | None, validation_fraction: float, layout: ChipLayout | None
 ) -> IterableDataset:
     from .webdataset import load_chip_webdataset
 

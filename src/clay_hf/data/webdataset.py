@@ -21,8 +21,8 @@ import fsspec
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
-from .chips import ChipError, read_chip
-from .dataset import BadChipLog, chip_features, fsspec_url
+from .chips import ChipError, ChipLayout, chip_band_names, nodata_error, read_chip
+from .dataset import BadChipLog, bad_record, chip_features, fsspec_url
 
 logger = logging.getLogger(__name__)
 
@@ -34,29 +34,57 @@ def sample_key(path: str) -> str:
 
 
 def pack_webdataset(
-    paths: Sequence[str], output_dir: str | PathLike, chips_per_shard: int = 256, prefix: str = "chips"
+    paths: Sequence[str],
+    output_dir: str | PathLike,
+    chips_per_shard: int = 256,
+    prefix: str = "chips",
+    resume: bool = False,
 ) -> tuple[list[Path], list[ChipError]]:
-    """Pack chips into tar shards `{prefix}-{NNNNNN}.tar`; a chip that cannot be read is skipped and returned."""
+    """Pack chips into tar shards `{prefix}-{NNNNNN}.tar`; a bad chip (unreadable, no CRS or date, missing values)
+    is skipped and returned.
+
+    Each shard is written under a temporary name and renamed when complete, so an interrupted run leaves only
+    complete shards; `resume=True` keeps them, packs only the chips they lack and numbers new shards after them.
+    """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    for partial in output.glob(f"{prefix}-*.tar.tmp"):
+        partial.unlink()
+    shards = sorted(output.glob(f"{prefix}-*.tar")) if resume else []
+    done = _packed_keys(shards)
     bad: list[ChipError] = []
-    samples = _readable_samples(paths, bad)
-    shards: list[Path] = []
+    samples = _readable_samples([path for path in paths if sample_key(str(path)) not in done], bad)
+    index = 1 + max((int(shard.stem.rsplit("-", 1)[1]) for shard in shards), default=-1)
     while chunk := list(itertools.islice(samples, chips_per_shard)):
-        shards.append(output / f"{prefix}-{len(shards):06d}.tar")
-        with tarfile.open(shards[-1], "w") as archive:
+        shard = output / f"{prefix}-{index:06d}.tar"
+        staging = shard.with_name(shard.name + ".tmp")
+        with tarfile.open(staging, "w") as archive:
             for key, data, metadata in chunk:
                 _add(archive, f"{key}.tif", data)
                 _add(archive, f"{key}.json", json.dumps(metadata).encode())
+        staging.rename(shard)
+        shards.append(shard)
+        index += 1
     return shards, bad
 
 
+def _packed_keys(shards: Sequence[Path]) -> set[str]:
+    """The sample keys already in complete shards."""
+    keys: set[str] = set()
+    for shard in shards:
+        with tarfile.open(shard) as archive:
+            keys.update(name.rsplit(".", 1)[0] for name in archive.getnames())
+    return keys
+
+
 def _readable_samples(paths: Sequence[str], bad: list[ChipError]) -> Iterator[tuple[str, bytes, dict[str, str]]]:
-    """(key, GeoTIFF bytes, metadata) of each readable chip; the others are logged and appended to `bad`."""
+    """(key, GeoTIFF bytes, metadata) of each good chip; the others are logged and appended to `bad`."""
     log = BadChipLog()
     for path in paths:
         try:
-            chip = read_chip(path, read_pixels=False)
+            chip = read_chip(path)
+            if chip.missing is not None:
+                raise nodata_error(chip)
             data = _read_bytes(str(path))
         except ChipError as error:
             log.skip(error)
@@ -85,11 +113,10 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, width: int) -> dict[str, list[Any]]:
-    """Batched map: WebDataset samples → chip records; bad samples are dropped and counted in `bad_chips_before`."""
+def decode_samples(batch: dict[str, list[Any]], layout: ChipLayout) -> dict[str, list[Any]]:
+    """Batched map: WebDataset samples → chip records; a bad sample becomes a `bad_record` (counted by the collate)."""
     records: list[dict[str, Any]] = []
     log = BadChipLog()
-    pending = 0
     for tif, metadata, key in zip(batch["tif"], batch["json"], batch["__key__"], strict=True):
         metadata = metadata or {}
         name = metadata.get("source_url") or f"{key}.tif"
@@ -97,17 +124,12 @@ def decode_samples(batch: dict[str, list[Any]], num_bands: int, height: int, wid
             if tif is None:
                 raise ChipError(name, "has no .tif member in its WebDataset sample")
             with MemoryFile(tif["bytes"]) as memory:
-                chip = read_chip(
-                    memory, date=metadata.get("date"), num_bands=num_bands, size=(height, width), source_url=name
-                )
+                chip = read_chip(memory, date=metadata.get("date"), source_url=name, layout=layout)
         except ChipError as error:
             log.skip(error)
-            pending += 1
+            records.append(bad_record(error, layout.shape, layout.dtype))
             continue
-        records.append({**chip.to_example(), "bad_chips_before": pending})
-        pending = 0
-    if pending:
-        logger.warning("%d bad chips at the end of a WebDataset batch were skipped", pending)
+        records.append(chip.to_example())
     return {key: [record[key] for record in records] for key in chip_features(1, 1, 1, "float32")}
 
 
@@ -131,25 +153,34 @@ def resolve_shards(data_files: str | PathLike | Sequence[str]) -> list[str]:
     return shards
 
 
-def shard_layout(shard: str) -> tuple[int, int, int, str]:
-    """(bands, height, width, dtype) of the first chip in a shard, read from its GeoTIFF header."""
+def shard_layout(shard: str) -> ChipLayout:
+    """The layout of the first chip in a shard (its bands by name, size and dtype), read from its GeoTIFF header;
+    bands without clay names in their descriptions are taken whole, in the file's order."""
     with fsspec.open(shard, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
         for member in archive:
             if member.isfile() and member.name.lower().endswith((".tif", ".tiff")):
                 data = archive.extractfile(member).read()
                 with MemoryFile(data) as memory, memory.open() as dataset:
-                    return dataset.count, dataset.height, dataset.width, dataset.dtypes[0]
+                    named = chip_band_names(dataset.count, dataset.descriptions)
+                    bands = tuple(named or (f"band{index}" for index in range(1, dataset.count + 1)))
+                    return ChipLayout(
+                        bands=bands,
+                        size=(dataset.height, dataset.width),
+                        dtype=dataset.dtypes[0],
+                        chip_bands=None if named else bands,  # unnamed bands: all of them, in the file's order
+                    )
     raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")
 
 
 def load_chip_webdataset(
-    data_files: str | PathLike | Sequence[str], layout: tuple[int, int, int, str] | None = None
+    data_files: str | PathLike | Sequence[str], layout: ChipLayout | None = None
 ) -> IterableDataset:
     """Stream WebDataset chip shards (a folder, a glob, a list or one shard) as the same records (and features) as
-    `load_geotiff_dataset`. The layout (bands, height, width, dtype) is the first chip's, unless given; chips that
-    differ from it are skipped and counted."""
+    `load_geotiff_dataset`. Chips must fit `layout` (`ChipLayout.for_model(config)` when a model reads them); without
+    one, the shards' own layout (the first chip's bands, size and dtype). Chips that do not fit are skipped and
+    counted."""
     shards = resolve_shards(data_files)
-    num_bands, height, width, dtype = layout or shard_layout(shards[0])
+    layout = layout or shard_layout(shards[0])
     dataset = load_dataset("webdataset", data_files=shards, streaming=True, split="train")
     dataset = dataset.cast_column("tif", Image(decode=False))
     return dataset.map(
@@ -157,8 +188,8 @@ def load_chip_webdataset(
         batched=True,
         batch_size=16,
         remove_columns=list(dataset.column_names or ["tif", "json", "__key__", "__url__"]),
-        fn_kwargs={"num_bands": num_bands, "height": height, "width": width},
-        features=chip_features(num_bands, height, width, dtype),
+        fn_kwargs={"layout": layout},
+        features=chip_features(*layout.shape, layout.dtype),
     )
 
 

@@ -102,11 +102,9 @@ def embed_chip_files(paths: Sequence[str], info: IndexInfo, model_name_or_path: 
     .onnx file) at the table's level (a patch table: the mean over the chip's patches)."""
     import torch
 
-    from ..configuration_clay import CLAY_V0_BAND_NAMES
     from ..data import collate_chips, read_chip
-    from ..data.chips import ChipError
     from ..data.dataset import model_inputs
-    from ..embeddings import embed_batch, load_encoder, select_bands
+    from ..embeddings import embed_batch, embedding_layout, load_encoder
 
     model_name_or_path = model_name_or_path or info.model_name_or_path
     if model_name_or_path is None:
@@ -125,15 +123,13 @@ def embed_chip_files(paths: Sequence[str], info: IndexInfo, model_name_or_path: 
         raise SearchIndexError(
             f"{model_name_or_path}: embeds {model.config.hidden_size} values, the index holds {info.dim}."
         )
+    layout = embedding_layout(model, processor)  # the model's bands picked by name; nodata refused
     vectors = []
     for path in paths:
-        batch = collate_chips([read_chip(path).to_example()])
-        try:
-            batch["pixels"] = select_bands(batch["pixels"], model.config.band_names, CLAY_V0_BAND_NAMES)
-        except ValueError as error:
-            raise ChipError(path, f"does not fit the index's model: {error}") from None
+        batch = collate_chips([read_chip(path, layout=layout).to_example()])
+        inputs = model_inputs(batch, processor, torch.device("cpu"), model.config.band_names)
         with torch.no_grad():
-            embedding = embed_batch(model, model_inputs(batch, processor, torch.device("cpu")), info.level)
+            embedding = embed_batch(model, inputs, info.level)
         vectors.append(embedding.reshape(-1, info.dim).mean(dim=0).numpy())  # (D,): a patch table → the mean
     return np.stack(vectors)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..image_processing_clay import parse_fill_value
 from ..memory import GLIBC_DEFAULT_MMAP_THRESHOLD
 
 
@@ -23,6 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="examples in the shuffle buffer (besides shuffling shard order every epoch); 1 keeps resume exact",
     )
     data.add_argument("--max_eval_chips", type=int, default=None, help="cap on validation chips per evaluation")
+    data.add_argument(
+        "--bands",
+        nargs="+",
+        help="the chips' band names in the chips' order (default: their band descriptions, else the 13 v0 bands)",
+    )
+    data.add_argument(
+        "--fill_value",
+        type=parse_fill_value,
+        help="train on chips with nodata/NaN pixels filled ('mean' or a raw value); by default they are skipped",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("--config_name", default="small", help="tiny, small (v0), medium, large, or a config.json")

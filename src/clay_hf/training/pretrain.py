@@ -30,9 +30,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..benchmarking import machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
+from ..data.chips import ChipLayout
 from ..data.dataset import (
     auto_num_shards,
     collate_chips,
+    drop_nonfinite_chips,
     model_inputs,
     shard_paths,
     worker_start_method,
@@ -141,6 +143,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, 
     )
 
 
+def training_layout(config: ClayConfig, processor: ClayImageProcessor, args: argparse.Namespace) -> ChipLayout:
+    """What each chip must give: the model's bands by name (from `--bands` or the chips' band descriptions), its
+    image size, missing pixels filled with `--fill_value` or the chip skipped as bad."""
+    fill_value = getattr(args, "fill_value", None)
+    fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
+    return ChipLayout.for_model(config, chip_bands=getattr(args, "bands", None), fill_values=fill)
+
+
 def data_paths(args: argparse.Namespace) -> tuple[list[str] | ShardSelection, list[str] | ShardSelection]:
     """Train and validation chips (GeoTIFF paths or Clay shard records): --validation_dir, or the deterministic
     hash split of --train_dir."""
@@ -153,11 +163,13 @@ def build_loader(
     accelerator: Accelerator,
     batch_size: int,
     shuffle: bool,
+    layout: ChipLayout | None = None,
 ) -> DevicePrefetcher:
     """This rank's loader: the rank's own shards, read by its workers, with a resumable position; on CUDA each
-    batch is pinned and copied to the GPU one step ahead."""
+    batch is pinned and copied to the GPU one step ahead. Chips must fit `layout` (the model's bands and image
+    size); the others are skipped and counted."""
     workers = args.dataloader_num_workers
-    dataset = load_chip_dataset(paths, world_size=accelerator.num_processes, num_workers=workers)
+    dataset = load_chip_dataset(paths, world_size=accelerator.num_processes, num_workers=workers, layout=layout)
     dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
     if shuffle:
         dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
@@ -193,9 +205,13 @@ def evaluate(
         for batch in loader:
             if max_chips is not None and seen >= max_chips:
                 break
+            inputs = model_inputs(batch, processor, accelerator.device, config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
             if max_chips is not None and seen + len(batch["source_url"]) > max_chips:
                 batch = _first_chips(batch, max_chips - seen)
-            inputs = model_inputs(batch, processor, accelerator.device)
+                inputs = _first_chips(inputs, max_chips - seen)
+            if not batch["source_url"]:
+                continue
             noise = masking_noise(
                 batch["source_url"], inputs["pixel_values"], config, "random", VALIDATION_MASKING_SEED
             )
@@ -304,10 +320,15 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         model = torch.compile(model)
     set_seed(args.seed, device_specific=True)  # different masks on every rank
 
-    train_loader = build_loader(train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True)
+    chip_layout = training_layout(config, processor, args)
+    train_loader = build_loader(
+        train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=chip_layout
+    )
     eval_loader = None
     if validation_paths:
-        eval_loader = build_loader(validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False)
+        eval_loader = build_loader(
+            validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False, layout=chip_layout
+        )
     else:
         logger.warning("no validation chips (validation_fraction=%s): validation is skipped", args.validation_fraction)
     layout = data_layout(train_paths, args, accelerator.num_processes)
@@ -334,9 +355,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     last_batch: dict[str, Any] = {}
     while _more_training(state, args, max_steps):
         train_loader.dataset.set_epoch(state.epoch)
-        batches_this_epoch = 0
+        chips_before_epoch = state.chips_seen
         for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
-            batches_this_epoch += 1
             if seen_log is not None and not padding:
                 seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
             window.micro_batches += 1
@@ -351,8 +371,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
             if args.max_train_steps and state.global_step >= args.max_train_steps:
                 break
         else:
-            if batches_this_epoch == 0 and not args.resume_from_checkpoint:
-                raise SystemExit(f"error: no training chips could be read from {args.train_dir} on every rank")
+            if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
+                _no_chips(args, state)
             if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
                 logger.info(
                     "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
@@ -370,6 +390,8 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
             state.epoch += 1
 
     progress.close()
+    if state.chips_seen == 0:
+        _no_chips(args, state)
     if seen_log is not None:
         seen_log.close()
     _validate(model, eval_loader, processor, accelerator, config, args, state)
@@ -400,19 +422,39 @@ class StepWindow:
     started: float = field(default_factory=time.perf_counter)
 
 
+def _no_chips(args: argparse.Namespace, state: TrainState) -> None:
+    raise SystemExit(
+        f"error: no training chip could be used from {args.train_dir} ({state.bad_chips} bad chips skipped; "
+        "the warnings name each and say why)"
+    )
+
+
+def _placeholder_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One all-zero chip in the shape of `inputs` (which hold none): a rank whose micro-batch held only bad chips
+    runs it, with its loss scaled by 0, so that it still joins the step's collectives and adds no gradient."""
+    return {
+        key: torch.zeros((1, *value.shape[1:]), dtype=value.dtype, device=value.device) for key, value in inputs.items()
+    }
+
+
 def _micro_step(
     model, optimizer, batch, processor, accelerator, args, window: StepWindow, state: TrainState, sync: bool, padding
 ) -> None:
     """Forward, agree across ranks whether the loss is finite, then backward (gradients all-reduced by DDP only at
     the window's last batch). A padding batch (see `synchronized_batches`) has zero weight and is not counted.
 
-    A non-finite loss on any rank marks the whole window bad: every rank skips its backward passes from there and
-    the step is dropped, so ranks never disagree on a collective.
+    Bad chips were taken out of the batch (and are counted); a micro-batch left with no chip runs a placeholder
+    with zero weight. A non-finite loss on any rank marks the whole window bad: every rank skips its backward
+    passes from there and the step is dropped, so ranks never disagree on a collective.
     """
     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-        inputs = model_inputs(batch, processor, accelerator.device)
+        inputs = model_inputs(batch, processor, accelerator.device, accelerator.unwrap_model(model).config.band_names)
+        batch, inputs = drop_nonfinite_chips(batch, inputs)
+        empty = not batch["source_url"]
         with accelerator.autocast():
-            loss = model(**inputs).loss
+            loss = model(**(_placeholder_inputs(inputs) if empty else inputs)).loss
+        if empty:
+            loss = loss * 0.0
         finite = padding or bool(torch.isfinite(loss.detach()))
         real = not padding
         stats = torch.tensor(
