@@ -70,5 +70,6 @@ def main() -> None:
     }
     write_results(results, args.output)
 
+
 if __name__ == "__main__":
     main()
