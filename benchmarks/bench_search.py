@@ -85,7 +85,7 @@ class ExactTopK:
         return np.take_along_axis(self.rows, order, axis=1)
 
 
-def embeddings_schema(dim: int, count: int) -> pa.Schema:
+def embeddings_schema(dim: int) -> pa.Schema:
     """A mean-level embeddings GeoParquet's schema, as embed.py writes it."""
     metadata = {
         b"geo": json.dumps(geo_metadata([-180.0, -60.0, 180.0, 60.0])).encode(),
@@ -116,7 +116,7 @@ def embeddings_table(vectors: np.ndarray, offset: int, count: int, schema: pa.Sc
 
 def write_embeddings(path: Path, chunks: Iterator[np.ndarray], count: int, dim: int, truth: ExactTopK) -> None:
     """Write the chunks to an embeddings GeoParquet, one row group each, and feed each to the exact top k."""
-    schema = embeddings_schema(dim, count)
+    schema = embeddings_schema(dim)
     offset = 0
     with pq.ParquetWriter(path, schema) as writer:
         for vectors in chunks:
