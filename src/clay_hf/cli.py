@@ -227,6 +227,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     import torch
 
     from .embeddings import EMBEDDINGS_DTYPES, LEVELS, embed_to_geoparquet, load_encoder
+    from .evaluation import load_pretraining_model
     from .image_processing_clay import parse_fill_value
     from .ranks import current_rank
 
@@ -261,6 +262,11 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--embeddings_dtype", choices=list(EMBEDDINGS_DTYPES), default="float32", help="stored values (float16: half)"
     )
+    parser.add_argument(
+        "--reconstruction_error",
+        action="store_true",
+        help="also store each chip's masked reconstruction error (needs a pretraining model, with its decoder)",
+    )
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--rows_per_part", type=int, default=1024, help="rows per durable part file")
     parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
@@ -269,22 +275,29 @@ def embed_main(argv: list[str] | None = None) -> int:
         parser.error("give --model_name_or_path or --onnx (one of them)")
     if args.onnx and args.dtype != "fp32":
         parser.error("--dtype is PyTorch's autocast; an ONNX encoder runs as exported (float32)")
+    if args.onnx and args.reconstruction_error:
+        parser.error("--reconstruction_error needs the PyTorch pretraining model (--model_name_or_path)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if args.image_size and len(args.image_size) > 2:
         parser.error("--image_size takes a side, or a height and a width")
     image_size = tuple(args.image_size) if args.image_size else None
     rank = current_rank(args.device)
+    reconstruction = None
     if args.onnx:
         from .export import OnnxEncoder
 
         model = OnnxEncoder(args.onnx)
         processor = model.processor
+    elif args.reconstruction_error:
+        reconstruction, processor = load_pretraining_model(args.model_name_or_path, rank.device)
+        model = reconstruction.clay
     else:
         model, processor = load_encoder(args.model_name_or_path, rank.device)
     run = embed_to_geoparquet(
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
         embeddings_dtype=args.embeddings_dtype, rank=rank, fill_value=args.fill_value, image_size=image_size,
+        reconstruction=reconstruction,
     )  # fmt: skip
     if rank.is_main:
         print(
@@ -397,13 +410,20 @@ def publish_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=publish_main.__doc__)
     parser.add_argument("--model_dir", required=True, help="a save_pretrained folder with preprocessor_config.json")
     parser.add_argument("--repo_id", default="made-with-clay/Clay")
+    parser.add_argument(
+        "--base_model",
+        help="fine-tuned models: the Hub id of the pretrained Clay it was fine-tuned from, when clay-finetune "
+        "recorded a local folder",
+    )
     parser.add_argument("--staging_dir", help="where to assemble the repository (default: a temporary folder)")
     parser.add_argument("--dry_run", action="store_true", help="do everything but upload; print what would go where")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", help="a branch to upload to (created if missing)")
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
-    staged = stage_repository(args.model_dir, staging, args.repo_id)
+    staged = stage_repository(args.model_dir, staging, args.repo_id, base_model=args.base_model)
+    for note in staged.notes:
+        print(f"note: {note}")
     if staged.reused:
         print(f"reused {staged.folder}: a staging folder of an earlier run (it holds {STAGING_MARKER}), emptied first")
     target = f"https://huggingface.co/{args.repo_id}" + (f"/tree/{args.revision}" if args.revision else "")
