@@ -327,6 +327,10 @@ def test_pack_shards_script(tmp_path, capsys):
     )
     with pytest.raises(SystemExit):
         pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / "x"), "--codec", "brotli"])
+    for shuffle, filtered in (("float", True), ("none", False)):  # synthetic chips: float bands
+        pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / shuffle), "--shuffle", shuffle])
+        bands = record_header(tmp_path / shuffle / "chips-000000.clayshard")["bands"]
+        assert all((band.get("filter") == "shuffle") == filtered for band in bands)
 
 
 @pytest.fixture

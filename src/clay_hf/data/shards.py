@@ -1,5 +1,5 @@
 """Clay shards: the packed, lossless training format (`*.clayshard`), written from GeoTIFF chips and read back
-bit-identical, about 3× faster per core than deflate GeoTIFFs in fewer bytes (figures in `benchmarks/results/`).
+bit-identical, about 4.5× faster per core than deflate GeoTIFFs in fewer bytes (figures in `benchmarks/results/`).
 
 A shard file is:
 
@@ -51,8 +51,11 @@ SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"
 END_MAGIC = b"CLAYEND1"
 FORMAT_VERSION = 2
-#: The default codec, chosen by measurement (benchmarks/results/loader_*.txt, the README's loader table).
-DEFAULT_CODEC = "zstd:1"
+#: The default codec, chosen by measurement (benchmarks/results/loader_*_v2_*.txt, the README's loader table): zstd's
+#: fast level -1, with the float bands byte-shuffled, is the only codec that reads real v0-like chips at over 100
+#: chips/s per core through `chip_dataloader` in fewer bytes than their deflate GeoTIFFs (77% of them); zstd:1
+#: saves 16% more bytes for ~20% fewer chips/s, `--shuffle all` 24% more for ~17% fewer.
+DEFAULT_CODEC = "zstd:-1"
 CODECS = ("none", "lz4", "zstd")
 #: Which bands are byte-shuffled before compression: those stored as floats, all (wider than a byte), or none.
 SHUFFLES = ("float", "all", "none")
