@@ -256,6 +256,24 @@ def test_a_corrupted_record_is_skipped_named_and_counted(tmp_path, caplog, how, 
     assert "chips-000000.clayshard record 2" in caplog.text and "corrupted record" in caplog.text
 
 
+def _set_version(shard, old: int, new: int) -> None:
+    data = shard.read_bytes()
+    assert data.count(f'"version": {old}'.encode()) == 1
+    shard.write_bytes(data.replace(f'"version": {old}'.encode(), f'"version": {new}'.encode()))  # same length
+
+
+def test_version_1_shards_are_read_and_newer_ones_refused(chips, tmp_path):
+    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=10, shuffle="none")  # what version 1 wrote
+    _set_version(report.shards[0], 2, 1)
+    records = read_back(tmp_path / "shards")
+    for path in chips:
+        loaded = read_chip(path, layout=LAYOUT).pixels
+        assert np.asarray(records[path]["pixels"]).tobytes() == loaded.tobytes()
+    _set_version(report.shards[0], 1, 3)  # a version from the future
+    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: is format version 3; this clay_hf reads up to 2"):
+        load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
+
+
 def test_a_truncated_shard_is_an_error_naming_the_file(tmp_path):
     paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)]
     report = pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
