@@ -21,27 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clay_hf import ClayConfig
 from clay_hf.finetuning.synthetic import write_synthetic_segmentation
 from clay_hf.finetuning.train import main as finetune
+from clay_hf.testing_utils import toy_config
 from clay_hf.training.pretrain import main as pretrain
 
-TINY = dict(
-    image_size=64,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    head_dim=16,
-    intermediate_size=64,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-    decoder_head_dim=8,
-    decoder_intermediate_size=32,
-    neck_hidden_size=16,
-    decode_hidden_size=16,
-)
+#: The toy config of the test suite on 64×64 chips, with narrow segmentation heads.
+TINY = dict(image_size=64, neck_hidden_size=16, decode_hidden_size=16)
 
 
 def majority_accuracy(labels_dir: Path) -> float:
@@ -70,7 +56,7 @@ def main() -> None:
     write_synthetic_segmentation(root / "unlabelled", args.pretrain_chips, seed=100)
     write_synthetic_segmentation(root / "train", args.labelled_chips, seed=200)
     write_synthetic_segmentation(root / "validation", args.validation_chips, seed=300)
-    ClayConfig(**TINY).to_json_file(root / "tiny.json")
+    toy_config(**TINY).to_json_file(root / "tiny.json")
 
     started = time.perf_counter()
     pretrain(

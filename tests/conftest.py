@@ -11,29 +11,15 @@ import torch
 from safetensors.torch import load_file
 
 from clay_hf import ClayConfig, convert_original_checkpoint
+from clay_hf.testing_utils import toy_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CKPT = FIXTURES / "clay_v0_tiny.ckpt"
 
 
 def small_config(**overrides) -> ClayConfig:
-    """A fast 13-band, six-group config for tests (not the fixture's shape)."""
-    fields = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        head_dim=16,
-        intermediate_size=64,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_head_dim=8,
-        decoder_intermediate_size=32,
-    )
-    fields.update(overrides)
-    return ClayConfig(**fields)
+    """A fast 13-band, six-group config for tests (not the fixture's shape): the toy config the benchmarks use."""
+    return toy_config(**overrides)
 
 
 def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = None, seed: int = 0) -> dict:
@@ -45,6 +31,15 @@ def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = No
         "timestep": (torch.rand(batch_size, 3, generator=generator) * 2 - 1) * math.pi,
         "latlon": (torch.rand(batch_size, 2, generator=generator) * 2 - 1) * torch.tensor([1.0, math.pi]),
     }
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the test: tiny models on a shared CPU, where more threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

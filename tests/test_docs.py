@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from dataclasses import dataclass
 from importlib import import_module
@@ -29,9 +30,17 @@ import tomllib
 import torch
 from conftest import small_config
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, encode_dates, encode_lonlat
+from clay_hf import (
+    ClayForImageClassification,
+    ClayForMaskedImageModeling,
+    ClayForSemanticSegmentation,
+    ClayImageProcessor,
+    encode_dates,
+    encode_lonlat,
+)
 from clay_hf.data import resolve_sources, write_synthetic_chips
 from clay_hf.hub import CARD_DIR, render_model_card
+from clay_hf.model_cards import finetuned_task, render_finetuned_card
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -269,6 +278,19 @@ def test_model_card_commands_and_flags_exist(fixtures):
     assert check_commands((CARD_DIR / "template.md").read_text(), "template.md") > 0
 
 
+@pytest.mark.parametrize("head", [ClayForSemanticSegmentation, ClayForImageClassification])
+def test_finetuned_model_card_python_blocks_run_and_commands_exist(fixtures, monkeypatch, tmp_path, head):
+    folder = tmp_path / "finetuned"
+    torch.manual_seed(0)
+    head(small_config(num_labels=2, neck_hidden_size=16, decode_hidden_size=16)).save_pretrained(folder)
+    ClayImageProcessor().save_pretrained(folder)
+    task = finetuned_task(json.loads((folder / "config.json").read_text()))
+    card = render_finetuned_card(folder, HUB_ID, task).content
+    assert run_python_blocks(card, "the fine-tuned model card", {**fixtures, "model": folder}, monkeypatch) > 0
+    assert check_commands(card, "the fine-tuned model card") > 0
+    assert check_commands((CARD_DIR / "finetuned.md").read_text(), "finetuned.md") > 0
+
+
 def test_every_script_is_a_console_script():
     scripts = console_scripts()
     for path in sorted((REPO / "scripts").glob("*.py")):
@@ -312,4 +334,6 @@ def test_relative_links_resolve(path):
 
 def test_card_template_ships_with_the_package():
     assert CARD_DIR.is_relative_to(REPO / "src" / "clay_hf")
-    assert {"template.md", "LICENSE.md"} <= {path.name for path in CARD_DIR.iterdir()}
+    assert {"template.md", "finetuned.md", "prohibited_uses.md", "LICENSE.md"} <= {
+        path.name for path in CARD_DIR.iterdir()
+    }

@@ -13,9 +13,10 @@ from conftest import small_config
 from geotiffs import write_geotiff
 
 import clay_hf.embeddings as embeddings
-from clay_hf import ClayImageProcessor, ClayModel
+from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
 from clay_hf.data import write_synthetic_chips
 from clay_hf.embeddings import embed_to_geoparquet
+from clay_hf.evaluation import evaluate_reconstruction
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,39 @@ def test_non_square_chips_give_h_by_w_patch_embeddings(encoder, tmp_path):
     assert json.loads(table.schema.metadata[b"clay:embeddings"])["shape"] == [4, 6, 32]
     vectors = np.stack(table.column("embeddings").to_numpy(zero_copy_only=False))
     assert vectors.shape == (3, 4 * 6 * 32)
+
+
+def test_reconstruction_errors_are_each_chips_masked_loss_and_resume_only_the_same_way(chips, tmp_path, monkeypatch):
+    """`reconstruction_error` holds, per chip, what evaluate.py reports for that chip alone (same random masks); the
+    embeddings are the encoder's; a run with the column does not resume parts written without it, or back."""
+    torch.manual_seed(0)
+    full, processor = ClayForMaskedImageModeling(small_config()).eval(), ClayImageProcessor()
+    output = tmp_path / "errors.parquet"
+    embed_to_geoparquet(full.clay, processor, chips, output, batch_size=3, progress=False, reconstruction=full)
+    table = pq.read_table(output)
+    recorded = json.loads(table.schema.metadata[b"clay:embeddings"])["reconstruction_error"]
+    assert recorded == {"masking": "random, seed 0", "mask_ratio": full.config.mask_ratio}
+    errors = dict(zip(table["source_url"].to_pylist(), table["reconstruction_error"].to_pylist(), strict=True))
+    assert len(set(errors.values())) == len(errors)  # one number per chip, not the batch's
+    for url in list(errors)[:3]:
+        alone = evaluate_reconstruction(full, processor, [url], batch_size=1, split="all")
+        assert errors[url] == pytest.approx(alone["masked_mse"], rel=1e-5)
+
+    plain = embed_to_geoparquet(full.clay, processor, chips, tmp_path / "plain.parquet", progress=False).output
+    assert "reconstruction_error" not in pq.read_table(plain).column_names
+    np.testing.assert_allclose(
+        np.stack(table["embeddings"].to_numpy(zero_copy_only=False)),
+        np.stack(pq.read_table(plain)["embeddings"].to_numpy(zero_copy_only=False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+    broken = tmp_path / "broken.parquet"
+    interrupt_after(monkeypatch, "embed_batch", 3)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_geoparquet(full.clay, processor, chips, broken, batch_size=2, rows_per_part=2, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="written without reconstruction errors"):
+        embed_to_geoparquet(
+            full.clay, processor, chips, broken, batch_size=2, resume=True, progress=False, reconstruction=full
+        )

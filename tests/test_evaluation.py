@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import evaluate
+import pyarrow.parquet as pq
 import pytest
 import torch
 from accelerate import Accelerator
 from conftest import small_config
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
-from clay_hf.cli import evaluate_main
+from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
+from clay_hf.cli import embed_main, evaluate_main
 from clay_hf.data import (
     ChipLayout,
     chip_dataloader,
@@ -182,3 +183,24 @@ def test_demo_names_checkpoints_only_when_written(tmp_path):
     assert not any(line.startswith("checkpoints:") for line in training_artifacts(tmp_path))
     (tmp_path / "checkpoints" / "checkpoint-100").mkdir(parents=True)
     assert f"checkpoints: {tmp_path / 'checkpoints'}" in training_artifacts(tmp_path)
+
+
+def test_an_encoder_alone_is_refused_where_reconstructions_are_needed(chips, tmp_path, capsys):
+    """A folder holding only the encoder would load with a random decoder; evaluate.py and embed.py's
+    --reconstruction_error refuse it, naming what it lacks."""
+    encoder_only = tmp_path / "encoder"
+    ClayModel(small_config()).save_pretrained(encoder_only)
+    with pytest.raises(ModelSourceError, match=r"not a pretraining model .*lacks decoder"):
+        load_pretraining_model(str(encoder_only))
+    command = ["--model_name_or_path", str(encoder_only), "--data_dir", str(chips), "--output", str(tmp_path / "e.pq")]
+    assert embed_main([*command, "--reconstruction_error"]) == 1
+    assert "not a pretraining model" in capsys.readouterr().err
+    assert embed_main(command) == 0  # embeddings alone need only the encoder
+
+
+def test_embed_script_stores_reconstruction_errors_of_a_pretraining_model(model_dir, chips, tmp_path):
+    output = tmp_path / "e.parquet"
+    assert embed_main(["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--output", str(output),
+                       "--reconstruction_error"]) == 0  # fmt: skip
+    errors = pq.read_table(output).column("reconstruction_error").to_pylist()
+    assert len(errors) == 20 and all(value is not None and value > 0 for value in errors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import evaluate
 import numpy as np
@@ -31,17 +32,17 @@ from clay_hf.finetuning.predict import main as predict_main
 from clay_hf.finetuning.scores import StreamingMetrics, confusion_matrix
 from clay_hf.finetuning.synthetic import write_synthetic_classification, write_synthetic_segmentation
 from clay_hf.finetuning.train import main as finetune_main
-from clay_hf.metrics import IMAGE_CLASSIFICATION_PATH, REGRESSION_PATH, SEMANTIC_SEGMENTATION_PATH
+from clay_hf.metrics import (
+    IMAGE_CLASSIFICATION_PATH,
+    MASKED_RECONSTRUCTION_PATH,
+    REGRESSION_PATH,
+    SEMANTIC_SEGMENTATION_PATH,
+)
 
 V0_MEANS = ClayImageProcessor().image_mean
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: threads only contend
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,16 @@ def test_segmentation_metric_module_and_streaming_metrics_agree_with_hand_counts
         eval_prediction = type("P", (), {"predictions": prediction[None], "label_ids": reference[None]})
         result = streaming(eval_prediction, compute_result=index == 1)
     assert result == pytest.approx(scores, nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "path", [SEMANTIC_SEGMENTATION_PATH, IMAGE_CLASSIFICATION_PATH, REGRESSION_PATH, MASKED_RECONSTRUCTION_PATH]
+)
+def test_each_metric_module_loads_its_own_class_with_its_texts(path):
+    metric = evaluate.load(path)
+    assert type(metric).__name__.lower() == Path(path).name.replace("_", "")  # the module's class, not the base
+    assert metric.description.strip() and "Args:" in metric.inputs_description and "@" in metric.citation
+    assert "Args:" in type(metric).__doc__
 
 
 def test_classification_and_regression_metric_modules():

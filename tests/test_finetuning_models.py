@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -11,6 +12,8 @@ from transformers import (
     AutoBackbone,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
+    Trainer,
+    TrainingArguments,
 )
 
 from clay_hf import (
@@ -218,3 +221,28 @@ def test_frozen_encoder_stays_unchanged_while_the_head_learns():
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("clay."))
     assert not torch.equal(after["decode_head.classifier.weight"], before["decode_head.classifier.weight"])
+
+
+def test_accumulated_half_batches_make_the_update_of_one_full_batch(tmp_path):
+    """The head losses are batch means: `Trainer` must divide them by the accumulation steps, so one step of 2 × 2
+    accumulated chips moves the weights as one step of 4 chips does."""
+    config = head_config(num_labels=2)
+    torch.manual_seed(0)
+    initial = ClayForImageClassification(config)
+    inputs = random_inputs(config, batch_size=4)
+    examples = [{**{key: value[index] for key, value in inputs.items()}, "labels": index % 2} for index in range(4)]
+
+    def one_step(batch_size: int, accumulation: int) -> torch.Tensor:
+        model = copy.deepcopy(initial)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"b{batch_size}"), per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.5, optim="sgd",
+            lr_scheduler_type="constant", max_grad_norm=0.0, report_to="none", save_strategy="no",
+            logging_strategy="no", use_cpu=True, disable_tqdm=True,
+        )  # fmt: skip
+        Trainer(model=model, args=args, train_dataset=examples).train()
+        return model.classifier.weight.detach()
+
+    moved = one_step(4, 1) - initial.classifier.weight.detach()
+    assert moved.abs().max() > 1e-4
+    torch.testing.assert_close(one_step(2, 2) - initial.classifier.weight.detach(), moved, rtol=1e-4, atol=1e-6)

@@ -170,33 +170,41 @@ def _stack_one(
     return report, [source.name for source in band_sources(bands)]
 
 
-@user_errors
-def pack_webdataset_main(argv: list[str] | None = None) -> int:
-    """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
-    parser = argparse.ArgumentParser(description=pack_webdataset_main.__doc__)
-    parser.add_argument("source", help="a folder, glob or list file of chips")
+def _packing_parser(main: Callable[..., int]) -> argparse.ArgumentParser:
+    """The arguments every packer takes: the chips, where the shards go, how many chips each holds."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chips_per_shard", type=int, default=256)
     parser.add_argument("--prefix", default="chips")
+    return parser
+
+
+def _print_packing(output_dir: str, shards: int, bad: list, chips: int | None = None) -> None:
+    """Each skipped chip with its reason, then the totals."""
+    for message in bad:
+        print(f"skipped {message}")
+    held = "" if chips is None else f" hold {chips} chips;"
+    print(f"{shards} shards in {output_dir}{held} skipped {len(bad)} bad chips")
+
+
+@user_errors
+def pack_webdataset_main(argv: list[str] | None = None) -> int:
+    """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
+    parser = _packing_parser(pack_webdataset_main)
     parser.add_argument("--resume", action="store_true", help="keep complete shards and pack only the chips they lack")
     args = parser.parse_args(argv)
     shards, bad = pack_webdataset(
         resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, resume=args.resume
     )
-    for error in bad:
-        print(f"skipped {error}")
-    print(f"wrote {len(shards)} shards to {args.output_dir}, skipped {len(bad)} bad chips")
+    _print_packing(args.output_dir, len(shards), bad)
     return 0
 
 
 @user_errors
 def pack_shards_main(argv: list[str] | None = None) -> int:
     """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
-    parser = argparse.ArgumentParser(description=pack_shards_main.__doc__)
-    parser.add_argument("source", help="chips: a folder, glob, list file or URL")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--chips_per_shard", type=int, default=256)
-    parser.add_argument("--prefix", default="chips")
+    parser = _packing_parser(pack_shards_main)
     parser.add_argument("--codec", default=DEFAULT_CODEC, help="zstd[:LEVEL], lz4[:LEVEL] or none")
     parser.add_argument(
         "--shuffle", default=DEFAULT_SHUFFLE, choices=SHUFFLES, help="bands byte-shuffled before compression"
@@ -211,11 +219,7 @@ def pack_shards_main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except ValueError as error:
         parser.error(str(error))
-    for message in report.bad:
-        print(f"skipped {message}")
-    print(
-        f"{len(report.shards)} shards in {args.output_dir} hold {report.chips} chips; skipped {len(report.bad)} bad chips"
-    )
+    _print_packing(args.output_dir, len(report.shards), report.bad, report.chips)
     return 0
 
 
@@ -226,6 +230,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     import torch
 
     from .embeddings import EMBEDDINGS_DTYPES, LEVELS, embed_to_geoparquet, load_encoder
+    from .evaluation import load_pretraining_model
     from .image_processing_clay import parse_fill_value
     from .ranks import current_rank
 
@@ -260,6 +265,11 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--embeddings_dtype", choices=list(EMBEDDINGS_DTYPES), default="float32", help="stored values (float16: half)"
     )
+    parser.add_argument(
+        "--reconstruction_error",
+        action="store_true",
+        help="also store each chip's masked reconstruction error (needs a pretraining model, with its decoder)",
+    )
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--rows_per_part", type=int, default=1024, help="rows per durable part file")
     parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
@@ -268,22 +278,29 @@ def embed_main(argv: list[str] | None = None) -> int:
         parser.error("give --model_name_or_path or --onnx (one of them)")
     if args.onnx and args.dtype != "fp32":
         parser.error("--dtype is PyTorch's autocast; an ONNX encoder runs as exported (float32)")
+    if args.onnx and args.reconstruction_error:
+        parser.error("--reconstruction_error needs the PyTorch pretraining model (--model_name_or_path)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if args.image_size and len(args.image_size) > 2:
         parser.error("--image_size takes a side, or a height and a width")
     image_size = tuple(args.image_size) if args.image_size else None
     rank = current_rank(args.device)
+    reconstruction = None
     if args.onnx:
         from .export import OnnxEncoder
 
         model = OnnxEncoder(args.onnx)
         processor = model.processor
+    elif args.reconstruction_error:
+        reconstruction, processor = load_pretraining_model(args.model_name_or_path, rank.device)
+        model = reconstruction.clay
     else:
         model, processor = load_encoder(args.model_name_or_path, rank.device)
     run = embed_to_geoparquet(
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
         embeddings_dtype=args.embeddings_dtype, rank=rank, fill_value=args.fill_value, image_size=image_size,
+        reconstruction=reconstruction,
     )  # fmt: skip
     if rank.is_main:
         print(
@@ -396,13 +413,20 @@ def publish_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=publish_main.__doc__)
     parser.add_argument("--model_dir", required=True, help="a save_pretrained folder with preprocessor_config.json")
     parser.add_argument("--repo_id", default="made-with-clay/Clay")
+    parser.add_argument(
+        "--base_model",
+        help="fine-tuned models: the Hub id of the pretrained Clay it was fine-tuned from, when clay-finetune "
+        "recorded a local folder",
+    )
     parser.add_argument("--staging_dir", help="where to assemble the repository (default: a temporary folder)")
     parser.add_argument("--dry_run", action="store_true", help="do everything but upload; print what would go where")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", help="a branch to upload to (created if missing)")
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
-    staged = stage_repository(args.model_dir, staging, args.repo_id)
+    staged = stage_repository(args.model_dir, staging, args.repo_id, base_model=args.base_model)
+    for note in staged.notes:
+        print(f"note: {note}")
     if staged.reused:
         print(f"reused {staged.folder}: a staging folder of an earlier run (it holds {STAGING_MARKER}), emptied first")
     target = f"https://huggingface.co/{args.repo_id}" + (f"/tree/{args.revision}" if args.revision else "")

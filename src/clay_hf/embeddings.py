@@ -3,8 +3,10 @@
 Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32, or float16 when asked),
 `geometry` (the chip's footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see
 `clay_hf.geometry`), `nodata_fraction` (float32: the share of the chip's values that were missing and filled; 0 for
-clean chips). The
-file's `geo` metadata follows GeoParquet 1.1; `clay:embeddings` records the level and the shape of each embedding.
+clean chips) and, when asked, `reconstruction_error` (float32: the chip's masked reconstruction error, see
+[`clay_hf.evaluation.chip_reconstruction_errors`]; high values flag unusual places). The file's `geo` metadata
+follows GeoParquet 1.1; `clay:embeddings` records the level, the shape of each embedding, its dtype, the model and
+how reconstruction errors were masked.
 
 Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete, numbered
 after the highest existing one), so an interrupted run loses at most one part and `resume=True` skips every chip
@@ -36,10 +38,11 @@ from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
 from .data.chips import ChipLayout, chip_key
 from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
 from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
+from .evaluation import VALIDATION_MASKING_SEED, chip_reconstruction_errors, masking_description
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import from_pretrained_checked
-from .modeling_clay import ClayModel
+from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 from .ranks import Rank, RankReport, clear_reports, shard, throughput, wait_for_reports, write_report
 
 logger = logging.getLogger(__name__)
@@ -113,7 +116,9 @@ def geo_metadata(bbox: list[float] | None, geometry_types: Sequence[str] = ("Pol
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
-def schema(length: int, with_key: bool = False, embeddings_dtype: str = "float32") -> pa.Schema:
+def schema(
+    length: int, with_key: bool = False, embeddings_dtype: str = "float32", reconstruction_error: bool = False
+) -> pa.Schema:
     """The output's columns; parts also hold `chip_key` (see `clay_hf.data.chips.chip_key`), for `resume`."""
     fields = [
         ("source_url", pa.string()),
@@ -122,6 +127,8 @@ def schema(length: int, with_key: bool = False, embeddings_dtype: str = "float32
         ("geometry", pa.binary()),
         ("nodata_fraction", pa.float32()),
     ]
+    if reconstruction_error:
+        fields.append(("reconstruction_error", pa.float32()))
     return pa.schema([*fields, ("chip_key", pa.string())] if with_key else fields)
 
 
@@ -165,6 +172,7 @@ def embed_to_geoparquet(
     image_size: int | Sequence[int] | None = None,
     embeddings_dtype: str = "float32",
     rank: Rank | None = None,
+    reconstruction: ClayForMaskedImageModeling | None = None,
 ) -> EmbeddingRun:
     """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring).
 
@@ -173,7 +181,8 @@ def embed_to_geoparquet(
     13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
     [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
     skipped, named in a warning and counted in `bad_chips`. `rank` is this process's place among several
-    (`clay_hf.ranks.current_rank()`); only the main rank writes `output`.
+    (`clay_hf.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the pretraining
+    model whose encoder is `model`), each chip's masked reconstruction error goes in `reconstruction_error`.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
@@ -195,6 +204,7 @@ def embed_to_geoparquet(
             f"{parts_dir} holds embeddings at level {recorded[0]!r}: resume with --level {recorded[0]}, or start "
             "again without --resume"
         )
+    _check_recorded_columns(parts_dir, reconstruction is not None)
     done = _done_keys(parts_dir)
 
     sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
@@ -204,7 +214,9 @@ def embed_to_geoparquet(
     paths = _share(remaining, rank)
     started = time.time()
     device = model.device
-    writer = _PartWriter(_rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype)
+    writer = _PartWriter(
+        _rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype, reconstruction is not None
+    )
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
         dataset = load_chip_dataset(paths, num_workers=num_workers, layout=layout)
@@ -217,6 +229,11 @@ def embed_to_geoparquet(
                 continue
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 vectors = embed_batch(model, inputs, level).cpu().numpy()
+                errors = None
+                if reconstruction is not None:  # (B,)
+                    urls = batch["source_url"]
+                    errors = chip_reconstruction_errors(reconstruction, inputs, urls, VALIDATION_MASKING_SEED)
+                    errors = errors.cpu().numpy()
             finite = finite_rows(vectors, batch)
             bad_chips += int((~finite).sum())
             batch_shape = embedding_shape(model, level, tuple(inputs["pixel_values"].shape[-2:]))
@@ -226,7 +243,7 @@ def embed_to_geoparquet(
                     f"{batch_shape}, but {output} already holds shape {shape}: one output holds one chip size"
                 )
             shape = batch_shape
-            writer.add(batch, vectors, shape, finite)
+            writer.add(batch, vectors, shape, finite, errors)
             embedded += int(finite.sum())
     writer.close()
     write_report(parts_dir, RankReport(rank.index, embedded, bad_chips, started, time.time()))
@@ -237,6 +254,11 @@ def embed_to_geoparquet(
     recorded = _recorded_layout(parts_dir)  # every rank's parts, now that all are done
     shape = recorded[1] if recorded else shape or embedding_shape(model, level, layout.size)
     written = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
+    if reconstruction is not None:
+        written["reconstruction_error"] = {
+            "masking": masking_description("random", VALIDATION_MASKING_SEED),
+            "mask_ratio": reconstruction.config.mask_ratio,
+        }
     _join_parts(parts_dir, output, {**written, "model_name_or_path": getattr(model, "name_or_path", None) or None})
     shutil.rmtree(parts_dir)
     embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
@@ -280,20 +302,31 @@ class _PartWriter:
     """Buffers rows and writes them as complete part files (temporary name, then renamed), numbered after the
     highest existing part so that a finished part is never overwritten."""
 
-    def __init__(self, folder: Path, rows_per_part: int, level: str, embeddings_dtype: str = "float32") -> None:
-        self.folder, self.rows_per_part, self.level, self.embeddings_dtype = (
-            folder,
-            rows_per_part,
-            level,
-            embeddings_dtype,
-        )
+    def __init__(
+        self,
+        folder: Path,
+        rows_per_part: int,
+        level: str,
+        embeddings_dtype: str = "float32",
+        reconstruction_error: bool = False,
+    ) -> None:
+        self.folder, self.rows_per_part, self.level = folder, rows_per_part, level
+        self.embeddings_dtype, self.reconstruction_error = embeddings_dtype, reconstruction_error
         folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         self.shape: tuple[int, ...] | None = None
         self.index = max((_part_number(part) for part in folder.glob("part-*.parquet")), default=-1) + 1
 
-    def add(self, batch: dict, vectors: np.ndarray, shape: tuple[int, ...], keep: np.ndarray) -> None:
-        """Rows of the chips of `batch` where `keep` is True."""
+    def add(
+        self,
+        batch: dict,
+        vectors: np.ndarray,
+        shape: tuple[int, ...],
+        keep: np.ndarray,
+        errors: np.ndarray | None = None,
+    ) -> None:
+        """Rows of the chips of `batch` where `keep` is True (with their reconstruction `errors`, when given; a
+        non-finite one is left null)."""
         self.shape = shape
         height, width = batch["pixels"].shape[-2:]
         for i, url in enumerate(batch["source_url"]):
@@ -306,6 +339,7 @@ class _PartWriter:
                     "embeddings": vectors[i],
                     "geometry": _footprint_wkb(batch, i, (height, width)),
                     "nodata_fraction": float(batch["nodata_fraction"][i]),
+                    "reconstruction_error": None if errors is None or not np.isfinite(errors[i]) else float(errors[i]),
                     "chip_key": chip_key(url),
                 }
             )
@@ -326,9 +360,10 @@ class _PartWriter:
                 ).cast(pa.list_(EMBEDDINGS_DTYPES[self.embeddings_dtype], length)),
                 "geometry": [row["geometry"] for row in self.rows],
                 "nodata_fraction": pa.array([row["nodata_fraction"] for row in self.rows], pa.float32()),
+                "reconstruction_error": pa.array([row["reconstruction_error"] for row in self.rows], pa.float32()),
                 "chip_key": [row["chip_key"] for row in self.rows],
             },
-            schema=schema(length, True, self.embeddings_dtype).with_metadata(metadata),
+            schema=schema(length, True, self.embeddings_dtype, self.reconstruction_error).with_metadata(metadata),
         )
         final = self.folder / f"part-{self.index:05d}.parquet"
         staging = final.with_suffix(".tmp")
@@ -379,6 +414,17 @@ def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
+def _check_recorded_columns(parts_dir: Path, reconstruction_error: bool) -> None:
+    """Refuse to resume parts written with(out) reconstruction errors in a run without (with) them."""
+    parts = _parts(parts_dir)
+    if parts and ("reconstruction_error" in pq.read_schema(parts[0]).names) != reconstruction_error:
+        recorded = "with" if reconstruction_error is False else "without"
+        raise ValueError(
+            f"{parts_dir} holds embeddings written {recorded} reconstruction errors: resume the same way "
+            "(--reconstruction_error or not), or start again without --resume"
+        )
+
+
 def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
     """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata (`layout`: level, shape,
     dtype and the model)."""
@@ -391,7 +437,7 @@ def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
         ).encode(),
         SHAPE_KEY: json.dumps(layout).encode(),
     }
-    target = schema(length, embeddings_dtype=layout["dtype"]).with_metadata(metadata)
+    target = schema(length, False, layout["dtype"], "reconstruction_error" in layout).with_metadata(metadata)
     staging = output.with_name(output.name + ".tmp")
     with pq.ParquetWriter(staging, target) as writer:
         for part in parts:

@@ -17,7 +17,7 @@ from .data.chips import ChipLayout, chip_file_name
 from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
 from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor, load_image_processor
-from .model_source import from_pretrained_checked
+from .model_source import ModelSourceError, from_pretrained_checked
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,17 @@ VALIDATION_MASKING_SEED = 0
 def load_pretraining_model(
     model_name_or_path: str, device: str | torch.device = "cpu"
 ) -> tuple[ClayForMaskedImageModeling, ClayImageProcessor]:
-    model = from_pretrained_checked(ClayForMaskedImageModeling, model_name_or_path).to(device).eval()
+    """The pretraining model (encoder and decoder) and its processor. A folder without the decoder's weights (an
+    encoder saved alone) is refused: a decoder initialised at random would reconstruct noise, silently."""
+    model, loading = from_pretrained_checked(ClayForMaskedImageModeling, model_name_or_path, output_loading_info=True)
+    missing = sorted(loading["missing_keys"])
+    if missing:
+        shown = ", ".join(missing[:3]) + (f", … ({len(missing)} in all)" if len(missing) > 3 else "")
+        raise ModelSourceError(
+            f"{model_name_or_path}: not a pretraining model (encoder and decoder): it lacks {shown}. "
+            "Reconstructions need the model saved by pretrain.py (ClayForMaskedImageModeling)."
+        )
+    model = model.to(device).eval()
     return model, load_image_processor(model_name_or_path, model.config.band_names)
 
 
@@ -63,6 +73,24 @@ def masking_noise(
         return None
     height, width = (size // config.patch_size for size in pixel_values.shape[-2:])
     return chip_masking_noise(source_urls, config.num_groups * height * width, seed).to(pixel_values.device)
+
+
+def chip_reconstruction_errors(
+    model: ClayForMaskedImageModeling, inputs: dict[str, torch.Tensor], source_urls: Sequence[str], seed: int
+) -> torch.Tensor:
+    """(B,) each chip's masked reconstruction error: the v0 loss of the chip alone, under `evaluate.py`'s random
+    masking (the chip's noise from `seed` and its file name), so the same chip gets the same number in every run."""
+    config = model.config
+    noise = masking_noise(source_urls, inputs["pixel_values"], config, "random", seed)
+    outputs = model(**inputs, noise=noise)
+    errors = []
+    for chip in range(len(source_urls)):
+        sums, counts = clay_group_error_sums(
+            inputs["pixel_values"][chip : chip + 1], outputs.logits[chip : chip + 1], outputs.mask[chip : chip + 1],
+            config.band_groups, config.patch_size,
+        )  # fmt: skip
+        errors.append(sums.sum() / counts.sum())
+    return torch.stack(errors).float()
 
 
 def masking_description(masking: str, seed: int | None) -> str:
@@ -210,6 +238,7 @@ __all__ = [
     "VALIDATION_MASKING_SEED",
     "MaskedErrorTotals",
     "chip_masking_noise",
+    "chip_reconstruction_errors",
     "evaluate_reconstruction",
     "load_pretraining_model",
     "masking_description",

@@ -502,6 +502,19 @@ class ClayPreTrainedModel(PreTrainedModel):
             names = "|".join(re.escape(name) for name in dropped)
             self._keys_to_ignore_on_load_unexpected.add(rf"(^|\.)(patch_embeddings\.groups|to_pixels)\.({names})\.")
 
+    def _encode(
+        self, pixel_values: torch.Tensor, timestep: torch.Tensor, latlon: torch.Tensor, **options: bool | float | None
+    ) -> ModelOutput:
+        """The first step of every task model: its encoder `self.clay` (a [`ClayModel`], or a backbone built on it)
+        on the three inputs, as an output object whatever `return_dict` the caller asked for. `options`:
+        `output_hidden_states`, `output_attentions`, and `noise`, `mask_ratio` or `bool_masked_pos` (masking), as in
+        [`ClayModel`]."""
+        return self.clay(pixel_values, timestep, latlon, return_dict=True, **options)
+
+    def _as_return_type(self, output: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
+        """`output`, or its tuple form when `return_dict` (default: `config.return_dict`) is False."""
+        return output if _default(return_dict, self.config.return_dict) else output.to_tuple()
+
     def set_activation_recompute(self, enabled: bool) -> None:
         """Recompute LayerNorm and GELU outputs in backward in training mode (the default) or store them.
 
@@ -571,7 +584,6 @@ class ClayModel(ClayPreTrainedModel):
         """
         output_hidden_states = _default(output_hidden_states, self.config.output_hidden_states)
         output_attentions = _default(output_attentions, self.config.output_attentions)
-        return_dict = _default(return_dict, self.config.return_dict)
         check_inputs(self.config, pixel_values, timestep, latlon)
         check_masking_arguments(noise, mask_ratio, bool_masked_pos)
 
@@ -595,7 +607,7 @@ class ClayModel(ClayPreTrainedModel):
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return self._as_return_type(output, return_dict)
 
     def get_input_embeddings(self) -> nn.Module:
         """The patch embeddings (one Conv2d + LayerNorm stem per band group)."""
@@ -740,19 +752,17 @@ class ClayForMaskedImageModeling(ClayPreTrainedModel):
             mask_ratio: defaults to `config.mask_ratio`; it must mask at least one token (the loss is over them).
             bool_masked_pos: (B, G·L) bool, True = masked, instead of `noise`/`mask_ratio` (see [`ClayModel`]).
         """
-        return_dict = _default(return_dict, self.config.return_dict)
         if bool_masked_pos is None and mask_ratio is None:
             mask_ratio = self.config.mask_ratio
-        encoded = self.clay(
+        encoded = self._encode(
             pixel_values,
             timestep,
             latlon,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             noise=noise,
             mask_ratio=mask_ratio,
             bool_masked_pos=bool_masked_pos,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
         )
         if encoded.masked_indices.shape[1] == 0:
             raise ValueError(
@@ -775,7 +785,7 @@ class ClayForMaskedImageModeling(ClayPreTrainedModel):
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return self._as_return_type(output, return_dict)
 
     def logits_to_image(
         self, logits: torch.Tensor, height: int | None = None, width: int | None = None

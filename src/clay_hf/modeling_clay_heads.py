@@ -22,6 +22,7 @@ from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.models.upernet.modeling_upernet import UperNetHead
+from transformers.utils import ModelOutput
 
 from .configuration_clay import ClayConfig
 from .modeling_clay import ClayModel, ClayPreTrainedModel
@@ -146,7 +147,6 @@ class ClayBackbone(ClayLoadReportMixin, BackboneMixin, ClayModel):
         Returns:
             `BackboneOutput` with `feature_maps`, one (B, C, h, w) map per entry of `out_features`.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         encoded = ClayModel.forward(  # not BackboneMixin.forward, which is abstract
             self,
             pixel_values,
@@ -169,7 +169,7 @@ class ClayBackbone(ClayLoadReportMixin, BackboneMixin, ClayModel):
             hidden_states=encoded.hidden_states if wants_hidden else None,
             attentions=encoded.attentions,
         )
-        return output if return_dict else output.to_tuple()
+        return self._as_return_type(output, return_dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,9 +298,53 @@ def semantic_segmentation_loss(
 
 
 class ClayHeadsPreTrainedModel(ClayLoadReportMixin, ClayPreTrainedModel):
-    """Shared by the task models: initialisation of the new layer types and encoder freezing."""
+    """Shared by the task models: the forward pass (encoder → the model's head `_logits` → its `_loss`),
+    initialisation of the new layer types and encoder freezing."""
 
     _can_compile_fullgraph = False  # labels are checked on the host
+    # The losses are means over the batch, not sums over `num_items_in_batch`: `Trainer` must scale them for gradient
+    # accumulation and devices itself (it would not, seeing the `**kwargs` of `forward`).
+    accepts_loss_kwargs = False
+    output_class: ClassVar[type[ModelOutput]]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        timestep: torch.Tensor,
+        latlon: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values, timestep, latlon: as in [`ClayModel`].
+            labels: the targets, as the model's class docstring says; with them, the output holds the `loss`.
+        Returns:
+            `output_class` (`SemanticSegmenterOutput`, `ImageClassifierOutput`) with `logits` and `loss`.
+        """
+        encoded = self._encode(
+            pixel_values,
+            timestep,
+            latlon,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = self._logits(encoded, pixel_values)
+        loss = None if labels is None else self._loss(logits, labels)
+        output = self.output_class(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+        return self._as_return_type(output, return_dict)
+
+    def _logits(self, encoded: ModelOutput, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The head: the encoder's output → logits."""
+        raise NotImplementedError
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -319,8 +363,11 @@ class ClayHeadsPreTrainedModel(ClayLoadReportMixin, ClayPreTrainedModel):
 
 class ClayForSemanticSegmentation(ClayHeadsPreTrainedModel):
     """[`ClayBackbone`] → [`ClayFeaturePyramidNeck`] → UperNet head (`decode_head_type="upernet"`), or the
-    backbone → [`ClayFCNHead`] (`"fcn"`); logits upsampled to the input size, cross-entropy over labels other than
-    `config.ignore_index` (plus soft Dice with `config.dice_loss_weight`)."""
+    backbone → [`ClayFCNHead`] (`"fcn"`); logits (B, K, H, W) upsampled to the input size, cross-entropy over
+    `labels` (B, H, W) of class ids other than `config.ignore_index` (plus soft Dice with `config.dice_loss_weight`).
+    Returns a `SemanticSegmenterOutput`."""
+
+    output_class = SemanticSegmenterOutput
 
     def __init__(self, config: ClayConfig) -> None:
         super().__init__(config)
@@ -334,48 +381,19 @@ class ClayForSemanticSegmentation(ClayHeadsPreTrainedModel):
             self.decode_head = ClayFCNHead(config, in_channels)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        timestep: torch.Tensor,
-        latlon: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> SemanticSegmenterOutput | tuple:
-        r"""
-        Args:
-            pixel_values, timestep, latlon: as in [`ClayModel`].
-            labels: (B, H, W) class ids; pixels equal to `config.ignore_index` are not scored.
-        Returns:
-            `SemanticSegmenterOutput` with `logits` (B, K, H, W), at the input's size.
-        """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        if labels is not None and labels.shape[-2:] != pixel_values.shape[-2:]:
-            raise ValueError(f"labels {tuple(labels.shape)} do not match the image size {tuple(pixel_values.shape)}.")
-        encoded = self.clay(
-            pixel_values,
-            timestep,
-            latlon,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+    def _logits(self, encoded: BackboneOutput, pixel_values: torch.Tensor) -> torch.Tensor:
         features = encoded.feature_maps if self.neck is None else self.neck(encoded.feature_maps)
         logits = self.decode_head(features)  # (B, K, h', w')
         if logits.shape[-2:] != pixel_values.shape[-2:]:
             logits = nn.functional.interpolate(
                 logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
             )  # (B, K, H, W)
-        loss = None
-        if labels is not None:
-            loss = semantic_segmentation_loss(logits, labels, self.config.ignore_index, self.config.dice_loss_weight)
-        output = SemanticSegmenterOutput(
-            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
-        )
-        return output if return_dict else output.to_tuple()
+        return logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.shape[-2:] != logits.shape[-2:]:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match the image size {tuple(logits.shape[-2:])}.")
+        return semantic_segmentation_loss(logits, labels, self.config.ignore_index, self.config.dice_loss_weight)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -412,8 +430,11 @@ def chip_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> 
 
 class ClayForImageClassification(ClayHeadsPreTrainedModel):
     """The v0 chip embedding (the mean of the patch tokens, `ClayModel.pooler_output`) → dropout → a linear layer
-    to `num_labels` logits. `config.problem_type`: single-label, multi-label classification or regression (one
-    label: a chip-level value such as biomass)."""
+    to `num_labels` logits (B, K). `config.problem_type`: single-label, multi-label classification or regression (one
+    label: a chip-level value such as biomass); `labels`: (B,) class ids, (B, K) multi-label targets in {0, 1}, or
+    (B,) / (B, 1) regression values. Returns an `ImageClassifierOutput`."""
+
+    output_class = ImageClassifierOutput
 
     _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"^decoder\."]
 
@@ -424,39 +445,11 @@ class ClayForImageClassification(ClayHeadsPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        timestep: torch.Tensor,
-        latlon: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> ImageClassifierOutput | tuple:
-        r"""
-        Args:
-            pixel_values, timestep, latlon: as in [`ClayModel`].
-            labels: (B,) class ids, (B, K) multi-label targets in {0, 1}, or (B,) / (B, 1) regression values.
-        Returns:
-            `ImageClassifierOutput` with `logits` (B, K).
-        """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        encoded = self.clay(
-            pixel_values,
-            timestep,
-            latlon,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        logits = self.classifier(self.dropout(encoded.pooler_output))  # (B, K)
-        loss = None if labels is None else chip_loss(logits, labels, resolve_problem_type(self.config, labels))
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
-        )
-        return output if return_dict else output.to_tuple()
+    def _logits(self, encoded: ModelOutput, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(encoded.pooler_output))  # (B, K)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return chip_loss(logits, labels, resolve_problem_type(self.config, labels))
 
 
 __all__ = [

@@ -176,6 +176,19 @@ def resolve_labels(args: FineTuningArguments) -> tuple[dict[int, str] | None, in
     return label_names, num_labels
 
 
+def training_record(training_args: TrainingArguments, global_step: int) -> dict[str, Any]:
+    """The `Trainer` settings a model card reports: steps, learning rate, effective batch, precision, devices."""
+    return {
+        "global_step": global_step,
+        "learning_rate": training_args.learning_rate,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "world_size": training_args.world_size,
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "seed": training_args.seed,
+    }
+
+
 def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dict[str, Any]:
     """Train, evaluate, save the model with its processor and `eval_results.json`; return the results."""
     label_names, num_labels = resolve_labels(args)
@@ -214,11 +227,13 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
     results = {
         "task": args.task,
         "base_model": None if args.from_scratch else args.model_name_or_path,
+        "base_model_is_local": Path(args.model_name_or_path).is_dir(),  # a folder here, not a Hub id
         "from_scratch": args.from_scratch,
         "freeze_encoder": args.freeze_encoder,
         "labels": label_names,
         "metrics": {key.removeprefix("eval_"): value for key, value in metrics.items()},
         "train_loss": train_result.training_loss,
+        "training": training_record(training_args, trainer.state.global_step),
         "num_train_chips": len(train_dataset),
         "num_validation_chips": len(eval_dataset),
         "bad_chips_skipped": len(train_dataset.bad) + len(eval_dataset.bad),

@@ -4,17 +4,18 @@ The arithmetic is `clay_hf.finetuning.scores` (a confusion matrix), the same `Tr
 """
 
 import datasets
-import evaluate
 import numpy as np
 import torch
 
 from clay_hf.finetuning.scores import classification_scores, confusion_matrix
+from clay_hf.metrics.base import ClayMetric
 
-_DESCRIPTION = """
+
+class ImageClassification(ClayMetric):
+    DESCRIPTION = """
 Accuracy, and the macro F1: the F1 of each class averaged over the classes present in references or predictions.
 """
-
-_KWARGS_DESCRIPTION = """
+    KWARGS_DESCRIPTION = """
 Args:
     predictions: predicted class ids, one per chip.
     references: reference class ids.
@@ -22,8 +23,7 @@ Args:
 Returns:
     accuracy, macro_f1.
 """
-
-_CITATION = """
+    CITATION = """
 @article{sokolova2009systematic,
   title = {A systematic analysis of performance measures for classification tasks},
   author = {Sokolova, Marina and Lapalme, Guy},
@@ -31,17 +31,7 @@ _CITATION = """
   year = {2009}
 }
 """
-
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ImageClassification(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+    FEATURES = datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")})
 
     def _compute(self, predictions, references, num_labels=None):
         predicted, reference = torch.as_tensor(np.asarray(predictions)), torch.as_tensor(np.asarray(references))

@@ -7,20 +7,21 @@ total equals the v0 loss of the same predictions, references and masks.
 import math
 
 import datasets
-import evaluate
 import numpy as np
 import torch
 
 from clay_hf.configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, normalize_band_groups
+from clay_hf.metrics.base import ClayMetric
 from clay_hf.modeling_clay import clay_group_error_sums
 
-_DESCRIPTION = """
+
+class MaskedReconstruction(ClayMetric):
+    DESCRIPTION = """
 Masked mean squared error of a Clay reconstruction: for each band group, the per-patch squared error averaged over
 the group's bands, over the masked patches of that group; `masked_mse` is the v0 loss (all groups' errors over all
 masked tokens).
 """
-
-_KWARGS_DESCRIPTION = """
+    KWARGS_DESCRIPTION = """
 Args:
     predictions: per chip, the reconstruction (C, L, P·P) — `ClayForMaskedImageModeling` logits.
     references: per chip, the normalised pixels (C, H, W).
@@ -32,8 +33,7 @@ Returns (the keys of `evaluate.py`'s eval_results.json):
     masked_mse: the v0 loss (None if nothing was masked).
     masked_mse_per_group: {group: masked MSE}, every group, None for a group with no masked patch (not measured).
 """
-
-_CITATION = """
+    CITATION = """
 @software{clay_v0,
   title = {Clay Foundation Model},
   author = {{Clay Foundation}},
@@ -41,23 +41,13 @@ _CITATION = """
   url = {https://github.com/Clay-foundation/model}
 }
 """
-
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class MaskedReconstruction(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32")))),
-                    "references": datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32")))),
-                    "masks": datasets.Sequence(datasets.Value("float32")),
-                }
-            ),
-        )
+    FEATURES = datasets.Features(
+        {
+            "predictions": datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32")))),
+            "references": datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32")))),
+            "masks": datasets.Sequence(datasets.Value("float32")),
+        }
+    )
 
     def _compute(self, predictions, references, masks, band_groups=None, patch_size=None):
         logits = torch.as_tensor(np.asarray(predictions, dtype=np.float32))  # (B, C, L, P·P)

@@ -4,26 +4,26 @@ The arithmetic is `clay_hf.finetuning.scores` (five running sums), the same `Tra
 """
 
 import datasets
-import evaluate
 import numpy as np
 import torch
 
 from clay_hf.finetuning.scores import regression_scores, regression_sums
+from clay_hf.metrics.base import ClayMetric
 
-_DESCRIPTION = """
+
+class Regression(ClayMetric):
+    DESCRIPTION = """
 Root mean squared error, mean absolute error, and the coefficient of determination R² = 1 − SSE / SST (SST about the
 references' mean; NaN when the references are constant).
 """
-
-_KWARGS_DESCRIPTION = """
+    KWARGS_DESCRIPTION = """
 Args:
     predictions: predicted values, one per chip.
     references: reference values.
 Returns:
     rmse, mae, r2.
 """
-
-_CITATION = """
+    CITATION = """
 @book{draper1998applied,
   title = {Applied Regression Analysis},
   author = {Draper, Norman R. and Smith, Harry},
@@ -31,19 +31,7 @@ _CITATION = """
   year = {1998}
 }
 """
-
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Regression(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
-            ),
-        )
+    FEATURES = datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")})
 
     def _compute(self, predictions, references):
         sums = regression_sums(torch.as_tensor(np.asarray(predictions)), torch.as_tensor(np.asarray(references)))

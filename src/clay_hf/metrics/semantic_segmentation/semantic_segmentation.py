@@ -4,18 +4,19 @@ The arithmetic is `clay_hf.finetuning.scores` (a confusion matrix), the same `Tr
 """
 
 import datasets
-import evaluate
 import numpy as np
 import torch
 
 from clay_hf.finetuning.scores import confusion_matrix, segmentation_scores
+from clay_hf.metrics.base import ClayMetric
 
-_DESCRIPTION = """
+
+class SemanticSegmentation(ClayMetric):
+    DESCRIPTION = """
 Scores of class maps against reference maps over the pixels whose reference is not `ignore_index`: IoU and F1 per
 class and their means over the classes present in references or predictions, and pixel accuracy.
 """
-
-_KWARGS_DESCRIPTION = """
+    KWARGS_DESCRIPTION = """
 Args:
     predictions: per chip, the predicted class map (H, W) of integer class ids.
     references: per chip, the reference class map (H, W).
@@ -25,8 +26,7 @@ Args:
 Returns:
     mean_iou, pixel_accuracy, mean_f1, iou_<class>, f1_<class> (NaN for a class absent from both).
 """
-
-_CITATION = """
+    CITATION = """
 @inproceedings{long2015fully,
   title = {Fully Convolutional Networks for Semantic Segmentation},
   author = {Long, Jonathan and Shelhamer, Evan and Darrell, Trevor},
@@ -34,22 +34,12 @@ _CITATION = """
   year = {2015}
 }
 """
-
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class SemanticSegmentation(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
-                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
-                }
-            ),
-        )
+    FEATURES = datasets.Features(
+        {
+            "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
+            "references": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
+        }
+    )
 
     def _compute(self, predictions, references, num_labels, ignore_index=255, id2label=None):
         confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64)
