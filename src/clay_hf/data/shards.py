@@ -394,8 +394,9 @@ def pack_shards(
 ) -> PackReport:
     """Pack chips into shards `{prefix}-{NNNNNN}.clayshard` of `chips_per_shard` chips each (in path order).
 
-    `shuffle` chooses the bands byte-shuffled before compression (see `SHUFFLES`). Bad chips are skipped and reported. Shards are independent, so `num_workers` processes pack them in parallel;
-    a shard already complete in `output_dir` is kept (an interrupted run continues) unless `overwrite`.
+    `shuffle` chooses the bands byte-shuffled before compression (see `SHUFFLES`). Bad chips are skipped and
+    reported. Shards are independent, so `num_workers` processes pack them in parallel; a shard already complete in
+    `output_dir` is kept (an interrupted run continues) unless `overwrite`.
     """
     parse_codec(codec)
     shuffles(np.dtype(np.float32), shuffle)  # a wrong choice fails now, not in every worker
