@@ -1,13 +1,15 @@
 """Loader throughput and size per chip, every chip format in one run: GeoTIFF (deflate, zstd, lzw, uncompressed),
-WebDataset and Clay shards (each codec), read through `load_chip_dataset` + `chip_dataloader` on ONE core.
+WebDataset and Clay shards (each codec and byte-shuffle choice), read through `load_chip_dataset` + `chip_dataloader`
+on ONE core.
 
     python benchmarks/bench_loader.py --chips_dir chips/ --repeat 6           # chips cut from a real scene
     python benchmarks/bench_loader.py --num_chips 32                          # synthetic chips
 
 Every format is written from the same chips into a temporary folder (`--repeat` lists the chips several times, so
 a small real set still gives enough chips to time), read once to put it in the page cache, then timed: each row
-runs in its own process, num_workers=0 (one core), batch 4, best of `--passes` passes. `chips/s per core` is
-chips over the process's CPU time (robust on a shared machine; wall-clock chips/s are printed beside it).
+runs in its own process, num_workers=0 and one torch thread (one core), batch 4, best of `--passes` passes.
+`chips/s per core` is chips over the process's CPU time, user + system, children included (robust on a shared
+machine; wall-clock chips/s and the load average are printed beside it).
 Every format's pixels are checked bit-identical to the GeoTIFF chips.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 
 from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
 from clay_hf.data import ChipLayout, chip_dataloader, read_chip, resolve_sources, write_synthetic_chips
@@ -39,7 +43,16 @@ GEOTIFF_CODECS = {
     "lzw": {"compress": "lzw"},
     "uncompressed": {"compress": None},
 }
-SHARD_CODECS = ("none", "lz4", "lz4:9", "zstd:1", "zstd:3", "zstd:9")
+#: (row name, codec, byte-shuffle choice) of the Clay shards rows.
+SHARD_CODECS = (
+    ("none", "none", "none"),
+    ("lz4, floats shuffled", "lz4", "float"),
+    ("zstd:1, unshuffled", "zstd:1", "none"),
+    ("zstd:1, floats shuffled", "zstd:1", "float"),
+    ("zstd:-1, floats shuffled", "zstd:-1", "float"),
+    ("zstd:-1, all shuffled", "zstd:-1", "all"),
+    ("zstd:3, floats shuffled", "zstd:3", "float"),
+)
 
 
 def rewrite_geotiffs(paths: list[str], folder: Path, options: dict) -> list[str]:
@@ -77,11 +90,12 @@ def prepare(
     if wanted("WebDataset"):
         shards, _ = pack_webdataset(paths * repeat, root / "webdataset", chips_per_shard)
         rows.append(("WebDataset (tar of deflate GeoTIFFs)", "webdataset", [str(path) for path in shards]))
-    for codec in SHARD_CODECS:
-        if not wanted(f"Clay shards {codec}"):
+    for label, codec, shuffle in SHARD_CODECS:
+        if not wanted(f"Clay shards {label}"):
             continue
-        report = pack_shards(paths * repeat, root / f"shards-{codec.replace(':', '-')}", chips_per_shard, codec=codec)
-        rows.append((f"Clay shards {codec}", "shards", [str(path) for path in report.shards]))
+        folder = root / f"shards-{codec.replace(':', '-')}-{shuffle}"
+        report = pack_shards(paths * repeat, folder, chips_per_shard, codec=codec, shuffle=shuffle)
+        rows.append((f"Clay shards {label}", "shards", [str(path) for path in report.shards]))
     return rows
 
 
@@ -92,14 +106,20 @@ def mib_per_chip(kind: str, files: list[str], num_chips: int) -> float:
     return size / chips / 2**20
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def time_row(files: list[str], num_chips: int, passes: int, batch_size: int, layout: ChipLayout) -> dict[str, float]:
     """Best-of-`passes` CPU and wall time to read every chip through chip_dataloader (after one warm-up pass)."""
     best_cpu = best_wall = float("inf")
     for attempt in range(passes + 1):
         loader = chip_dataloader(load_chip_dataset(files, layout=layout), batch_size)
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, wall = cpu_seconds(), time.perf_counter()
         seen = sum(len(batch["source_url"]) for batch in loader)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
         assert seen == num_chips, (seen, num_chips)
         if attempt:  # the first pass fills the page cache
             best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
@@ -112,14 +132,14 @@ def decode_rate(files: list[str], passes: int) -> float:
 
     best = float("inf")
     for _ in range(passes):
-        start, count = time.process_time(), 0
+        start, count = cpu_seconds(), 0
         for path in files:
             with open(path, "rb") as handle:
                 index = read_index(path, handle)
                 for position in range(len(index)):
                     read_record(handle, index, position)
                     count += 1
-        best = min(best, time.process_time() - start)
+        best = min(best, cpu_seconds() - start)
     return count / best
 
 
@@ -153,7 +173,8 @@ def main() -> None:
     parser.add_argument("--output", help="write the rows as JSON here")
     parser.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.row:  # one timed row, in a fresh process
+    if args.row:  # one timed row, in a fresh process, on one core
+        torch.set_num_threads(1)
         num_chips, reference, files = int(args.row[0]), args.row[1], args.row[2:]
         timing = time_row(files, num_chips, args.passes, args.batch_size, chips_layout(reference))
         if files[0].endswith(".clayshard"):
@@ -161,7 +182,10 @@ def main() -> None:
         print(json.dumps(timing))
         return
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, GDAL {rasterio.__gdal_version__}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, GDAL {rasterio.__gdal_version__}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.chips_dir:
@@ -179,7 +203,8 @@ def main() -> None:
             flush=True,
         )
         rows = prepare(paths, root, args.repeat, args.chips_per_shard, args.formats)
-        header = f"{'format':<40}{'MiB/chip':>10}{'chips/s per core':>18}{'chips/s wall':>14}{'decode alone':>14}"
+        header = f"{'format':<44}{'MiB/chip':>10}{'chips/s per core':>18}{'chips/s wall':>14}{'load':>6}"
+        header += f"{'decode alone':>14}"
         print(header + "\n" + "-" * len(header), flush=True)
         results = []
         for name, kind, files in rows:
@@ -190,10 +215,11 @@ def main() -> None:
             )
             timing = json.loads(output.stdout.strip().splitlines()[-1])
             row = {"format": name, "mib_per_chip": mib_per_chip(kind, files, num_chips), **timing}
+            row["load_average"] = os.getloadavg()[0]
             results.append(row)
             decode = row.get("decode_chips_per_cpu_second")
-            print(f"{name:<40}{row['mib_per_chip']:>10.2f}{row['chips_per_cpu_second']:>18.1f}"
-                  f"{row['chips_per_wall_second']:>14.1f}{'' if decode is None else f'{decode:>14.1f}'}",
+            print(f"{name:<44}{row['mib_per_chip']:>10.2f}{row['chips_per_cpu_second']:>18.1f}"
+                  f"{row['chips_per_wall_second']:>14.1f}{row['load_average']:>6.1f}{'' if decode is None else f'{decode:>14.1f}'}",
                   flush=True)  # fmt: skip
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.output:

@@ -12,7 +12,6 @@ Builds a randomly initialised encoder of a v0 preset (speed does not depend on t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from clay_hf import ClayConfig, ClayModel
-from clay_hf.benchmarking import machine_description, time_call
+from clay_hf.benchmarking import machine_description, time_call, write_results
 from clay_hf.export import OnnxEncoder, export_onnx
 from clay_hf.export.onnx import sample_inputs
 
@@ -69,10 +68,7 @@ def main() -> None:
         "export_seconds": export_seconds,
         "rows": rows,
     }
-    print(json.dumps(results, indent=2))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, args.output)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from clay_hf.embeddings import chip_footprint, embed_to_geoparquet, geo_metadata
 from clay_hf.search import SearchIndexError, build_index, open_index, search
 from clay_hf.search.cli import main as search_main
 from clay_hf.search.patches import patch_footprints
+from clay_hf.search.table import create_ann_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,6 +136,17 @@ def test_ann_index_is_built_from_the_threshold_and_recorded(synthetic, tmp_path,
     hits = search(tmp_path / "index", like=["chip_0011.tif"], k=1)
     assert row_ids(hits).tolist() == [11]
     assert build_index(synthetic["path"], tmp_path / "small", ann_threshold=301).ann is None  # under the threshold
+
+
+def test_ann_training_settings_reach_lancedb_and_are_recorded(synthetic, tmp_path):
+    build_index(synthetic["path"], tmp_path / "index", ann_threshold=301)
+    table, info = open_index(tmp_path / "index")
+    configs, create_index = [], table.create_index
+    table.create_index = lambda column, config: (configs.append(config), create_index(column, config=config))
+    create_ann_index(table, info, num_partitions=4, max_iterations=3, sample_rate=32)
+    assert [(c.num_partitions, c.max_iterations, c.sample_rate) for c in configs] == [(4, 3, 32)]
+    recorded = open_index(tmp_path / "index")[1].ann
+    assert (recorded.num_partitions, recorded.max_iterations, recorded.sample_rate) == (4, 3, 32)
 
 
 def test_patch_footprints_tile_the_chip(tmp_path):

@@ -21,9 +21,14 @@ from clay_hf.data import (
     resolve_sources,
     write_synthetic_chips,
 )
+from clay_hf.data.chips import missing_values
 from clay_hf.data.dataset import split_paths
 from clay_hf.data.shards import (
     ShardError,
+    byte_shuffle,
+    byte_unshuffle,
+    decode_header,
+    decode_pixels,
     iter_shard,
     narrowest_exact_dtype,
     pack_shards,
@@ -77,9 +82,21 @@ def read_back(folder) -> dict[str, dict]:
     return {record["source_url"]: record for record in load_chip_dataset(folder, layout=LAYOUT)}
 
 
-@pytest.mark.parametrize("codec", ["zstd:1", "lz4:9", "none"])
-def test_round_trip_is_bit_identical_and_integral_bands_are_stored_as_integers(chips, tmp_path, codec):
-    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=4, codec=codec)
+def record_header(shard, position: int = 0) -> dict:
+    with open(shard, "rb") as handle:
+        index = read_index(shard, handle)
+        handle.seek(index.offsets[position])
+        record = handle.read(index.lengths[position])
+    (length,) = struct.unpack_from("<I", record)
+    return json.loads(record[4 : 4 + length])
+
+
+@pytest.mark.parametrize(
+    ("codec", "shuffle"),
+    [("zstd:1", "float"), ("zstd:-1", "all"), ("zstd:1", "none"), ("lz4:9", "float"), ("lz4", "all"), ("none", "all")],
+)
+def test_round_trip_is_bit_identical_and_integral_bands_are_stored_as_integers(chips, tmp_path, codec, shuffle):
+    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=4, codec=codec, shuffle=shuffle)
     assert report.chips == len(chips) and len(report.shards) == 2 and not report.bad
     stored = {chip.source_url: chip.pixels for shard in report.shards for chip in iter_shard(shard)}
     records = read_back(tmp_path / "shards")
@@ -90,14 +107,67 @@ def test_round_trip_is_bit_identical_and_integral_bands_are_stored_as_integers(c
         loaded = read_chip(path, layout=LAYOUT).pixels  # what the GeoTIFF loader gives a model
         pixels = np.asarray(records[path]["pixels"])
         assert pixels.dtype == loaded.dtype and pixels.tobytes() == loaded.tobytes(), path
-    with open(report.shards[0], "rb") as handle:
-        index = read_index(report.shards[0], handle)
-        handle.seek(index.offsets[0])
-        record = handle.read(index.lengths[0])
-    (length,) = struct.unpack_from("<I", record)
-    stored = [band["dtype"] for band in json.loads(record[4 : 4 + length])["bands"]]
+    bands = record_header(report.shards[0])["bands"]
+    stored = [band["dtype"] for band in bands]
     assert stored[:9] == ["<u2"] * 9 and stored[9] == "<u4"  # integral reflectances → uint16, 2**24 → uint32
     assert stored[10] == "<f4" and stored[11] == "<f4" and stored[12] == "<i2"  # real floats and -0.0 stay float
+    shuffled = [band.get("filter") == "shuffle" for band in bands]
+    if codec == "none" or shuffle == "none":
+        assert not any(shuffled)  # `none` stays a plain copy of the pixels
+    else:  # "float": the bands stored as floats; "all": every band
+        assert shuffled == [shuffle == "all" or dtype.startswith("<f") for dtype in stored]
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<i2", "<u4", "<f4", ">f4", "<f8"])
+def test_byte_unshuffle_undoes_byte_shuffle(dtype):
+    values = np.random.default_rng(0).normal(0, 1000, (7, 9)).astype(dtype)
+    data = byte_shuffle(values)
+    planes = np.frombuffer(data, np.uint8).reshape(values.itemsize, -1)
+    assert np.array_equal(planes[0], values.reshape(-1).view(np.uint8)[:: values.itemsize])  # first bytes first
+    out = np.empty(values.shape, dtype)
+    byte_unshuffle(data, out)
+    assert out.tobytes() == values.tobytes()
+
+
+def test_a_layout_decodes_only_its_bands_in_its_order(chips, tmp_path):
+    report = pack_shards(chips[1:2], tmp_path / "shards", codec="zstd:1")
+    layout = ChipLayout(bands=("nir", "red"), size=(SIZE, SIZE))  # channels 6 and 2 of a 13-band v0 chip
+    expected = read_chip(chips[1], layout=layout)
+    with open(report.shards[0], "rb") as handle:
+        index = read_index(report.shards[0], handle)
+        chip, _ = read_record(handle, index, 0, layout=layout)
+        handle.seek(index.offsets[0])
+        record = memoryview(handle.read(index.lengths[0]))
+    assert chip.band_names == ["nir", "red"] and chip.pixels.tobytes() == expected.pixels.tobytes()
+    header, offset = decode_header(record)
+    full = decode_pixels(record, header, offset)
+    assert decode_pixels(record, header, offset, [6, 2]).tobytes() == full[[6, 2]].tobytes()
+    # a band the layout does not read is never decoded: corrupting its payload leaves the layout's chip whole
+    broken = bytearray(report.shards[0].read_bytes())
+    start = index.offsets[0] + offset + sum(band["length"] for band in header["bands"][:5])
+    broken[start + 8 : start + 24] = bytes(16)
+    report.shards[0].write_bytes(bytes(broken))
+    with open(report.shards[0], "rb") as handle:
+        assert read_record(handle, index, 0, layout=layout)[0].pixels.tobytes() == expected.pixels.tobytes()
+        with pytest.raises(ValueError, match=r"record 0 .* is a corrupted record"):
+            read_record(handle, index, 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint16"])
+@pytest.mark.parametrize("nodata", [None, 0.0, 7.0, float("nan")])
+def test_missing_values_marks_nonfinite_and_nodata_values_only(dtype, nodata):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(1, 50, (4, 6, 5)).astype(dtype)
+    assert missing_values(pixels, nodata) is None or (nodata == 7.0 and (pixels == 7).any())
+    pixels[1, 2, 3] = 7
+    if dtype == "float32":
+        pixels[2, 0, 0], pixels[3, 5, 4] = np.nan, -np.inf
+    expected = ~np.isfinite(pixels.astype(np.float64))
+    if nodata is not None and not np.isnan(nodata):
+        expected |= pixels == nodata
+    ranges = [(band.min(), band.max()) for band in pixels]  # as a decoder gives them
+    for got in (missing_values(pixels, nodata), missing_values(pixels, nodata, ranges)):
+        assert (got is None and not expected.any()) or np.array_equal(got, expected)
 
 
 def test_narrowest_exact_dtype_is_lossless_only():
@@ -186,6 +256,24 @@ def test_a_corrupted_record_is_skipped_named_and_counted(tmp_path, caplog, how, 
     assert "chips-000000.clayshard record 2" in caplog.text and "corrupted record" in caplog.text
 
 
+def _set_version(shard, old: int, new: int) -> None:
+    data = shard.read_bytes()
+    assert data.count(f'"version": {old}'.encode()) == 1
+    shard.write_bytes(data.replace(f'"version": {old}'.encode(), f'"version": {new}'.encode()))  # same length
+
+
+def test_version_1_shards_are_read_and_newer_ones_refused(chips, tmp_path):
+    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=10, shuffle="none")  # what version 1 wrote
+    _set_version(report.shards[0], 2, 1)
+    records = read_back(tmp_path / "shards")
+    for path in chips:
+        loaded = read_chip(path, layout=LAYOUT).pixels
+        assert np.asarray(records[path]["pixels"]).tobytes() == loaded.tobytes()
+    _set_version(report.shards[0], 1, 3)  # a version from the future
+    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: is format version 3; this clay_hf reads up to 2"):
+        load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
+
+
 def test_a_truncated_shard_is_an_error_naming_the_file(tmp_path):
     paths = [str(p) for p in write_synthetic_chips(tmp_path / "chips", 4, size=SIZE)]
     report = pack_shards(paths, tmp_path / "shards", chips_per_shard=2)
@@ -257,6 +345,10 @@ def test_pack_shards_script(tmp_path, capsys):
     )
     with pytest.raises(SystemExit):
         pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / "x"), "--codec", "brotli"])
+    for shuffle, filtered in (("float", True), ("none", False)):  # synthetic chips: float bands
+        pack_shards_main([str(tmp_path / "chips"), "--output_dir", str(tmp_path / shuffle), "--shuffle", shuffle])
+        bands = record_header(tmp_path / shuffle / "chips-000000.clayshard")["bands"]
+        assert all((band.get("filter") == "shuffle") == filtered for band in bands)
 
 
 @pytest.fixture

@@ -8,13 +8,17 @@ the matrix multiplications of the architecture (2 per multiply-add); a training 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .configuration_clay import ClayConfig
@@ -76,8 +80,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
-    """Median seconds of `fn()` after `warmup` calls."""
+def call_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn()`, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -87,7 +91,30 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 1, r
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
+    return times
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
+    """Median seconds of `fn()` after `warmup` calls."""
+    times = call_seconds(fn, device, warmup, repeats)
     return sorted(times)[len(times) // 2]
+
+
+def latency_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """Median and 95th percentile, in milliseconds, of per-call seconds."""
+    return {
+        "latency_ms_median": 1000 * float(np.median(seconds)),
+        "latency_ms_p95": 1000 * float(np.percentile(seconds, 95)),
+    }
+
+
+def write_results(results: dict, output: str | PathLike | None) -> None:
+    """Print a benchmark's results as JSON, and write them to `output` (when given)."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, target_seconds: float = 0.3) -> float:
@@ -244,11 +271,15 @@ def _result(task, attn, precision, checkpointing, batch_size, seconds, flops, pe
 
 __all__ = [
     "RunResult",
+    "call_seconds",
     "encoder_flops",
+    "latency_ms",
     "machine_description",
     "matmul_peak",
     "pretraining_flops",
     "run_inference",
     "run_train_step",
+    "time_call",
     "transformer_flops",
+    "write_results",
 ]

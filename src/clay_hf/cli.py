@@ -19,7 +19,7 @@ from .convert_clay_original_checkpoint import CheckpointConversionError
 from .data.chips import ChipError
 from .data.datacube import BandSource, band_sources, make_datacube_chips
 from .data.dataset import resolve_sources
-from .data.shards import DEFAULT_CODEC, pack_shards
+from .data.shards import DEFAULT_CODEC, DEFAULT_SHUFFLE, SHUFFLES, pack_shards
 from .data.stac import search_stac_items, stac_band_sources
 from .data.tiling import ChipReport, make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
@@ -206,13 +206,16 @@ def pack_shards_main(argv: list[str] | None = None) -> int:
     """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
     parser = _packing_parser(pack_shards_main)
     parser.add_argument("--codec", default=DEFAULT_CODEC, help="zstd[:LEVEL], lz4[:LEVEL] or none")
+    parser.add_argument(
+        "--shuffle", default=DEFAULT_SHUFFLE, choices=SHUFFLES, help="bands byte-shuffled before compression"
+    )
     parser.add_argument("--num_workers", type=int, default=0, help="processes packing shards in parallel")
     parser.add_argument("--overwrite", action="store_true", help="rewrite shards already in --output_dir")
     args = parser.parse_args(argv)
     try:
         report = pack_shards(
             resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, args.codec,
-            args.num_workers, args.overwrite,
+            args.num_workers, args.overwrite, args.shuffle,
         )  # fmt: skip
     except ValueError as error:
         parser.error(str(error))

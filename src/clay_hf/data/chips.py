@@ -292,22 +292,65 @@ def conform_chip(chip: Chip, descriptions: Sequence[str | None], layout: ChipLay
     """A chip read with all its bands from elsewhere than a GeoTIFF (a Clay shard record), made to fit `layout`
     exactly as `read_chip(..., layout=)` makes a file fit: bands picked by name, size and dtype checked, NaN, ±inf
     and the chip's nodata value missing (filled or the chip bad). Raises ChipError."""
-    name = chip.source_url
-    count, height, width = chip.pixels.shape  # (C, H, W), all the chip's bands
+    band_names, channels = layout_channels(chip.source_url, chip.pixels.shape, chip.pixels.dtype, descriptions, layout)
+    if channels != list(range(chip.pixels.shape[0])):  # the chip's bands in another order, or more of them
+        chip.pixels = chip.pixels[channels]  # (C', H, W) in the layout's order
+    chip.band_names = band_names
+    return fit_layout_bands(chip, layout)
+
+
+def layout_channels(
+    name: str, shape: Sequence[int], dtype: np.dtype | str, descriptions: Sequence[str | None], layout: ChipLayout
+) -> tuple[list[str], list[int]]:
+    """(the layout's band names, the 0-based channels of a chip of `shape` (C, H, W) that hold them, in the
+    layout's order): raises ChipError when the chip's size, bands or dtype cannot fit `layout`."""
+    count, height, width = shape
     if (height, width) != tuple(layout.size):
         raise ChipError(name, f"is {height}×{width} pixels, expected {layout.size[0]}×{layout.size[1]}")
     band_names, indexes = _band_selection(name, count, descriptions, layout)
-    _check_dtype(name, chip.pixels.dtype.name, layout.dtype)
-    pixels = chip.pixels[[index - 1 for index in indexes]]  # (C', H, W) in the layout's order
-    missing = np.zeros(pixels.shape, dtype=bool)
-    if np.issubdtype(pixels.dtype, np.inexact):
-        missing |= ~np.isfinite(pixels)
-    if chip.nodata is not None and not np.isnan(chip.nodata):
-        missing |= pixels == chip.nodata
-    chip.pixels, chip.band_names = pixels, band_names
-    chip.missing = missing if missing.any() else None
-    chip.nodata_fraction = float(missing.mean())
+    _check_dtype(name, np.dtype(dtype).name, layout.dtype)
+    return band_names, [index - 1 for index in indexes]
+
+
+def fit_layout_bands(chip: Chip, layout: ChipLayout, ranges: Sequence[tuple[float, float]] | None = None) -> Chip:
+    """A chip whose pixels are already the layout's bands, in its order: NaN, ±inf and the chip's nodata value
+    marked missing (filled or the chip bad), the pixels converted to the layout's dtype; `ranges` as
+    [`missing_values`]. Raises ChipError."""
+    missing = missing_values(chip.pixels, chip.nodata, ranges)
+    chip.missing = missing
+    chip.nodata_fraction = 0.0 if missing is None else np.count_nonzero(missing) / missing.size
     return fit_to_layout(chip, layout)
+
+
+def missing_values(
+    pixels: np.ndarray, nodata: float | None, ranges: Sequence[tuple[float, float]] | None = None
+) -> np.ndarray | None:
+    """(C, H, W) True where a value is NaN, ±inf or `nodata`; None when none is. Each band's minimum and maximum
+    (which NaN propagates to) are looked at first, so a clean chip costs two reductions and no mask; `ranges`
+    gives them when the caller already has them (per band, (min, max) of the same values)."""
+    if pixels.size == 0:
+        return None
+    floating = np.issubdtype(pixels.dtype, np.inexact)
+    check_nodata = nodata is not None and not np.isnan(nodata)
+    if ranges is None:
+        low, high = pixels.min(axis=(1, 2)), pixels.max(axis=(1, 2))  # (C,)
+    else:
+        low, high = np.array(ranges, dtype=np.float64).reshape(-1, 2).T  # (C,) each
+    suspect = np.zeros(len(pixels), dtype=bool)
+    if floating:
+        suspect |= ~(np.isfinite(low) & np.isfinite(high))
+    if check_nodata:
+        suspect |= (low <= nodata) & (nodata <= high)
+    if not suspect.any():
+        return None
+    missing = np.zeros(pixels.shape, dtype=bool)
+    for channel in np.flatnonzero(suspect):
+        band = pixels[channel]
+        if floating:
+            missing[channel] = ~np.isfinite(band)
+        if check_nodata:
+            missing[channel] |= band == nodata
+    return missing if missing.any() else None
 
 
 def chip_band_names(
@@ -400,7 +443,10 @@ __all__ = [
     "chip_key",
     "conform_chip",
     "date_from_filename",
+    "fit_layout_bands",
     "fit_to_layout",
+    "layout_channels",
+    "missing_values",
     "nodata_error",
     "read_chip",
     "resolve_chip_date",

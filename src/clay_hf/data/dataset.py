@@ -244,6 +244,11 @@ class BadChipLog:
         self.count += 1
         logger.warning("skipped %s (%d skipped so far)", error, self.count)
 
+    def record(self, error: ChipError, layout: ChipLayout) -> dict[str, Any]:
+        """Count and report a bad chip, and give its record in the stream (a [`bad_record`] of `layout`)."""
+        self.skip(error)
+        return bad_record(error, layout.shape, layout.dtype)
+
 
 def generate_chips(shards: Sequence[Sequence[str]], layout: ChipLayout) -> Iterator[dict[str, Any]]:
     """The generator behind the streaming loader: reads each chip of the given shards to `layout`.
@@ -257,8 +262,7 @@ def generate_chips(shards: Sequence[Sequence[str]], layout: ChipLayout) -> Itera
             try:
                 yield read_chip(path, layout=layout).to_example()
             except ChipError as error:
-                log.skip(error)
-                yield bad_record(error, layout.shape, layout.dtype)
+                yield log.record(error, layout)
 
 
 def read_metadata(

@@ -1,5 +1,5 @@
 """Clay shards: the packed, lossless training format (`*.clayshard`), written from GeoTIFF chips and read back
-bit-identical, about 3× faster per core than deflate GeoTIFFs in fewer bytes (figures in `benchmarks/results/`).
+bit-identical, about 4.5× faster per core than deflate GeoTIFFs in fewer bytes (figures in `benchmarks/results/`).
 
 A shard file is:
 
@@ -12,9 +12,12 @@ A shard file is:
 A record is a 4-byte little-endian header length, the header (UTF-8 JSON: the chip's metadata, its raster facts
 and one entry per band), then each band's payload. A band whose float values are all integers that a narrower
 integer type holds exactly is stored in that type (e.g. Sentinel-2 reflectance in float32 chips → uint16; the
-round trip is checked bit for bit, so -0.0 and NaN keep a band float). Each payload is compressed on its own:
+round trip is checked bit for bit, so -0.0 and NaN keep a band float). A band may be byte-shuffled before
+compression (its `filter` is "shuffle": all first bytes of its values, then all second bytes, …; by default the
+bands stored as floats, whose exponent bytes then compress well). Each payload is compressed on its own:
 `zstd` (a frame with its content checksum), `lz4` (a frame with its content checksum) or `none` (with a CRC-32),
-so a corrupted record is detected and skipped, never read as wrong pixels.
+so a corrupted record is detected and skipped, never read as wrong pixels. Format version 2 added the filter;
+version 1 shards (no filter) are read as before.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,24 +43,28 @@ import numpy as np
 import rasterio
 import zstandard
 
-from .chips import Chip, ChipError, read_chip
+from .chips import Chip, ChipError, ChipLayout, fit_layout_bands, layout_channels, read_chip
 
 logger = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"
 END_MAGIC = b"CLAYEND1"
-FORMAT_VERSION = 1
-#: The default codec, chosen by measurement (benchmarks/results/loader_*.txt, the README's loader table): zstd at
-#: level 1 stores real v0-like chips in 66% of their deflate GeoTIFF bytes and reads them ~3.4× faster per core.
-#: lz4 decodes ~10-15% faster but saves nothing on noise-like float bands (a synthetic float chip came out larger
-#: than its deflate GeoTIFF); higher zstd levels save 7-9% more bytes for 15-20% less speed.
-DEFAULT_CODEC = "zstd:1"
+FORMAT_VERSION = 2
+#: The default codec, chosen by measurement (benchmarks/results/loader_*_v2_*.txt, the README's loader table): zstd's
+#: fast level -1, with the float bands byte-shuffled, is the only codec that reads real v0-like chips at over 100
+#: chips/s per core through `chip_dataloader` in fewer bytes than their deflate GeoTIFFs (77% of them); zstd:1
+#: saves 16% more bytes for ~20% fewer chips/s, `--shuffle all` 24% more for ~17% fewer.
+DEFAULT_CODEC = "zstd:-1"
 CODECS = ("none", "lz4", "zstd")
+#: Which bands are byte-shuffled before compression: those stored as floats, all (wider than a byte), or none.
+SHUFFLES = ("float", "all", "none")
+DEFAULT_SHUFFLE = "float"
 #: Integer types tried, narrowest first, for bands of a float chip whose values are all integral.
 INTEGER_CANDIDATES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
 _FOOTER = struct.Struct("<Q8s")
 _HEADER_LENGTH = struct.Struct("<I")
+_THREAD = threading.local()  # a zstd decompression context per thread (they are not thread-safe)
 
 
 class ShardError(ValueError):
@@ -98,7 +106,7 @@ def decompress(payload: memoryview, band: dict[str, Any], size: int) -> bytes | 
     """One band's bytes; raises ValueError on any mismatch (codec error, checksum, size)."""
     codec = band["codec"]
     if codec == "zstd":
-        data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+        data = _zstd_decompressor().decompress(payload, max_output_size=size)
     elif codec == "lz4":
         data = lz4.frame.decompress(payload)
     elif codec == "none":
@@ -110,6 +118,36 @@ def decompress(payload: memoryview, band: dict[str, Any], size: int) -> bytes | 
     if len(data) != size:
         raise ValueError(f"decodes to {len(data)} bytes, expected {size}")
     return data
+
+
+def byte_shuffle(values: np.ndarray) -> bytes:
+    """The bytes of `values` plane by plane: every value's first byte, then every value's second byte, …"""
+    return np.ascontiguousarray(values.reshape(-1).view(np.uint8).reshape(-1, values.itemsize).T).tobytes()
+
+
+def byte_unshuffle(data: bytes | memoryview, out: np.ndarray) -> None:
+    """Undo `byte_shuffle` into `out` (contiguous, of the shuffled values' dtype), by shifting each byte plane into
+    a little-endian integer view of `out` (a strided byte transpose in numpy is several times slower)."""
+    width = out.itemsize
+    planes = np.frombuffer(data, np.uint8).reshape(width, -1)  # (bytes per value, values)
+    values = out.reshape(-1).view(f"<u{width}")  # the bytes in memory order, whatever the host's
+    np.copyto(values, planes[width - 1], casting="safe")
+    for plane in planes[width - 2 :: -1] if width > 1 else ():
+        np.left_shift(values, 8, out=values)
+        np.bitwise_or(values, plane, out=values)
+
+
+def shuffles(stored: np.dtype, shuffle: str) -> bool:
+    """Whether a band stored as `stored` is byte-shuffled under the `shuffle` choice (see `SHUFFLES`)."""
+    if shuffle not in SHUFFLES:
+        raise ValueError(f"unknown shuffle {shuffle!r}: use one of {SHUFFLES}.")
+    return stored.itemsize > 1 and (shuffle == "all" or (shuffle == "float" and stored.kind == "f"))
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_THREAD, "zstd"):
+        _THREAD.zstd = zstandard.ZstdDecompressor()
+    return _THREAD.zstd
 
 
 def narrowest_exact_dtype(band: np.ndarray) -> np.dtype:
@@ -178,16 +216,18 @@ def chip_metadata(chip: Chip) -> dict[str, Any]:
     }
 
 
-def encode_record(chip: Chip, facts: RasterFacts, codec: str = DEFAULT_CODEC) -> bytes:
+def encode_record(chip: Chip, facts: RasterFacts, codec: str = DEFAULT_CODEC, shuffle: str = DEFAULT_SHUFFLE) -> bytes:
     """A chip's record: header length, header JSON, band payloads."""
     name, level = parse_codec(codec)
     pixels = np.ascontiguousarray(chip.pixels)  # (C, H, W)
     bands, payloads = [], []
     for band in pixels:
         stored_dtype = narrowest_exact_dtype(band)
-        data = band.astype(stored_dtype, copy=False).tobytes()
-        payload, extra = compress(data, name, level)
-        bands.append({"dtype": stored_dtype.str, "codec": name, "length": len(payload), **extra})
+        stored = band.astype(stored_dtype, copy=False)
+        shuffled = name != "none" and shuffles(stored_dtype, shuffle)  # `none` stays a plain copy of the pixels
+        payload, extra = compress(byte_shuffle(stored) if shuffled else stored.tobytes(), name, level)
+        filters = {"filter": "shuffle"} if shuffled else {}
+        bands.append({"dtype": stored_dtype.str, "codec": name, "length": len(payload), **filters, **extra})
         payloads.append(payload)
     header = {
         "chip": chip_metadata(chip),
@@ -209,22 +249,54 @@ def decode_header(record: memoryview) -> tuple[dict[str, Any], int]:
     return json.loads(bytes(record[start : start + length])), start + length
 
 
-def decode_pixels(record: memoryview, header: dict[str, Any], offset: int) -> np.ndarray:
-    """The record's pixels (C, H, W) in their original dtype, bit-identical to what was packed."""
-    dtype = np.dtype(header["dtype"])
-    channels, height, width = header["shape"]
-    if len(header["bands"]) != channels:
-        raise ValueError(f"{len(header['bands'])} band entries for {channels} channels")
-    pixels = np.empty((channels, height, width), dtype)
-    for index, band in enumerate(header["bands"]):
-        stored = np.dtype(band["dtype"])
-        end = offset + band["length"]
-        if end > len(record):
-            raise ValueError(f"band {index} runs past the record")
-        data = decompress(record[offset:end], band, height * width * stored.itemsize)
-        pixels[index] = np.frombuffer(data, stored).reshape(height, width)  # widening back is exact
-        offset = end
+def decode_pixels(
+    record: memoryview, header: dict[str, Any], offset: int, channels: Sequence[int] | None = None
+) -> np.ndarray:
+    """The record's pixels (C, H, W) in their original dtype, bit-identical to what was packed; with `channels`,
+    only those bands (0-based, in that order) are decoded, each straight into its slot."""
+    count, height, width = header["shape"]
+    pixels = np.empty((count if channels is None else len(channels), height, width), np.dtype(header["dtype"]))
+    for _ in decode_into(record, header, offset, pixels, channels):
+        pass
     return pixels
+
+
+def decode_into(
+    record: memoryview, header: dict[str, Any], offset: int, pixels: np.ndarray, channels: Sequence[int] | None = None
+) -> Iterator[np.ndarray]:
+    """Decode the record's bands (or `channels`, 0-based, in that order) into `pixels` (C', H, W), one slot each,
+    yielding each band's values in their stored dtype just after they were written (still in the CPU's cache, so
+    looking at them then costs little)."""
+    count, height, width = header["shape"]
+    bands = header["bands"]
+    if len(bands) != count:
+        raise ValueError(f"{len(bands)} band entries for {count} channels")
+    if pixels.shape[1:] != (height, width) or np.dtype(header["dtype"]) != pixels.dtype:
+        raise ValueError(f"the record holds {header['dtype']} bands of {height}×{width} pixels, not {pixels.shape}")
+    ends = (offset + np.cumsum([band["length"] for band in bands], dtype=np.int64)).tolist()
+    if count and ends[-1] > len(record):
+        raise ValueError(f"band {int(np.searchsorted(ends, len(record), side='right'))} runs past the record")
+    starts = [offset, *ends[:-1]]
+    for slot, index in enumerate(range(count) if channels is None else channels):
+        yield decode_band(record[starts[index] : ends[index]], bands[index], pixels[slot])
+
+
+def decode_band(payload: memoryview, band: dict[str, Any], out: np.ndarray) -> np.ndarray:
+    """One band's payload into `out` (H, W), which may be wider than the stored dtype (widening back is exact);
+    returns the band's values in the stored dtype (`out` itself when that is its dtype)."""
+    stored = np.dtype(band["dtype"])
+    data = decompress(payload, band, out.size * stored.itemsize)
+    shuffle = band.get("filter")
+    if shuffle is None:
+        values = np.frombuffer(data, stored).reshape(out.shape)
+    elif shuffle == "shuffle":
+        values = out if out.dtype == stored else np.empty(out.shape, stored)
+        byte_unshuffle(data, values)
+    else:
+        raise ValueError(f"unknown filter {shuffle!r}")
+    if values is not out:
+        out[...] = values
+    return values
 
 
 def chip_from_header(header: dict[str, Any], pixels: np.ndarray | None) -> Chip:
@@ -277,7 +349,9 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}{SHARD_SUFFIX}"
 
 
-def pack_shard(paths: Sequence[str], path: str | PathLike, codec: str = DEFAULT_CODEC) -> tuple[Path, int, list[str]]:
+def pack_shard(
+    paths: Sequence[str], path: str | PathLike, codec: str = DEFAULT_CODEC, shuffle: str = DEFAULT_SHUFFLE
+) -> tuple[Path, int, list[str]]:
     """Pack chips into one shard file; (the file, records written, bad chips as messages naming them)."""
     writer = ShardWriter(path)
     bad: list[str] = []
@@ -291,7 +365,7 @@ def pack_shard(paths: Sequence[str], path: str | PathLike, codec: str = DEFAULT_
                 logger.warning("skipping bad chip %s", message)
                 bad.append(message)
                 continue
-            writer.add(encode_record(chip, facts, codec), chip.source_url)
+            writer.add(encode_record(chip, facts, codec, shuffle), chip.source_url)
     except BaseException:
         writer.abort()
         raise
@@ -316,13 +390,16 @@ def pack_shards(
     codec: str = DEFAULT_CODEC,
     num_workers: int = 0,
     overwrite: bool = False,
+    shuffle: str = DEFAULT_SHUFFLE,
 ) -> PackReport:
     """Pack chips into shards `{prefix}-{NNNNNN}.clayshard` of `chips_per_shard` chips each (in path order).
 
-    Bad chips are skipped and reported. Shards are independent, so `num_workers` processes pack them in parallel;
-    a shard already complete in `output_dir` is kept (an interrupted run continues) unless `overwrite`.
+    `shuffle` chooses the bands byte-shuffled before compression (see `SHUFFLES`). Bad chips are skipped and
+    reported. Shards are independent, so `num_workers` processes pack them in parallel; a shard already complete in
+    `output_dir` is kept (an interrupted run continues) unless `overwrite`.
     """
     parse_codec(codec)
+    shuffles(np.dtype(np.float32), shuffle)  # a wrong choice fails now, not in every worker
     if chips_per_shard < 1:
         raise ValueError(f"chips_per_shard must be at least 1, got {chips_per_shard}.")
     output = Path(output_dir)
@@ -333,7 +410,7 @@ def pack_shards(
         if target.exists() and not overwrite:
             kept.append(target)  # complete: shards appear under their name only when closed
         else:
-            jobs.append((list(paths[start : start + chips_per_shard]), target, codec))
+            jobs.append((list(paths[start : start + chips_per_shard]), target, codec, shuffle))
     chips = sum(len(read_index(path)) for path in kept)
     results: list[tuple[Path, int, list[str]]]
     if num_workers > 1 and len(jobs) > 1:
@@ -347,7 +424,7 @@ def pack_shards(
     )
 
 
-def _pack_job(job: tuple[list[str], Path, str]) -> tuple[Path, int, list[str]]:
+def _pack_job(job: tuple[list[str], Path, str, str]) -> tuple[Path, int, list[str]]:
     return pack_shard(*job)
 
 
@@ -408,10 +485,11 @@ def read_index(path: str | PathLike, file: BinaryIO | None = None) -> ShardIndex
 
 
 def read_record(
-    handle: BinaryIO, index: ShardIndex, position: int, read_pixels: bool = True
+    handle: BinaryIO, index: ShardIndex, position: int, read_pixels: bool = True, layout: ChipLayout | None = None
 ) -> tuple[Chip, RasterFacts]:
     """Record `position` of an open shard as a `Chip` (and its raster facts); a bad record is a ChipError naming
-    the shard, the record number and the chip."""
+    the shard, the record number and the chip. With a `layout`, only the layout's bands are decoded and the chip is
+    made to fit it (as `conform_chip`; a chip that cannot fit is a ChipError naming it)."""
     name = f"{index.path} record {position} ({index.names[position]})"
     try:
         handle.seek(index.offsets[position])
@@ -419,11 +497,25 @@ def read_record(
         if len(record) != index.lengths[position]:
             raise ValueError(f"ends after {len(record)} of {index.lengths[position]} bytes")
         header, offset = decode_header(record)
-        pixels = decode_pixels(record, header, offset) if read_pixels else None
-        chip = chip_from_header(header, pixels)
+        chip = chip_from_header(header, None)
         facts = RasterFacts(**header["raster"])
+        if layout is not None:
+            chip.band_names, channels = layout_channels(
+                chip.source_url, header["shape"], header["dtype"], facts.band_names, layout
+            )
+        if read_pixels and layout is None:
+            chip.pixels = decode_pixels(record, header, offset)
+        elif read_pixels:
+            _, height, width = header["shape"]
+            chip.pixels = np.empty((len(channels), height, width), np.dtype(header["dtype"]))
+            decoded = decode_into(record, header, offset, chip.pixels, channels)
+            ranges = [(values.min(), values.max()) for values in decoded]  # each band while it is in the cache
+    except ChipError:
+        raise  # the chip cannot fit the layout: it names itself
     except (ValueError, KeyError, TypeError, struct.error, zstandard.ZstdError, RuntimeError) as error:
         raise ChipError(name, f"is a corrupted record ({error})") from None
+    if layout is not None and read_pixels:
+        chip = fit_layout_bands(chip, layout, ranges)
     return chip, facts
 
 
@@ -458,12 +550,17 @@ def find_shards(source: str | PathLike | Sequence[str | PathLike]) -> list[str]:
 
 __all__ = [
     "DEFAULT_CODEC",
+    "DEFAULT_SHUFFLE",
     "SHARD_SUFFIX",
+    "SHUFFLES",
     "PackReport",
     "RasterFacts",
     "ShardError",
     "ShardIndex",
     "ShardWriter",
+    "byte_shuffle",
+    "byte_unshuffle",
+    "decode_into",
     "decode_pixels",
     "encode_record",
     "find_shards",

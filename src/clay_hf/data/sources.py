@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, IterableDataset
 
-from .chips import ChipError, ChipLayout, conform_chip
+from .chips import ChipError, ChipLayout
 from .dataset import (
     BadChipLog,
     auto_num_shards,
-    bad_record,
     chip_features,
     load_geotiff_dataset,
     resolve_sources,
@@ -162,18 +161,14 @@ def generate_shard_chips(
                 handle = _open(path)
             except (OSError, ShardError) as error:
                 for position in positions:
-                    problem = ChipError(f"{path} record {position}", f"is unreadable ({error})")
-                    log.skip(problem)
-                    yield bad_record(problem, layout.shape, layout.dtype)
+                    yield log.record(ChipError(f"{path} record {position}", f"is unreadable ({error})"), layout)
                 continue
             with handle:
                 for position in positions:
                     try:
-                        chip, facts = read_record(handle, index, position)
-                        yield conform_chip(chip, facts.band_names, layout).to_example()
+                        yield read_record(handle, index, position, layout=layout)[0].to_example()
                     except ChipError as error:
-                        log.skip(error)
-                        yield bad_record(error, layout.shape, layout.dtype)
+                        yield log.record(error, layout)
 
 
 def load_shard_dataset(

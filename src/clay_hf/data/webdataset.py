@@ -22,7 +22,7 @@ from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
 from .chips import ChipError, ChipLayout, chip_band_names, nodata_error, read_chip
-from .dataset import BadChipLog, bad_record, chip_features, fsspec_url
+from .dataset import BadChipLog, chip_features, fsspec_url
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def decode_samples(batch: dict[str, list[Any]], layout: ChipLayout) -> dict[str,
             with MemoryFile(tif["bytes"]) as memory:
                 chip = read_chip(memory, date=metadata.get("date"), source_url=name, layout=layout)
         except ChipError as error:
-            log.skip(error)
-            records.append(bad_record(error, layout.shape, layout.dtype))
+            records.append(log.record(error, layout))
             continue
         records.append(chip.to_example())
     return {key: [record[key] for record in records] for key in chip_features(1, 1, 1, "float32")}

@@ -32,9 +32,10 @@ INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
 #: Tables with at least this many rows get an ANN index; smaller ones are searched exactly (brute force: ~0.4 s a
 #: query at 200 k × 768 on a loaded 2-core CPU, benchmarks/bench_search.py).
 ANN_THRESHOLD = 100_000
-#: Query settings for the IVF-PQ index: recall@10 0.994 at 200 k × 768 in benchmarks/bench_search.py (refine 30: 1.0).
+#: Query settings for the IVF-PQ index: recall@10 0.964 at 1 M × 768 in benchmarks/bench_search.py, 12 ms a query
+#: (refine 10: 0.736; at 200 k, refine 10 gave 0.994 and refine 30 1.0).
 DEFAULT_NPROBES = 32
-DEFAULT_REFINE_FACTOR = 10
+DEFAULT_REFINE_FACTOR = 30
 BBOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 CRS84 = CRS.from_user_input("OGC:CRS84")
 
@@ -45,13 +46,17 @@ class SearchIndexError(ValueError):
 
 @dataclass
 class AnnIndex:
-    """An approximate nearest-neighbour index and the query settings that go with it."""
+    """An approximate nearest-neighbour index and the query settings that go with it. The IVF partitions are trained
+    by k-means on `sample_rate` vectors a partition for at most `max_iterations` (LanceDB's defaults); fewer make a
+    large index faster to build."""
 
     index_type: str
     num_partitions: int
     num_sub_vectors: int | None
     nprobes: int
     refine_factor: int | None
+    max_iterations: int = 50
+    sample_rate: int = 256
 
 
 @dataclass
@@ -155,9 +160,14 @@ def _ann_settings(rows: int, dim: int, index_type: str) -> AnnIndex:
 def _index_config(ann: AnnIndex, metric: str):
     from lancedb.index import HnswSq, IvfPq
 
+    training = {
+        "num_partitions": ann.num_partitions,
+        "max_iterations": ann.max_iterations,
+        "sample_rate": ann.sample_rate,
+    }
     if ann.index_type == "IVF_PQ":
-        return IvfPq(distance_type=metric, num_partitions=ann.num_partitions, num_sub_vectors=ann.num_sub_vectors)
-    return HnswSq(distance_type=metric, num_partitions=ann.num_partitions)
+        return IvfPq(distance_type=metric, num_sub_vectors=ann.num_sub_vectors, **training)
+    return HnswSq(distance_type=metric, **training)
 
 
 def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
