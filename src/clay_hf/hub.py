@@ -41,6 +41,7 @@ REMOTE_CODE = (
     "configuration_clay_heads.py",
     "modeling_clay.py",
     "modeling_clay_heads.py",
+    "masking_clay.py",
     "recompute.py",
     "loss_clay.py",
     "image_processing_clay.py",
