@@ -256,3 +256,13 @@ def test_bad_inputs_are_clear_errors(embedded, synthetic, tmp_path, capsys):
         search(tmp_path / "index", like=[str(embedded["chips"][0])])
     with pytest.raises(SearchIndexError, match="check --where"):
         search(tmp_path / "index", like=["chip_0001.tif"], where="no_such_column > 3")
+
+
+def test_index_command_passes_the_k_means_settings(synthetic, tmp_path):
+    """`search.py index --max_iterations 3 --sample_rate 32` builds the ANN index with them and records them."""
+    assert search_main([
+        "index", "--embeddings", str(synthetic["path"]), "--index_dir", str(tmp_path / "index"),
+        "--ann_threshold", "100", "--max_iterations", "3", "--sample_rate", "32",
+    ]) == 0  # fmt: skip
+    recorded = open_index(tmp_path / "index")[1].ann
+    assert (recorded.max_iterations, recorded.sample_rate) == (3, 32)

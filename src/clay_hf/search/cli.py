@@ -20,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--model_name_or_path", help="the model that made the embeddings (to embed new query chips)")
     index.add_argument("--ann_threshold", type=int, default=ANN_THRESHOLD, help="rows from which an ANN index is built")
     index.add_argument("--index_type", choices=INDEX_TYPES, default="IVF_PQ")
+    index.add_argument(
+        "--max_iterations", type=int, help="k-means iterations training the IVF partitions (LanceDB's default: 50)"
+    )
+    index.add_argument(
+        "--sample_rate", type=int, help="vectors per partition sampled for k-means (LanceDB's default: 256)"
+    )
 
     query = commands.add_parser("query", help="the k nearest chips (or patches) as GeoParquet")
     query.add_argument("--index_dir", required=True)
@@ -45,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "index":
+            training = {"max_iterations": args.max_iterations, "sample_rate": args.sample_rate}
             info = build_index(
                 args.embeddings, args.index_dir, args.metric, args.model_name_or_path, args.ann_threshold,
-                args.index_type,
+                args.index_type, **{name: value for name, value in training.items() if value is not None},
             )  # fmt: skip
             ann = f"an {info.ann.index_type} index" if info.ann else f"no ANN index (under {args.ann_threshold} rows)"
             print(

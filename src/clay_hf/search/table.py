@@ -105,8 +105,10 @@ def build_index(
     ann_threshold: int = ANN_THRESHOLD,
     index_type: str = "IVF_PQ",
     batch_rows: int = 4096,
+    **ann_settings: int,
 ) -> IndexInfo:
-    """Build (or replace) the search table of `embeddings` in `index_dir`; `patch` files become one row per patch."""
+    """Build (or replace) the search table of `embeddings` in `index_dir`; `patch` files become one row per patch.
+    `ann_settings` override [`AnnIndex`]'s fields (e.g. `max_iterations=10` builds a large index faster)."""
     import lancedb
 
     if metric not in METRICS:
@@ -135,7 +137,7 @@ def build_index(
     info.rows, info.skipped = table.count_rows(), skipped[0]
     _record(table, info)
     if info.rows >= ann_threshold:
-        create_ann_index(table, info, index_type)
+        create_ann_index(table, info, index_type, **ann_settings)
     logger.info("indexed %d rows of %s (%d skipped) in %s; ANN: %s", info.rows, path, info.skipped, index_dir, info.ann)
     return info
 
