@@ -266,3 +266,18 @@ def test_index_command_passes_the_k_means_settings(synthetic, tmp_path):
     ]) == 0  # fmt: skip
     recorded = open_index(tmp_path / "index")[1].ann
     assert (recorded.max_iterations, recorded.sample_rate) == (3, 32)
+
+
+def test_a_model_given_as_a_relative_path_is_recorded_absolute(embedded, tmp_path, monkeypatch):
+    """embed.py in one folder, search.py in another: the model recorded by the embeddings file still loads."""
+    monkeypatch.chdir(embedded["folder"])
+    model, processor = load_encoder("model")  # relative to the embedding run's working directory
+    embeddings = tmp_path / "relative.parquet"
+    embed_to_geoparquet(model, processor, "chips", embeddings, progress=False)
+    recorded = json.loads(pq.read_schema(embeddings).metadata[b"clay:embeddings"])["model_name_or_path"]
+    assert recorded == str(embedded["model"].resolve())
+    build_index(embeddings, tmp_path / "index")
+    monkeypatch.chdir(tmp_path)
+    new_chip = shutil.copy(embedded["chips"][1], tmp_path / "new_chip.tif")
+    hits = search(tmp_path / "index", [str(new_chip)], k=1, output=tmp_path / "hits.parquet")
+    assert hits.column("source_url").to_pylist() == ["chips/" + embedded["chips"][1].name]

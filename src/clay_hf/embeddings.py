@@ -41,7 +41,7 @@ from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
 from .evaluation import VALIDATION_MASKING_SEED, chip_reconstruction_errors, masking_description
 from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
-from .model_source import from_pretrained_checked
+from .model_source import from_pretrained_checked, model_reference
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 from .ranks import Rank, RankReport, clear_reports, shard, throughput, wait_for_reports, write_report
 
@@ -259,7 +259,9 @@ def embed_to_geoparquet(
             "masking": masking_description("random", VALIDATION_MASKING_SEED),
             "mask_ratio": reconstruction.config.mask_ratio,
         }
-    _join_parts(parts_dir, output, {**written, "model_name_or_path": getattr(model, "name_or_path", None) or None})
+    _join_parts(
+        parts_dir, output, {**written, "model_name_or_path": model_reference(getattr(model, "name_or_path", None))}
+    )
     shutil.rmtree(parts_dir)
     embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
     rate = throughput(reports)

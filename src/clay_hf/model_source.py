@@ -28,6 +28,15 @@ def looks_like_hub_id(name_or_path: str) -> bool:
     return True
 
 
+def model_reference(name_or_path: str | Path | None) -> str | None:
+    """How a file records the model that made it: a local folder or file as its absolute path (so that the record
+    works from any working directory), a Hub id as it is."""
+    if not name_or_path:
+        return None
+    path = Path(str(name_or_path)).expanduser()
+    return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
 def check_model_source(name_or_path: str | Path) -> None:
     """Raise [`ModelSourceError`] for a local path that is not a model folder; Hub ids pass."""
     text = str(name_or_path)
@@ -60,4 +69,10 @@ def from_pretrained_checked(cls: type[T], name_or_path: str | Path, **kwargs: An
         raise ModelSourceError(f"{name_or_path}: no such local folder, and {where} ({detail})") from None
 
 
-__all__ = ["ModelSourceError", "check_model_source", "from_pretrained_checked", "looks_like_hub_id"]
+__all__ = [
+    "ModelSourceError",
+    "check_model_source",
+    "from_pretrained_checked",
+    "looks_like_hub_id",
+    "model_reference",
+]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS, Transformer
 
+from ..model_source import model_reference
 from .patches import patch_footprints
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def build_index(
     level, shape = meta.get("level"), tuple(meta.get("shape", ()))
     if level not in ("mean", "patch"):
         raise SearchIndexError(f"{path}: level {level!r} cannot be searched; index a 'mean' or 'patch' file.")
-    model_name_or_path = model_name_or_path or meta.get("model_name_or_path")
+    model_name_or_path = model_reference(model_name_or_path) or meta.get("model_name_or_path")
     parquet = pq.ParquetFile(path)
     info = IndexInfo(str(path), model_name_or_path, level, shape[-1], metric, rows=0)
 
