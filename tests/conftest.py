@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clay_hf import ClayConfig, convert_original_checkpoint
+from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayImageProcessor, convert_original_checkpoint
 from clay_hf.testing_utils import toy_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -20,6 +20,14 @@ TINY_CKPT = FIXTURES / "clay_v0_tiny.ckpt"
 def small_config(**overrides) -> ClayConfig:
     """A fast 13-band, six-group config for tests (not the fixture's shape): the toy config the benchmarks use."""
     return toy_config(**overrides)
+
+
+def save_pretraining_model(folder: Path, seed: int = 0) -> Path:
+    """A small pretraining model (weights from `seed`) with the v0 processor, as a save_pretrained folder."""
+    torch.manual_seed(seed)
+    ClayForMaskedImageModeling(small_config()).save_pretrained(folder)
+    ClayImageProcessor().save_pretrained(folder)
+    return folder
 
 
 def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = None, seed: int = 0) -> dict:

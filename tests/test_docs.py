@@ -28,11 +28,10 @@ import numpy as np
 import pytest
 import tomllib
 import torch
-from conftest import small_config
+from conftest import save_pretraining_model, small_config
 
 from clay_hf import (
     ClayForImageClassification,
-    ClayForMaskedImageModeling,
     ClayForSemanticSegmentation,
     ClayImageProcessor,
     encode_dates,
@@ -91,9 +90,7 @@ def fixtures(tmp_path_factory):
     """A tiny saved model (13 bands, 32×32, patches of 8) with its processor, and 10 synthetic chips."""
     root = tmp_path_factory.mktemp("docs")
     model_dir = root / "model"
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(model_dir)
-    ClayImageProcessor().save_pretrained(model_dir)
+    save_pretraining_model(model_dir)
     chips = root / "chips"
     write_synthetic_chips(chips, 10, size=32, seed=2)
     return {"root": root, "model": model_dir, "chips": chips, "chip": resolve_sources(chips)[0]}

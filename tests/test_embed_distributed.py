@@ -13,10 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-from conftest import small_config
+from conftest import save_pretraining_model
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
 from clay_hf.data import write_synthetic_chips
 from clay_hf.embeddings import embed_to_geoparquet, load_encoder
 from clay_hf.ranks import shard
@@ -43,9 +41,7 @@ if os.environ.get("RANK") == "1":
 def job(tmp_path_factory):
     """A small model, 8 chips and the single-process output to compare with."""
     folder = tmp_path_factory.mktemp("distributed")
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(folder / "model")
-    ClayImageProcessor().save_pretrained(folder / "model")
+    save_pretraining_model(folder / "model")
     write_synthetic_chips(folder / "chips", 8, size=32, seed=3)
     model, processor = load_encoder(str(folder / "model"))
     reference = embed_to_geoparquet(model, processor, folder / "chips", folder / "single.parquet", progress=False)

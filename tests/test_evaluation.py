@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import small_config
+from conftest import save_pretraining_model, small_config
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
+from clay_hf import ClayForMaskedImageModeling, ClayModel
 from clay_hf.cli import embed_main, evaluate_main
 from clay_hf.data import (
     ChipLayout,
@@ -38,11 +38,7 @@ GROUPS = ["rgb", "rededge", "nir", "swir", "sar", "dem"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(folder)
-    ClayImageProcessor().save_pretrained(folder)
-    return folder
+    return save_pretraining_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

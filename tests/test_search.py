@@ -15,11 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import shapely
-import torch
-from conftest import small_config
+from conftest import save_pretraining_model
 from pyproj import Transformer
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
 from clay_hf.data import write_synthetic_chips
 from clay_hf.embeddings import chip_footprint, embed_to_geoparquet, geo_metadata, load_encoder
 from clay_hf.search import SearchIndexError, build_index, open_index, search
@@ -194,9 +192,7 @@ def test_patches_of_chips_across_the_antimeridian_or_without_a_footprint(tmp_pat
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("embedded")
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(folder / "model")
-    ClayImageProcessor().save_pretrained(folder / "model")
+    save_pretraining_model(folder / "model")
     chips = write_synthetic_chips(folder / "chips", 6, size=32, seed=11)
     model, processor = load_encoder(str(folder / "model"))
     for level in ("mean", "patch"):

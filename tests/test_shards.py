@@ -353,14 +353,9 @@ def test_pack_shards_script(tmp_path, capsys):
 
 @pytest.fixture
 def model_dir(tmp_path):
-    from conftest import small_config
+    from conftest import save_pretraining_model
 
-    from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
-
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(tmp_path / "model")
-    ClayImageProcessor().save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
+    return save_pretraining_model(tmp_path / "model")
 
 
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata 0.11 on torch >= 2.10

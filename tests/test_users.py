@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import small_config
+from conftest import save_pretraining_model, small_config
 from geotiffs import write_geotiff
 from PIL import Image
 from pyproj import Transformer
@@ -39,11 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A small pretraining model with its processor, as a save_pretrained folder."""
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(folder)
-    ClayImageProcessor().save_pretrained(folder)
-    return folder
+    return save_pretraining_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

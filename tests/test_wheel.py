@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import small_config
+from conftest import save_pretraining_model
 
-from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
 from clay_hf.data import write_synthetic_chips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,9 +92,7 @@ def test_every_console_script_runs_from_the_wheel(installed, tmp_path):
 
 def test_wheel_publishes_a_dry_run_and_embeds_chips(installed, tmp_path):
     model = tmp_path / "model"
-    torch.manual_seed(0)
-    ClayForMaskedImageModeling(small_config()).save_pretrained(model)
-    ClayImageProcessor().save_pretrained(model)
+    save_pretraining_model(model)
     staging = tmp_path / "staging"
     published = run(installed, tmp_path, str(installed / "bin" / "clay-publish"), "--model_dir", str(model),
                     "--repo_id", "made-with-clay/Clay", "--staging_dir", str(staging), "--dry_run")  # fmt: skip
