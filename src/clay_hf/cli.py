@@ -104,12 +104,17 @@ def make_chips_main(argv: list[str] | None = None) -> int:
                 print(f"error: {error}", file=sys.stderr)
                 failed += 1
                 continue
-            for label, reason in report.skipped:
-                print(f"skipped {label}: {reason}")
-            print(f"{source}: {report.summary()}")
+            _print_chip_report(report, source)
             written, skipped = written + len(report.written), skipped + len(report.skipped)
     print(f"total: wrote {written} chips to {args.output_dir}, skipped {skipped}, {failed} sources failed")
     return 1 if failed and not written else 0
+
+
+def _print_chip_report(report: ChipReport, head: str, tail: str = "") -> None:
+    """Each skipped chip with its reason, then the report's summary line."""
+    for label, reason in report.skipped:
+        print(f"skipped {label}: {reason}")
+    print(f"{head}: {report.summary()}{tail}")
 
 
 def _stack_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -144,9 +149,7 @@ def _stack_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             print(f"error: {error}", file=sys.stderr)
             failed += 1
             continue
-        for label, reason in report.skipped:
-            print(f"skipped {label}: {reason}")
-        print(f"stacked {', '.join(names)}: {report.summary()} in {args.output_dir}")
+        _print_chip_report(report, f"stacked {', '.join(names)}", f" in {args.output_dir}")
         written += len(report.written)
     if len(runs) > 1:
         print(f"total: wrote {written} chips from {len(runs)} stacks, {failed} failed")
