@@ -10,6 +10,10 @@ Limitation: the recomputing autograd functions are first-order only (a double ba
 `torch.func` rules. Callers take them only in training (`recompute=True`); outside training, under
 `torch.func` transforms and under `torch.compile` (whose partitioner makes its own recompute choices) the plain
 modules run, so second-order gradients and `torch.func` work there.
+
+The fused functions read the layers' parameters and never call the modules, so they run only for plain layers
+(exactly `nn.LayerNorm` and `nn.Linear`, no hooks, see [`is_plain`]): a layer wrapped or replaced (PEFT LoRA,
+quantised or parametrised layers) or hooked is called as a module, and computes what it would in eval mode.
 """
 
 from __future__ import annotations
@@ -115,22 +119,35 @@ def recompute_applies(recompute: bool) -> bool:
     )
 
 
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = tuple(f"_global{name}" for name in _MODULE_HOOKS)
+
+
+def is_plain(module: nn.Module, kind: type[nn.Module]) -> bool:
+    """Whether `module` is exactly a `kind` (no subclass, wrapper or parametrisation) with no hook on it and no
+    global module hook: then reading its parameters computes what calling it would."""
+    if type(module) is not kind or any(getattr(module, name) for name in _MODULE_HOOKS):
+        return False
+    return not any(getattr(nn.modules.module, name, None) for name in _GLOBAL_HOOKS)
+
+
 def layernorm_linear(
     x: torch.Tensor, layernorm: nn.LayerNorm, linear: nn.Linear, recompute: bool = True
 ) -> torch.Tensor:
     """`linear(layernorm(x))`; with `recompute` (and autograd on), the normalised x is recomputed in backward
-    instead of stored."""
-    if not recompute_applies(recompute):
+    instead of stored (plain layers only: others are called as modules)."""
+    fused = recompute_applies(recompute) and is_plain(layernorm, nn.LayerNorm) and is_plain(linear, nn.Linear)
+    if not fused:
         return linear(layernorm(x))
     return _LayerNormLinear.apply(x, layernorm.weight, layernorm.bias, layernorm.eps, linear.weight, linear.bias)
 
 
 def gelu_linear(pre_activation: torch.Tensor, linear: nn.Linear, recompute: bool = True) -> torch.Tensor:
     """`linear(gelu(pre_activation))`; with `recompute` (and autograd on), the GELU is recomputed in backward
-    instead of stored."""
-    if not recompute_applies(recompute):
+    instead of stored (a plain `nn.Linear` only: another layer is called as a module)."""
+    if not (recompute_applies(recompute) and is_plain(linear, nn.Linear)):
         return linear(nn.functional.gelu(pre_activation))
     return _GeluLinear.apply(pre_activation, linear.weight, linear.bias)
 
 
-__all__ = ["gelu_linear", "layernorm_linear", "recompute_applies"]
+__all__ = ["gelu_linear", "is_plain", "layernorm_linear", "recompute_applies"]
