@@ -1,6 +1,7 @@
 """Clay v0, the geospatial foundation model, as a Hugging Face Transformers package.
 
-Importing `clay_hf` registers the Clay classes with the Auto classes of transformers.
+Importing `clay_hf` registers the Clay classes with the Auto classes of transformers, and makes the package's
+loggers follow transformers' verbosity.
 """
 
 from transformers import (
@@ -15,6 +16,7 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from ._logging import PackageLogger as PackageLogger  # first: the package logger precedes the modules' loggers
 from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
 from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
 from .image_processing_clay import (

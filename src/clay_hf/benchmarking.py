@@ -224,7 +224,7 @@ def run_train_step(
     config._attn_implementation = attn
     model = ClayForMaskedImageModeling(config).to(device).train()
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=device.type in FUSED_ADAMW_DEVICES
     )  # as scripts/pretrain.py

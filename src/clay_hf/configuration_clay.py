@@ -134,6 +134,8 @@ class ClayConfig(ClayTaskConfigMixin, PretrainedConfig):
         attention_probs_dropout_prob: Dropout on the attention probabilities.
         layer_norm_eps: Epsilon of every LayerNorm.
         initializer_range: Standard deviation of the normal initialisation of linear layers.
+        num_channels: Accepted as in transformers' vision configs (and in a config.json), but it follows from
+            `band_names`: it must equal their number.
         out_indices, out_features, feature_fusion, decode_head_type, neck_hidden_size, decode_hidden_size,
         pool_scales, ignore_index, dice_loss_weight, classifier_dropout_prob: Fine-tuning fields of the backbone and
             the heads (see `configuration_clay_heads.py`).
@@ -162,6 +164,7 @@ class ClayConfig(ClayTaskConfigMixin, PretrainedConfig):
         attention_probs_dropout_prob: float = 0.0,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        num_channels: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.image_size = image_size
@@ -169,6 +172,11 @@ class ClayConfig(ClayTaskConfigMixin, PretrainedConfig):
         self.mask_ratio = mask_ratio
         self.band_names = list(band_names) if band_names is not None else list(CLAY_V0_BAND_NAMES)
         self.band_groups = normalize_band_groups(band_groups if band_groups is not None else CLAY_V0_BAND_GROUPS)
+        if num_channels is not None and num_channels != len(self.band_names):
+            raise ValueError(
+                f"num_channels={num_channels}, but this config has {len(self.band_names)} bands {self.band_names}: "
+                "num_channels follows band_names (give band_names and band_groups for other bands)."
+            )
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads

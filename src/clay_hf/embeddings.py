@@ -21,7 +21,6 @@ joins all parts (in source order for an uninterrupted run) and reports the throu
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
+from transformers.utils.logging import get_logger
 
 from .data.chips import ChipLayout, chip_key
 from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
@@ -45,7 +45,7 @@ from .model_source import from_pretrained_checked, model_reference
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 from .ranks import Rank, RankReport, clear_reports, shard, throughput, wait_for_reports, write_report
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LEVELS = ("mean", "patch", "group")
 #: Schema metadata key of the embedding level and shape (in the output and in every part).
@@ -292,7 +292,7 @@ def _parts(parts_dir: Path) -> list[Path]:
 
 
 def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[dict]:
-    from tqdm.auto import tqdm
+    from transformers.utils.logging import tqdm  # transformers' switch: disable_progress_bar() turns it off
 
     with tqdm(total=total, unit="chip", disable=not enabled, desc="embedding", mininterval=1.0) as bar:
         for batch in loader:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils.logging import get_logger
 
 from .configuration_clay import ClayConfig
 from .data.chips import ChipLayout, chip_file_name
@@ -20,7 +20,7 @@ from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import ModelSourceError, from_pretrained_checked
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 EVAL_RESULTS_NAME = "eval_results.json"
 #: Masking schemes: "random" (each chip's own noise from a fixed seed and its file name; every group is masked at

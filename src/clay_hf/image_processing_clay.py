@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.utils.logging import get_logger
 
 from .configuration_clay import CLAY_V0_BAND_NAMES
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Mean and standard deviation of each v0 band over the training chips (raw units).
 CLAY_V0_BAND_STATISTICS: dict[str, tuple[float, float]] = {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 
 import torch
+from transformers.utils.logging import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's <malloc.h>
 GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024

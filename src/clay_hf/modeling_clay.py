@@ -6,7 +6,6 @@ G band groups, N tokens kept by the mask, D width of the encoder, E width of the
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
+from transformers.utils.logging import get_logger
 
 from .configuration_clay import ClayConfig
 from .loss_clay import (
@@ -40,7 +40,7 @@ from .masking_clay import (
 )
 from .recompute import gelu_linear, layernorm_linear
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fixed sin-cos encodings

@@ -23,11 +23,12 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.models.upernet.modeling_upernet import UperNetHead
 from transformers.utils import ModelOutput
+from transformers.utils.logging import get_logger
 
 from .configuration_clay import ClayConfig
 from .modeling_clay import ClayModel, ClayPreTrainedModel
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading from a pretraining or encoder folder: one line instead of a table of keys
@@ -56,6 +57,7 @@ def _held_load_report():
     try:
         yield
     except Exception:
+        transformers_logger.removeFilter(held)  # first: a record re-emitted through the filter would be held again
         for record in held.records:  # the details behind transformers' "look at the above report"
             transformers_logger.handle(record)
         raise
@@ -88,17 +90,21 @@ class ClayLoadReportMixin:
 
     def _log_loading(self, source: Any, info: dict[str, Any]) -> None:
         missing = set(info["missing_keys"])
+        mismatched = sorted(info.get("mismatched_keys") or ())  # (key, checkpoint shape, model shape)
         dropped = getattr(self, "_checkpoint_unexpected_keys", set())
-        loaded = len(self.state_dict()) - len(missing)
+        loaded = len(self.state_dict()) - len(missing) - len(mismatched)
         line = f"{type(self).__name__} from {source}: {loaded} tensors loaded"
         if missing:
             line += f"; initialised new: {_part_names(missing)} ({len(missing)} tensors)"
+        if mismatched:
+            sizes = ", ".join(f"{key} {tuple(saved)} → {tuple(new)}" for key, saved, new in mismatched)
+            line += f"; re-initialised, their sizes differ from the checkpoint's (ignore_mismatched_sizes): {sizes}"
         if dropped:
             line += f"; not used from the checkpoint: {_part_names(dropped)} ({len(dropped)} tensors)"
         missing_encoder = {key for key in missing if key.startswith(("clay.", "embeddings.", "encoder."))}
         if missing_encoder:
             line += f". The ENCODER lacks {len(missing_encoder)} tensors, now random: is this a Clay checkpoint?"
-        (logger.warning if missing or missing_encoder else logger.info)(line)
+        (logger.warning if missing or mismatched or missing_encoder else logger.info)(line)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -139,7 +145,6 @@ class ClayBackbone(ClayLoadReportMixin, BackboneMixin, ClayModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs: Any,
     ) -> BackboneOutput | tuple:
         r"""
         Args:
@@ -303,7 +308,7 @@ class ClayHeadsPreTrainedModel(ClayLoadReportMixin, ClayPreTrainedModel):
 
     _can_compile_fullgraph = False  # labels are checked on the host
     # The losses are means over the batch, not sums over `num_items_in_batch`: `Trainer` must scale them for gradient
-    # accumulation and devices itself (it would not, seeing the `**kwargs` of `forward`).
+    # accumulation and devices itself (and passes no loss kwargs: `forward` takes none, an unknown one is a TypeError).
     accepts_loss_kwargs = False
     output_class: ClassVar[type[ModelOutput]]
 
@@ -316,7 +321,6 @@ class ClayHeadsPreTrainedModel(ClayLoadReportMixin, ClayPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs: Any,
     ) -> ModelOutput | tuple:
         r"""
         Args:

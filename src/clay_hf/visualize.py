@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
 import matplotlib
+from transformers.utils.logging import get_logger
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -20,7 +20,7 @@ from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RGB_BANDS = ("red", "green", "blue")
 

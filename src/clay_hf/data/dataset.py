@@ -11,7 +11,6 @@ import datetime as dt
 import glob
 import hashlib
 import itertools
-import logging
 import math
 import os
 import re
@@ -26,11 +25,12 @@ import fsspec
 import numpy as np
 import torch
 from datasets import Array3D, Dataset, Features, IterableDataset, List, Value
+from transformers.utils.logging import get_logger
 
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 from .chips import Chip, ChipError, ChipLayout, chip_file_name, read_chip
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 #: Upper bound of the automatic shard count: enough to spread work, few enough to start in seconds.

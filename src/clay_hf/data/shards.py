@@ -26,7 +26,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import logging
 import os
 import struct
 import threading
@@ -42,10 +41,11 @@ import lz4.frame
 import numpy as np
 import rasterio
 import zstandard
+from transformers.utils.logging import get_logger
 
 from .chips import Chip, ChipError, ChipLayout, fit_layout_bands, layout_channels, read_chip
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, IterableDataset
+from transformers.utils.logging import get_logger
 
 from .chips import ChipError, ChipLayout
 from .dataset import (
@@ -34,7 +34,7 @@ from .dataset import (
 )
 from .shards import SHARD_SUFFIX, ShardError, _open, find_shards, read_index, read_record
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 WEBDATASET_SUFFIXES = (".tar",)
 SourceLike = str | PathLike | Sequence[str | PathLike]

@@ -10,7 +10,6 @@ import glob
 import io
 import itertools
 import json
-import logging
 import tarfile
 from collections.abc import Iterator, Sequence
 from os import PathLike
@@ -20,11 +19,12 @@ from typing import Any
 import fsspec
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
+from transformers.utils.logging import get_logger
 
 from .chips import ChipError, ChipLayout, chip_band_names, nodata_error, read_chip
 from .dataset import BadChipLog, chip_features, fsspec_url
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def sample_key(path: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import warnings
 from collections.abc import Iterator
 from os import PathLike
@@ -20,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers.utils.logging import get_logger
 
 from ..configuration_clay import ClayConfig
 from ..image_processing_clay import ClayImageProcessor
 from ..modeling_clay import ClayModel, ClayModelOutput
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INPUT_NAMES = ("pixel_values", "timestep", "latlon")
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -28,12 +27,13 @@ import rasterio
 import torch
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
+from transformers.utils.logging import get_logger
 
 from ..data.chips import ChipError, read_chip, resolve_chip_date
 from ..data.dataset import GEOTIFF_SUFFIXES, split_paths
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 TASKS = ("semantic-segmentation", "image-classification", "regression")
 

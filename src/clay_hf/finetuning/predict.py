@@ -31,6 +31,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from shapely import to_wkb
 from transformers import AutoConfig
+from transformers.utils.logging import get_logger
 
 from ..data.chips import ChipError
 from ..data.dataset import resolve_sources
@@ -40,7 +41,7 @@ from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lon
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
 from .data import ChipReader, ImageHeader
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CLASS_MAP_NODATA = 255
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
+from transformers.utils.logging import get_logger
 
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
@@ -34,7 +35,7 @@ from .data import (
 )
 from .scores import StreamingMetrics, predictions_for_metrics
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 EVAL_RESULTS_NAME = "eval_results.json"
 

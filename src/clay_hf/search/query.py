@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,10 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
+from transformers.utils.logging import get_logger
 
 from .table import BBOX_COLUMNS, IndexInfo, SearchIndexError, open_index
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _DATE_LITERAL = r"'(\d{4}-\d{2}-\d{2})'"
 

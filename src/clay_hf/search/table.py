@@ -8,7 +8,6 @@ index with its query settings.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -20,11 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS, Transformer
+from transformers.utils.logging import get_logger
 
 from ..model_source import model_reference
 from .patches import patch_footprints
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 TABLE_NAME = "embeddings"
 METADATA_KEY = b"clay:search"

@@ -25,8 +25,8 @@ from accelerate.utils import set_seed
 from datasets.distributed import split_dataset_by_node
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler
 from torchdata.stateful_dataloader import StatefulDataLoader
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
+from transformers.utils.logging import get_logger, tqdm
 
 from ..benchmarking import FUSED_ADAMW_DEVICES, machine_description
 from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
@@ -54,7 +54,7 @@ from .checkpointing import (
 )
 from .prefetch import DevicePrefetcher
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
 
 SUMMARY_NAME = "training_summary.json"
@@ -114,7 +114,7 @@ def build_model(args: argparse.Namespace, config: ClayConfig) -> ClayForMaskedIm
         config._attn_implementation = args.attn_implementation
         model = ClayForMaskedImageModeling(config)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     return model
 
 
@@ -677,6 +677,7 @@ def _summary(state: TrainState, args, accelerator, config: ClayConfig, model, lo
         * args.gradient_accumulation_steps
         * accelerator.num_processes,
         "mask_ratio": config.mask_ratio,
+        "initialised_from": args.model_name_or_path,  # None: random weights (the published licence follows this)
     }
 
 

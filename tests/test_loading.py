@@ -1,0 +1,160 @@
+"""Loading and calling Clay as transformers users expect: mismatched sizes fail at once with transformers' error or
+are named when ignored, unknown arguments raise, `num_channels` is accepted, and transformers' verbosity governs
+the package's log messages."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from conftest import random_inputs, small_config
+
+from clay_hf import (
+    ClayBackbone,
+    ClayConfig,
+    ClayForImageClassification,
+    ClayForMaskedImageModeling,
+    ClayForSemanticSegmentation,
+    ClayModel,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Records(logging.Handler):
+    """Collects (logger name, level, message) of what reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
+@pytest.fixture()
+def log_records():
+    """What transformers' loggers and ours emit, at any level the loggers let through."""
+    handler = Records()
+    loggers = [logging.getLogger("transformers"), logging.getLogger("clay_hf")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield handler.records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture()
+def segmenter_dir(tmp_path) -> Path:
+    """A saved 2-class segmentation model."""
+    torch.manual_seed(0)
+    config = small_config(num_labels=2, neck_hidden_size=16, decode_hidden_size=16)
+    ClayForSemanticSegmentation(config).save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture()
+def within_seconds():
+    """Fails the test (TimeoutError) when it runs longer than 60 s: a hang must not hang the suite."""
+
+    def expire(signum, frame):
+        raise TimeoutError("still running after 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+# --- mismatched sizes --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("within_seconds")
+def test_a_head_with_other_sizes_fails_at_once_with_transformers_error_and_its_report(segmenter_dir, log_records):
+    with pytest.raises(RuntimeError, match="You set `ignore_mismatched_sizes` to `False`"):
+        ClayForSemanticSegmentation.from_pretrained(segmenter_dir, num_labels=5)
+    reports = [message for _, _, message in log_records if "LOAD REPORT" in message]
+    assert len(reports) == 1 and "decode_head.classifier.weight" in reports[0] and "MISMATCH" in reports[0]
+
+
+def test_ignored_mismatched_sizes_are_named_at_warning_level(segmenter_dir, log_records):
+    model = ClayForSemanticSegmentation.from_pretrained(segmenter_dir, num_labels=5, ignore_mismatched_sizes=True)
+    assert model.decode_head.classifier.out_channels == 5
+    ours = [(level, message) for name, level, message in log_records if name == "clay_hf.modeling_clay_heads"]
+    assert len(ours) == 1
+    level, message = ours[0]
+    assert level == logging.WARNING
+    assert "decode_head.classifier.weight (2, 16, 1, 1) → (5, 16, 1, 1)" in message
+    assert "decode_head.classifier.bias (2,) → (5,)" in message
+    total = len(model.state_dict())
+    assert f"{total - 2} tensors loaded" in message  # the two re-initialised tensors are not counted as loaded
+
+
+# --- unknown arguments -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_class", "argument"),
+    [
+        (ClayForImageClassification, "lables"),
+        (ClayForSemanticSegmentation, "lables"),
+        (ClayForImageClassification, "mask_ratio"),
+        (ClayBackbone, "bool_masked_pos"),
+        (ClayBackbone, "mask_ratio"),
+        (ClayModel, "lables"),
+    ],
+)
+def test_an_unknown_argument_is_a_type_error_naming_it(model_class, argument):
+    config = small_config(num_labels=2, neck_hidden_size=16, decode_hidden_size=16)
+    model = model_class(config).eval()
+    with pytest.raises(TypeError, match=argument):
+        model(**random_inputs(config), **{argument: torch.zeros(2, dtype=torch.long)})
+
+
+# --- num_channels ------------------------------------------------------------------------------------------------
+
+
+def test_num_channels_is_accepted_as_in_transformers_vision_configs(tmp_path):
+    assert ClayConfig(num_channels=13).num_channels == 13
+    config = small_config()
+    config.save_pretrained(tmp_path)
+    saved = (tmp_path / "config.json").read_text().replace('"band_groups"', '"num_channels": 13,\n  "band_groups"', 1)
+    (tmp_path / "config.json").write_text(saved)
+    assert ClayConfig.from_pretrained(tmp_path).num_channels == 13
+    with pytest.raises(ValueError, match="num_channels=4, but this config has 13 bands"):
+        ClayConfig(num_channels=4)
+
+
+# --- transformers' verbosity -------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def verbosity():
+    """Restores transformers' verbosity after the test."""
+    before = transformers.logging.get_verbosity()
+    yield transformers.logging
+    transformers.logging.set_verbosity(before)
+
+
+def test_set_verbosity_error_silences_load_reports_and_band_warnings(segmenter_dir, tmp_path, log_records, verbosity):
+    torch.manual_seed(0)
+    ClayForMaskedImageModeling(small_config()).save_pretrained(tmp_path / "mim")
+
+    def load_both():
+        ClayForSemanticSegmentation.from_pretrained(segmenter_dir, num_labels=5, ignore_mismatched_sizes=True)
+        ClayModel.from_pretrained(tmp_path / "mim", bands=["red", "green", "blue"])
+        return [(name, message) for name, level, message in log_records if name.startswith("clay_hf")]
+
+    shown = load_both()  # at transformers' default verbosity, both warn
+    assert any("re-initialised" in message for _, message in shown)
+    assert any("dropped the groups" in message for _, message in shown)
+    log_records.clear()
+    verbosity.set_verbosity_error()
+    assert load_both() == []
+    verbosity.set_verbosity_info()
+    assert logging.getLogger("clay_hf.modeling_clay").isEnabledFor(logging.INFO)
