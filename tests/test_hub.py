@@ -19,7 +19,14 @@ from huggingface_hub.utils import _http
 from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayImageProcessor
 from clay_hf.cli import publish_main
 from clay_hf.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME, V0_1_RELEASE_FILE, conversion_record
-from clay_hf.hub import STAGING_MARKER, StagingError, stage_repository, upload_repository, validate_model_card
+from clay_hf.hub import (
+    STAGING_MARKER,
+    StagingError,
+    WeightsLicense,
+    stage_repository,
+    upload_repository,
+    validate_model_card,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "made-with-clay/Clay"
@@ -152,7 +159,7 @@ def test_hub_id_works_offline_with_and_without_clay_hf(staged, source, tmp_path,
 def test_model_card_parses_is_complete_and_reads_the_summaries(staged):
     card = ModelCard.load(staged / "README.md")
     data = card.data
-    assert (data.license, data.license_name, data.license_link) == ("openrail", "openrail-m", "LICENSE.md")
+    assert (data.license, data.license_name, data.license_link) == ("openrail", None, None)
     assert data.library_name == "transformers" and data.pipeline_tag == "image-feature-extraction"
     assert {
         "earth-observation",
@@ -308,8 +315,8 @@ def test_validation_refuses_a_card_with_placeholders_or_a_wrong_licence(staged, 
     broken.write_text(
         text.replace("license: openrail", "license: mit").replace("## Citation", "## Citation\n\n{{ x }}")
     )
-    with pytest.raises(StagingError, match=r"license must be 'openrail'.*unfilled placeholder"):
-        validate_model_card(broken)
+    with pytest.raises(StagingError, match=r"license must be \{'license': 'openrail'\}.*unfilled placeholder"):
+        validate_model_card(broken, license=WeightsLicense())
 
 
 def test_staging_names_what_a_model_folder_lacks(tmp_path):

@@ -111,7 +111,7 @@ def test_card_metadata_states_task_base_model_licence_and_the_eval_scores(finetu
     model_class, auto_class, published = TASKS[task].model_class, TASKS[task].auto_class, TASKS[task].scores
     data = ModelCard.load(staged[task] / "README.md").data
     assert data.pipeline_tag == PIPELINE_TAGS[task] and data.library_name == "transformers"
-    assert (data.license, data.license_name, data.license_link) == ("openrail", "openrail-m", "LICENSE.md")
+    assert (data.license, data.license_name, data.license_link) == ("openrail", None, None)
     assert {"earth-observation", "remote-sensing", "fine-tuned", task} <= set(data.tags)
     if task == "semantic-segmentation":  # linked with --base_model (clay-finetune recorded a local folder)
         assert (data.base_model, data.base_model_relation) == (BASE_ID, "finetune")

@@ -421,13 +421,28 @@ def publish_main(argv: list[str] | None = None) -> int:
         help="fine-tuned models: the Hub id of the pretrained Clay it was fine-tuned from, when clay-finetune "
         "recorded a local folder",
     )
+    parser.add_argument(
+        "--license",
+        help="weights trained from scratch: their licence, a Hub licence id (default apache-2.0; 'other' with "
+        "--license_name and --license_link). Converted Clay v0 weights and models trained from them are OpenRAIL-M",
+    )
+    parser.add_argument("--license_name", help="with --license other: the licence's id, e.g. my-licence-1.0")
+    parser.add_argument("--license_link", help="with --license other: a link to the licence text")
     parser.add_argument("--staging_dir", help="where to assemble the repository (default: a temporary folder)")
     parser.add_argument("--dry_run", action="store_true", help="do everything but upload; print what would go where")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--revision", help="a branch to upload to (created if missing)")
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
-    staged = stage_repository(args.model_dir, staging, args.repo_id, base_model=args.base_model)
+    staged = stage_repository(
+        args.model_dir,
+        staging,
+        args.repo_id,
+        base_model=args.base_model,
+        license=args.license,
+        license_name=args.license_name,
+        license_link=args.license_link,
+    )
     for note in staged.notes:
         print(f"note: {note}")
     if staged.reused:

@@ -17,19 +17,25 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard
 
+from .configuration_clay import ClayConfig
 from .convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
 from .evaluation import EVAL_RESULTS_NAME as EVAL_RESULTS
 from .model_cards import (
-    CARD_DIR,
     LICENSE_FILE,
+    OPENRAIL,
+    OWN_WEIGHTS_LICENSE,
     PRETRAINED_PIPELINE_TAG,
     TAGS,
     TRAINING_SUMMARY,
+    WeightsLicense,
     WeightsOrigin,
+    finetuned_from_scratch,
     finetuned_tags,
     finetuned_task,
     hub_base_model,
     is_repo_id,
+    license_file_text,
+    license_problems,
     render_finetuned_card,
     render_model_card,
 )
@@ -59,7 +65,8 @@ MODEL_AUTO_MAP = {
     **HEAD_AUTO_MAP,
 }
 PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_clay.ClayImageProcessor"}
-REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+REQUIRED_FILES = ("config.json", "preprocessor_config.json")
+WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"  # one file, or shards and an index
 
 
 class StagingError(ValueError):
@@ -81,7 +88,13 @@ class StagedRepository:
 
 
 def stage_repository(
-    model_dir: str | PathLike, staging_dir: str | PathLike, repo_id: str, base_model: str | None = None
+    model_dir: str | PathLike,
+    staging_dir: str | PathLike,
+    repo_id: str,
+    base_model: str | None = None,
+    license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
 ) -> StagedRepository:
     """Assemble the Hub repository for the `save_pretrained` folder `model_dir` in `staging_dir`, and validate it.
 
@@ -90,9 +103,16 @@ def stage_repository(
     model fine-tuned from a local folder). `staging_dir` must be new, empty, or a staging folder this tool made
     before (it holds `STAGING_MARKER`); it is never the model folder, inside it, or a folder that contains it.
     Nothing else is ever deleted.
+
+    The weights' licence follows their origin (see [`weights_license`]): OpenRAIL-M for converted Clay v0 weights
+    and what was trained from them; `license` (a Hub licence id, default apache-2.0; `other` with `license_name`
+    and `license_link`) for weights the folder records as trained from scratch.
     """
     model_dir = Path(model_dir)
     missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    weights = _weights_files(model_dir)
+    if not weights:
+        missing.append(f"{WEIGHTS_FILE} (or {WEIGHTS_INDEX} and its shards)")
     if missing:
         raise StagingError(f"{model_dir}: missing {', '.join(missing)} (a save_pretrained folder with its processor)")
     config = _read_json(model_dir / "config.json")
@@ -101,10 +121,16 @@ def stage_repository(
         raise StagingError(f"{model_dir}: --base_model is for fine-tuned models; this folder holds a pretrained Clay.")
     if base_model is not None and not is_repo_id(base_model):
         raise StagingError(f"--base_model {base_model!r} is not a Hub repository id (OWNER/NAME).")
+    evaluation = _read_json(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).is_file() else None
+    if task is None:
+        from_scratch = WeightsOrigin.of(model_dir, ClayConfig.from_pretrained(model_dir)).from_scratch
+    else:
+        from_scratch = finetuned_from_scratch(evaluation)
+    weights_licence = weights_license(from_scratch, license, license_name, license_link)
     staging, reused = prepare_staging_dir(staging_dir, model_dir)
     notes: list[str] = []
 
-    for name in ("model.safetensors", TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
+    for name in (*weights, TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, staging / name)
     auto_map = MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
@@ -113,19 +139,53 @@ def stage_repository(
     _write_json(staging / "preprocessor_config.json", processor_config)
     for name in REMOTE_CODE:
         shutil.copy2(PACKAGE_DIR / name, staging / name)
-    shutil.copy2(CARD_DIR / "LICENSE.md", staging / LICENSE_FILE)
+    (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
 
     if task is None:
-        render_model_card(model_dir, repo_id).save(staging / "README.md")
-        validate_model_card(staging / "README.md")
+        render_model_card(model_dir, repo_id, weights_licence).save(staging / "README.md")
+        validate_model_card(staging / "README.md", license=weights_licence)
     else:
-        render_finetuned_card(model_dir, repo_id, task, base_model).save(staging / "README.md")
-        validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task))
+        render_finetuned_card(model_dir, repo_id, task, base_model, weights_licence).save(staging / "README.md")
+        validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task), weights_licence)
         notes += _base_model_notes(model_dir, base_model)
     files = sorted(
         str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file() and path.name != STAGING_MARKER
     )
     return StagedRepository(staging, repo_id, files, reused, notes)
+
+
+def _weights_files(model_dir: Path) -> list[str]:
+    """The weights of a save_pretrained folder: model.safetensors, or (saved with `max_shard_size`) the index and
+    every shard it names; empty when they are not all there."""
+    if (model_dir / WEIGHTS_FILE).is_file():
+        return [WEIGHTS_FILE]
+    if not (model_dir / WEIGHTS_INDEX).is_file():
+        return []
+    shards = sorted(set(_read_json(model_dir / WEIGHTS_INDEX)["weight_map"].values()))
+    return [WEIGHTS_INDEX, *shards] if all((model_dir / shard).is_file() for shard in shards) else []
+
+
+def weights_license(
+    from_scratch: bool | None, license: str | None, name: str | None = None, link: str | None = None
+) -> WeightsLicense:
+    """The licence of weights of this origin: `from_scratch` False (converted Clay v0 weights, or trained on from
+    them) is OpenRAIL-M, whose terms bind derivatives, so no other `license` is accepted; True (recorded as trained
+    from random weights) is `license`, by default the code's apache-2.0; None (no record) is OpenRAIL-M unless the
+    publisher names a `license`."""
+    if license is None and (name or link):
+        raise StagingError("--license_name and --license_link go with --license other.")
+    if license is None:
+        return WeightsLicense(OWN_WEIGHTS_LICENSE) if from_scratch else WeightsLicense()
+    if from_scratch is False and license != OPENRAIL:
+        raise StagingError(
+            f"--license {license}: these weights derive from the Clay v0 weights (converted, or trained from them), "
+            "released under OpenRAIL-M, whose terms pass on to derivatives; another licence is for weights trained "
+            "from scratch (clay-pretrain without --model_name_or_path, clay-finetune --from_scratch)."
+        )
+    problems = license_problems(license, name, link)
+    if problems:
+        raise StagingError(f"--license {license}: " + "; ".join(problems))
+    return WeightsLicense(license, name, link)
 
 
 def _base_model_notes(model_dir: Path, base_model: str | None) -> list[str]:
@@ -194,14 +254,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def validate_model_card(
-    path: str | PathLike, pipeline_tag: str | None = PRETRAINED_PIPELINE_TAG, tags: list[str] = TAGS
+    path: str | PathLike,
+    pipeline_tag: str | None = PRETRAINED_PIPELINE_TAG,
+    tags: list[str] = TAGS,
+    license: WeightsLicense | None = None,
 ) -> ModelCard:
-    """Parse the card and check what can be checked offline: required metadata, licence fields, no placeholder."""
+    """Parse the card and check what can be checked offline: required metadata, licence fields as the Hub's
+    model-card spec has them (and, given `license`, that licence), no placeholder."""
     card = ModelCard.load(path)
     data = card.data
-    problems = []
-    if data.license != "openrail" or not data.license_name or not data.license_link:
-        problems.append("license must be 'openrail' with license_name and license_link")
+    fields = {key: getattr(data, key, None) for key in ("license", "license_name", "license_link")}
+    problems = license_problems(*fields.values())
+    if license is not None and {key: value for key, value in fields.items() if value} != license.metadata():
+        problems.append(f"license must be {license.metadata()} (the weights' licence), not {fields}")
     if data.library_name != "transformers" or data.pipeline_tag != pipeline_tag:
         problems.append(f"library_name must be transformers and pipeline_tag {pipeline_tag}")
     if data.base_model and getattr(data, "base_model_relation", None) != "finetune":
@@ -245,6 +310,7 @@ __all__ = [
     "STAGING_MARKER",
     "StagedRepository",
     "StagingError",
+    "WeightsLicense",
     "WeightsOrigin",
     "finetuned_task",
     "prepare_staging_dir",
@@ -252,4 +318,5 @@ __all__ = [
     "stage_repository",
     "upload_repository",
     "validate_model_card",
+    "weights_license",
 ]

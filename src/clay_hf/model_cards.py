@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -34,6 +35,10 @@ TAGS = [*EO_TAGS, "masked-autoencoder"]
 PRETRAINED_PIPELINE_TAG = "image-feature-extraction"
 LICENSE_FILE = "LICENSE.md"
 TRAINING_SUMMARY = "training_summary.json"
+OPENRAIL = "openrail"  # the Hub's licence id of the OpenRAIL family: the licence of the Clay v0 weights, OpenRAIL-M
+OWN_WEIGHTS_LICENSE = "apache-2.0"  # the code's licence: the default for weights a user trained from scratch
+OTHER_TASK = "other"  # the Hub's task id for what none of its tasks names (chip regression)
+HUB_DATASET_PREFIX = "hf://datasets/"
 
 #: What the released v0.1 weights were trained on (for converted weights without a training summary).
 V0_TRAINING = (
@@ -98,6 +103,76 @@ FINETUNED_TASKS = {
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The licence of the weights
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsLicense:
+    """The weights' licence as the Hub's model-card spec writes it: a Hub licence id (`license: openrail`,
+    `license: apache-2.0`), or `license: other` with `license_name` and `license_link`."""
+
+    license: str = OPENRAIL
+    name: str | None = None
+    link: str | None = None
+
+    @property
+    def openrail(self) -> bool:
+        return self.license == OPENRAIL
+
+    @property
+    def title(self) -> str:
+        return "OpenRAIL-M" if self.openrail else f"`{self.name or self.license}`"
+
+    def metadata(self) -> dict[str, str]:
+        """The card's licence fields: name and link only with `license: other`."""
+        if self.license == "other":
+            return {"license": "other", "license_name": self.name or "", "license_link": self.link or ""}
+        return {"license": self.license}
+
+
+def license_problems(license: str | None, name: str | None, link: str | None) -> list[str]:
+    """What the Hub's model-card spec refuses in these licence fields (empty: valid)."""
+    if not license:
+        return ["license is missing"]
+    if license == "other":
+        return [] if name and link else ["license: other needs license_name and license_link"]
+    if name or link:
+        return ["license_name and license_link go with license: other only"]
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license):
+        return [f"license {license!r} is not a Hub licence id (e.g. apache-2.0, mit, openrail, other)"]
+    return []
+
+
+def license_section(license: WeightsLicense) -> str:
+    """The card's closing licence paragraph."""
+    if license.openrail:
+        return (
+            f"The weights are released under the OpenRAIL-M licence ([LICENSE]({LICENSE_FILE})), the licence of the "
+            "Clay v0 weights; its use restrictions, summarised above, pass on to every derivative. The modelling "
+            "code in this repository is Apache-2.0."
+        )
+    return (
+        f"The weights were trained from random initialisation, with no Clay v0 weights in them, and their publisher "
+        f"released them under {license.title} ([LICENSE]({LICENSE_FILE})). The modelling code in this repository "
+        "is Apache-2.0."
+    )
+
+
+def license_file_text(license: WeightsLicense) -> str:
+    """LICENSE.md of the repository: the package's OpenRAIL-M file, or a note on the publisher's licence."""
+    if license.openrail:
+        return (CARD_DIR / "LICENSE.md").read_text()
+    where = f": {license.link}" if license.link else " (the Hub licence of that id)"
+    return (
+        f"# Licences of this repository\n\n## Model weights: {license.title}\n\nThe model weights were trained "
+        f"from random initialisation with clay_hf (no Clay v0 weights) and are licensed by their publisher under "
+        f"{license.title}{where}.\n\n## Code: Apache-2.0\n\nThe modelling code in this repository is part of "
+        "`clay_hf` and licensed under the Apache License, Version 2.0: https://www.apache.org/licenses/LICENSE-2.0\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The card of a pretrained Clay
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -132,19 +207,27 @@ class WeightsOrigin:
         return self.converted and bool(self.conversion.get("v0_1_architecture")) and self.v0_1_config
 
     @property
+    def from_scratch(self) -> bool | None:
+        """True: pretrained here from random weights; False: converted, or pretraining continued from weights;
+        None: not recorded."""
+        if self.trained:
+            return self.summary["initialised_from"] is None if "initialised_from" in self.summary else None
+        return False if self.converted else None
+
+    @property
     def source(self) -> str:
         return f"`{self.conversion.get('source_checkpoint', 'unknown')}`" if self.conversion else ""
 
 
-def render_model_card(model_dir: str | PathLike, repo_id: str) -> ModelCard:
+def render_model_card(model_dir: str | PathLike, repo_id: str, license: WeightsLicense = WeightsLicense()) -> ModelCard:
     """Fill the card template (package data) from the folder's config, training summary or conversion record,
-    and evaluation results. It states only what the folder records."""
+    and evaluation results, with the weights' `license`. It states only what the folder records."""
     model_dir = Path(model_dir)
     config = ClayConfig.from_pretrained(model_dir)
     origin = WeightsOrigin.of(model_dir, config)
     evaluation = _optional_json(model_dir / EVAL_RESULTS)
     model_name = repo_id.split("/")[-1]
-    card_data = _card_data(model_name, PRETRAINED_PIPELINE_TAG, TAGS, _eval_results(evaluation))
+    card_data = _card_data(model_name, PRETRAINED_PIPELINE_TAG, TAGS, _eval_results(evaluation), license)
     return ModelCard.from_template(
         card_data,
         template_path=str(CARD_DIR / "template.md"),
@@ -163,10 +246,11 @@ def render_model_card(model_dir: str | PathLike, repo_id: str) -> ModelCard:
         num_groups=config.num_groups,
         hidden_size=config.hidden_size,
         weights_origin=_origin_line(origin),
-        license_file=LICENSE_FILE,
+        license_row=_license_row(license),
+        license_section=license_section(license),
         band_table=_band_table(config, model_dir),
         group_list=_group_list(config),
-        prohibited_uses=_prohibited_uses(),
+        prohibited_uses=_prohibited_uses(license),
         training_section=_training_text(origin),
         evaluation_section=_evaluation_text(evaluation, origin),
         environment_section=_environment_text(origin),
@@ -179,14 +263,17 @@ def _num_parameters(model_class: type, config: ClayConfig) -> int:
 
 
 def _card_data(
-    model_name: str, pipeline_tag: str | None, tags: list[str], eval_results: list[EvalResult] | None, **extra: Any
+    model_name: str,
+    pipeline_tag: str | None,
+    tags: list[str],
+    eval_results: list[EvalResult] | None,
+    license: WeightsLicense,
+    **extra: Any,
 ) -> ModelCardData:
-    """The metadata every Clay card carries: the OpenRAIL-M licence of the weights, transformers, task and tags."""
+    """The metadata every Clay card carries: the weights' licence, transformers, task and tags."""
     return ModelCardData(
         model_name=model_name,
-        license="openrail",
-        license_name="openrail-m",
-        license_link=LICENSE_FILE,
+        **license.metadata(),
         library_name="transformers",
         pipeline_tag=pipeline_tag,
         tags=tags,
@@ -201,9 +288,18 @@ def _group_list(config: ClayConfig) -> str:
     )
 
 
-def _prohibited_uses() -> str:
-    """The licence's use restrictions, summarised once for every card (package data)."""
-    return (CARD_DIR / "prohibited_uses.md").read_text().strip()
+def _prohibited_uses(license: WeightsLicense) -> str:
+    """OpenRAIL-M's use restrictions, summarised once for every card (package data); other licences set none."""
+    if license.openrail:
+        return (CARD_DIR / "prohibited_uses.md").read_text().strip()
+    return (
+        f"None beyond the terms of the weights' licence, {license.title}: trained from random initialisation, they "
+        "hold no Clay v0 weights, so OpenRAIL-M's use restrictions do not apply. Use them lawfully and with care."
+    )
+
+
+def _license_row(license: WeightsLicense) -> str:
+    return f"weights: {license.title} ([LICENSE]({LICENSE_FILE})); code: Apache-2.0"
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:
@@ -355,6 +451,17 @@ def _environment_text(origin: WeightsOrigin) -> str:
     )
 
 
+def _dataset_fields(evaluation: dict) -> dict[str, str]:
+    """model-index's dataset: its Hub id when the chips were read from a Hub dataset (`hf://datasets/OWNER/NAME/…`),
+    else the folder's name, as both id and name (no Hub dataset holds them)."""
+    recorded = str(evaluation.get("dataset") or "chips")
+    if recorded.startswith(HUB_DATASET_PREFIX):
+        repo_id = "/".join(recorded[len(HUB_DATASET_PREFIX) :].split("@")[0].split("/")[:2])
+        return {"dataset_type": repo_id, "dataset_name": repo_id}
+    folder = Path(recorded.split(" (")[0].rstrip("/")).name or "chips"  # "chips (hash split, 20%)": chips
+    return {"dataset_type": folder, "dataset_name": f"{Path(recorded).name}: GeoTIFF chips, not a Hub dataset"}
+
+
 def _number(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.4f}"
 
@@ -363,10 +470,9 @@ def _eval_results(evaluation: dict | None) -> list[EvalResult] | None:
     if not evaluation or evaluation.get("masked_mse") is None:
         return None
     common = dict(
-        task_type="masked-image-modeling",
-        task_name="Masked image modeling",
-        dataset_type="geotiff-chips",
-        dataset_name=Path(str(evaluation.get("dataset", "chips"))).name,
+        task_type=PRETRAINED_PIPELINE_TAG,  # a Hub task id: the embeddings are the product, measured by reconstruction
+        task_name="Masked image modeling (reconstruction of masked patches)",
+        **_dataset_fields(evaluation),
         dataset_split=evaluation.get("split"),
         metric_type="mse",
     )
@@ -391,6 +497,15 @@ def finetuned_task(config: dict[str, Any]) -> FineTunedTask | None:
         regression = config.get("problem_type") == "regression"
         return FINETUNED_TASKS["regression" if regression else "image-classification"]
     return None
+
+
+def finetuned_from_scratch(evaluation: dict[str, Any] | None) -> bool | None:
+    """True: trained from random weights (`--from_scratch`); False: fine-tuned from a base model; None: no record."""
+    if not evaluation:
+        return None
+    if evaluation.get("from_scratch"):
+        return True
+    return False if evaluation.get("base_model") else None
 
 
 def finetuned_tags(task: FineTunedTask) -> list[str]:
@@ -418,10 +533,14 @@ def is_repo_id(name: str) -> bool:
 
 
 def render_finetuned_card(
-    model_dir: str | PathLike, repo_id: str, task: FineTunedTask, base_model: str | None = None
+    model_dir: str | PathLike,
+    repo_id: str,
+    task: FineTunedTask,
+    base_model: str | None = None,
+    license: WeightsLicense = WeightsLicense(),
 ) -> ModelCard:
     """Fill the fine-tuned card template from the folder's config, processor and `eval_results.json` (as
-    `clay-finetune` writes it): task, labels, base model, inputs, training and scores."""
+    `clay-finetune` writes it): task, labels, base model, inputs, training and scores, with the weights' `license`."""
     model_dir = Path(model_dir)
     config = ClayConfig.from_pretrained(model_dir)
     evaluation = _optional_json(model_dir / EVAL_RESULTS) or {}
@@ -432,6 +551,7 @@ def render_finetuned_card(
         task.pipeline_tag,
         finetuned_tags(task),
         _finetuned_eval_results(task, evaluation),
+        license,
         base_model=base,
         base_model_relation="finetune" if base else None,
     )
@@ -452,10 +572,11 @@ def render_finetuned_card(
         image_size=config.image_size,
         patch_size=config.patch_size,
         output_text=_output_text(task, config),
-        license_file=LICENSE_FILE,
+        license_row=_license_row(license),
+        license_section=license_section(license),
         label_section=_label_text(task, config),
         intended_use=_intended_use(task, config),
-        prohibited_uses=_prohibited_uses(),
+        prohibited_uses=_prohibited_uses(license),
         auto_class=task.auto_class,
         logits_shape=_logits_shape(task, config),
         prediction_line=_prediction_line(task),
@@ -629,10 +750,9 @@ def _scores_text(task: FineTunedTask, evaluation: dict) -> str:
 def _finetuned_eval_results(task: FineTunedTask, evaluation: dict) -> list[EvalResult] | None:
     """The model-index: every measured task score of `eval_results.json`, on the validation chips."""
     common = dict(
-        task_type=task.pipeline_tag or task.name,
+        task_type=task.pipeline_tag or OTHER_TASK,  # Hub task ids; chip regression has none of its own
         task_name=task.title,
-        dataset_type="geotiff-chips",
-        dataset_name=Path(str(evaluation.get("dataset", "chips"))).name,
+        **_dataset_fields(evaluation),
         dataset_split="validation",
     )
     results = [
@@ -648,14 +768,21 @@ __all__ = [
     "EO_TAGS",
     "FINETUNED_TASKS",
     "LICENSE_FILE",
+    "OPENRAIL",
+    "OWN_WEIGHTS_LICENSE",
     "PRETRAINED_PIPELINE_TAG",
     "TAGS",
     "FineTunedTask",
+    "WeightsLicense",
     "WeightsOrigin",
+    "finetuned_from_scratch",
     "finetuned_tags",
     "finetuned_task",
     "hub_base_model",
     "is_repo_id",
+    "license_file_text",
+    "license_problems",
+    "license_section",
     "render_finetuned_card",
     "render_model_card",
 ]
