@@ -37,8 +37,13 @@ from .modeling_clay import (
     unpatchify,
 )
 from .modeling_clay_heads import ClayBackbone, ClayForImageClassification, ClayForSemanticSegmentation
+from .pipeline_clay import (
+    CLAY_PIPELINES,
+    ClayFeatureExtractionPipeline,
+    ClayImageClassificationPipeline,
+    ClayImageSegmentationPipeline,
+)
 from .pipeline_clay import TASK as CLAY_PIPELINE_TASK
-from .pipeline_clay import ClayFeatureExtractionPipeline
 
 __version__ = "0.1.0"
 
@@ -50,10 +55,16 @@ AutoBackbone.register(ClayConfig, ClayBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(ClayConfig, ClayForSemanticSegmentation, exist_ok=True)
 AutoModelForImageClassification.register(ClayConfig, ClayForImageClassification, exist_ok=True)
 AutoImageProcessor.register(ClayConfig, image_processor_classes={"pil": ClayImageProcessor}, exist_ok=True)
-if CLAY_PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-    PIPELINE_REGISTRY.register_pipeline(
-        CLAY_PIPELINE_TASK, pipeline_class=ClayFeatureExtractionPipeline, pt_model=AutoModel, type="image"
-    )
+_AUTO_CLASSES = {
+    "AutoModel": AutoModel,
+    "AutoModelForSemanticSegmentation": AutoModelForSemanticSegmentation,
+    "AutoModelForImageClassification": AutoModelForImageClassification,
+}
+for _task, (_pipeline_class, _auto_class, _) in CLAY_PIPELINES.items():
+    if _task not in PIPELINE_REGISTRY.supported_tasks:
+        PIPELINE_REGISTRY.register_pipeline(
+            _task, pipeline_class=_pipeline_class, pt_model=_AUTO_CLASSES[_auto_class], type="image"
+        )
 
 __all__ = [
     "CLAY_PIPELINE_TASK",
@@ -69,7 +80,9 @@ __all__ = [
     "ClayForMaskedImageModeling",
     "ClayForMaskedImageModelingOutput",
     "ClayForSemanticSegmentation",
+    "ClayImageClassificationPipeline",
     "ClayImageProcessor",
+    "ClayImageSegmentationPipeline",
     "ClayModel",
     "ClayModelOutput",
     "ClayPreTrainedModel",

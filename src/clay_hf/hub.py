@@ -21,23 +21,28 @@ from .configuration_clay import ClayConfig
 from .convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
 from .evaluation import EVAL_RESULTS_NAME as EVAL_RESULTS
 from .model_cards import (
+    CARD_DIR,
     LICENSE_FILE,
-    OPENRAIL,
-    OWN_WEIGHTS_LICENSE,
     PRETRAINED_PIPELINE_TAG,
     TAGS,
     TRAINING_SUMMARY,
-    WeightsLicense,
     WeightsOrigin,
     finetuned_from_scratch,
     finetuned_tags,
     finetuned_task,
     hub_base_model,
     is_repo_id,
-    license_file_text,
-    license_problems,
+    pipeline_task,
     render_finetuned_card,
     render_model_card,
+)
+from .pipeline_clay import CLAY_PIPELINES
+from .weights_license import (
+    OPENRAIL,
+    OWN_WEIGHTS_LICENSE,
+    WeightsLicense,
+    license_file_text,
+    license_problems,
 )
 
 PACKAGE_DIR = Path(__file__).parent
@@ -51,6 +56,7 @@ REMOTE_CODE = (
     "recompute.py",
     "loss_clay.py",
     "image_processing_clay.py",
+    "pipeline_clay.py",
 )
 ENCODER_AUTO_MAP = {"AutoConfig": "configuration_clay.ClayConfig", "AutoModel": "modeling_clay.ClayModel"}
 #: The task heads, for fine-tuning a pretrained repository or loading a fine-tuned one with trust_remote_code.
@@ -64,6 +70,16 @@ MODEL_AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_clay.ClayForMaskedImageModeling",
     **HEAD_AUTO_MAP,
 }
+
+
+def custom_pipelines(hub_task: str) -> dict[str, dict[str, Any]]:
+    """config.json's `custom_pipelines`: for the Hub task id of the card, the Clay pipeline class in
+    `pipeline_clay.py` (shipped with the repository) and its Auto class, as transformers'
+    `pipeline(task, model=repo, trust_remote_code=True)` reads them."""
+    pipeline_class, auto_class = next((cls, auto) for cls, auto, task in CLAY_PIPELINES.values() if task == hub_task)
+    return {hub_task: {"impl": f"pipeline_clay.{pipeline_class.__name__}", "pt": [auto_class], "type": "image"}}
+
+
 PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_clay.ClayImageProcessor"}
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"  # one file, or shards and an index
@@ -134,7 +150,10 @@ def stage_repository(
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, staging / name)
     auto_map = MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
-    _write_json(staging / "config.json", {**config, "auto_map": auto_map})
+    hub_task = PRETRAINED_PIPELINE_TAG if task is None else pipeline_task(task)
+    _write_json(
+        staging / "config.json", {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)}
+    )
     processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
     _write_json(staging / "preprocessor_config.json", processor_config)
     for name in REMOTE_CODE:
@@ -307,6 +326,7 @@ def upload_repository(
 
 
 __all__ = [
+    "CARD_DIR",
     "STAGING_MARKER",
     "StagedRepository",
     "StagingError",

@@ -248,8 +248,8 @@ class ClayImageProcessor(BaseImageProcessor):
         if type(images).__module__.startswith("PIL."):
             raise ValueError(
                 "ClayImageProcessor takes raw band stacks (C, H, W) or (B, C, H, W), numpy or torch, with dates and "
-                "lonlat, not PIL images; for a pipeline, use pipeline('clay-feature-extraction', model=...) after "
-                "`import clay_hf`."
+                "lonlat, not PIL images; for a pipeline, use pipeline('clay-feature-extraction', model=...) (or "
+                "'clay-image-segmentation', 'clay-image-classification') after `import clay_hf`."
             )
         pixels = _as_batch(images)  # (B, C, H, W), float64
         pixels = self._pick_bands(pixels, bands)  # (B, C, H, W) in band_names order
@@ -274,6 +274,24 @@ class ClayImageProcessor(BaseImageProcessor):
             "latlon": encode_lonlat(lonlat_array),
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def post_process_semantic_segmentation(
+        self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[torch.Tensor]:
+        """A segmentation model's `outputs` (its `logits` (B, K, H, W)) → one label map (H, W) of class ids per chip,
+        resized (bilinear on the logits) to each of `target_sizes` (height, width) when given, as transformers'
+        image processors do."""
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs  # (B, K, H, W)
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(f"{len(target_sizes)} target sizes for {len(logits)} chips.")
+        maps = []
+        for index, chip_logits in enumerate(logits):
+            if target_sizes is not None and tuple(target_sizes[index]) != tuple(chip_logits.shape[-2:]):
+                chip_logits = torch.nn.functional.interpolate(
+                    chip_logits[None], size=tuple(target_sizes[index]), mode="bilinear", align_corners=False
+                )[0]  # (K, h, w)
+            maps.append(chip_logits.argmax(dim=0))  # (H, W)
+        return maps
 
     def _pick_bands(self, pixels: np.ndarray, bands: Sequence[str] | None) -> np.ndarray:
         """The channels of `band_names`, in that order, from images whose channels are `bands`."""

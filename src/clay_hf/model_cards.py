@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -28,15 +27,21 @@ from .evaluation import EVAL_RESULTS_NAME as EVAL_RESULTS
 from .image_processing_clay import CLAY_V0_BAND_STATISTICS
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 from .modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from .pipeline_clay import CLAY_PIPELINES
+from .weights_license import (
+    CARD_DIR,
+    LICENSE_FILE,
+    OPENRAIL_M,
+    WeightsLicense,
+    license_row,
+    license_section,
+    prohibited_uses,
+)
 
-CARD_DIR = Path(__file__).parent / "model_card"  # package data: the card templates and the licence ship with the wheel
 EO_TAGS = ["earth-observation", "remote-sensing", "sentinel-2", "sentinel-1", "geospatial"]
 TAGS = [*EO_TAGS, "masked-autoencoder"]
 PRETRAINED_PIPELINE_TAG = "image-feature-extraction"
-LICENSE_FILE = "LICENSE.md"
 TRAINING_SUMMARY = "training_summary.json"
-OPENRAIL = "openrail"  # the Hub's licence id of the OpenRAIL family: the licence of the Clay v0 weights, OpenRAIL-M
-OWN_WEIGHTS_LICENSE = "apache-2.0"  # the code's licence: the default for weights a user trained from scratch
 OTHER_TASK = "other"  # the Hub's task id for what none of its tasks names (chip regression)
 HUB_DATASET_PREFIX = "hf://datasets/"
 
@@ -103,76 +108,6 @@ FINETUNED_TASKS = {
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The licence of the weights
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WeightsLicense:
-    """The weights' licence as the Hub's model-card spec writes it: a Hub licence id (`license: openrail`,
-    `license: apache-2.0`), or `license: other` with `license_name` and `license_link`."""
-
-    license: str = OPENRAIL
-    name: str | None = None
-    link: str | None = None
-
-    @property
-    def openrail(self) -> bool:
-        return self.license == OPENRAIL
-
-    @property
-    def title(self) -> str:
-        return "OpenRAIL-M" if self.openrail else f"`{self.name or self.license}`"
-
-    def metadata(self) -> dict[str, str]:
-        """The card's licence fields: name and link only with `license: other`."""
-        if self.license == "other":
-            return {"license": "other", "license_name": self.name or "", "license_link": self.link or ""}
-        return {"license": self.license}
-
-
-def license_problems(license: str | None, name: str | None, link: str | None) -> list[str]:
-    """What the Hub's model-card spec refuses in these licence fields (empty: valid)."""
-    if not license:
-        return ["license is missing"]
-    if license == "other":
-        return [] if name and link else ["license: other needs license_name and license_link"]
-    if name or link:
-        return ["license_name and license_link go with license: other only"]
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license):
-        return [f"license {license!r} is not a Hub licence id (e.g. apache-2.0, mit, openrail, other)"]
-    return []
-
-
-def license_section(license: WeightsLicense) -> str:
-    """The card's closing licence paragraph."""
-    if license.openrail:
-        return (
-            f"The weights are released under the OpenRAIL-M licence ([LICENSE]({LICENSE_FILE})), the licence of the "
-            "Clay v0 weights; its use restrictions, summarised above, pass on to every derivative. The modelling "
-            "code in this repository is Apache-2.0."
-        )
-    return (
-        f"The weights were trained from random initialisation, with no Clay v0 weights in them, and their publisher "
-        f"released them under {license.title} ([LICENSE]({LICENSE_FILE})). The modelling code in this repository "
-        "is Apache-2.0."
-    )
-
-
-def license_file_text(license: WeightsLicense) -> str:
-    """LICENSE.md of the repository: the package's OpenRAIL-M file, or a note on the publisher's licence."""
-    if license.openrail:
-        return (CARD_DIR / "LICENSE.md").read_text()
-    where = f": {license.link}" if license.link else " (the Hub licence of that id)"
-    return (
-        f"# Licences of this repository\n\n## Model weights: {license.title}\n\nThe model weights were trained "
-        f"from random initialisation with clay_hf (no Clay v0 weights) and are licensed by their publisher under "
-        f"{license.title}{where}.\n\n## Code: Apache-2.0\n\nThe modelling code in this repository is part of "
-        "`clay_hf` and licensed under the Apache License, Version 2.0: https://www.apache.org/licenses/LICENSE-2.0\n"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # The card of a pretrained Clay
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -219,7 +154,7 @@ class WeightsOrigin:
         return f"`{self.conversion.get('source_checkpoint', 'unknown')}`" if self.conversion else ""
 
 
-def render_model_card(model_dir: str | PathLike, repo_id: str, license: WeightsLicense = WeightsLicense()) -> ModelCard:
+def render_model_card(model_dir: str | PathLike, repo_id: str, license: WeightsLicense = OPENRAIL_M) -> ModelCard:
     """Fill the card template (package data) from the folder's config, training summary or conversion record,
     and evaluation results, with the weights' `license`. It states only what the folder records."""
     model_dir = Path(model_dir)
@@ -246,11 +181,11 @@ def render_model_card(model_dir: str | PathLike, repo_id: str, license: WeightsL
         num_groups=config.num_groups,
         hidden_size=config.hidden_size,
         weights_origin=_origin_line(origin),
-        license_row=_license_row(license),
+        license_row=license_row(license),
         license_section=license_section(license),
         band_table=_band_table(config, model_dir),
         group_list=_group_list(config),
-        prohibited_uses=_prohibited_uses(license),
+        prohibited_uses=prohibited_uses(license),
         training_section=_training_text(origin),
         evaluation_section=_evaluation_text(evaluation, origin),
         environment_section=_environment_text(origin),
@@ -286,20 +221,6 @@ def _group_list(config: ClayConfig) -> str:
     return ", ".join(
         f"`{name}` ({', '.join(config.band_names[i] for i in bands)})" for name, bands in config.band_groups
     )
-
-
-def _prohibited_uses(license: WeightsLicense) -> str:
-    """OpenRAIL-M's use restrictions, summarised once for every card (package data); other licences set none."""
-    if license.openrail:
-        return (CARD_DIR / "prohibited_uses.md").read_text().strip()
-    return (
-        f"None beyond the terms of the weights' licence, {license.title}: trained from random initialisation, they "
-        "hold no Clay v0 weights, so OpenRAIL-M's use restrictions do not apply. Use them lawfully and with care."
-    )
-
-
-def _license_row(license: WeightsLicense) -> str:
-    return f"weights: {license.title} ([LICENSE]({LICENSE_FILE})); code: Apache-2.0"
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:
@@ -537,7 +458,7 @@ def render_finetuned_card(
     repo_id: str,
     task: FineTunedTask,
     base_model: str | None = None,
-    license: WeightsLicense = WeightsLicense(),
+    license: WeightsLicense = OPENRAIL_M,
 ) -> ModelCard:
     """Fill the fine-tuned card template from the folder's config, processor and `eval_results.json` (as
     `clay-finetune` writes it): task, labels, base model, inputs, training and scores, with the weights' `license`."""
@@ -572,14 +493,17 @@ def render_finetuned_card(
         image_size=config.image_size,
         patch_size=config.patch_size,
         output_text=_output_text(task, config),
-        license_row=_license_row(license),
+        license_row=license_row(license),
         license_section=license_section(license),
         label_section=_label_text(task, config),
         intended_use=_intended_use(task, config),
-        prohibited_uses=_prohibited_uses(license),
+        prohibited_uses=prohibited_uses(license),
         auto_class=task.auto_class,
         logits_shape=_logits_shape(task, config),
         prediction_line=_prediction_line(task),
+        pipeline_task=pipeline_task(task),
+        clay_pipeline_task=next(name for name, (*_, hub) in CLAY_PIPELINES.items() if hub == pipeline_task(task)),
+        pipeline_output=_pipeline_output(task),
         predict_text=_predict_text(task),
         band_table=_band_table(config, model_dir),
         group_list=_group_list(config),
@@ -681,6 +605,20 @@ def _prediction_line(task: FineTunedTask) -> str:
     return "label = model.config.id2label[int(logits.argmax(dim=-1))]"
 
 
+def pipeline_task(task: FineTunedTask) -> str:
+    """The Hub task id whose pipeline the repository ships (`custom_pipelines`); chip regression, which has none on
+    the Hub, is served by the classification pipeline."""
+    return task.pipeline_tag or "image-classification"
+
+
+def _pipeline_output(task: FineTunedTask) -> str:
+    if task.name == "semantic-segmentation":
+        return 'one `{"label": name, "mask": PIL image}` per class present (as transformers\' image-segmentation)'
+    if task.name == "regression":
+        return 'the value as `[{"label": name, "score": value}]`'
+    return 'the labels, best first, as `[{"label": name, "score": probability}, …]`'
+
+
 def _predict_text(task: FineTunedTask) -> str:
     if task.name == "semantic-segmentation":
         return (
@@ -768,21 +706,16 @@ __all__ = [
     "EO_TAGS",
     "FINETUNED_TASKS",
     "LICENSE_FILE",
-    "OPENRAIL",
-    "OWN_WEIGHTS_LICENSE",
     "PRETRAINED_PIPELINE_TAG",
     "TAGS",
     "FineTunedTask",
-    "WeightsLicense",
     "WeightsOrigin",
     "finetuned_from_scratch",
     "finetuned_tags",
     "finetuned_task",
     "hub_base_model",
     "is_repo_id",
-    "license_file_text",
-    "license_problems",
-    "license_section",
+    "pipeline_task",
     "render_finetuned_card",
     "render_model_card",
 ]
