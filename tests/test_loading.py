@@ -4,8 +4,13 @@ the package's log messages."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +26,8 @@ from clay_hf import (
     ClayForSemanticSegmentation,
     ClayModel,
 )
+from clay_hf.embeddings import _progress
+from clay_hf.training.pretrain import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,3 +165,38 @@ def test_set_verbosity_error_silences_load_reports_and_band_warnings(segmenter_d
     assert load_both() == []
     verbosity.set_verbosity_info()
     assert logging.getLogger("clay_hf.modeling_clay").isEnabledFor(logging.INFO)
+
+
+def test_transformers_verbosity_env_silences_band_warnings(tmp_path):
+    torch.manual_seed(0)
+    ClayForMaskedImageModeling(small_config()).save_pretrained(tmp_path / "mim")
+    program = (
+        f"import clay_hf\nclay_hf.ClayModel.from_pretrained({str(tmp_path / 'mim')!r}, bands=['red', 'green', 'blue'])"
+    )
+    for verbosity, shown in (("warning", True), ("error", False)):
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": verbosity}
+        run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True)
+        assert ("dropped the groups" in run.stderr) is shown, run.stderr[-2000:]
+
+
+def test_progress_bars_follow_transformers_switch(capsys, verbosity):
+    batches = [{"source_url": ["a", "b"], "bad_chips": 0}] * 3
+    verbosity.disable_progress_bar()
+    try:
+        assert list(_progress(iter(batches), total=6, batch_size=2, enabled=True)) == batches
+        assert capsys.readouterr().err == ""
+    finally:
+        verbosity.enable_progress_bar()
+    list(_progress(iter(batches), total=6, batch_size=2, enabled=True))
+    assert "embedding" in capsys.readouterr().err
+
+
+# --- gradient checkpointing --------------------------------------------------------------------------------------
+
+
+def test_pretraining_enables_gradient_checkpointing_without_a_deprecation_warning():
+    args = argparse.Namespace(model_name_or_path=None, attn_implementation="sdpa", gradient_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model(args, small_config())
+    assert model.clay.encoder.layers[0].gradient_checkpointing
