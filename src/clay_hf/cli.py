@@ -15,7 +15,6 @@ from pathlib import Path
 
 from rasterio.enums import Resampling
 
-from .convert_clay_original_checkpoint import CheckpointConversionError
 from .data.chips import ChipError
 from .data.datacube import BandSource, band_sources, make_datacube_chips
 from .data.dataset import resolve_sources
@@ -23,14 +22,12 @@ from .data.shards import DEFAULT_CODEC, DEFAULT_SHUFFLE, SHUFFLES, pack_shards
 from .data.stac import search_stac_items, stac_band_sources
 from .data.tiling import ChipReport, make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
+from .utils.errors import ClayUserError
 
 
 def user_mistakes() -> tuple[type[Exception], ...]:
-    """The errors that mean the user gave something wrong (each message names it), not a bug."""
-    from .hub import StagingError
-    from .model_source import ModelSourceError
-
-    return StagingError, CheckpointConversionError, ModelSourceError, ChipError, FileNotFoundError
+    """The errors that mean the user (or the machine's state) is at fault, not the code: each message names it."""
+    return ClayUserError, FileNotFoundError
 
 
 def user_errors(main: Callable[..., int]) -> Callable[..., int]:

@@ -23,6 +23,7 @@ import torch
 from .configuration_clay import CLAY_V0_PRESETS, ClayConfig, normalize_band_groups
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling
+from .utils.errors import ClayUserError
 
 ORIGINAL_PREFIX = "model."
 #: Written beside converted weights: which file they came from. The model card states v0 facts only with it.
@@ -78,7 +79,7 @@ _RENAMES: list[tuple[str, str]] = [
 _COMPILED_RENAMES = [(re.compile(rf"^{pattern}$"), target) for pattern, target in _RENAMES]
 
 
-class CheckpointConversionError(ValueError):
+class CheckpointConversionError(ClayUserError, ValueError):
     """The original checkpoint does not fit the Clay v0 layout."""
 
 

@@ -33,6 +33,7 @@ from .model_cards import (
     render_finetuned_card,
     render_model_card,
 )
+from .utils.errors import ClayUserError
 
 PACKAGE_DIR = Path(__file__).parent
 STAGING_MARKER = ".clay-staging"  # marks a folder this tool made, so that a later run may empty it
@@ -62,7 +63,7 @@ PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_clay.ClayImageProc
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
-class StagingError(ValueError):
+class StagingError(ClayUserError, ValueError):
     """The model folder or the staged repository is not fit to publish."""
 
 
