@@ -173,3 +173,12 @@ def test_a_holder_on_another_host_is_never_taken_over(tmp_path):
     lock_path(output).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
     with pytest.raises(OutputLockedError, match=r"if that run is gone .*remove"):
         OutputLock(output).acquire()
+
+
+def test_a_really_full_disk_is_one_output_error(small_disk):
+    disk = small_disk(64)
+    (disk / "filler").write_bytes(b"x" * 60 * 1024)
+    full = pytest.raises(OutputError, match=r"big\.bin: No space left on device")
+    with full, atomic_file(disk / "big.bin") as temporary:
+        temporary.write_bytes(b"y" * 64 * 1024)
+    assert sorted(path.name for path in disk.iterdir()) == ["filler"]
