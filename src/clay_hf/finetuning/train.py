@@ -20,7 +20,9 @@ import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
+from ..model_source import from_pretrained_checked
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..utils.errors import user_errors
 from .data import (
     TASKS,
     ChipLabelDataset,
@@ -116,7 +118,7 @@ def build_model(
     else:
         model_class = ClayForImageClassification
         overrides["problem_type"] = "regression" if args.task == "regression" else "single_label_classification"
-    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    config = from_pretrained_checked(AutoConfig, args.model_name_or_path)
     if input_bands is not None and not set(config.band_names) <= set(input_bands):
         overrides["bands"] = input_bands
     if args.from_scratch:
@@ -253,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finetune(args, training_args)
 
 
+@user_errors
 def cli(argv: list[str] | None = None) -> int:
     """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
     main(argv)

@@ -7,6 +7,9 @@ traceback.
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
@@ -31,3 +34,21 @@ class OutputLockedError(ClayUserError):
 
 class IntegrityError(ClayUserError):
     """A file the run would trust is damaged (truncated, a checksum that does not match): names it."""
+
+
+def user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's `main(argv) -> int`: a user error is one `error: …` line on stderr and exit status 1.
+
+    `FileNotFoundError` counts as a user error (a path given that is not there); every other exception is a bug and
+    keeps its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (ClayUserError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return wrapper
