@@ -19,6 +19,7 @@ from typing import Any
 import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 
+from ..evaluation import write_eval_results
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..model_source import from_pretrained_checked
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
@@ -37,8 +38,6 @@ from .data import (
 from .scores import StreamingMetrics, predictions_for_metrics
 
 logger = logging.getLogger(__name__)
-
-EVAL_RESULTS_NAME = "eval_results.json"
 
 
 @dataclass
@@ -242,8 +241,7 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
         "dataset": args.validation_dir or f"{args.train_dir} (hash split, {args.validation_fraction:.0%})",
     }
     if trainer.is_world_process_zero():
-        path = Path(training_args.output_dir) / EVAL_RESULTS_NAME
-        path.write_text(json.dumps(results, indent=2, default=str))
+        path = write_eval_results(results, training_args.output_dir)
         logger.info("wrote %s: %s", path, results["metrics"])
     return results
 
@@ -262,4 +260,4 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["EVAL_RESULTS_NAME", "FineTuningArguments", "build_model", "finetune", "main", "parse_label_names"]
+__all__ = ["FineTuningArguments", "build_model", "finetune", "main", "parse_label_names"]
