@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,26 @@ def expected() -> dict[str, torch.Tensor]:
 def tiny_model():
     """The fixture checkpoint through the converter (its `model_size` is 'custom', so heads are given)."""
     return convert_original_checkpoint(TINY_CKPT, num_attention_heads=4, decoder_num_attention_heads=2)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A factory of folders on tiny file systems that fill up (tmpfs of `size_kib`), unmounted after the test.
+
+    Where mounting is not allowed (not root, no tmpfs) the test is skipped; unit tests of the same contract patch
+    writes to raise ENOSPC instead (tests/test_outputs.py).
+    """
+    mounted: list[Path] = []
+
+    def make(size_kib: int) -> Path:
+        mount_point = tmp_path / f"disk{len(mounted)}"
+        mount_point.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount_point)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            pytest.skip("mounting a small tmpfs is not allowed here")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield make
+    for mount_point in mounted:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

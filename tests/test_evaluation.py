@@ -3,17 +3,20 @@ chip counts; and the smaller command-line promises (model paths, CSV labels, the
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import evaluate
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from accelerate import Accelerator
 from conftest import save_pretraining_model, small_config
+from geotiffs import write_geotiff
 
 from clay_hf import ClayForMaskedImageModeling, ClayModel
 from clay_hf.cli import embed_main, evaluate_main
@@ -105,6 +108,22 @@ def test_training_validation_uses_the_same_masks_as_evaluate(loaded, chips):
                                  model.config, max_chips=3)  # fmt: skip
     three = evaluate_reconstruction(model, processor, chips, split="all", max_chips=3)
     assert capped["loss"] == pytest.approx(three["masked_mse"], rel=1e-6)
+
+
+def test_training_validation_drops_an_overflowing_chip_as_evaluate_does(loaded, chips, tmp_path):
+    """One validation loop: a chip whose reconstruction overflows is dropped (and counted) in training's validation
+    as in evaluate.py, so both report the same finite numbers over the same good chips."""
+    model, processor = loaded
+    data = np.stack([np.full((32, 32), 1000.0 + band, dtype=np.float32) for band in range(13)])
+    data[0] = 3.0e38  # finite once normalised, but it overflows inside the model
+    huge = str(write_geotiff(tmp_path / "huge.tif", data=data, size=(32, 32)))
+    paths = [huge, *(str(path) for path in resolve_sources(chips))]
+    layout = ChipLayout.for_model(model.config)
+    loader = chip_dataloader(load_geotiff_dataset(paths, layout=layout), 4)
+    metrics = training_validation(model, loader, processor, Accelerator(cpu=True), model.config)
+    expected = evaluate_reconstruction(model, processor, paths, split="all")
+    assert expected["bad_chips_skipped"] == 1 and math.isfinite(metrics["loss"])
+    assert metrics["loss"] == pytest.approx(expected["masked_mse"], rel=1e-6)
 
 
 # --- the metric ----------------------------------------------------------------------------------------------------

@@ -243,7 +243,9 @@ def test_query_by_a_new_chip_file_embeds_it_with_the_recorded_model(embedded, tm
 def test_bad_inputs_are_clear_errors(embedded, synthetic, tmp_path, capsys):
     plain = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"a": [1]}), plain)
-    assert search_main(["index", "--embeddings", str(plain), "--index_dir", str(tmp_path / "index")]) == 2
+    assert (
+        search_main(["index", "--embeddings", str(plain), "--index_dir", str(tmp_path / "index")]) == 1
+    )  # the README promises status 1 for every user error
     assert f"{plain}: has no 'clay:embeddings' metadata" in capsys.readouterr().err
     build_index(synthetic["path"], tmp_path / "index")
     with pytest.raises(SearchIndexError, match=r"--like nowhere\.tif: neither a source_url"):

@@ -1,13 +1,12 @@
 """Command-line entry points (`scripts/*.py` and the `clay-*` console scripts).
 
 A user mistake (a missing folder, a model folder that cannot be published, a checkpoint that cannot be converted)
-is one line on stderr and exit status 1, never a traceback: see [`user_errors`].
+is one line on stderr and exit status 1, never a traceback: see [`clay_hf.utils.errors.user_errors`].
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 from collections.abc import Callable
@@ -15,7 +14,6 @@ from pathlib import Path
 
 from rasterio.enums import Resampling
 
-from .convert_clay_original_checkpoint import CheckpointConversionError
 from .data.chips import ChipError
 from .data.datacube import BandSource, band_sources, make_datacube_chips
 from .data.dataset import resolve_sources
@@ -23,30 +21,7 @@ from .data.shards import DEFAULT_CODEC, DEFAULT_SHUFFLE, SHUFFLES, pack_shards
 from .data.stac import search_stac_items, stac_band_sources
 from .data.tiling import ChipReport, make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
-
-
-def user_mistakes() -> tuple[type[Exception], ...]:
-    """The errors that mean the user gave something wrong (each message names it), not a bug."""
-    from .hub import StagingError
-    from .model_source import ModelSourceError
-
-    return StagingError, CheckpointConversionError, ModelSourceError, ChipError, FileNotFoundError
-
-
-def user_errors(main: Callable[..., int]) -> Callable[..., int]:
-    """Print a user mistake as `error: …` (one line) and return 1; a bug still raises with its traceback."""
-
-    @functools.wraps(main)
-    def wrapper(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except Exception as error:
-            if not isinstance(error, user_mistakes()):
-                raise
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-
-    return wrapper
+from .utils.errors import user_errors
 
 
 @user_errors

@@ -12,7 +12,6 @@ import hashlib
 import json
 import pickle
 import re
-import sys
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from .configuration_clay import CLAY_V0_PRESETS, ClayConfig, normalize_band_groups
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling
+from .utils.errors import ClayUserError, user_errors
 
 ORIGINAL_PREFIX = "model."
 #: Written beside converted weights: which file they came from. The model card states v0 facts only with it.
@@ -78,7 +78,7 @@ _RENAMES: list[tuple[str, str]] = [
 _COMPILED_RENAMES = [(re.compile(rf"^{pattern}$"), target) for pattern, target in _RENAMES]
 
 
-class CheckpointConversionError(ValueError):
+class CheckpointConversionError(ClayUserError, ValueError):
     """The original checkpoint does not fit the Clay v0 layout."""
 
 
@@ -290,6 +290,7 @@ def save_converted(model: ClayForMaskedImageModeling, output_dir: str | PathLike
     return output_dir
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert a checkpoint and write a `save_pretrained` folder (config.json, model.safetensors,
     preprocessor_config.json and the conversion record). A user mistake is one line on stderr and exit status 1."""
@@ -311,16 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         if value is not None
     }
-    try:
-        if not Path(args.checkpoint).is_file():
-            raise CheckpointConversionError(f"{args.checkpoint}: no such file.")
-        config = _read_config_file(args.config) if args.config else None
-        model = convert_original_checkpoint(
-            args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
-        )
-    except CheckpointConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if not Path(args.checkpoint).is_file():
+        raise CheckpointConversionError(f"{args.checkpoint}: no such file.")
+    config = _read_config_file(args.config) if args.config else None
+    model = convert_original_checkpoint(
+        args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
+    )
     output_dir = save_converted(model, args.output_dir, conversion_record(args.checkpoint, model.config))
     print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {output_dir}")
     return 0

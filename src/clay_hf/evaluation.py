@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import ModelSourceError, from_pretrained_checked
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
+from .utils.outputs import make_folder, write_text
 
 logger = get_logger(__name__)
 
@@ -153,6 +155,45 @@ def first_chips(
     return pixel_values[:count], kept
 
 
+def masked_error_totals(
+    model: torch.nn.Module,
+    config: ClayConfig,
+    batches: Iterable[dict[str, Any]],
+    processor: ClayImageProcessor,
+    device: torch.device,
+    masking: str = "random",
+    seed: int = VALIDATION_MASKING_SEED,
+    max_chips: int | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[MaskedErrorTotals, int, int]:
+    """The one validation loop (`evaluate.py` and the training run's validation): masked errors of `batches`.
+
+    Chips with non-finite pixels or reconstructions are dropped and counted; with `max_chips`, exactly the first
+    `max_chips` good chips are measured. Returns the totals (of this process), the chips measured and the bad chips.
+    """
+    totals = MaskedErrorTotals(config, device)
+    chips = bad = 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = model_inputs(batch, processor, device, config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
+            bad += batch["bad_chips"]
+            if not batch["source_url"]:
+                continue
+            noise = masking_noise(batch["source_url"], inputs["pixel_values"], config, masking, seed)
+            with autocast():
+                outputs = model(**inputs, noise=noise)
+            pixel_values, outputs, overflowed = finite_reconstructions(inputs["pixel_values"], outputs, batch)
+            bad += overflowed
+            if max_chips is not None:
+                pixel_values, outputs = first_chips(pixel_values, outputs, max_chips - chips)
+            totals.add(pixel_values, outputs)
+            chips += len(pixel_values)
+            if max_chips is not None and chips >= max_chips:
+                break
+    return totals, chips, bad
+
+
 def evaluate_reconstruction(
     model: ClayForMaskedImageModeling,
     processor: ClayImageProcessor,
@@ -183,32 +224,16 @@ def evaluate_reconstruction(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     if max_chips is not None and max_chips < 1:
         raise ValueError(f"max_chips must be at least 1, got {max_chips}.")
-    device = next(model.parameters()).device
     config = model.config
-    totals = MaskedErrorTotals(config, device)
-    chips = bad = 0
     fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
     layout = ChipLayout.for_model(config, fill_values=fill)
     dataset = load_chip_dataset(
         source, split=None if split == "all" else split, validation_fraction=validation_fraction, layout=layout
     )
-    with torch.no_grad():
-        for batch in chip_dataloader(dataset, batch_size):
-            inputs = model_inputs(batch, processor, device, config.band_names)
-            batch, inputs = drop_nonfinite_chips(batch, inputs)
-            bad += batch["bad_chips"]
-            if not batch["source_url"]:
-                continue
-            noise = masking_noise(batch["source_url"], inputs["pixel_values"], config, masking, seed)
-            outputs = model(**inputs, noise=noise)
-            pixel_values, outputs, overflowed = finite_reconstructions(inputs["pixel_values"], outputs, batch)
-            bad += overflowed
-            if max_chips is not None:
-                pixel_values, outputs = first_chips(pixel_values, outputs, max_chips - chips)
-            totals.add(pixel_values, outputs)
-            chips += len(pixel_values)
-            if max_chips is not None and chips >= max_chips:
-                break
+    device = next(model.parameters()).device
+    totals, chips, bad = masked_error_totals(
+        model, config, chip_dataloader(dataset, batch_size), processor, device, masking, seed, max_chips
+    )
     return {
         "masked_mse": totals.masked_mse(),
         "masked_mse_per_group": totals.per_group(),
@@ -225,10 +250,9 @@ def evaluate_reconstruction(
 
 
 def write_eval_results(results: dict[str, Any], output_dir: str | PathLike) -> Path:
-    path = Path(output_dir) / EVAL_RESULTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    return path
+    """Write `eval_results.json` (read by the model card) into `output_dir`, atomically."""
+    path = make_folder(output_dir) / EVAL_RESULTS_NAME
+    return write_text(path, json.dumps(results, indent=2, default=str) + "\n")
 
 
 __all__ = [
@@ -241,6 +265,7 @@ __all__ = [
     "chip_reconstruction_errors",
     "evaluate_reconstruction",
     "load_pretraining_model",
+    "masked_error_totals",
     "masking_description",
     "masking_noise",
     "write_eval_results",

@@ -37,6 +37,7 @@ from .model_cards import (
     render_model_card,
 )
 from .pipeline_clay import CLAY_PIPELINES
+from .utils.errors import ClayUserError
 from .weights_license import (
     OPENRAIL,
     OWN_WEIGHTS_LICENSE,
@@ -85,7 +86,7 @@ REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 WEIGHTS_FILE, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"  # one file, or shards and an index
 
 
-class StagingError(ValueError):
+class StagingError(ClayUserError, ValueError):
     """The model folder or the staged repository is not fit to publish."""
 
 

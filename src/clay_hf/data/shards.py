@@ -43,6 +43,7 @@ import rasterio
 import zstandard
 from transformers.utils.logging import get_logger
 
+from ..utils.errors import ClayUserError
 from .chips import Chip, ChipError, ChipLayout, fit_layout_bands, layout_channels, read_chip
 
 logger = get_logger(__name__)
@@ -67,7 +68,7 @@ _HEADER_LENGTH = struct.Struct("<I")
 _THREAD = threading.local()  # a zstd decompression context per thread (they are not thread-safe)
 
 
-class ShardError(ValueError):
+class ShardError(ClayUserError, ValueError):
     """A shard file or record that cannot be used; the message names the file (and the record)."""
 
     def __init__(self, source: str, problem: str) -> None:

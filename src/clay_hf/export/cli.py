@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..utils.errors import user_errors
 
+
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     """Export the Clay encoder to ONNX and check ONNX Runtime against PyTorch at batch 1 and 3."""
     from ..embeddings import load_encoder

@@ -38,7 +38,9 @@ from ..data.dataset import resolve_sources
 from ..embeddings import chip_footprint, geo_metadata
 from ..geometry import lonlat_bbox
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
+from ..model_source import from_pretrained_checked
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..utils.errors import user_errors
 from .data import ChipReader, ImageHeader
 
 logger = get_logger(__name__)
@@ -134,7 +136,7 @@ def segment_scene(
 
 def load_finetuned(model_name_or_path: str, device: str | torch.device = "cpu"):
     """The fine-tuned model (segmentation or classification, from its config) and its processor."""
-    config = AutoConfig.from_pretrained(model_name_or_path)
+    config = from_pretrained_checked(AutoConfig, model_name_or_path)
     architectures = config.architectures or []
     if "ClayForSemanticSegmentation" in architectures:
         model_class = ClayForSemanticSegmentation
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+@user_errors
 def cli(argv: list[str] | None = None) -> int:
     """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
     main(argv)

@@ -20,8 +20,11 @@ import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 from transformers.utils.logging import get_logger
 
+from ..evaluation import write_eval_results
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
+from ..model_source import from_pretrained_checked
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..utils.errors import user_errors
 from .data import (
     TASKS,
     ChipLabelDataset,
@@ -36,8 +39,6 @@ from .data import (
 from .scores import StreamingMetrics, predictions_for_metrics
 
 logger = get_logger(__name__)
-
-EVAL_RESULTS_NAME = "eval_results.json"
 
 
 @dataclass
@@ -117,7 +118,7 @@ def build_model(
     else:
         model_class = ClayForImageClassification
         overrides["problem_type"] = "regression" if args.task == "regression" else "single_label_classification"
-    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    config = from_pretrained_checked(AutoConfig, args.model_name_or_path)
     if input_bands is not None and not set(config.band_names) <= set(input_bands):
         overrides["bands"] = input_bands
     if args.from_scratch:
@@ -241,8 +242,7 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
         "dataset": args.validation_dir or f"{args.train_dir} (hash split, {args.validation_fraction:.0%})",
     }
     if trainer.is_world_process_zero():
-        path = Path(training_args.output_dir) / EVAL_RESULTS_NAME
-        path.write_text(json.dumps(results, indent=2, default=str))
+        path = write_eval_results(results, training_args.output_dir)
         logger.info("wrote %s: %s", path, results["metrics"])
     return results
 
@@ -254,10 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finetune(args, training_args)
 
 
+@user_errors
 def cli(argv: list[str] | None = None) -> int:
     """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
     main(argv)
     return 0
 
 
-__all__ = ["EVAL_RESULTS_NAME", "FineTuningArguments", "build_model", "finetune", "main", "parse_label_names"]
+__all__ = ["FineTuningArguments", "build_model", "finetune", "main", "parse_label_names"]

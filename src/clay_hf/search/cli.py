@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from .table import ANN_THRESHOLD, INDEX_TYPES, METRICS, SearchIndexError
+from ..utils.errors import user_errors
+from .table import ANN_THRESHOLD, INDEX_TYPES, METRICS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,33 +41,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     """Build a search index (`index`) or query one (`query`)."""
-    from ..data.chips import ChipError
     from .query import search
     from .table import build_index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "index":
-            training = {"max_iterations": args.max_iterations, "sample_rate": args.sample_rate}
-            info = build_index(
-                args.embeddings, args.index_dir, args.metric, args.model_name_or_path, args.ann_threshold,
-                args.index_type, **{name: value for name, value in training.items() if value is not None},
-            )  # fmt: skip
-            ann = f"an {info.ann.index_type} index" if info.ann else f"no ANN index (under {args.ann_threshold} rows)"
-            print(
-                f"indexed {info.rows} {info.level}-level rows ({info.skipped} skipped) in {args.index_dir}: "
-                f"{info.metric} distance, {ann}"
-            )
-        else:
-            hits = search(
-                args.index_dir, args.like, args.point, args.k, args.where, args.bbox, args.output,
-                args.model_name_or_path, args.nprobes, args.refine_factor,
-            )  # fmt: skip
-            print(f"wrote {hits.num_rows} nearest to {args.output}")
-    except (SearchIndexError, ChipError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "index":
+        training = {"max_iterations": args.max_iterations, "sample_rate": args.sample_rate}
+        info = build_index(
+            args.embeddings, args.index_dir, args.metric, args.model_name_or_path, args.ann_threshold,
+            args.index_type, **{name: value for name, value in training.items() if value is not None},
+        )  # fmt: skip
+        ann = f"an {info.ann.index_type} index" if info.ann else f"no ANN index (under {args.ann_threshold} rows)"
+        print(
+            f"indexed {info.rows} {info.level}-level rows ({info.skipped} skipped) in {args.index_dir}: "
+            f"{info.metric} distance, {ann}"
+        )
+    else:
+        hits = search(
+            args.index_dir, args.like, args.point, args.k, args.where, args.bbox, args.output,
+            args.model_name_or_path, args.nprobes, args.refine_factor,
+        )  # fmt: skip
+        print(f"wrote {hits.num_rows} nearest to {args.output}")
     return 0

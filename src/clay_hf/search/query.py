@@ -54,7 +54,7 @@ def bbox_shape(bbox: Sequence[float]) -> shapely.Polygon | shapely.MultiPolygon:
     """(minlon, minlat, maxlon, maxlat) as a shape; minlon > maxlon is a box across the antimeridian."""
     minlon, minlat, maxlon, maxlat = bbox
     if minlat > maxlat or not all(-180 <= lon <= 180 for lon in (minlon, maxlon)):
-        raise ValueError(f"--bbox must be minlon minlat maxlon maxlat in degrees, got {list(bbox)}.")
+        raise SearchIndexError(f"--bbox must be minlon minlat maxlon maxlat in degrees, got {list(bbox)}.")
     if minlon <= maxlon:
         return shapely.box(minlon, minlat, maxlon, maxlat)
     return shapely.MultiPolygon([shapely.box(minlon, minlat, 180, maxlat), shapely.box(-180, minlat, maxlon, maxlat)])
@@ -163,7 +163,7 @@ def query_vector(
         vectors.append(found.mean(axis=0))
         sources.extend(f"{url} (covers the point)" for url in urls)
     if not vectors:
-        raise ValueError("give --like (one or more) or --point to query by.")
+        raise SearchIndexError("give --like (one or more) or --point to query by.")
     return Query(np.mean(vectors, axis=0).astype(np.float32), sources)
 
 
@@ -250,7 +250,7 @@ def search(
 ) -> pa.Table:
     """Query the index in `index_dir` (see [`query_vector`] and [`nearest`]); write GeoParquet to `output`."""
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}.")
+        raise SearchIndexError(f"k must be at least 1, got {k}.")
     table, info = open_index(index_dir)
     query = query_vector(table, info, like, point, model_name_or_path)
     hits = nearest(table, info, query.vector, k, where, bbox, nprobes, refine_factor)

@@ -22,6 +22,7 @@ from pyproj import CRS, Transformer
 from transformers.utils.logging import get_logger
 
 from ..model_source import model_reference
+from ..utils.errors import ClayUserError
 from .patches import patch_footprints
 
 logger = get_logger(__name__)
@@ -41,7 +42,7 @@ BBOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 CRS84 = CRS.from_user_input("OGC:CRS84")
 
 
-class SearchIndexError(ValueError):
+class SearchIndexError(ClayUserError, ValueError):
     """A file or index that cannot be used; the message names it and the problem."""
 
 

@@ -40,7 +40,7 @@ from ..data.dataset import (
     worker_start_method,
 )
 from ..data.sources import ShardSelection, load_chip_dataset, split_chip_source
-from ..evaluation import VALIDATION_MASKING_SEED, MaskedErrorTotals, masking_description, masking_noise
+from ..evaluation import VALIDATION_MASKING_SEED, masked_error_totals, masking_description
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
@@ -197,40 +197,18 @@ def evaluate(
     config: ClayConfig,
     max_chips: int | None = None,
 ) -> dict[str, float | None]:
-    """Masked reconstruction loss in total and per band group (None: a group with no masked token), with the
-    random masking of `evaluate.py` (each chip's noise from `VALIDATION_MASKING_SEED` and its file name), so the
-    validation loss is comparable with the training loss and with `evaluate.py` on the same chips."""
+    """Masked reconstruction loss in total and per band group (None: a group with no masked token), through
+    `evaluate.py`'s loop ([`masked_error_totals`]: the same random masks, the same dropping of non-finite chips),
+    summed over processes, so the validation loss is comparable with `evaluate.py` on the same chips."""
     model.eval()
-    totals = MaskedErrorTotals(config, accelerator.device)
-    seen = 0
-    with torch.no_grad():
-        for batch in loader:
-            if max_chips is not None and seen >= max_chips:
-                break
-            inputs = model_inputs(batch, processor, accelerator.device, config.band_names)
-            batch, inputs = drop_nonfinite_chips(batch, inputs)
-            if max_chips is not None and seen + len(batch["source_url"]) > max_chips:
-                batch = _first_chips(batch, max_chips - seen)
-                inputs = _first_chips(inputs, max_chips - seen)
-            if not batch["source_url"]:
-                continue
-            noise = masking_noise(
-                batch["source_url"], inputs["pixel_values"], config, "random", VALIDATION_MASKING_SEED
-            )
-            with accelerator.autocast():
-                outputs = model(**inputs, noise=noise)
-            totals.add(inputs["pixel_values"], outputs)
-            seen += len(batch["source_url"])
+    totals, _, _ = masked_error_totals(
+        model, config, loader, processor, accelerator.device, max_chips=max_chips, autocast=accelerator.autocast
+    )
     totals.reduce(lambda tensor: accelerator.reduce(tensor, "sum"))
     model.train()
     if totals.masked_mse() is None:
         return {}
     return {"loss": totals.masked_mse(), **totals.per_group()}
-
-
-def _first_chips(batch: dict[str, Any], count: int) -> dict[str, Any]:
-    """The first `count` chips of a collated batch (tensors and lists sliced; counters kept)."""
-    return {key: value[:count] if isinstance(value, (torch.Tensor, list)) else value for key, value in batch.items()}
 
 
 def hardware_description(accelerator: Accelerator) -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""The user errors of clay_hf: one base class, turned into one `error: …` line and exit status 1 by the commands.
+
+Every error that means "what you gave (or the machine you run on) is wrong, not the code" subclasses
+[`ClayUserError`]; its message names the file or value and says how to fix it. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from os import PathLike
+from pathlib import Path
+
+
+class ClayUserError(Exception):
+    """A mistake in the input, the options or the machine's state (a full disk, a locked output), not a bug."""
+
+
+class OutputError(ClayUserError):
+    """An output could not be written (a full disk, a read-only or vanished folder): names the path and the cause."""
+
+    def __init__(self, path: str | PathLike, cause: BaseException | str) -> None:
+        self.path = Path(path)
+        self.cause = cause
+        reason = cause.strerror or str(cause) if isinstance(cause, OSError) else str(cause)
+        super().__init__(f"cannot write {self.path}: {reason}")
+
+
+class OutputLockedError(ClayUserError):
+    """Another live run writes the same output (its lock file names the holder)."""
+
+
+class IntegrityError(ClayUserError):
+    """A file the run would trust is damaged (truncated, a checksum that does not match): names it."""
+
+
+def user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's `main(argv) -> int`: a user error is one `error: …` line on stderr and exit status 1.
+
+    `FileNotFoundError` counts as a user error (a path given that is not there); every other exception is a bug and
+    keeps its traceback.
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (ClayUserError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return wrapper
