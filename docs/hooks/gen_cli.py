@@ -84,7 +84,7 @@ def main() -> None:
         file.write(page())
 
 
-if __name__ == "__main__":
-    print(page())
-else:
+if __name__ == "<run_path>":  # mkdocs-gen-files runs this file with runpy.run_path
     main()
+elif __name__ == "__main__":  # python docs/hooks/gen_….py prints the page
+    print(page())
