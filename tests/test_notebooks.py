@@ -43,15 +43,13 @@ def test_the_four_tutorials_are_there_and_in_the_site():
         "segmentation",
         "similarity_search",
     ]
-    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
-    listed = [
-        page
-        for section in config["nav"]
-        for pages in section.values()
-        if isinstance(pages, list)
-        for entry in pages
-        for page in entry.values()
-    ]
+    def pages(nav) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        entries = nav if isinstance(nav, list) else list(nav.values())
+        return [page for entry in entries for page in pages(entry)]
+
+    listed = pages(yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"])
     assert {f"tutorials/{path.name}" for path in TUTORIALS} <= set(listed)
 
 

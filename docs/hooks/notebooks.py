@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 TUTORIALS = REPO / "docs" / "tutorials"
 EXECUTED = REPO / "build" / "notebooks"
 KEY = "clay_hf_docs_key"
+#: Tutorial name → whether this build renders it executed (set by `on_files`, checked by `on_post_build`).
+RENDERED: dict[str, bool] = {}
 #: A tutorial runs on a tiny model and a few chips; this bounds one cell.
 CELL_TIMEOUT_S = 600
 
@@ -114,10 +117,27 @@ def on_files(files, config):
     unexecuted, each with a note at its top that says so, rather than failing the build."""
     tutorials = [file for file in files if file.src_uri.startswith("tutorials/") and file.src_uri.endswith(".ipynb")]
     problem = sample_scene_problem() if tutorials else None
+    RENDERED.clear()
     for file in tutorials:
         path = Path(config["docs_dir"]) / file.src_uri
         file.abs_src_path = str(unexecuted_notebook(path, problem) if problem else executed_notebook(path))
+        RENDERED[path.stem] = problem is None
     return files
 
 
-on_files.mkdocs_priority = 100  # before mkdocs-jupyter's own on_files (MkDocs' event_priority, without importing it)
+# Last among the plugins' on_files: set earlier, the executed path did not survive theirs (found by a build whose
+# tutorial pages showed no outputs, which on_post_build now refuses).
+on_files.mkdocs_priority = -100  # (MkDocs' event_priority, without importing MkDocs here)
+
+
+def on_post_build(config):
+    """MkDocs hook: fail the build unless every executed tutorial became a page that shows its pictures."""
+    from mkdocs.exceptions import PluginError
+
+    site = Path(config["site_dir"])
+    for stem, executed in RENDERED.items():
+        page = site / "tutorials" / stem / "index.html"
+        if not page.is_file():
+            raise PluginError(f"tutorial {stem}.ipynb was not rendered as a page ({page} is missing)")
+        if executed and not re.search(r'<img [^>]*src="data:image/png;base64,', page.read_text()):  # an output
+            raise PluginError(f"the page of tutorial {stem}.ipynb shows no picture")
