@@ -8,6 +8,7 @@ uses, and the executed copy is kept in build/notebooks, where the docs build tha
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def test_the_four_tutorials_are_there_and_in_the_site():
         "segmentation",
         "similarity_search",
     ]
+
     def pages(nav) -> list[str]:
         if isinstance(nav, str):
             return [nav]
@@ -72,3 +74,30 @@ def test_tutorial_runs_and_ends_in_a_picture(path, scene):
     printed = "".join(output.get("text", "") for cell in code for output in cell.outputs)
     warnings = re.findall(r"^.*\b\w*Warning: .*$", printed, flags=re.MULTILINE)
     assert not warnings, f"{path.name} prints warnings: {warnings}"
+
+
+def test_an_unexecuted_tutorial_says_so(tmp_path, monkeypatch):
+    """Offline (no sample scene) the site shows each tutorial's code under a note that says why it has no output."""
+    hook = load_hook()
+    monkeypatch.setattr(hook, "EXECUTED", tmp_path)
+    copy = nbformat.read(hook.unexecuted_notebook(TUTORIALS[0], "the sample scene could not be fetched"), as_version=4)
+    assert copy.cells[1].cell_type == "markdown" and "Not executed in this build" in copy.cells[1].source
+    assert "the sample scene could not be fetched" in copy.cells[1].source
+    assert len(copy.cells) == len(nbformat.read(TUTORIALS[0], as_version=4).cells) + 1
+
+
+def test_an_executed_copy_is_reused_only_while_the_notebook_is_unchanged(tmp_path, monkeypatch):
+    hook = load_hook()
+    monkeypatch.setattr(hook, "EXECUTED", tmp_path)
+    ran = []
+    monkeypatch.setattr(hook, "execute_notebook", lambda path, output: ran.append(path) or output.write_text(
+        json.dumps({"metadata": {hook.KEY: hook.notebook_key(path)}})))  # fmt: skip
+    source = tmp_path / "source" / "tutorial.ipynb"
+    source.parent.mkdir()
+    source.write_text(TUTORIALS[0].read_text())
+    hook.executed_notebook(source)
+    hook.executed_notebook(source)
+    assert len(ran) == 1  # the second call reuses the copy
+    source.write_text(TUTORIALS[0].read_text().replace("Embedding map", "Embedding maps"))
+    hook.executed_notebook(source)
+    assert len(ran) == 2  # a changed notebook runs again
