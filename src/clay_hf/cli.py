@@ -134,14 +134,15 @@ def _stack_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def _stack_one(
     args: argparse.Namespace, bands: list[BandSource], items: list, cloud_mask: str | None
 ) -> tuple[ChipReport, list[str]]:
-    """One chip set from band files plus the assets of STAC items (the flags win over the items' date and tile)."""
-    date, tile = args.date, args.tile
+    """One chip set from band files plus the assets of STAC items (the items' own date wins over `--date`, the
+    fallback; the `--tile` flag wins over the items' tile)."""
+    source_date, tile = None, args.tile
     if items:
         found = stac_band_sources(items)
         bands = [*found.bands, *bands]
-        cloud_mask, date, tile = cloud_mask or found.cloud_mask, date or found.date, tile or found.tile
+        cloud_mask, source_date, tile = cloud_mask or found.cloud_mask, found.date, tile or found.tile
     report = make_datacube_chips(
-        bands, args.output_dir, date=date, chip_size=args.chip_size, crs=args.crs, resolution=args.resolution,
+        bands, args.output_dir, date=args.date, source_date=source_date, chip_size=args.chip_size, crs=args.crs, resolution=args.resolution,
         resampling=args.resampling, cloud_mask=cloud_mask, max_nodata_fraction=args.max_nodata_fraction,
         max_cloud_fraction=args.max_cloud_fraction, dtype=args.dtype, tile=tile,
     )  # fmt: skip

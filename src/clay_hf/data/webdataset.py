@@ -21,7 +21,7 @@ import fsspec
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 
-from .chips import ChipError, ChipLayout, chip_band_names, nodata_error, read_chip
+from .chips import ChipError, ChipLayout, chip_band_names, data_band_indexes, nodata_error, read_chip
 from .dataset import BadChipLog, chip_features, fsspec_url
 
 logger = logging.getLogger(__name__)
@@ -160,13 +160,19 @@ def shard_layout(shard: str) -> ChipLayout:
             if member.isfile() and member.name.lower().endswith((".tif", ".tiff")):
                 data = archive.extractfile(member).read()
                 with MemoryFile(data) as memory, memory.open() as dataset:
-                    named = chip_band_names(dataset.count, dataset.descriptions)
-                    bands = tuple(named or (f"band{index}" for index in range(1, dataset.count + 1)))
+                    data_bands = data_band_indexes(dataset)
+                    descriptions = [dataset.descriptions[index - 1] for index in data_bands]
+                    named = chip_band_names(f"{shard}/{member.name}", len(data_bands), descriptions)
+                    unnamed = named is None or None in named
+                    bands = tuple(
+                        (named[position] if named else None) or f"band{position + 1}"
+                        for position in range(len(data_bands))
+                    )
                     return ChipLayout(
                         bands=bands,
                         size=(dataset.height, dataset.width),
                         dtype=dataset.dtypes[0],
-                        chip_bands=None if named else bands,  # unnamed bands: all of them, in the file's order
+                        chip_bands=bands if unnamed else None,  # unnamed bands: all of them, in the file's order
                     )
     raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")
 
