@@ -22,6 +22,7 @@ from .data.stac import search_stac_items, stac_band_sources
 from .data.tiling import ChipReport, make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
 from .utils.errors import user_errors
+from .utils.outputs import OutputLock, make_folder, remove_partials
 
 
 @user_errors
@@ -51,7 +52,13 @@ def make_chips_main(argv: list[str] | None = None) -> int:
     stack.add_argument("--resolution", type=float, help="target pixel size in the target CRS's units")
     stack.add_argument("--resampling", default="bilinear", choices=[r.name for r in Resampling], metavar="METHOD", help="GDAL resampling of warped bands (default bilinear)")  # fmt: skip
     args = parser.parse_args(argv)
+    with OutputLock(args.output_dir):  # one writer per chip folder; a killed run's partial chips go first
+        remove_partials(make_folder(args.output_dir))
+        return _make_chips(args, parser)
 
+
+def _make_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """make_chips_main's work, under the output's lock."""
     if args.synthetic:
         paths = write_synthetic_chips(args.output_dir, args.synthetic, size=args.chip_size, seed=args.seed)
         print(f"wrote {len(paths)} synthetic chips to {args.output_dir}")

@@ -260,8 +260,7 @@ def write_synthetic_chips(
     Each chip gets a land-cover label (cycling through `labels`, default all four synthetic classes) whose
     spectral signature shapes its optical bands, so that embeddings can be probed for it.
     """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = make_folder(output_dir)
     rng = np.random.default_rng(seed)
     labels = labels or list(SYNTHETIC_CLASS_SIGNATURES)
     paths = []
@@ -285,11 +284,12 @@ def write_synthetic_chips(
             transform=from_origin(easting, northing, 10, 10),
             compress="deflate",
         )
-        with rasterio.open(path, "w", **profile) as chip:
-            chip.write(synthetic_chip(rng, size, label))
-            chip.update_tags(date=date.isoformat(), label=label)
-            chip.descriptions = tuple(CLAY_V0_BAND_STATISTICS)
-        paths.append(path)
+        pixels = synthetic_chip(rng, size, label)
+        paths.append(
+            write_chip_file(
+                path, pixels, profile, {"date": date.isoformat(), "label": label}, list(CLAY_V0_BAND_STATISTICS)
+            )
+        )
     return paths
 
 

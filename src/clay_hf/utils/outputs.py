@@ -43,10 +43,12 @@ def is_partial(path: str | PathLike) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
 
 
-def remove_partials(folder: str | PathLike) -> int:
-    """Remove the unfinished outputs a killed run left in `folder` (call it while holding the output's lock)."""
+def remove_partials(folder: str | PathLike, recursive: bool = False) -> int:
+    """Remove the unfinished outputs a killed run left in `folder` (and its subfolders when `recursive`); call it
+    while holding the output's lock."""
     removed = 0
-    for path in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
+    pattern = f".*{PARTIAL_SUFFIX}"
+    for path in sorted(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern), reverse=True):
         _remove(path)
         removed += 1
     return removed
