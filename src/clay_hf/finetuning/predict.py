@@ -352,12 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    model, processor = load_finetuned(args.model_name_or_path, args.device)
-    bands = list(model.config.band_names)
-    reader = ChipReader(bands, processor.band_statistics(bands)[0], args.bands, args.date)
-    paths = resolve_sources(args.data_dir)
-    with OutputLock(args.output_dir):
-        remove_partials(args.output_dir, recursive=True)
+    with OutputLock(args.output_dir):  # one writer per output folder; a killed run's partial files go first
+        remove_partials(make_folder(args.output_dir), recursive=True)
+        model, processor = load_finetuned(args.model_name_or_path, args.device)
+        bands = list(model.config.band_names)
+        reader = ChipReader(bands, processor.band_statistics(bands)[0], args.bands, args.date)
+        paths = resolve_sources(args.data_dir)
         if isinstance(model, ClayForSemanticSegmentation):
             summary = predict_segmentation(
                 model, processor, paths, args.output_dir, reader, args.tile_size, args.overlap, args.batch_size,

@@ -79,7 +79,8 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
             try:
                 verify(temporary)
             except Exception as error:
-                raise OutputError(path, f"it did not read back complete ({error})") from error
+                full = "; No space left on device" if _nearly_full(path.parent) else ""
+                raise OutputError(path, f"it did not read back complete ({error}){full}") from error
         _fsync(temporary)
         os.replace(temporary, path)
         _fsync(path.parent)
@@ -309,6 +310,15 @@ def _process_start(pid: int) -> int | None:
 # ---------------------------------------------------------------------------------------------------------------------
 # File system helpers
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of `folder` has less than `margin` bytes left (why a write failed silently)."""
+    try:
+        status = os.statvfs(folder)
+    except OSError:
+        return False
+    return status.f_bavail * status.f_frsize < margin
 
 
 def _fsync(path: Path) -> None:
