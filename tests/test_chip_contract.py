@@ -11,10 +11,20 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+from conftest import save_pretraining_model, small_config
 from geotiffs import SENTINEL2_L1C_BANDS, sample_scene_or_skip, write_geotiff, write_scene_stack
 
+from clay_hf.cli import embed_main, pretrain_main
 from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
-from clay_hf.data import ChipError, ChipLayout, load_chip_dataset, make_chips, make_datacube_chips, read_chip
+from clay_hf.data import (
+    ChipError,
+    ChipLayout,
+    load_chip_dataset,
+    make_chips,
+    make_datacube_chips,
+    read_chip,
+    write_synthetic_chips,
+)
 from clay_hf.data.datacube import DECLARED_TAG
 from clay_hf.data.shards import pack_shards
 from clay_hf.data.stac import stac_band_sources
@@ -230,3 +240,25 @@ def test_skip_reasons_count_pixels_and_skips_count_per_run(tmp_path, caplog):
     assert [record["bad_chip"] != "" for record in records] == [True, True]
     counts = [int(message.rsplit("(", 1)[1].split()[0]) for message in caplog.messages if "skipped so far" in message]
     assert len(counts) == 2 and counts[1] == counts[0] + 1  # two slices of work, one count
+
+
+def test_a_run_that_can_use_no_chip_says_why_before_it_works(tmp_path, capsys):
+    """Item 10: pretraining at 512 over 128-pixel chips stops before the first step with the fix; embedding chips
+    that are all bad exits 1 with the reason."""
+    write_synthetic_chips(tmp_path / "chips", 6, size=32, seed=1)
+    config = tmp_path / "config.json"
+    small_config(image_size=64).to_json_file(config)
+    args = ["--train_dir", str(tmp_path / "chips"), "--output_dir", str(tmp_path / "run"), "--config_name", str(config),
+            "--max_train_steps", "2", "--report_to", "none", "--per_device_train_batch_size", "2"]  # fmt: skip
+    assert pretrain_main(args) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is 32×32 pixels, expected 64×64" in error and "--image_size 32" in error
+    assert not list((tmp_path / "run").glob("checkpoint*")) and not (tmp_path / "run" / "model.safetensors").exists()
+    model = save_pretraining_model(tmp_path / "model")
+    command = ["--model_name_or_path", str(model), "--data_dir", str(tmp_path / "chips"), "--output",
+               str(tmp_path / "e.parquet"), "--image_size", "32"]  # fmt: skip
+    for chip in (tmp_path / "chips").glob("*.tif"):
+        with rasterio.open(chip, "r+") as dataset:
+            dataset.nodata = float(dataset.read(1)[0, 0])  # one missing value per chip: every chip bad
+    assert embed_main(command) == 1
+    assert "no chip of" in capsys.readouterr().err
