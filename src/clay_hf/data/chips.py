@@ -430,6 +430,22 @@ def chip_band_names(
     return None
 
 
+def file_band_names(source: str | PathLike) -> list[str] | None:
+    """The band names of a chip file by the one naming rule (descriptions, aliases included, canonical names), or
+    None when its descriptions name no band; raises ChipError when it cannot be read."""
+    name = os.fspath(source)
+    try:
+        with rasterio.open(source) as dataset:
+            bands = data_band_indexes(dataset)
+            descriptions = [dataset.descriptions[index - 1] for index in bands]
+    except (RasterioError, OSError) as error:
+        raise ChipError(name, f"cannot be read ({error})") from error
+    described, _ = described_band_names(descriptions)
+    if not any(band is not None for band in described):
+        return None
+    return chip_band_names(name, len(bands), descriptions)
+
+
 def _check_dtype(name: str, dtype: str, target: str) -> None:
     """A float chip converts to a float layout, any integer chip to a float layout, an integer chip to an integer
     layout only without loss; anything else (complex, a wider integer) is a bad chip."""
@@ -513,6 +529,7 @@ __all__ = [
     "conform_chip",
     "data_band_indexes",
     "date_from_filename",
+    "file_band_names",
     "fill_missing",
     "fit_layout_bands",
     "fit_to_layout",
