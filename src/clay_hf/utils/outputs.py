@@ -204,8 +204,8 @@ def verify_checksums(folder: str | PathLike, required: bool = True) -> list[str]
 
 
 def lock_path(output: str | PathLike) -> Path:
-    """The lock file of an output (a file or a folder): `NAME.lock` beside it."""
-    output = Path(output)
+    """The lock file of an output (a file or a folder): `NAME.lock` beside it (`.` is named by its absolute path)."""
+    output = Path(os.path.abspath(output))
     return output.with_name(f"{output.name}.lock")
 
 
