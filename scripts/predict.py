@@ -5,7 +5,9 @@
 Run `python scripts/predict.py --help` for every flag.
 """
 
-from clay_hf.finetuning.predict import main
+import sys
+
+from clay_hf.finetuning.predict import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

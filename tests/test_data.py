@@ -68,9 +68,12 @@ def test_date_from_tag_name_or_caller(tmp_path):
     named = write_geotiff(tmp_path / "claytile_32TMT_20190702_v02_0007.tif", date=None)
     assert date_from_filename(named.name) == dt.date(2019, 7, 2)
     assert read_chip(named).date == dt.date(2019, 7, 2)
-    assert read_chip(named, date="2020-01-02").date == dt.date(2020, 1, 2)
+    assert read_chip(named, date="2020-01-02").date == dt.date(2019, 7, 2)  # the name wins over the fallback
     tagged = write_geotiff(tmp_path / "claytile_32TMT_20190702_v02_0008.tif", date="2018-05-05")
     assert read_chip(tagged).date == dt.date(2018, 5, 5)  # the tag wins over the name
+    assert read_chip(tagged, date="2020-01-02").date == dt.date(2018, 5, 5)  # and over the fallback
+    undated = write_geotiff(tmp_path / "chip.tif", date=None)
+    assert read_chip(undated, date="2020-01-02").date == dt.date(2020, 1, 2)  # the fallback, when nothing else
 
 
 def test_gdal_virtual_paths_are_read(tmp_path):

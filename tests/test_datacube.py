@@ -188,7 +188,7 @@ def test_band_nodata_becomes_chip_nodata_and_such_chips_are_skipped(tmp_path):
     red = write_geotiff(tmp_path / "red.tif", data=data, dtype="uint16", nodata=0)
     green = write_geotiff(tmp_path / "green.tif", bands=1, dtype="uint16")
     report = make_datacube_chips({"red": red, "green": green}, tmp_path / "skip", chip_size=16)
-    assert len(report.written) == 3 and "6.2% nodata" in report.skipped[0][1]
+    assert len(report.written) == 3 and report.skipped[0][1] == "16 of 256 pixels missing (6.25% nodata, limit 0%)"
     kept = make_datacube_chips({"red": red, "green": green}, tmp_path / "keep", chip_size=16, max_nodata_fraction=0.1)
     with rasterio.open(kept.written[0]) as chip:
         assert np.isnan(chip.nodata) and chip.descriptions == ("green", "red")
@@ -208,7 +208,7 @@ def test_scl_clouds_mask_pixels_and_skip_cloudy_chips(tmp_path):
     report = make_datacube_chips({"blue": blue}, tmp_path / "a", chip_size=16, cloud_mask=mask)
     assert (
         len(report.written) == 2
-        and [reason for _, reason in report.skipped] == ["1.6% cloud or shadow (limit 0.0%)"] * 2
+        and [reason for _, reason in report.skipped] == ["4 of 256 pixels cloud or shadow (1.56%, limit 0%)"] * 2
     )
     kept = make_datacube_chips({"blue": blue}, tmp_path / "b", chip_size=16, cloud_mask=mask, max_cloud_fraction=0.05)
     pixels, _, _ = read_band(kept.written[0], "blue")

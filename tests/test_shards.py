@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 
@@ -25,13 +24,16 @@ from clay_hf.data.chips import missing_values
 from clay_hf.data.dataset import split_paths
 from clay_hf.data.shards import (
     ShardError,
+    ShardWriter,
     byte_shuffle,
     byte_unshuffle,
     decode_header,
     decode_pixels,
+    encode_record,
     iter_shard,
     narrowest_exact_dtype,
     pack_shards,
+    raster_facts,
     read_index,
     read_record,
 )
@@ -87,8 +89,7 @@ def record_header(shard, position: int = 0) -> dict:
         index = read_index(shard, handle)
         handle.seek(index.offsets[position])
         record = handle.read(index.lengths[position])
-    (length,) = struct.unpack_from("<I", record)
-    return json.loads(record[4 : 4 + length])
+    return decode_header(memoryview(record), index.version)[0]
 
 
 @pytest.mark.parametrize(
@@ -262,15 +263,25 @@ def _set_version(shard, old: int, new: int) -> None:
     shard.write_bytes(data.replace(f'"version": {old}'.encode(), f'"version": {new}'.encode()))  # same length
 
 
-def test_version_1_shards_are_read_and_newer_ones_refused(chips, tmp_path):
-    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=10, shuffle="none")  # what version 1 wrote
-    _set_version(report.shards[0], 2, 1)
+def _write_old_shard(paths, shard, version: int) -> None:
+    """A shard as versions 1 (no filter) and 2 wrote it: records without header checksum or mask."""
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(shard, version=version)
+    for path in paths:
+        writer.add(encode_record(read_chip(path), raster_facts(path), shuffle="none", version=version), path)
+    writer.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_shards_are_read_and_newer_ones_refused(chips, tmp_path, version):
+    _write_old_shard(chips, tmp_path / "shards" / "chips-000000.clayshard", version)
+    assert read_index(tmp_path / "shards" / "chips-000000.clayshard").version == version
     records = read_back(tmp_path / "shards")
     for path in chips:
         loaded = read_chip(path, layout=LAYOUT).pixels
         assert np.asarray(records[path]["pixels"]).tobytes() == loaded.tobytes()
-    _set_version(report.shards[0], 1, 3)  # a version from the future
-    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: is format version 3; this clay_hf reads up to 2"):
+    _set_version(tmp_path / "shards" / "chips-000000.clayshard", version, 4)  # a version from the future
+    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: is format version 4; this clay_hf reads up to 3"):
         load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
 
 

@@ -22,6 +22,7 @@ from .data.stac import search_stac_items, stac_band_sources
 from .data.tiling import ChipReport, make_chips, write_synthetic_chips
 from .data.webdataset import pack_webdataset
 from .utils.errors import user_errors
+from .utils.outputs import OutputLock, make_folder, remove_partials
 
 
 @user_errors
@@ -51,7 +52,13 @@ def make_chips_main(argv: list[str] | None = None) -> int:
     stack.add_argument("--resolution", type=float, help="target pixel size in the target CRS's units")
     stack.add_argument("--resampling", default="bilinear", choices=[r.name for r in Resampling], metavar="METHOD", help="GDAL resampling of warped bands (default bilinear)")  # fmt: skip
     args = parser.parse_args(argv)
+    with OutputLock(args.output_dir):  # one writer per chip folder; a killed run's partial chips go first
+        remove_partials(make_folder(args.output_dir))
+        return _make_chips(args, parser)
 
+
+def _make_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """make_chips_main's work, under the output's lock."""
     if args.synthetic:
         paths = write_synthetic_chips(args.output_dir, args.synthetic, size=args.chip_size, seed=args.seed)
         print(f"wrote {len(paths)} synthetic chips to {args.output_dir}")
@@ -134,14 +141,15 @@ def _stack_chips(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def _stack_one(
     args: argparse.Namespace, bands: list[BandSource], items: list, cloud_mask: str | None
 ) -> tuple[ChipReport, list[str]]:
-    """One chip set from band files plus the assets of STAC items (the flags win over the items' date and tile)."""
-    date, tile = args.date, args.tile
+    """One chip set from band files plus the assets of STAC items (the items' own date wins over `--date`, the
+    fallback; the `--tile` flag wins over the items' tile)."""
+    source_date, tile = None, args.tile
     if items:
         found = stac_band_sources(items)
         bands = [*found.bands, *bands]
-        cloud_mask, date, tile = cloud_mask or found.cloud_mask, date or found.date, tile or found.tile
+        cloud_mask, source_date, tile = cloud_mask or found.cloud_mask, found.date, tile or found.tile
     report = make_datacube_chips(
-        bands, args.output_dir, date=date, chip_size=args.chip_size, crs=args.crs, resolution=args.resolution,
+        bands, args.output_dir, date=args.date, source_date=source_date, chip_size=args.chip_size, crs=args.crs, resolution=args.resolution,
         resampling=args.resampling, cloud_mask=cloud_mask, max_nodata_fraction=args.max_nodata_fraction,
         max_cloud_fraction=args.max_cloud_fraction, dtype=args.dtype, tile=tile,
     )  # fmt: skip
@@ -284,6 +292,13 @@ def embed_main(argv: list[str] | None = None) -> int:
         print(
             f"wrote {run.output}: {run.embedded} chips embedded ({run.skipped_done} already done, "
             f"{run.bad_chips} bad chips skipped), embeddings of shape {run.shape}; {run.throughput}"
+        )
+    if rank.is_main and run.embedded == 0 and run.skipped_done == 0 and run.bad_chips:
+        from .data.sources import NoUsableChipsError
+
+        raise NoUsableChipsError(
+            f"no chip of {args.data_dir} could be embedded: all {run.bad_chips} were bad (the warnings above name "
+            f"each and say why); {run.output} holds no rows"
         )
     return 0
 

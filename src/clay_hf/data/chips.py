@@ -13,13 +13,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from ..configuration_clay import CLAY_V0_BAND_NAMES
 from ..geometry import normalize_longitude
 from ..image_processing_clay import parse_date
 from ..utils.errors import ClayUserError
+from .bands import described_band_names
 
 #: v0 chip names: claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter:04d}.tif
 CHIP_NAME_PATTERN = re.compile(r"claytile_(?P<tile>[^_/]+)_(?P<date>\d{8})_v(?P<version>\d+)_(?P<counter>\d+)\.tiff?$")
@@ -49,7 +51,8 @@ class Chip:
     tags: dict[str, str]
     crs: str = ""
     transform: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    #: (C, H, W) True where a value is missing: NaN, ±inf, the file's nodata value or its mask; None when none is.
+    #: (C, H, W) True where a value is missing: NaN, ±inf, the file's nodata value or its mask (internal, `.msk`,
+    #: alpha band); None when none is. After a layout's fill it marks the values that were filled.
     missing: np.ndarray | None = None
     #: the file's own nodata value (None when it declares none)
     nodata: float | None = None
@@ -57,6 +60,8 @@ class Chip:
     band_names: list[str] | None = None
     #: the fraction of values that were missing when read (before any fill)
     nodata_fraction: float = 0.0
+    #: (height, width) of the chip's grid in pixels
+    size: tuple[int, int] | None = None
 
     def to_example(self) -> dict[str, Any]:
         """The record the `datasets` loader yields (see `clay_hf.data.dataset.chip_features`)."""
@@ -83,18 +88,17 @@ class ChipLayout:
 
     Args:
         bands: the bands the model reads, in its order; each chip's bands are picked from it by name.
-        size: (height, width) of every chip.
+        size: (height, width) of every chip; None accepts any size (fine-tuning images, scenes to predict).
         dtype: the dtype pixels travel in; a chip of a float dtype, or of an integer dtype when `dtype` is a float,
             is converted; any other dtype (complex, or a wider integer into a narrower one) is a bad chip.
-        chip_bands: the names of the chips' bands in the chips' order (`--bands`); by default each chip's GeoTIFF
-            band descriptions, else the 13 v0 bands for a 13-band chip, else the model's bands for a chip with as
-            many bands as the model reads.
+        chip_bands: the names of the chips' bands in the chips' order (`--bands`); by default each chip's band
+            names (see [`chip_band_names`]).
         fill_values: raw per-band values (in `bands` order) that replace missing pixels; None makes a chip with
             any missing pixel bad.
     """
 
     bands: tuple[str, ...] = tuple(CLAY_V0_BAND_NAMES)
-    size: tuple[int, int] = (512, 512)
+    size: tuple[int, int] | None = (512, 512)
     dtype: str = "float32"
     chip_bands: tuple[str, ...] | None = None
     fill_values: tuple[float, ...] | None = None
@@ -133,6 +137,8 @@ class ChipLayout:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the pixels every record holds."""
+        if self.size is None:
+            raise ValueError("a layout that accepts any chip size has no fixed shape")
         return (len(self.bands), *self.size)
 
 
@@ -180,37 +186,39 @@ def read_chip(
 ) -> Chip:
     """Read a chip from a local path, any URL GDAL reads (`s3://`, `https://`, `/vsi…`) or an open `MemoryFile`.
 
-    The date is `date` when given, else the file's `date` tag, else the date in a v0 file name. With `num_bands`
-    or `size` (height, width), a chip that differs is rejected. The chip keeps the file's nodata: `missing` marks
-    NaN, ±inf and the values the file's nodata value or mask declares missing.
+    The date is the file's `date` tag, else the date in a v0 file name, else `date` (the fallback, `--date`). With
+    `num_bands` or `size` (height, width), a chip that differs is rejected. The chip keeps the file's nodata:
+    `missing` marks the missing pixels (see [`read_masked_pixels`]). An alpha band is the file's mask, not a band.
 
     With a `layout`, the chip must fit it: the layout's bands are picked by name in the layout's order, its size
     and a convertible dtype are required, and missing values are filled with the layout's `fill_values` or, without
     them, make the chip bad. Every problem raises [`ChipError`] naming the file.
     """
     name = source_url or (str(source) if isinstance(source, (str, PathLike)) else str(source.name))
-    if layout is not None:
+    if layout is not None and layout.size is not None:
         size = layout.size
     try:
         with _open(source) as dataset:
-            if num_bands is not None and dataset.count != num_bands:
-                raise ChipError(name, f"has {dataset.count} bands, expected {num_bands}")
+            data_bands = data_band_indexes(dataset)
+            if num_bands is not None and len(data_bands) != num_bands:
+                raise ChipError(name, f"has {len(data_bands)} bands, expected {num_bands}")
             if size is not None and (dataset.height, dataset.width) != tuple(size):
                 raise ChipError(name, f"is {dataset.height}×{dataset.width} pixels, expected {size[0]}×{size[1]}")
             if dataset.crs is None:
                 raise ChipError(name, "has no CRS, so its place is unknown")
             tags = dataset.tags()
             chip_date = resolve_chip_date(name, date, tags)
-            band_names, indexes = _band_selection(name, dataset.count, dataset.descriptions, layout)
+            band_names, indexes = select_bands(name, dataset, layout)
             if layout is not None:
                 _check_dtype(name, dataset.dtypes[0], layout.dtype)
             lon, lat = _centre_lonlat(name, dataset)
-            pixels, missing = _read_pixels(dataset, indexes) if read_pixels else (None, None)
+            pixels, missing = read_masked_pixels(dataset, indexes or data_bands) if read_pixels else (None, None)
             bounds = dataset.bounds
             epsg = dataset.crs.to_epsg()
             crs = dataset.crs.to_wkt()
             transform = tuple(dataset.transform)[:6]
             nodata = dataset.nodata
+            grid_size = (dataset.height, dataset.width)
     except ChipError:
         raise
     except (RasterioError, OSError) as error:
@@ -230,28 +238,37 @@ def read_chip(
         nodata=None if nodata is None else float(nodata),
         band_names=band_names,
         nodata_fraction=0.0 if missing is None else float(missing.mean()),
+        size=grid_size,
     )
     return chip if layout is None or pixels is None else fit_to_layout(chip, layout)
 
 
 def fit_to_layout(chip: Chip, layout: ChipLayout) -> Chip:
-    """Fill (or refuse) missing values and convert the pixels to the layout's dtype; raises ChipError."""
-    pixels, target = chip.pixels, np.dtype(layout.dtype)
-    if chip.missing is not None:
-        if layout.fill_values is None:
-            raise nodata_error(chip)
-        fill = np.asarray(layout.fill_values, dtype=np.float64)[:, None, None]  # (C, 1, 1)
-        pixels = np.where(chip.missing, fill, pixels)
-        if np.issubdtype(target, np.integer):
-            pixels = np.rint(pixels)
-            info = np.iinfo(target)
-            if pixels.min() < info.min or pixels.max() > info.max:
-                raise ChipError(chip.source_url, f"has a fill value outside the range of {target}")
-    converted = pixels.astype(target, copy=False)
-    if converted.dtype != chip.pixels.dtype and np.issubdtype(target, np.floating) and not np.isfinite(converted).all():
-        raise ChipError(chip.source_url, f"has values too large for {target}")
-    chip.pixels, chip.missing = converted, None
+    """Fill (or refuse) missing values and convert the pixels to the layout's dtype; raises ChipError. The one fill
+    of every reader: each missing value becomes its band's fill value; `chip.missing` then marks what was filled."""
+    if chip.missing is not None and layout.fill_values is None:
+        raise nodata_error(chip)
+    chip.pixels = fill_missing(chip.source_url, chip.pixels, chip.missing, layout)
     return chip
+
+
+def fill_missing(name: str, pixels: np.ndarray, missing: np.ndarray | None, layout: ChipLayout) -> np.ndarray:
+    """`pixels` (C, H, W) in the layout's bands with each `missing` value replaced by its band's fill value, in the
+    layout's dtype; raises ChipError naming `name` when the values cannot be held in that dtype."""
+    target = np.dtype(layout.dtype)
+    filled = pixels
+    if missing is not None:
+        fill = np.asarray(layout.fill_values, dtype=np.float64)[:, None, None]  # (C, 1, 1)
+        filled = np.where(missing, fill, pixels)
+        if np.issubdtype(target, np.integer):
+            filled = np.rint(filled)
+            info = np.iinfo(target)
+            if filled.min() < info.min or filled.max() > info.max:
+                raise ChipError(name, f"has a fill value outside the range of {target}")
+    converted = filled.astype(target, copy=False)
+    if converted.dtype != pixels.dtype and np.issubdtype(target, np.floating) and not np.isfinite(converted).all():
+        raise ChipError(name, f"has values too large for {target}")
+    return converted
 
 
 def nodata_error(chip: Chip) -> ChipError:
@@ -264,17 +281,34 @@ def nodata_error(chip: Chip) -> ChipError:
     )
 
 
+def data_band_indexes(dataset: Any) -> list[int]:
+    """The 1-based indexes of a file's data bands: all but an alpha band (which is the file's mask)."""
+    interpretations = list(dataset.colorinterp or [])
+    return [index for index in range(1, dataset.count + 1)
+            if index > len(interpretations) or interpretations[index - 1] != ColorInterp.alpha]  # fmt: skip
+
+
+def select_bands(
+    name: str, dataset: Any, layout: ChipLayout | None
+) -> tuple[list[str | None] | None, list[int] | None]:
+    """(the chip's band names — the layout's, in its order, with a layout —, the 1-based file indexes of the
+    layout's bands in the layout's order, None without a layout) of an open file; raises ChipError."""
+    data_bands = data_band_indexes(dataset)
+    names, positions = _band_selection(name, len(data_bands), [dataset.descriptions[i - 1] for i in data_bands], layout)
+    return names, None if positions is None else [data_bands[position - 1] for position in positions]
+
+
 def _band_selection(
     name: str, count: int, descriptions: Sequence[str | None], layout: ChipLayout | None
-) -> tuple[list[str] | None, list[int] | None]:
+) -> tuple[list[str | None] | None, list[int] | None]:
     """(the chip's band names, the 1-based indexes of the layout's bands in the layout's order)."""
-    names = chip_band_names(count, descriptions, layout)
+    names = chip_band_names(name, count, descriptions, layout)
     if layout is None:
         return names, None
     if names is None:
         raise ChipError(
             name,
-            f"has {count} bands and no clay band names in its band descriptions, so its bands are unknown: "
+            f"has {count} bands and no band names in its band descriptions, so its bands are unknown: "
             f"the model reads {list(layout.bands)}; name the chip's bands with --bands (a 13-band chip is read in "
             "v0 order)",
         )
@@ -282,10 +316,14 @@ def _band_selection(
         raise ChipError(name, f"has {count} bands, but {len(names)} band names were given ({names})")
     lacking = [band for band in layout.bands if band not in names]
     if lacking:
+        shown = [band or "(unnamed)" for band in names]
         raise ChipError(
-            name, f"lacks band(s) {lacking} that the model reads (the chip's bands: {names}; the model's: "
+            name, f"lacks band(s) {lacking} that the model reads (the chip's bands: {shown}; the model's: "
             f"{list(layout.bands)})"
         )  # fmt: skip
+    twice = sorted({band for band in layout.bands if names.count(band) > 1})
+    if twice:
+        raise ChipError(name, f"names band(s) {twice} more than once (the chip's bands: {names})")
     return [names[names.index(band)] for band in layout.bands], [names.index(band) + 1 for band in layout.bands]
 
 
@@ -306,18 +344,25 @@ def layout_channels(
     """(the layout's band names, the 0-based channels of a chip of `shape` (C, H, W) that hold them, in the
     layout's order): raises ChipError when the chip's size, bands or dtype cannot fit `layout`."""
     count, height, width = shape
-    if (height, width) != tuple(layout.size):
+    if layout.size is not None and (height, width) != tuple(layout.size):
         raise ChipError(name, f"is {height}×{width} pixels, expected {layout.size[0]}×{layout.size[1]}")
     band_names, indexes = _band_selection(name, count, descriptions, layout)
     _check_dtype(name, np.dtype(dtype).name, layout.dtype)
     return band_names, [index - 1 for index in indexes]
 
 
-def fit_layout_bands(chip: Chip, layout: ChipLayout, ranges: Sequence[tuple[float, float]] | None = None) -> Chip:
-    """A chip whose pixels are already the layout's bands, in its order: NaN, ±inf and the chip's nodata value
-    marked missing (filled or the chip bad), the pixels converted to the layout's dtype; `ranges` as
-    [`missing_values`]. Raises ChipError."""
+def fit_layout_bands(
+    chip: Chip,
+    layout: ChipLayout,
+    ranges: Sequence[tuple[float, float]] | None = None,
+    stored: np.ndarray | None = None,
+) -> Chip:
+    """A chip whose pixels are already the layout's bands, in its order: NaN, ±inf, the chip's nodata value and
+    the `stored` mask (the missing pixels a shard recorded, (C, H, W) in the same bands) marked missing (filled or
+    the chip bad), the pixels converted to the layout's dtype; `ranges` as [`missing_values`]. Raises ChipError."""
     missing = missing_values(chip.pixels, chip.nodata, ranges)
+    if stored is not None and stored.any():
+        missing = stored if missing is None else missing | stored
     chip.missing = missing
     chip.nodata_fraction = 0.0 if missing is None else np.count_nonzero(missing) / missing.size
     return fit_to_layout(chip, layout)
@@ -355,22 +400,50 @@ def missing_values(
 
 
 def chip_band_names(
-    count: int, descriptions: Sequence[str | None], layout: ChipLayout | None = None
-) -> list[str] | None:
-    """The names of a chip's bands in its order: the layout's `chip_bands` (`--bands`), else the band
-    descriptions when each names a clay band, else the v0 order for 13 bands, else the layout's own bands when the
-    chip has exactly that many; None when unknown."""
+    name: str, count: int, descriptions: Sequence[str | None], layout: ChipLayout | None = None
+) -> list[str | None] | None:
+    """The names of a chip's `count` bands in its order: the layout's `chip_bands` (`--bands`), else the band
+    descriptions (clay names, aliases such as `B02` or `VV`, any Sentinel-2 band, the model's own band names; an
+    unnamed band is None and never picked), else — only when no description names a band — the v0 order for 13
+    bands, else the layout's own bands when the chip has exactly that many; None when unknown.
+
+    With a layout (a model reads the chip), descriptions that name no known band make the chip bad: a ChipError
+    listing them. Without one, such a description is kept as it is.
+    """
     if layout is not None and layout.chip_bands is not None:
         return list(layout.chip_bands)
-    known = set(CLAY_V0_BAND_NAMES) | set(layout.bands if layout is not None else ())
-    cleaned = [(text or "").strip() for text in descriptions]
-    if cleaned and all(text in known for text in cleaned):
-        return cleaned
+    extra = tuple(layout.bands) if layout is not None else ()
+    described, unknown = described_band_names(list(descriptions)[:count], extra)
+    if unknown and layout is not None:
+        raise ChipError(
+            name,
+            f"has band descriptions that name no known band: {unknown} (known: the model's bands {list(extra)}, "
+            "their aliases such as B02, B8A, VV, DEM, and every Sentinel-2 band); name the chip's bands with --bands",
+        )
+    if any(band is not None for band in described) or unknown:
+        texts = [(text or "").strip() for text in descriptions]
+        return [band if band is not None or not texts[i] else texts[i] for i, band in enumerate(described)]
     if count == len(CLAY_V0_BAND_NAMES):
         return list(CLAY_V0_BAND_NAMES)
     if layout is not None and count == len(layout.bands):
         return list(layout.bands)
     return None
+
+
+def file_band_names(source: str | PathLike) -> list[str] | None:
+    """The band names of a chip file by the one naming rule (descriptions, aliases included, canonical names), or
+    None when its descriptions name no band; raises ChipError when it cannot be read."""
+    name = os.fspath(source)
+    try:
+        with rasterio.open(source) as dataset:
+            bands = data_band_indexes(dataset)
+            descriptions = [dataset.descriptions[index - 1] for index in bands]
+    except (RasterioError, OSError) as error:
+        raise ChipError(name, f"cannot be read ({error})") from error
+    described, _ = described_band_names(descriptions)
+    if not any(band is not None for band in described):
+        return None
+    return chip_band_names(name, len(bands), descriptions)
 
 
 def _check_dtype(name: str, dtype: str, target: str) -> None:
@@ -383,16 +456,24 @@ def _check_dtype(name: str, dtype: str, target: str) -> None:
     raise ChipError(name, f"has pixels of dtype {dtype}, which cannot be read as {target}")
 
 
-def _read_pixels(dataset: Any, indexes: list[int] | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pixels (C, H, W) in the file's dtype, the missing-value mask or None): NaN, ±inf and what the file's
-    nodata value or mask declares missing."""
-    chosen = indexes or list(range(1, dataset.count + 1))
+def read_masked_pixels(
+    dataset: Any, indexes: Sequence[int], window: Window | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one definition of a missing pixel, for every reader of a file: (pixels (C, H, W) of the 1-based band
+    `indexes` in the file's dtype, the missing-value mask or None). A value is missing when it is NaN or ±inf, the
+    band's nodata value, or outside the file's GDAL mask (an internal mask, a `.msk` sidecar, an alpha band, a
+    per-dataset mask). A `window` reaching past the file's edge reads the part outside as missing."""
+    chosen = list(indexes)
     flags = [dataset.mask_flag_enums[i - 1] for i in chosen]
-    if all(band_flags == [MaskFlags.all_valid] for band_flags in flags):
-        pixels = dataset.read(chosen)
+    inside = window is None or (
+        window.row_off >= 0 and window.col_off >= 0
+        and window.row_off + window.height <= dataset.height and window.col_off + window.width <= dataset.width
+    )  # fmt: skip
+    if inside and all(band_flags == [MaskFlags.all_valid] for band_flags in flags):
+        pixels = dataset.read(chosen, window=window)
         missing = None
     else:
-        masked = dataset.read(chosen, masked=True)
+        masked = dataset.read(chosen, window=window, boundless=not inside, masked=True)
         pixels, missing = np.ma.getdata(masked), np.ma.getmaskarray(masked)
     if np.issubdtype(pixels.dtype, np.inexact):
         nonfinite = ~np.isfinite(pixels)
@@ -420,18 +501,21 @@ def _open(source: Any):
 
 
 def resolve_chip_date(name: str, date: dt.date | str | None, tags: dict[str, str]) -> dt.date:
-    """The date given by the caller, else the `date` tag, else the date in a v0 file name; else a ChipError."""
-    if date is not None:
-        return parse_date(date)
+    """A chip's date, the same order everywhere: the file's own `date` tag, else the date in a v0 file name, else
+    `date` (the caller's fallback, `--date`); else a ChipError."""
     if "date" in tags:
         try:
             return parse_date(tags["date"])
         except ValueError as error:
             raise ChipError(name, f"has a date tag that does not parse: {error}") from None
     from_name = date_from_filename(name)
-    if from_name is None:
-        raise ChipError(name, "has no date: no 'date' tag, no claytile_{MGRS}_{YYYYMMDD}_… name, and none was given")
-    return from_name
+    if from_name is not None:
+        return from_name
+    if date is not None:
+        return parse_date(date)
+    raise ChipError(
+        name, "has no date: no 'date' tag, no claytile_{MGRS}_{YYYYMMDD}_… name, and none was given (--date)"
+    )
 
 
 __all__ = [
@@ -443,12 +527,17 @@ __all__ = [
     "chip_file_name",
     "chip_key",
     "conform_chip",
+    "data_band_indexes",
     "date_from_filename",
+    "file_band_names",
+    "fill_missing",
     "fit_layout_bands",
     "fit_to_layout",
     "layout_channels",
     "missing_values",
     "nodata_error",
     "read_chip",
+    "read_masked_pixels",
     "resolve_chip_date",
+    "select_bands",
 ]

@@ -8,7 +8,9 @@ GeoTIFF band descriptions.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import os.path
 import re
 from collections.abc import Mapping, Sequence
@@ -28,27 +30,21 @@ from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from ..configuration_clay import CLAY_V0_BAND_NAMES
+from .bands import BAND_ALIASES, clay_band_name
 from .chips import ChipError, chip_file_name, chip_key, resolve_chip_date
-from .tiling import SOURCE_TAG, ChipReport, _refuse_overwriting_other_sources, _tile_id, chip_name, chip_windows
+from .tiling import (
+    SOURCE_TAG,
+    ChipReport,
+    _refuse_overwriting_other_sources,
+    _tile_id,
+    chip_name,
+    chip_windows,
+    missing_reason,
+    write_chip_file,
+)
 
-#: Sensor band ids accepted for the clay band names (case-insensitive): Sentinel-2, Sentinel-1 and the DEM.
-BAND_ALIASES: dict[str, str] = {
-    "b02": "blue",
-    "b03": "green",
-    "b04": "red",
-    "b05": "rededge1",
-    "b06": "rededge2",
-    "b07": "rededge3",
-    "b08": "nir",
-    "b8a": "nir08",
-    "b11": "swir16",
-    "b12": "swir22",
-    "vv": "vv",
-    "vh": "vh",
-    "dem": "dem",
-    "elevation": "dem",
-}
-
+#: Tag recording what a STAC item declared and the datacube step applied, per band: nodata, scale, offset.
+DECLARED_TAG = "clay_raster_bands"
 #: Sentinel-2 scene classification (SCL) classes masked as cloud or shadow: cloud shadow, cloud of medium and of
 #: high probability, thin cirrus.
 SCL_CLOUD_CLASSES: tuple[int, ...] = (3, 8, 9, 10)
@@ -59,11 +55,23 @@ SCL_NODATA_CLASSES: tuple[int, ...] = (0, 1)
 @dataclass(frozen=True)
 class BandSource:
     """One band of the stack: the clay band `name`, the raster `href` that holds it, and its 1-based `band` index
-    in that raster (None: the raster's only band; a raster of several bands then is an error)."""
+    in that raster (None: the raster's only band; a raster of several bands then is an error). `nodata`, `scale`
+    and `offset` are what a STAC item declares for it (`raster:bands`): `nodata` marks missing pixels on top of the
+    raster's own nodata and mask; values become `value * scale + offset`."""
 
     name: str
     href: str
     band: int | None = None
+    nodata: float | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def declared(self) -> dict[str, float]:
+        """What the item declared beyond the file (recorded in the chips' `clay_raster_bands` tag)."""
+        values = {"nodata": self.nodata, "scale": self.scale, "offset": self.offset}
+        defaults = {"nodata": None, "scale": 1.0, "offset": 0.0}
+        return {key: value for key, value in values.items() if value != defaults[key]}
 
 
 @dataclass(frozen=True)
@@ -76,17 +84,6 @@ class TargetGrid:
     height: int
 
 
-def clay_band_name(name: str) -> str:
-    """A clay band name (`blue` … `dem`) for a clay name or a sensor alias (`B02`, `B8A`, `VV`, …)."""
-    key = name.strip().lower()
-    if key in CLAY_V0_BAND_NAMES:
-        return key
-    if key in BAND_ALIASES:
-        return BAND_ALIASES[key]
-    aliases = ", ".join(alias.upper() for alias in BAND_ALIASES)
-    raise ValueError(f"unknown band name {name!r}: use one of {', '.join(CLAY_V0_BAND_NAMES)} or {aliases}")
-
-
 def band_sources(bands: Mapping[str, str | PathLike] | Sequence[BandSource]) -> list[BandSource]:
     """`{name or alias: path}` or BandSources → BandSources under clay names, in v0 order; a band given twice is an error."""
     given = bands.items() if isinstance(bands, Mapping) else [(b.name, b) for b in bands]
@@ -96,7 +93,7 @@ def band_sources(bands: Mapping[str, str | PathLike] | Sequence[BandSource]) -> 
         clay_name = clay_band_name(name)
         if clay_name in by_name:
             raise ValueError(f"band {clay_name!r} is given twice: {by_name[clay_name].href} and {source.href}")
-        by_name[clay_name] = BandSource(clay_name, str(source.href), source.band)
+        by_name[clay_name] = dataclasses.replace(source, name=clay_name, href=str(source.href))
     if not by_name:
         raise ValueError("no bands given")
     return [by_name[name] for name in CLAY_V0_BAND_NAMES if name in by_name]
@@ -155,11 +152,14 @@ class _BandReader:
         resampling: Resampling,
         dtype: str,
         stack: ExitStack,
+        source: BandSource | None = None,
     ) -> None:
         self.band, self.grid, self.dtype = band, grid, dtype
+        self.scale, self.offset = (source.scale, source.offset) if source is not None else (1.0, 0.0)
+        declared = {} if source is None or source.nodata is None else {"src_nodata": source.nodata}
         vrt = WarpedVRT(
             dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-            resampling=resampling, dtype=dtype, nodata=np.nan,
+            resampling=resampling, dtype=dtype, nodata=np.nan, **declared,
         )  # fmt: skip
         self.vrt = stack.enter_context(vrt)
 
@@ -170,6 +170,8 @@ class _BandReader:
         rows = slice(int(inside.row_off - window.row_off), int(inside.row_off - window.row_off + inside.height))
         cols = slice(int(inside.col_off - window.col_off), int(inside.col_off - window.col_off + inside.width))
         out[rows, cols] = self.vrt.read(self.band, window=inside)
+        if (self.scale, self.offset) != (1.0, 0.0):
+            out = out * out.dtype.type(self.scale) + out.dtype.type(self.offset)  # NaN stays NaN
         return out
 
 
@@ -191,8 +193,8 @@ def _chip_dtype_and_nodata(
 @dataclass
 class _ChipPixels:
     pixels: np.ndarray  # (C, H, W) floats, NaN = nodata
-    nodata_fraction: float
-    cloud_fraction: float
+    missing: np.ndarray  # (H, W): nodata, not cloud
+    cloud: np.ndarray  # (H, W): cloud or shadow
 
 
 def _stack_window(readers: Sequence[_BandReader], cloud_reader: _BandReader | None, window: Window) -> _ChipPixels:
@@ -204,7 +206,7 @@ def _stack_window(readers: Sequence[_BandReader], cloud_reader: _BandReader | No
         cloud = np.isin(scl, SCL_CLOUD_CLASSES)
         missing |= np.isnan(scl) | np.isin(scl, SCL_NODATA_CLASSES)
         pixels[:, cloud | missing] = np.nan
-    return _ChipPixels(pixels, float((missing & ~cloud).mean()), float(cloud.mean()))
+    return _ChipPixels(pixels, missing & ~cloud, cloud)
 
 
 def _to_chip_dtype(pixels: np.ndarray, dtype: str, nodata: float | None) -> np.ndarray | str:
@@ -243,6 +245,7 @@ def make_datacube_chips(
     dtype: str = "float32",
     tile: str | None = None,
     version: int = 2,
+    source_date: dt.date | str | None = None,
 ) -> ChipReport:
     """Warp band files onto one grid and cut the stack into v0 chips.
 
@@ -254,7 +257,8 @@ def make_datacube_chips(
     `cloud_mask` is a Sentinel-2 SCL raster: cloud and shadow pixels (classes 3, 8, 9, 10) become nodata and
     count towards the cloud fraction, SCL's no-data and defective pixels (0, 1) towards the nodata fraction.
     Chips whose fractions exceed `max_nodata_fraction` or `max_cloud_fraction` are skipped, with the reason.
-    The date is `date`, else the reference band's `date` tag. Chips record their stack's first band as their
+    The date is the sources' own: `source_date` (a STAC item's), else the first band's `date` tag, else the date
+    of a v0 band file name; `date` (`--date`) is the fallback for sources without one. Chips record their stack's first band as their
     source (`clay_source`); a chip name already taken by a chip of another source is a ChipError before anything
     is written (as in [`make_chips`]).
     """
@@ -266,21 +270,20 @@ def make_datacube_chips(
     with ExitStack() as stack:
         datasets = [_open(source.href, stack) for source in sources]
         grid = target_grid(datasets, crs, resolution)
-        chip_date = _stack_date(datasets, date)
+        chip_date = _stack_date(datasets, date, source_date)
         tile_id = _tile_id(tile) if tile else _default_tile([source.href for source in sources])
         indices = [_band_index(dataset, source) for dataset, source in zip(datasets, sources, strict=True)]
         band_dtypes = [dataset.dtypes[index - 1] for dataset, index in zip(datasets, indices, strict=True)]
         working = _working_dtype(band_dtypes)
         out_dtype, nodata = _chip_dtype_and_nodata(datasets, band_dtypes, dtype)
         readers = [
-            _BandReader(dataset, index, grid, resampling, working, stack)
-            for dataset, index in zip(datasets, indices, strict=True)
+            _BandReader(dataset, index, grid, resampling, working, stack, source)
+            for dataset, index, source in zip(datasets, indices, sources, strict=True)
         ]
         cloud_reader = None
         if cloud_mask is not None:
             scl = _open(str(cloud_mask), stack)
             cloud_reader = _BandReader(scl, 1, grid, Resampling.nearest, "float32", stack)
-        names = tuple(source.name for source in sources)
         windows = list(chip_windows(grid.height, grid.width, chip_size))
         chip_files = [chip_name(tile_id, chip_date, counter, version) for counter in range(len(windows))]
         _refuse_overwriting_other_sources(sources[0].href, output, chip_files)  # the stack is named by its first band
@@ -297,7 +300,7 @@ def make_datacube_chips(
                 report.skipped.append((label, values))
                 continue
             path = output / chip_file
-            _write_chip(path, values, grid, window, nodata, names, chip_date, chip_key(sources[0].href))
+            _write_chip(path, values, grid, window, nodata, sources, chip_date)
             report.written.append(path)
     return report
 
@@ -315,13 +318,19 @@ def _band_index(dataset: rasterio.DatasetReader, source: BandSource) -> int:
     return source.band
 
 
-def _stack_date(datasets: Sequence[rasterio.DatasetReader], date: dt.date | str | None) -> dt.date:
-    """The given date, else the `date` tag of the first band that has one (else a ChipError naming the bands)."""
-    tagged = next((dataset for dataset in datasets if "date" in dataset.tags()), None)
-    if date is None and tagged is None:
+def _stack_date(
+    datasets: Sequence[rasterio.DatasetReader], date: dt.date | str | None, source_date: dt.date | str | None = None
+) -> dt.date:
+    """The sources' own date (`source_date`, else the first `date` tag of a band, else a v0 band file name), else
+    the fallback `date`; else a ChipError naming the bands."""
+    if source_date is not None:
+        return resolve_chip_date(datasets[0].name, source_date, {})
+    tagged = next((dataset for dataset in datasets if "date" in dataset.tags()), datasets[0])
+    try:
+        return resolve_chip_date(tagged.name, date, tagged.tags())
+    except ChipError:
         names = ", ".join(dataset.name for dataset in datasets)
-        raise ChipError(names, "no date: no band has a 'date' tag and none was given (--date)")
-    return resolve_chip_date(tagged.name if tagged else datasets[0].name, date, tagged.tags() if tagged else {})
+        raise ChipError(names, "no date: no band has a 'date' tag and none was given (--date)") from None
 
 
 def _open(href: str, stack: ExitStack) -> rasterio.DatasetReader:
@@ -335,11 +344,16 @@ def _open(href: str, stack: ExitStack) -> rasterio.DatasetReader:
 
 
 def _skip_reason(chip: _ChipPixels, max_nodata_fraction: float, max_cloud_fraction: float) -> str | None:
-    if chip.nodata_fraction > max_nodata_fraction:
-        return f"{chip.nodata_fraction:.1%} nodata (limit {max_nodata_fraction:.1%})"
-    if chip.cloud_fraction > max_cloud_fraction:
-        return f"{chip.cloud_fraction:.1%} cloud or shadow (limit {max_cloud_fraction:.1%})"
-    return None
+    """Why a window is skipped (counts of pixels, never a rounded share), or None."""
+    total = chip.missing.size
+    reason = missing_reason(chip.missing[None], total, max_nodata_fraction)
+    clouds = int(np.count_nonzero(chip.cloud))
+    if reason is None and clouds > max_cloud_fraction * total:
+        reason = (
+            f"{clouds} of {total} pixels cloud or shadow ({100 * clouds / total:.3g}%, "
+            f"limit {100 * max_cloud_fraction:.3g}%)"
+        )
+    return reason
 
 
 def _write_chip(
@@ -348,19 +362,19 @@ def _write_chip(
     grid: TargetGrid,
     window: Window,
     nodata: float | None,
-    names: Sequence[str],
+    sources: Sequence[BandSource],
     date: dt.date,
-    source: str,
 ) -> None:
     count, height, width = values.shape
     profile = dict(
         driver="GTiff", width=width, height=height, count=count, dtype=values.dtype.name, crs=grid.crs,
         transform=rasterio.windows.transform(window, grid.transform), compress="deflate", nodata=nodata,
     )  # fmt: skip
-    with rasterio.open(path, "w", **profile) as chip:
-        chip.write(values)
-        chip.update_tags(date=date.isoformat(), **{SOURCE_TAG: source})
-        chip.descriptions = tuple(names)
+    tags = {"date": date.isoformat(), SOURCE_TAG: chip_key(sources[0].href)}
+    declared = {source.name: source.declared for source in sources if source.declared}
+    if declared:
+        tags[DECLARED_TAG] = json.dumps(declared)
+    write_chip_file(path, values, profile, tags, [source.name for source in sources])
 
 
 __all__ = [

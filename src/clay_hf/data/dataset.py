@@ -235,14 +235,20 @@ def bad_record(error: ChipError, shape: tuple[int, int, int], dtype: str) -> dic
 
 
 class BadChipLog:
-    """Counts and reports chips that were skipped (a long job never stops for one bad chip)."""
+    """Counts and reports chips that were skipped (a long job never stops for one bad chip). `count` is this log's;
+    the "(N skipped so far)" of the warnings counts every skip of the process (of the run), however the work is
+    sliced into shards and generator calls."""
+
+    #: skips in this process, over every log
+    skipped_in_process = 0
 
     def __init__(self) -> None:
         self.count = 0
 
     def skip(self, error: ChipError) -> None:
         self.count += 1
-        logger.warning("skipped %s (%d skipped so far)", error, self.count)
+        BadChipLog.skipped_in_process += 1
+        logger.warning("skipped %s (%d skipped so far)", error, BadChipLog.skipped_in_process)
 
     def record(self, error: ChipError, layout: ChipLayout) -> dict[str, Any]:
         """Count and report a bad chip, and give its record in the stream (a [`bad_record`] of `layout`)."""

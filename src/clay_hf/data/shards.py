@@ -9,15 +9,18 @@ A shard file is:
     index length (8 bytes, little-endian)
     b"CLAYEND1"                                   magic: a shard without it is truncated
 
-A record is a 4-byte little-endian header length, the header (UTF-8 JSON: the chip's metadata, its raster facts
-and one entry per band), then each band's payload. A band whose float values are all integers that a narrower
+A record is a 4-byte little-endian header length, (from version 3) the header's 4-byte CRC-32, the header (UTF-8
+JSON: the chip's metadata, its raster facts and one entry per band), then each band's payload, then (version 3, a
+chip with missing pixels) the missing-pixel mask: one bit per value (C, H, W), packed and compressed like a band. A band whose float values are all integers that a narrower
 integer type holds exactly is stored in that type (e.g. Sentinel-2 reflectance in float32 chips → uint16; the
 round trip is checked bit for bit, so -0.0 and NaN keep a band float). A band may be byte-shuffled before
 compression (its `filter` is "shuffle": all first bytes of its values, then all second bytes, …; by default the
 bands stored as floats, whose exponent bytes then compress well). Each payload is compressed on its own:
 `zstd` (a frame with its content checksum), `lz4` (a frame with its content checksum) or `none` (with a CRC-32),
 so a corrupted record is detected and skipped, never read as wrong pixels. Format version 2 added the filter;
-version 1 shards (no filter) are read as before.
+version 3 the header checksum (a damaged header — a flipped date — is refused by name) and the missing-pixel mask
+(the pixels the GeoTIFF's nodata value, NaN, ±inf or GDAL mask declared missing are missing when read back from the
+shard). Versions 1 and 2 are read as before; a newer version is refused by name.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -43,7 +48,8 @@ import rasterio
 import zstandard
 from transformers.utils.logging import get_logger
 
-from ..utils.errors import ClayUserError
+from ..utils.errors import ClayUserError, OutputError
+from ..utils.outputs import OutputLock, atomic_file, make_folder, remove_partials
 from .chips import Chip, ChipError, ChipLayout, fit_layout_bands, layout_channels, read_chip
 
 logger = get_logger(__name__)
@@ -51,7 +57,9 @@ logger = get_logger(__name__)
 SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"
 END_MAGIC = b"CLAYEND1"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: The first version whose record headers carry a CRC-32 and whose records may carry a missing-pixel mask.
+MASK_VERSION = 3
 #: The default codec, chosen by measurement (benchmarks/results/loader_*_v2_*.txt, the README's loader table): zstd's
 #: fast level -1, with the float bands byte-shuffled, is the only codec that reads real v0-like chips at over 100
 #: chips/s per core through `chip_dataloader` in fewer bytes than their deflate GeoTIFFs (77% of them); zstd:1
@@ -65,6 +73,7 @@ DEFAULT_SHUFFLE = "float"
 INTEGER_CANDIDATES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
 _FOOTER = struct.Struct("<Q8s")
 _HEADER_LENGTH = struct.Struct("<I")
+_HEADER_PREFIX = struct.Struct("<II")  # version 3: header length, header CRC-32
 _THREAD = threading.local()  # a zstd decompression context per thread (they are not thread-safe)
 
 
@@ -217,8 +226,15 @@ def chip_metadata(chip: Chip) -> dict[str, Any]:
     }
 
 
-def encode_record(chip: Chip, facts: RasterFacts, codec: str = DEFAULT_CODEC, shuffle: str = DEFAULT_SHUFFLE) -> bytes:
-    """A chip's record: header length, header JSON, band payloads."""
+def encode_record(
+    chip: Chip,
+    facts: RasterFacts,
+    codec: str = DEFAULT_CODEC,
+    shuffle: str = DEFAULT_SHUFFLE,
+    version: int = FORMAT_VERSION,
+) -> bytes:
+    """A chip's record: header length and CRC-32, header JSON, band payloads, the missing-pixel mask when the chip
+    has missing pixels (`chip.missing`). An older `version` (2, for tests of compatibility) has neither."""
     name, level = parse_codec(codec)
     pixels = np.ascontiguousarray(chip.pixels)  # (C, H, W)
     bands, payloads = [], []
@@ -237,17 +253,45 @@ def encode_record(chip: Chip, facts: RasterFacts, codec: str = DEFAULT_CODEC, sh
         "shape": list(pixels.shape),
         "bands": bands,
     }
+    if version >= MASK_VERSION and chip.missing is not None and chip.missing.any():
+        payload, extra = compress(np.packbits(chip.missing.reshape(-1)).tobytes(), name, level)
+        header["missing"] = {"codec": name, "length": len(payload), **extra}
+        payloads.append(payload)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([_HEADER_LENGTH.pack(len(header_bytes)), header_bytes, *payloads])
+    if version < MASK_VERSION:
+        return b"".join([_HEADER_LENGTH.pack(len(header_bytes)), header_bytes, *payloads])
+    return b"".join([_HEADER_PREFIX.pack(len(header_bytes), zlib.crc32(header_bytes)), header_bytes, *payloads])
 
 
-def decode_header(record: memoryview) -> tuple[dict[str, Any], int]:
-    """(header, offset of the first payload)."""
-    (length,) = _HEADER_LENGTH.unpack_from(record, 0)
-    start = _HEADER_LENGTH.size
+def decode_header(record: memoryview, version: int = FORMAT_VERSION) -> tuple[dict[str, Any], int]:
+    """(header, offset of the first payload) of a record of a shard of format `version`; from version 3 the
+    header's CRC-32 is checked (a ValueError when it does not match)."""
+    prefix = _HEADER_PREFIX if version >= MASK_VERSION else _HEADER_LENGTH
+    if len(record) < prefix.size:
+        raise ValueError(f"the record is {len(record)} bytes, shorter than its header prefix")
+    length, *checksum = prefix.unpack_from(record, 0)
+    start = prefix.size
     if start + length > len(record):
         raise ValueError(f"header length {length} runs past the record ({len(record)} bytes)")
-    return json.loads(bytes(record[start : start + length])), start + length
+    text = bytes(record[start : start + length])
+    if checksum and zlib.crc32(text) != checksum[0]:
+        raise ValueError("its header does not match its CRC-32 (the header is damaged)")
+    return json.loads(text), start + length
+
+
+def decode_missing(record: memoryview, header: dict[str, Any], offset: int) -> np.ndarray | None:
+    """The record's missing-pixel mask (C, H, W) bool, or None when it has none (or is older than version 3)."""
+    entry = header.get("missing")
+    if entry is None:
+        return None
+    count, height, width = header["shape"]
+    start = offset + sum(band["length"] for band in header["bands"])
+    end = start + entry["length"]
+    if end > len(record):
+        raise ValueError("its missing-pixel mask runs past the record")
+    size = (count * height * width + 7) // 8
+    bits = np.frombuffer(decompress(record[start:end], entry, size), np.uint8)
+    return np.unpackbits(bits, count=count * height * width).astype(bool).reshape(count, height, width)
 
 
 def decode_pixels(
@@ -317,44 +361,95 @@ def chip_from_header(header: dict[str, Any], pixels: np.ndarray | None) -> Chip:
 
 
 class ShardWriter:
-    """Writes one shard file: `add` records, then `close` (the file appears under its name only when complete)."""
+    """Writes one shard file: `add` records, then `close`. The file is written through the one fault contract
+    ([`atomic_file`]): under a temporary name, its index read back, fsynced, then renamed, so it appears under its
+    name only when complete; a write error (a full disk) is an OutputError naming it. `inputs` (what the shard was
+    packed from, see [`input_signature`]) and `settings` go into its index, so that a rerun can tell whether it is
+    still the shard it would write."""
 
-    def __init__(self, path: str | PathLike) -> None:
-        self.path = Path(path)
-        self._partial = self.path.with_name(self.path.name + ".partial")
-        self._file: BinaryIO = self._partial.open("wb")
-        self._file.write(MAGIC)
+    def __init__(
+        self,
+        path: str | PathLike,
+        inputs: Sequence[Any] | None = None,
+        settings: dict[str, Any] | None = None,
+        version: int = FORMAT_VERSION,
+    ) -> None:
+        self.path, self.version = Path(path), version
+        self.inputs, self.settings = list(inputs or []), dict(settings or {})
+        self._context = atomic_file(self.path, verify=read_index)
+        temporary = self._context.__enter__()
+        try:
+            self._file: BinaryIO = temporary.open("wb")
+        except OSError as error:
+            self._context.__exit__(type(error), error, error.__traceback__)
+            raise OutputError(self.path, error) from error
         self._records: list[list[Any]] = []
+        self._offset = 0
+        self._write(MAGIC)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as error:
+            self.abort()
+            raise OutputError(self.path, error) from error
+        self._offset += len(data)
 
     def add(self, record: bytes, name: str) -> None:
-        self._records.append([self._file.tell(), len(record), name])
-        self._file.write(record)
+        self._records.append([self._offset, len(record), name])
+        self._write(record)
 
     def __len__(self) -> int:
         return len(self._records)
 
     def close(self) -> Path:
-        index = json.dumps({"format": "clay-shard", "version": FORMAT_VERSION, "records": self._records}).encode()
-        self._file.write(index)
-        self._file.write(_FOOTER.pack(len(index), END_MAGIC))
-        self._file.close()
-        os.replace(self._partial, self.path)
+        index = {"format": "clay-shard", "version": self.version, "records": self._records}
+        if self.inputs or self.settings:
+            index.update(inputs=self.inputs, settings=self.settings)
+        data = json.dumps(index).encode()
+        self._write(data)
+        self._write(_FOOTER.pack(len(data), END_MAGIC))
+        try:
+            self._file.close()
+        except OSError as error:
+            self.abort()
+            raise OutputError(self.path, error) from error
+        self._context.__exit__(None, None, None)  # checked, fsynced, renamed (or an OutputError)
         return self.path
 
     def abort(self) -> None:
-        self._file.close()
-        self._partial.unlink(missing_ok=True)
+        with suppress(OSError):
+            self._file.close()
+        aborted = RuntimeError("shard aborted")
+        self._context.__exit__(RuntimeError, aborted, None)  # removes the temporary file
 
 
 def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}{SHARD_SUFFIX}"
 
 
+def input_signature(paths: Sequence[str]) -> list[list[Any]]:
+    """What a shard is packed from: [path, size, mtime in ns] of each chip (a chip that changed, moved in or out of
+    the shard's range, or was added, changes it); remote chips by path only."""
+    signature: list[list[Any]] = []
+    for path in paths:
+        try:
+            status = os.stat(path)
+            signature.append([str(path), status.st_size, status.st_mtime_ns])
+        except OSError:
+            signature.append([str(path), None, None])
+    return signature
+
+
 def pack_shard(
-    paths: Sequence[str], path: str | PathLike, codec: str = DEFAULT_CODEC, shuffle: str = DEFAULT_SHUFFLE
+    paths: Sequence[str],
+    path: str | PathLike,
+    codec: str = DEFAULT_CODEC,
+    shuffle: str = DEFAULT_SHUFFLE,
+    inputs: Sequence[Any] | None = None,
 ) -> tuple[Path, int, list[str]]:
     """Pack chips into one shard file; (the file, records written, bad chips as messages naming them)."""
-    writer = ShardWriter(path)
+    writer = ShardWriter(path, inputs, {"codec": codec, "shuffle": shuffle})
     bad: list[str] = []
     try:
         for chip_path in paths:
@@ -396,36 +491,82 @@ def pack_shards(
     """Pack chips into shards `{prefix}-{NNNNNN}.clayshard` of `chips_per_shard` chips each (in path order).
 
     `shuffle` chooses the bands byte-shuffled before compression (see `SHUFFLES`). Bad chips are skipped and
-    reported. Shards are independent, so `num_workers` processes pack them in parallel; a shard already complete in
-    `output_dir` is kept (an interrupted run continues) unless `overwrite`.
+    reported. Shards are independent, so `num_workers` processes pack them in parallel (they end with the run,
+    even when it is killed). One run writes an output folder at a time ([`OutputLock`]). A shard already in
+    `output_dir` is kept (an interrupted run continues) only when its index says it was packed from exactly the
+    chips (paths, sizes, modification times) and settings it would be packed from now, unless `overwrite`; shards of
+    the prefix numbered past the last one are removed, so a rerun gives what an uninterrupted run gives.
     """
     parse_codec(codec)
     shuffles(np.dtype(np.float32), shuffle)  # a wrong choice fails now, not in every worker
     if chips_per_shard < 1:
         raise ValueError(f"chips_per_shard must be at least 1, got {chips_per_shard}.")
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    jobs, kept = [], []
-    for number, start in enumerate(range(0, len(paths), chips_per_shard)):
-        target = output / shard_name(prefix, number)
-        if target.exists() and not overwrite:
-            kept.append(target)  # complete: shards appear under their name only when closed
+    output = make_folder(output_dir)
+    with OutputLock(output):
+        remove_partials(output)
+        settings = {"codec": codec, "shuffle": shuffle}
+        jobs, kept, chips = [], [], 0
+        starts = range(0, len(paths), chips_per_shard)
+        for number, start in enumerate(starts):
+            target = output / shard_name(prefix, number)
+            chunk = [str(path) for path in paths[start : start + chips_per_shard]]
+            inputs = input_signature(chunk)
+            index = None if overwrite else _reusable_index(target, inputs, settings)
+            if index is not None:
+                kept.append(target)
+                chips += len(index)
+            else:
+                jobs.append((chunk, target, codec, shuffle, inputs))
+        _remove_stale_shards(output, prefix, len(starts))
+        results: list[tuple[Path, int, list[str]]]
+        if num_workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(
+                max_workers=num_workers, initializer=end_with_parent, initargs=(os.getpid(),)
+            ) as pool:
+                results = list(pool.map(_pack_job, jobs))
         else:
-            jobs.append((list(paths[start : start + chips_per_shard]), target, codec, shuffle))
-    chips = sum(len(read_index(path)) for path in kept)
-    results: list[tuple[Path, int, list[str]]]
-    if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            results = list(pool.map(_pack_job, jobs))
-    else:
-        results = [_pack_job(job) for job in jobs]
+            results = [_pack_job(job) for job in jobs]
     bad = [message for _, _, messages in results for message in messages]
     return PackReport(
         sorted(kept + [path for path, _, _ in results]), chips + sum(count for _, count, _ in results), bad
     )
 
 
-def _pack_job(job: tuple[list[str], Path, str, str]) -> tuple[Path, int, list[str]]:
+def _reusable_index(target: Path, inputs: list[list[Any]], settings: dict[str, Any]) -> ShardIndex | None:
+    """The index of an existing shard that was packed from exactly `inputs` with `settings`; else None (absent,
+    damaged, older than the records of what it was packed from, or packed from other chips)."""
+    if not target.exists():
+        return None
+    try:
+        index = read_index(target)
+    except ShardError:
+        return None
+    same = index.inputs == inputs and index.settings == settings
+    return index if same else None
+
+
+def _remove_stale_shards(output: Path, prefix: str, count: int) -> None:
+    """Remove the prefix's shards numbered `count` or more (left by a run over more chips, or fewer per shard)."""
+    for path in output.glob(f"{prefix}-*{SHARD_SUFFIX}"):
+        number = path.name[len(prefix) + 1 : -len(SHARD_SUFFIX)]
+        if number.isdigit() and len(number) == 6 and int(number) >= count:
+            path.unlink()
+
+
+def end_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Pool initializer: end this worker when the process that started it is gone (a `kill -9` of the parent
+    leaves no worker blocked on its queue)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _pack_job(job: tuple[list[str], Path, str, str, list]) -> tuple[Path, int, list[str]]:
     return pack_shard(*job)
 
 
@@ -442,6 +583,10 @@ class ShardIndex:
     offsets: list[int]
     lengths: list[int]
     names: list[str]
+    version: int = FORMAT_VERSION
+    #: what the shard was packed from and how (version 3; empty for older shards)
+    inputs: list[Any] = dataclasses.field(default_factory=list)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -477,12 +622,18 @@ def read_index(path: str | PathLike, file: BinaryIO | None = None) -> ShardIndex
             records = index["records"]
         except (ValueError, KeyError, TypeError) as error:
             raise ShardError(path, f"has a corrupted index ({error})") from None
-        if index.get("version", 0) > FORMAT_VERSION:
-            raise ShardError(path, f"is format version {index['version']}; this clay_hf reads up to {FORMAT_VERSION}")
+        version = index.get("version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ShardError(
+                path, f"is format version {version}; this clay_hf reads up to {FORMAT_VERSION} (upgrade clay_hf)"
+            )
     finally:
         if file is None:
             handle.close()
-    return ShardIndex(path, [r[0] for r in records], [r[1] for r in records], [r[2] for r in records])
+    return ShardIndex(
+        path, [r[0] for r in records], [r[1] for r in records], [r[2] for r in records], version,
+        index.get("inputs") or [], index.get("settings") or {},
+    )  # fmt: skip
 
 
 def read_record(
@@ -497,26 +648,29 @@ def read_record(
         record = memoryview(handle.read(index.lengths[position]))
         if len(record) != index.lengths[position]:
             raise ValueError(f"ends after {len(record)} of {index.lengths[position]} bytes")
-        header, offset = decode_header(record)
+        header, offset = decode_header(record, index.version)
         chip = chip_from_header(header, None)
         facts = RasterFacts(**header["raster"])
         if layout is not None:
             chip.band_names, channels = layout_channels(
                 chip.source_url, header["shape"], header["dtype"], facts.band_names, layout
             )
+        stored = decode_missing(record, header, offset) if read_pixels else None
         if read_pixels and layout is None:
             chip.pixels = decode_pixels(record, header, offset)
+            chip.missing = stored
         elif read_pixels:
             _, height, width = header["shape"]
             chip.pixels = np.empty((len(channels), height, width), np.dtype(header["dtype"]))
             decoded = decode_into(record, header, offset, chip.pixels, channels)
             ranges = [(values.min(), values.max()) for values in decoded]  # each band while it is in the cache
+            stored = None if stored is None else stored[channels]
     except ChipError:
         raise  # the chip cannot fit the layout: it names itself
     except (ValueError, KeyError, TypeError, struct.error, zstandard.ZstdError, RuntimeError) as error:
         raise ChipError(name, f"is a corrupted record ({error})") from None
     if layout is not None and read_pixels:
-        chip = fit_layout_bands(chip, layout, ranges)
+        chip = fit_layout_bands(chip, layout, ranges, stored)
     return chip, facts
 
 

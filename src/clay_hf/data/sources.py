@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -22,7 +23,8 @@ import numpy as np
 from datasets import Dataset, IterableDataset
 from transformers.utils.logging import get_logger
 
-from .chips import ChipError, ChipLayout
+from ..utils.errors import ClayUserError
+from .chips import ChipError, ChipLayout, read_chip
 from .dataset import (
     BadChipLog,
     auto_num_shards,
@@ -192,6 +194,59 @@ def load_shard_dataset(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Before a run works
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class NoUsableChipsError(ClayUserError):
+    """Not one chip of a run fits what the model reads: said before the run works, with the fix."""
+
+
+_SIZE_PROBLEM = re.compile(r"is (?P<height>\d+)×(?P<width>\d+) pixels, expected")
+
+
+def check_chips_usable(chips: list[str] | ShardSelection, layout: ChipLayout, sample: int = 16) -> None:
+    """Read the headers of up to `sample` chips spread evenly over `chips` (all of them when fewer) against
+    `layout`; when none fits, raise a [`NoUsableChipsError`] that names the problems and the fix (for chips of
+    another size, `--image_size`). A run then never starts work that can use no chip."""
+    names = list(chips) if not isinstance(chips, ShardSelection) else chips.all_names()
+    if not names:
+        return
+    picks = sorted({round(i * (len(names) - 1) / max(sample - 1, 1)) for i in range(min(sample, len(names)))})
+    errors = [error for error in (_header_error(chips, pick, layout) for pick in picks) if error is not None]
+    if len(errors) < len(picks):
+        return
+    problems = sorted({error.problem for error in errors})
+    sizes = {(match["height"], match["width"]) for match in map(_SIZE_PROBLEM.search, problems) if match}
+    fix = ""
+    if len(sizes) == 1 and len(problems) == 1:
+        height, width = sizes.pop()
+        side = height if height == width else f"{height} {width}"
+        fix = f"; to train or embed at the chips' size, pass --image_size {side}"
+    shown = "; ".join(f"{error.source}: {error.problem}" for error in errors[:3])
+    raise NoUsableChipsError(
+        f"none of the {len(picks)} chips checked of {len(names)} can be used: {shown}"
+        f"{' (and more)' if len(errors) > 3 else ''}{fix}"
+    )
+
+
+def _header_error(chips: list[str] | ShardSelection, position: int, layout: ChipLayout) -> ChipError | None:
+    """The ChipError of chip `position`'s header against `layout` (None when it fits)."""
+    try:
+        if not isinstance(chips, ShardSelection):
+            read_chip(chips[position], read_pixels=False, layout=layout)
+            return None
+        for path, positions in chips.pieces(len(chips))[position]:
+            with _open(path) as handle:
+                read_record(handle, read_index(path, handle), positions[0], read_pixels=False, layout=layout)
+    except ChipError as error:
+        return error
+    except (OSError, ShardError) as error:
+        return ChipError(str(position), f"cannot be read ({error})")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The dispatcher
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -297,7 +352,9 @@ def _load_webdataset(
 
 
 __all__ = [
+    "NoUsableChipsError",
     "ShardSelection",
+    "check_chips_usable",
     "chip_format",
     "generate_shard_chips",
     "load_chip_dataset",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ from typing import Any
 import pystac
 
 from ..configuration_clay import CLAY_V0_BAND_NAMES
-from .datacube import BandSource, clay_band_name
+from .bands import clay_band_name
+from .datacube import BandSource
 
 #: Asset keys of a Sentinel-2 scene classification (cloud mask) asset.
 SCL_ASSET_KEYS = ("scl",)
@@ -98,15 +100,33 @@ def _item_bands(item: pystac.Item) -> list[BandSource]:
             continue
         name = _clay_name(key) or ("dem" if dem_collection and key.lower() in DEM_ASSET_KEYS else None)
         if name is not None:
-            by_key.setdefault(name, BandSource(name, _href(item, asset)))
+            by_key.setdefault(name, _declared(BandSource(name, _href(item, asset)), asset, 1))
             continue
         for index, band in enumerate(_eo_bands(asset), start=1):
             name = _clay_name(band.get("common_name") or band.get("eo:common_name") or "") or _clay_name(
                 band.get("name") or ""
             )
             if name is not None:
-                by_eo.setdefault(name, BandSource(name, _href(item, asset), index))
+                by_eo.setdefault(name, _declared(BandSource(name, _href(item, asset), index), asset, index))
     return list({**by_eo, **by_key}.values())
+
+
+def _declared(source: BandSource, asset: pystac.Asset, index: int) -> BandSource:
+    """`source` with what the asset's `raster:bands` (STAC 1.0) or `bands` (1.1) entry `index` declares: its nodata
+    value, scale and offset (applied by the datacube step and recorded in the chips)."""
+    entries = asset.extra_fields.get("raster:bands") or asset.extra_fields.get("bands") or []
+    if len(entries) < index or not isinstance(entries[index - 1], dict):
+        return source
+    entry = entries[index - 1]
+    nodata = entry.get("nodata", entry.get("raster:nodata"))
+    scale = entry.get("scale", entry.get("raster:scale", 1.0))
+    offset = entry.get("offset", entry.get("raster:offset", 0.0))
+    return dataclasses.replace(
+        source,
+        nodata=None if nodata is None else float(nodata),
+        scale=float(1.0 if scale is None else scale),
+        offset=float(0.0 if offset is None else offset),
+    )
 
 
 def _clay_name(text: str) -> str | None:

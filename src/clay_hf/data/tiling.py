@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -16,7 +16,9 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS
-from .chips import ChipError, chip_file_name, chip_key, resolve_chip_date
+from ..utils.errors import OutputError
+from ..utils.outputs import atomic_file, make_folder
+from .chips import ChipError, chip_file_name, chip_key, data_band_indexes, read_masked_pixels, resolve_chip_date
 
 
 def chip_name(tile: str, date: dt.date, counter: int, version: int = 2) -> str:
@@ -58,15 +60,17 @@ def make_chips(
 ) -> ChipReport:
     """Cut a multiband GeoTIFF (any CRS, any size, with or without nodata) into v0 chips.
 
-    Chips keep the source CRS, are deflate-compressed, carry a `date` tag, the source's name (`clay_source`) and v0
-    names. A chip whose share of nodata or non-finite pixels (including the part past the raster's edge) exceeds
-    `max_nodata_fraction` is skipped. Padding past the edge is written as nodata: the source's nodata value, else
-    NaN (float chips) or a value the chip does not hold (integer chips), recorded as the chip's nodata. Before
-    writing, a ChipError is raised if a chip name is already taken by a chip of another source (same tile id and
-    date): nothing is overwritten. `dtype` is "float32" (v0) or "source".
+    Chips keep the source CRS, are deflate-compressed, carry a `date` tag (the source's own `date` tag, else a v0
+    file name's date, else `date`), the source's name (`clay_source`) and v0 names. A pixel is missing by the data
+    reader's one definition ([`read_masked_pixels`]: nodata value, NaN, ±inf, the GDAL mask) or when it lies past
+    the raster's edge; a chip whose share of missing pixels exceeds `max_nodata_fraction` is skipped, with the
+    count. Missing pixels are written as the source's nodata value, else NaN (float chips) or a value the chip does
+    not hold (integer chips, else an internal mask), so that every reader finds them again. Each chip is written
+    atomically and read back before it gets its name ([`write_chip_file`]); a full disk is an OutputError naming
+    the chip. Before writing, a ChipError is raised if a chip name is already taken by a chip of another source
+    (same tile id and date): nothing is overwritten. `dtype` is "float32" (v0) or "source".
     """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = make_folder(output_dir)
     name = str(source)
     report = ChipReport()
     try:
@@ -77,42 +81,76 @@ def make_chips(
             windows = list(chip_windows(raster.height, raster.width, chip_size))
             names = [chip_name(tile_id, chip_date, counter, version) for counter in range(len(windows))]
             _refuse_overwriting_other_sources(name, output, names)
+            bands = data_band_indexes(raster)
+            descriptions = [raster.descriptions[index - 1] for index in bands]
             for window, chip_file in zip(windows, names, strict=True):
-                fill = raster.nodata if raster.nodata is not None else 0
-                pixels = raster.read(window=window, boundless=True, fill_value=fill)  # (C, chip, chip)
-                missing = _missing_fraction(pixels, raster.nodata, window, raster.height, raster.width)
+                pixels, missing = read_masked_pixels(raster, bands, window)  # past the edge: missing
                 label = f"{name} window row={window.row_off} col={window.col_off}"
-                if missing > max_nodata_fraction:
-                    report.skipped.append((label, f"{missing:.1%} nodata (limit {max_nodata_fraction:.1%})"))
+                reason = missing_reason(missing, chip_size * chip_size, max_nodata_fraction)
+                if reason is not None:
+                    report.skipped.append((label, reason))
                     continue
                 pixels = pixels.astype(out_dtype)
-                nodata = raster.nodata
-                if nodata is None and _reaches_past_edge(window, raster.height, raster.width):
-                    nodata = _mark_padding(pixels, window, raster.height, raster.width)
-                    if nodata is None:
-                        report.skipped.append((label, f"no {out_dtype} value is free to mark its padding as nodata"))
-                        continue
-                path = output / chip_file
+                nodata, valid = _mark_missing(pixels, missing, raster.nodata)
                 profile = dict(
                     driver="GTiff",
                     width=chip_size,
                     height=chip_size,
-                    count=raster.count,
+                    count=len(bands),
                     dtype=out_dtype,
                     crs=raster.crs,
                     transform=raster.window_transform(window),
                     compress="deflate",
                     nodata=nodata,
                 )
-                with rasterio.open(path, "w", **profile) as chip:
-                    chip.write(pixels)
-                    chip.update_tags(date=chip_date.isoformat(), **{SOURCE_TAG: chip_key(name)})
-                    if raster.descriptions and any(raster.descriptions):
-                        chip.descriptions = raster.descriptions
-                report.written.append(path)
+                tags = {"date": chip_date.isoformat(), SOURCE_TAG: chip_key(name)}
+                named = descriptions if any(descriptions) else None
+                report.written.append(write_chip_file(output / chip_file, pixels, profile, tags, named, valid))
     except (RasterioError, OSError) as error:
         raise ChipError(name, f"cannot be read ({error})") from error
     return report
+
+
+def missing_reason(missing: np.ndarray | None, total: int, limit: float) -> str | None:
+    """Why a chip with `missing` values (C, H, W; a pixel is missing when any band is) is skipped under `limit`,
+    the share of missing pixels allowed; None when it is kept. The count is exact, so a few pixels over a limit of
+    0 never read as "0.0%"."""
+    count = 0 if missing is None else int(np.count_nonzero(missing.any(axis=0)))
+    if count <= limit * total:
+        return None
+    return f"{count} of {total} pixels missing ({100 * count / total:.3g}% nodata, limit {100 * limit:.3g}%)"
+
+
+def write_chip_file(
+    path: Path,
+    pixels: np.ndarray,
+    profile: dict,
+    tags: dict[str, str],
+    descriptions: Sequence[str | None] | None = None,
+    valid: np.ndarray | None = None,
+) -> Path:
+    """Write one chip atomically (the one chip writer of the tiler and the datacube step): under a temporary name,
+    read back whole (GDAL does not raise its write errors at close), fsynced, then renamed. `valid` (H, W), when
+    given, is written as the chip's internal mask. A write error (a full disk) is an OutputError naming `path`."""
+    with atomic_file(path, verify=verify_geotiff) as temporary:
+        try:
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(temporary, "w", **profile) as chip:
+                chip.write(pixels)
+                if valid is not None:
+                    chip.write_mask(valid)
+                chip.update_tags(**tags)
+                if descriptions:
+                    chip.descriptions = tuple(descriptions)
+        except RasterioError as error:
+            raise OutputError(path, error) from error
+    return path
+
+
+def verify_geotiff(path: Path) -> None:
+    """Read a GeoTIFF back whole (every band and mask block); raises when it is truncated or damaged."""
+    with rasterio.open(path) as dataset:
+        dataset.read()
+        dataset.read_masks()
 
 
 def _refuse_overwriting_other_sources(source: str, output: Path, names: list[str]) -> None:
@@ -135,42 +173,41 @@ def _refuse_overwriting_other_sources(source: str, output: Path, names: list[str
             )
 
 
-def _reaches_past_edge(window: Window, height: int, width: int) -> bool:
-    return window.row_off + window.height > height or window.col_off + window.width > width
-
-
-def _mark_padding(pixels: np.ndarray, window: Window, height: int, width: int) -> float | None:
-    """Fill the part of `pixels` past the raster's edge with a nodata value (NaN for floats, else the dtype's
-    maximum or minimum if the chip does not hold it) and return it; None if no such value is free."""
-    inside = pixels[:, : max(0, height - window.row_off), : max(0, width - window.col_off)]
+def _mark_missing(
+    pixels: np.ndarray, missing: np.ndarray | None, nodata: float | None
+) -> tuple[float | None, np.ndarray | None]:
+    """Write the missing pixels (any band) of `pixels` as a value the chip declares: (its nodata value, its mask
+    (H, W) uint8 or None). The source's nodata value, else NaN (floats), else the dtype's maximum or minimum when
+    the chip does not hold it, else an internal mask."""
+    if missing is None:
+        return nodata, None
+    pixel_missing = missing.any(axis=0)  # (H, W)
+    if nodata is not None and _holds(pixels.dtype, nodata):
+        pixels[:, pixel_missing] = nodata
+        return nodata, None
     if np.issubdtype(pixels.dtype, np.floating):
-        candidates = [np.nan]
-    else:
-        info = np.iinfo(pixels.dtype)
-        candidates = [value for value in (info.max, info.min) if not (inside == value).any()]
-    if not candidates:
-        return None
-    padding = np.ones(pixels.shape[1:], bool)
-    padding[: inside.shape[1], : inside.shape[2]] = False
-    pixels[:, padding] = candidates[0]
-    return float(candidates[0])
+        pixels[:, pixel_missing] = np.nan
+        return float("nan"), None
+    info = np.iinfo(pixels.dtype)
+    valid = pixels[:, ~pixel_missing]
+    free = [value for value in (info.max, info.min) if not (valid == value).any()]
+    if free:
+        pixels[:, pixel_missing] = free[0]
+        return float(free[0]), None
+    return nodata, np.where(pixel_missing, 0, 255).astype(np.uint8)
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether `dtype` holds `value` exactly (NaN only in floats)."""
+    if np.issubdtype(dtype, np.floating):
+        return True
+    info = np.iinfo(dtype)
+    return bool(np.isfinite(value) and float(value).is_integer() and info.min <= value <= info.max)
 
 
 def _tile_id(text: str) -> str:
     """A chip-name-safe tile id (no underscores: v0 names are split on them)."""
     return re.sub(r"[^A-Za-z0-9]", "", text) or "tile"
-
-
-def _missing_fraction(pixels: np.ndarray, nodata: float | None, window: Window, height: int, width: int) -> float:
-    missing = ~np.isfinite(pixels) if np.issubdtype(pixels.dtype, np.floating) else np.zeros(pixels.shape, bool)
-    if nodata is not None and not np.isnan(nodata):
-        missing |= pixels == nodata
-    missing = missing.any(axis=0)  # (chip, chip): a pixel is missing if any band is
-    inside_rows = max(0, min(window.height, height - window.row_off))
-    inside_cols = max(0, min(window.width, width - window.col_off))
-    missing[inside_rows:, :] = True
-    missing[:, inside_cols:] = True
-    return float(missing.mean())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -223,8 +260,7 @@ def write_synthetic_chips(
     Each chip gets a land-cover label (cycling through `labels`, default all four synthetic classes) whose
     spectral signature shapes its optical bands, so that embeddings can be probed for it.
     """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = make_folder(output_dir)
     rng = np.random.default_rng(seed)
     labels = labels or list(SYNTHETIC_CLASS_SIGNATURES)
     paths = []
@@ -248,12 +284,23 @@ def write_synthetic_chips(
             transform=from_origin(easting, northing, 10, 10),
             compress="deflate",
         )
-        with rasterio.open(path, "w", **profile) as chip:
-            chip.write(synthetic_chip(rng, size, label))
-            chip.update_tags(date=date.isoformat(), label=label)
-            chip.descriptions = tuple(CLAY_V0_BAND_STATISTICS)
-        paths.append(path)
+        pixels = synthetic_chip(rng, size, label)
+        paths.append(
+            write_chip_file(
+                path, pixels, profile, {"date": date.isoformat(), "label": label}, list(CLAY_V0_BAND_STATISTICS)
+            )
+        )
     return paths
 
 
-__all__ = ["ChipReport", "chip_name", "chip_windows", "make_chips", "synthetic_chip", "write_synthetic_chips"]
+__all__ = [
+    "ChipReport",
+    "chip_name",
+    "chip_windows",
+    "make_chips",
+    "missing_reason",
+    "synthetic_chip",
+    "verify_geotiff",
+    "write_chip_file",
+    "write_synthetic_chips",
+]

@@ -21,7 +21,8 @@ from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 from transformers.utils.logging import get_logger
 
-from .chips import ChipError, ChipLayout, chip_band_names, nodata_error, read_chip
+from ..utils.outputs import OutputLock, atomic_file, make_folder, remove_partials
+from .chips import ChipError, ChipLayout, chip_band_names, data_band_indexes, nodata_error, read_chip
 from .dataset import BadChipLog, chip_features, fsspec_url
 
 logger = get_logger(__name__)
@@ -43,29 +44,37 @@ def pack_webdataset(
     """Pack chips into tar shards `{prefix}-{NNNNNN}.tar`; a bad chip (unreadable, no CRS or date, missing values)
     is skipped and returned.
 
-    Each shard is written under a temporary name and renamed when complete, so an interrupted run leaves only
-    complete shards; `resume=True` keeps them, packs only the chips they lack and numbers new shards after them.
+    Each shard is written atomically (the one fault contract: a temporary name, read back, fsynced, renamed), so an
+    interrupted run leaves only complete shards, and one run writes an output folder at a time. `resume=True` keeps
+    them, packs only the chips they lack and numbers new shards after them; without it the prefix's shards are
+    written anew and older ones numbered past them removed.
     """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    for partial in output.glob(f"{prefix}-*.tar.tmp"):
-        partial.unlink()
-    shards = sorted(output.glob(f"{prefix}-*.tar")) if resume else []
-    done = _packed_keys(shards)
-    bad: list[ChipError] = []
-    samples = _readable_samples([path for path in paths if sample_key(str(path)) not in done], bad)
-    index = 1 + max((int(shard.stem.rsplit("-", 1)[1]) for shard in shards), default=-1)
-    while chunk := list(itertools.islice(samples, chips_per_shard)):
-        shard = output / f"{prefix}-{index:06d}.tar"
-        staging = shard.with_name(shard.name + ".tmp")
-        with tarfile.open(staging, "w") as archive:
-            for key, data, metadata in chunk:
-                _add(archive, f"{key}.tif", data)
-                _add(archive, f"{key}.json", json.dumps(metadata).encode())
-        staging.rename(shard)
-        shards.append(shard)
-        index += 1
+    output = make_folder(output_dir)
+    with OutputLock(output):
+        remove_partials(output)
+        shards = sorted(output.glob(f"{prefix}-*.tar")) if resume else []
+        done = _packed_keys(shards)
+        bad: list[ChipError] = []
+        samples = _readable_samples([path for path in paths if sample_key(str(path)) not in done], bad)
+        index = 1 + max((int(shard.stem.rsplit("-", 1)[1]) for shard in shards), default=-1)
+        while chunk := list(itertools.islice(samples, chips_per_shard)):
+            shard = output / f"{prefix}-{index:06d}.tar"
+            with atomic_file(shard, verify=_verify_tar) as staging, tarfile.open(staging, "w") as archive:
+                for key, data, metadata in chunk:
+                    _add(archive, f"{key}.tif", data)
+                    _add(archive, f"{key}.json", json.dumps(metadata).encode())
+            shards.append(shard)
+            index += 1
+        if not resume:
+            for stale in set(output.glob(f"{prefix}-*.tar")) - set(shards):
+                stale.unlink()
     return shards, bad
+
+
+def _verify_tar(path: Path) -> None:
+    """Read a tar shard's every member header back; raises when it is truncated."""
+    with tarfile.open(path) as archive:
+        archive.getmembers()
 
 
 def _packed_keys(shards: Sequence[Path]) -> set[str]:
@@ -160,13 +169,19 @@ def shard_layout(shard: str) -> ChipLayout:
             if member.isfile() and member.name.lower().endswith((".tif", ".tiff")):
                 data = archive.extractfile(member).read()
                 with MemoryFile(data) as memory, memory.open() as dataset:
-                    named = chip_band_names(dataset.count, dataset.descriptions)
-                    bands = tuple(named or (f"band{index}" for index in range(1, dataset.count + 1)))
+                    data_bands = data_band_indexes(dataset)
+                    descriptions = [dataset.descriptions[index - 1] for index in data_bands]
+                    named = chip_band_names(f"{shard}/{member.name}", len(data_bands), descriptions)
+                    unnamed = named is None or None in named
+                    bands = tuple(
+                        (named[position] if named else None) or f"band{position + 1}"
+                        for position in range(len(data_bands))
+                    )
                     return ChipLayout(
                         bands=bands,
                         size=(dataset.height, dataset.width),
                         dtype=dataset.dtypes[0],
-                        chip_bands=None if named else bands,  # unnamed bands: all of them, in the file's order
+                        chip_bands=bands if unnamed else None,  # unnamed bands: all of them, in the file's order
                     )
     raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")
 

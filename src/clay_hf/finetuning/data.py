@@ -6,10 +6,9 @@ Layouts:
 - classification: `root/<class>/*.tif`, or a CSV with `path,label` (regression: `path,value`), paths relative to
   the CSV's folder.
 
-An image's bands are named by `bands` (the file's band order), else by the file's band descriptions, else taken to
-be the model's bands when the counts agree; they are reordered to the model's bands by name. An image's nodata
-pixels (its nodata value, NaN, ±inf in any band) are filled with the band mean, so the model never sees them as
-values, and their labels are not scored.
+Images are read by the data reader ([`clay_hf.data.read_chip`]) under its rules: bands named by `bands` (the file's
+band order), else by the file's band names (descriptions, aliases included), picked by name in the model's order;
+missing pixels (nodata value, NaN, ±inf, GDAL mask) filled with the band mean, and their labels not scored.
 """
 
 from __future__ import annotations
@@ -25,11 +24,20 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from transformers.utils.logging import get_logger
 
-from ..data.chips import ChipError, read_chip, resolve_chip_date
+from ..data.chips import (
+    ChipError,
+    ChipLayout,
+    fill_missing,
+    read_chip,
+    read_masked_pixels,
+    select_bands,
+)
 from ..data.dataset import GEOTIFF_SUFFIXES, split_paths
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 
@@ -122,7 +130,7 @@ def train_validation(
 
 @dataclass
 class ImageHeader:
-    """What a chip's header says: band names, nodata, grid, date."""
+    """What a chip's header says: the model's bands (as the chip names them), nodata, grid, date."""
 
     path: str
     band_names: list[str]
@@ -135,12 +143,14 @@ class ImageHeader:
 
 
 class ChipReader:
-    """Reads image chips as the model's bands (by name), with nodata pixels filled by the band means.
+    """Reads image chips of any size through the data reader ([`read_chip`]): the model's bands picked by name
+    (the one naming rule, [`chip_band_names`]), missing pixels (the one definition: nodata, NaN, ±inf, the GDAL
+    mask) filled with the band means by the one fill, and marked so that their labels are not scored.
 
     Args:
         model_bands: the bands the model reads, in its order.
-        fill_values: raw value per model band that replaces nodata pixels (the processor's means).
-        bands: names of the files' bands in file order (else the files' band descriptions).
+        fill_values: raw value per model band that replaces missing values (the processor's means).
+        bands: names of the files' bands in file order (else the files' band names).
         date: the date of chips that carry none (no `date` tag, no v0 name).
     """
 
@@ -166,68 +176,46 @@ class ChipReader:
         if self._fill_values.shape != (len(self.model_bands),):
             raise ValueError(f"one fill value per model band ({len(self.model_bands)}), got {len(values)}")
 
-    def header(self, path: str) -> ImageHeader:
-        """The chip's header, checked: names for its bands, all the model's bands present, a CRS, a date."""
-        try:
-            with rasterio.open(path) as dataset:
-                names = self._band_names(path, dataset.count, dataset.descriptions)
-                if dataset.crs is None:
-                    raise ChipError(path, "has no CRS, so its place is unknown")
-                tags = dataset.tags()
-                try:
-                    date = resolve_chip_date(path, None, tags)  # the chip's own date first
-                except ChipError as error:
-                    if self.date is None:
-                        raise ChipError(path, f"{error.problem}; pass --date for chips without one") from None
-                    date = resolve_chip_date(path, self.date, tags)
-                return ImageHeader(
-                    path, names, dataset.nodata, dataset.crs, dataset.transform, dataset.height, dataset.width, date
-                )
-        except (RasterioError, OSError) as error:
-            raise ChipError(path, f"cannot be read ({error})") from error
+    @property
+    def layout(self) -> ChipLayout:
+        """The layout the data reader reads these chips to: the model's bands, any size, float32, filled."""
+        return ChipLayout(
+            bands=tuple(self.model_bands),
+            size=None,
+            dtype="float32",
+            chip_bands=None if self.bands is None else tuple(self.bands),
+            fill_values=tuple(float(value) for value in self._fill_values),
+        )
 
-    def _band_names(self, path: str, count: int, descriptions: Sequence[str | None]) -> list[str]:
-        if self.bands is not None:
-            if len(self.bands) != count:
-                raise ChipError(path, f"has {count} bands, but {len(self.bands)} band names were given: {self.bands}")
-            names = self.bands
-        elif descriptions and all(descriptions):
-            names = list(descriptions)
-        elif count == len(self.model_bands):
-            names = self.model_bands  # undescribed bands, as many as the model reads: taken in the model's order
-        else:
-            raise ChipError(path, f"has {count} bands without descriptions; name them with --bands")
-        missing = [band for band in self.model_bands if band not in names]
-        if missing:
-            raise ChipError(path, f"lacks the model's bands {missing} (it has {names})")
-        return list(names)
+    def header(self, path: str) -> ImageHeader:
+        """The chip's header, checked by the data reader: the model's bands present by name, a CRS, a date."""
+        chip = read_chip(path, date=self.date, read_pixels=False, layout=self.layout)
+        height, width = chip.size
+        return ImageHeader(
+            path, list(chip.band_names), chip.nodata, CRS.from_wkt(chip.crs), Affine(*chip.transform), height, width,
+            chip.date,
+        )  # fmt: skip
 
     def read(self, header: ImageHeader) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """(pixels (C, H, W) float32 in model band order with nodata filled, missing (H, W) bool, lon, lat)."""
-        chip = read_chip(header.path, date=header.date, size=(header.height, header.width))
-        order = [header.band_names.index(band) for band in self.model_bands]
-        pixels = chip.pixels[order].astype(np.float32)  # (C, H, W)
-        missing_values = ~np.isfinite(pixels)
-        if header.nodata is not None:
-            missing_values |= pixels == np.float32(header.nodata)
-        missing = missing_values.any(axis=0)  # (H, W)
-        if missing.any():
-            pixels = np.where(missing[None], self.fill_values[:, None, None], pixels)
-        return pixels, missing, chip.lon, chip.lat
+        """(pixels (C, H, W) float32 in model band order with missing values filled, missing (H, W) bool: a pixel
+        with any band missing, lon, lat)."""
+        chip = read_chip(header.path, date=self.date, size=(header.height, header.width), layout=self.layout)
+        return chip.pixels, _pixel_mask(chip.missing, chip.pixels.shape[1:]), chip.lon, chip.lat
 
     def read_window(
         self, dataset: Any, header: ImageHeader, row: int, col: int, height: int, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A window of an open scene → (pixels (C, h, w) float32 in model band order with nodata filled, missing
-        (h, w)); the parts of the window outside the scene count as missing."""
-        indexes = [header.band_names.index(band) + 1 for band in self.model_bands]
-        inside = row >= 0 and col >= 0 and row + height <= header.height and col + width <= header.width
-        data = dataset.read(indexes, window=Window(col, row, width, height), boundless=not inside, masked=True)
-        pixels = np.ma.getdata(data).astype(np.float32)  # (C, h, w)
-        missing = np.ma.getmaskarray(data).any(axis=0) | ~np.isfinite(pixels).all(axis=0)  # (h, w)
-        if header.nodata is not None:
-            missing |= (pixels == np.float32(header.nodata)).any(axis=0)
-        return np.where(missing[None], self.fill_values[:, None, None], pixels), missing
+        """A window of an open scene → (pixels (C, h, w) float32 in model band order with missing values filled,
+        missing (h, w)); the parts of the window outside the scene count as missing."""
+        layout = self.layout
+        _, indexes = select_bands(header.path, dataset, layout)
+        pixels, missing = read_masked_pixels(dataset, indexes, Window(col, row, width, height))
+        return fill_missing(header.path, pixels, missing, layout), _pixel_mask(missing, (height, width))
+
+
+def _pixel_mask(missing: np.ndarray | None, shape: Sequence[int]) -> np.ndarray:
+    """(H, W) True where any band of a pixel is missing."""
+    return np.zeros(tuple(shape), dtype=bool) if missing is None else missing.any(axis=0)
 
 
 def read_label(path: str, image: ImageHeader, num_labels: int, ignore_index: int) -> np.ndarray:

@@ -2,8 +2,11 @@
 
     python scripts/predict.py --model_name_or_path runs/floods --data_dir scenes/ --output_dir preds/
 
-Segmentation writes one uint8 GeoTIFF per input, named after it, with the input's CRS, transform and size, and
-nodata (255) where the input had nodata. An input larger than the tile size is predicted in overlapping tiles whose
+Segmentation writes one uint8 GeoTIFF per input, at the input's path relative to `--data_dir` (inputs of the same
+name in two folders get two maps; two inputs that would share a map are refused), with the input's CRS, transform
+and size, and nodata (255) where the input had missing pixels. Every output is written atomically and read back
+before it gets its name, one run writes an output folder at a time, and `--resume` keeps only maps that read back
+whole. An input larger than the tile size is predicted in overlapping tiles whose
 class probabilities are blended with a cosine window (every pixel is a weighted mean of the tiles covering it), so
 tile borders leave no seams. Classification and regression write one GeoParquet row per chip: the class and the
 class probabilities (or the value) with the chip's footprint.
@@ -33,14 +36,16 @@ from shapely import to_wkb
 from transformers import AutoConfig
 from transformers.utils.logging import get_logger
 
-from ..data.chips import ChipError
+from ..data.chips import ChipError, chip_file_name
 from ..data.dataset import resolve_sources
+from ..data.tiling import verify_geotiff, write_chip_file
 from ..embeddings import chip_footprint, geo_metadata
 from ..geometry import lonlat_bbox
 from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
 from ..model_source import from_pretrained_checked
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
-from ..utils.errors import user_errors
+from ..utils.errors import ClayUserError, user_errors
+from ..utils.outputs import OutputLock, atomic_file, make_folder, remove_partials
 from .data import ChipReader, ImageHeader
 
 logger = get_logger(__name__)
@@ -165,7 +170,8 @@ def scene_inputs(reader: ChipReader, processor: ClayImageProcessor, path: str) -
 
 
 def write_class_map(path: Path, classes: np.ndarray, header: ImageHeader, id2label: dict) -> None:
-    """Write (H, W) uint8 class ids on the scene's grid, atomically (a temporary file renamed into place)."""
+    """Write (H, W) uint8 class ids on the scene's grid through the one chip writer (atomic, read back before the
+    rename: a full disk is an OutputError naming `path`, never a 0-byte map under its name)."""
     profile = dict(
         driver="GTiff",
         width=header.width,
@@ -177,11 +183,43 @@ def write_class_map(path: Path, classes: np.ndarray, header: ImageHeader, id2lab
         nodata=CLASS_MAP_NODATA,
         compress="deflate",
     )
-    partial = path.with_name(f".{path.name}.partial")
-    with rasterio.open(partial, "w", **profile) as dataset:
-        dataset.write(classes[None])
-        dataset.update_tags(classes=json.dumps({str(key): value for key, value in id2label.items()}))
-    os.replace(partial, path)
+    make_folder(path.parent)
+    write_chip_file(path, classes[None], profile, {"classes": json.dumps({str(k): v for k, v in id2label.items()})})
+
+
+def class_map_complete(path: Path) -> bool:
+    """Whether a class map from an earlier run is complete (reads back whole, with its classes): what `--resume`
+    keeps; a truncated or empty one is predicted again."""
+    try:
+        verify_geotiff(path)
+        with rasterio.open(path) as dataset:
+            return "classes" in dataset.tags() and dataset.count == 1
+    except (RasterioError, OSError):
+        return False
+
+
+def output_names(paths: Sequence[str], root: str | os.PathLike | None = None) -> dict[str, str]:
+    """Each input's output name: its path relative to `root` (the `--data_dir` folder; else the inputs' common
+    folder), so inputs of one name in two folders never share an output. Raises a ClayUserError naming the inputs
+    when two would still share one (e.g. remote inputs of one file name)."""
+    local = [path for path in paths if "://" not in path and not path.startswith("/vsi")]
+    base = Path(root) if root is not None and Path(root).is_dir() else None
+    if base is None and local:
+        base = Path(os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in local]))
+    names: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for path in paths:
+        name = os.path.relpath(os.path.abspath(path), base) if path in local and base is not None else None
+        if name is None or name.startswith(".."):
+            name = chip_file_name(path)
+        if name in seen:
+            raise ClayUserError(
+                f"{seen[name]} and {path} would both be predicted to {name}: give inputs distinct names, or one "
+                "--data_dir folder that holds them"
+            )
+        seen[name] = path
+        names[path] = name
+    return names
 
 
 def predict_segmentation(
@@ -194,18 +232,20 @@ def predict_segmentation(
     overlap: int | None = None,
     batch_size: int = 4,
     resume: bool = False,
+    root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """One class map per input (see the module docstring); bad inputs are skipped, counted and named."""
+    """One class map per input, at the input's path relative to `root` (see the module docstring); bad inputs are
+    skipped, counted and named. `resume` keeps the maps that read back whole."""
     if model.config.num_labels >= CLASS_MAP_NODATA:
         raise ValueError(f"{model.config.num_labels} classes do not fit a uint8 map with nodata {CLASS_MAP_NODATA}")
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = make_folder(output_dir)
+    names = output_names(paths, root)
     tile = tile or model.config.image_size
     overlap = tile // 4 if overlap is None else overlap
     written, skipped, bad = [], 0, []
     for path in paths:
-        target = output / Path(path).name
-        if resume and target.exists():
+        target = output / names[path]
+        if resume and class_map_complete(target):
             skipped += 1
             continue
         try:
@@ -267,10 +307,9 @@ def predict_chips(
     metadata = geo_metadata(lonlat_bbox(shapes), {shape.geom_type for shape in shapes} or {"Polygon"})
     table = table.replace_schema_metadata({b"geo": json.dumps(metadata).encode()})
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    pq.write_table(table, partial)
-    os.replace(partial, output)
+    make_folder(output.parent)
+    with atomic_file(output, verify=pq.read_table) as partial:
+        pq.write_table(table, partial)
     return {"written": [str(output)], "num_chips": len(outputs), "bad_chips": bad}
 
 
@@ -314,23 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    model, processor = load_finetuned(args.model_name_or_path, args.device)
-    bands = list(model.config.band_names)
-    reader = ChipReader(bands, processor.band_statistics(bands)[0], args.bands, args.date)
-    paths = resolve_sources(args.data_dir)
-    if isinstance(model, ClayForSemanticSegmentation):
-        summary = predict_segmentation(
-            model, processor, paths, args.output_dir, reader, args.tile_size, args.overlap, args.batch_size, args.resume
-        )
-    else:
-        summary = predict_chips(model, processor, paths, Path(args.output_dir) / "predictions.parquet", reader)
+    with OutputLock(args.output_dir):  # one writer per output folder; a killed run's partial files go first
+        remove_partials(make_folder(args.output_dir), recursive=True)
+        model, processor = load_finetuned(args.model_name_or_path, args.device)
+        bands = list(model.config.band_names)
+        reader = ChipReader(bands, processor.band_statistics(bands)[0], args.bands, args.date)
+        paths = resolve_sources(args.data_dir)
+        if isinstance(model, ClayForSemanticSegmentation):
+            summary = predict_segmentation(
+                model, processor, paths, args.output_dir, reader, args.tile_size, args.overlap, args.batch_size,
+                args.resume, root=args.data_dir,
+            )  # fmt: skip
+        else:
+            summary = predict_chips(model, processor, paths, Path(args.output_dir) / "predictions.parquet", reader)
     logger.info("wrote %d files; %d bad inputs skipped", len(summary["written"]), len(summary["bad_chips"]))
     return summary
 
 
 @user_errors
 def cli(argv: list[str] | None = None) -> int:
-    """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
+    """Console entry point: exit status 0 when the run completes (`main` returns the results); a user error (a full
+    disk, a locked output, inputs that would share a map) is one `error: …` line and exit status 1."""
     main(argv)
     return 0
 

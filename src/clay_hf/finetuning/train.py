@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 from transformers.utils.logging import get_logger
 
+from ..data.chips import file_band_names
 from ..evaluation import write_eval_results
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..model_source import from_pretrained_checked
@@ -88,12 +88,11 @@ def parse_label_names(text: str | None) -> dict[int, str] | None:
 
 
 def input_band_names(args: FineTuningArguments, first_image: str) -> list[str] | None:
-    """The chips' band names: `--bands`, else the first training image's band descriptions (None if it has none)."""
+    """The chips' band names: `--bands`, else the first training image's band names by the data reader's rule
+    (descriptions, aliases such as B02 included; None if they name no band)."""
     if args.bands:
         return list(args.bands)
-    with rasterio.open(first_image) as dataset:
-        descriptions = dataset.descriptions
-    return list(descriptions) if descriptions and all(descriptions) else None
+    return file_band_names(first_image)
 
 
 def build_model(

@@ -39,7 +39,7 @@ from ..data.dataset import (
     shard_paths,
     worker_start_method,
 )
-from ..data.sources import ShardSelection, load_chip_dataset, split_chip_source
+from ..data.sources import ShardSelection, check_chips_usable, load_chip_dataset, split_chip_source
 from ..evaluation import VALIDATION_MASKING_SEED, masked_error_totals, masking_description
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
@@ -301,6 +301,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     set_seed(args.seed, device_specific=True)  # different masks on every rank
 
     chip_layout = training_layout(config, processor, args)
+    check_chips_usable(train_paths, chip_layout)  # a run that can use no chip says why before it works
     train_loader = build_loader(
         train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=chip_layout
     )

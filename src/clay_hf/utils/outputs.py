@@ -43,10 +43,12 @@ def is_partial(path: str | PathLike) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
 
 
-def remove_partials(folder: str | PathLike) -> int:
-    """Remove the unfinished outputs a killed run left in `folder` (call it while holding the output's lock)."""
+def remove_partials(folder: str | PathLike, recursive: bool = False) -> int:
+    """Remove the unfinished outputs a killed run left in `folder` (and its subfolders when `recursive`); call it
+    while holding the output's lock."""
     removed = 0
-    for path in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
+    pattern = f".*{PARTIAL_SUFFIX}"
+    for path in sorted(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern), reverse=True):
         _remove(path)
         removed += 1
     return removed
@@ -77,7 +79,8 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
             try:
                 verify(temporary)
             except Exception as error:
-                raise OutputError(path, f"it did not read back complete ({error})") from error
+                full = "; No space left on device" if _nearly_full(path.parent) else ""
+                raise OutputError(path, f"it did not read back complete ({error}){full}") from error
         _fsync(temporary)
         os.replace(temporary, path)
         _fsync(path.parent)
@@ -201,8 +204,8 @@ def verify_checksums(folder: str | PathLike, required: bool = True) -> list[str]
 
 
 def lock_path(output: str | PathLike) -> Path:
-    """The lock file of an output (a file or a folder): `NAME.lock` beside it."""
-    output = Path(output)
+    """The lock file of an output (a file or a folder): `NAME.lock` beside it (`.` is named by its absolute path)."""
+    output = Path(os.path.abspath(output))
     return output.with_name(f"{output.name}.lock")
 
 
@@ -307,6 +310,15 @@ def _process_start(pid: int) -> int | None:
 # ---------------------------------------------------------------------------------------------------------------------
 # File system helpers
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of `folder` has less than `margin` bytes left (why a write failed silently)."""
+    try:
+        status = os.statvfs(folder)
+    except OSError:
+        return False
+    return status.f_bavail * status.f_frsize < margin
 
 
 def _fsync(path: Path) -> None:

@@ -1,0 +1,94 @@
+"""Band names: the one rule that names a chip's bands, wherever the chip is read or cut.
+
+A band is named by its clay name (`blue` … `dem`), a sensor alias (`B02`, `B8A`, `VV`, `DEM`, …, any case) or the
+name of a Sentinel-2 band v0 does not read (`B01` coastal, `B09` nir09, `B10` cirrus): every Sentinel-2 band is
+known, so a chip that carries one is read by name and the model simply does not pick it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from ..configuration_clay import CLAY_V0_BAND_NAMES
+
+#: Sensor band ids accepted for the clay band names (case-insensitive): Sentinel-2, Sentinel-1 and the DEM.
+BAND_ALIASES: dict[str, str] = {
+    "b02": "blue",
+    "b03": "green",
+    "b04": "red",
+    "b05": "rededge1",
+    "b06": "rededge2",
+    "b07": "rededge3",
+    "b08": "nir",
+    "b8a": "nir08",
+    "b11": "swir16",
+    "b12": "swir22",
+    "vv": "vv",
+    "vh": "vh",
+    "dem": "dem",
+    "elevation": "dem",
+}
+#: Sentinel-2 bands that v0 does not read, under their STAC common names (and their ids).
+OTHER_SENTINEL2_BANDS: dict[str, str] = {"b01": "coastal", "b09": "nir09", "b10": "cirrus"}
+_KNOWN = {
+    **{name: name for name in CLAY_V0_BAND_NAMES},
+    **BAND_ALIASES,
+    **OTHER_SENTINEL2_BANDS,
+    **{name: name for name in OTHER_SENTINEL2_BANDS.values()},
+}
+#: GDAL's placeholder description of an unnamed band ("Band 1"), which names nothing.
+_DEFAULT_DESCRIPTION = re.compile(r"^band[ _]?\d+$", re.IGNORECASE)
+_SENTINEL2_ID = re.compile(r"^b0?(\d{1,2}a?)$")
+
+
+def band_name(text: str | None, extra: Iterable[str] = ()) -> str | None:
+    """The canonical name of a band named `text` (a clay name, an alias, a Sentinel-2 id such as `B2` or `B02`, or
+    one of `extra`, e.g. a fine-tuned model's own band names); None when `text` names no known band."""
+    cleaned = (text or "").strip()
+    if cleaned in extra:
+        return cleaned
+    key = cleaned.lower()
+    sentinel2 = _SENTINEL2_ID.match(key)
+    if sentinel2 is not None:
+        key = f"b{int(sentinel2[1].rstrip('a')):02d}{'a' if sentinel2[1].endswith('a') else ''}"
+        key = "b8a" if key == "b08a" else key
+    return _KNOWN.get(key)
+
+
+def is_unnamed(text: str | None) -> bool:
+    """Whether a band description names nothing: empty, or GDAL's default "Band N"."""
+    cleaned = (text or "").strip()
+    return not cleaned or _DEFAULT_DESCRIPTION.match(cleaned) is not None
+
+
+def described_band_names(
+    descriptions: Sequence[str | None], extra: Iterable[str] = ()
+) -> tuple[list[str | None], list[str]]:
+    """(the canonical name of each band from its description, None for an unnamed band; the descriptions that name
+    no known band). With no description naming anything the first list is all None."""
+    extra = tuple(extra)
+    names: list[str | None] = []
+    unknown: list[str] = []
+    for text in descriptions:
+        if is_unnamed(text):
+            names.append(None)
+            continue
+        name = band_name(text, extra)
+        names.append(name)
+        if name is None:
+            unknown.append(str(text).strip())
+    return names, unknown
+
+
+def clay_band_name(name: str) -> str:
+    """A clay band name (`blue` … `dem`) for a clay name or a sensor alias (`B02`, `B8A`, `VV`, …)."""
+    canonical = band_name(name)
+    if canonical in CLAY_V0_BAND_NAMES:
+        return canonical
+    aliases = ", ".join(alias.upper() for alias in BAND_ALIASES)
+    why = f" ({canonical}, a band v0 does not read)" if canonical else ""
+    raise ValueError(f"unknown band name {name!r}{why}: use one of {', '.join(CLAY_V0_BAND_NAMES)} or {aliases}")
+
+
+__all__ = ["BAND_ALIASES", "OTHER_SENTINEL2_BANDS", "band_name", "clay_band_name", "described_band_names", "is_unnamed"]
