@@ -108,7 +108,8 @@ def test_the_fine_tuning_reader_honours_the_mask(scene, tmp_path):
 
 
 def test_stac_raster_bands_nodata_scale_and_offset_are_applied_and_recorded(scene, tmp_path):
-    """Item 4: a zero-filled corner declared nodata by the item is missing; scale and offset are applied."""
+    """Item 4: a zero-filled corner declared nodata by the item is missing; scale and offset are applied, and the
+    reflectance they give is written in v0's unit for an optical band (× 10 000), where its statistics apply."""
     band = write_scene_stack(scene, tmp_path / "B02.tif", ("B02",), (600, 600, 64, 64), date=None)
     with rasterio.open(band, "r+") as dataset:
         raw = dataset.read(1)
@@ -124,9 +125,12 @@ def test_stac_raster_bands_nodata_scale_and_offset_are_applied_and_recorded(scen
     report = make_datacube_chips(found.bands, tmp_path / "kept", date=found.date, chip_size=64, max_nodata_fraction=0.1)
     with rasterio.open(report.written[0]) as chip:
         values = chip.read(1)
-        assert json.loads(chip.tags()[DECLARED_TAG]) == {"blue": {"nodata": 0.0, "scale": 0.0001, "offset": -0.1}}
+        assert json.loads(chip.tags()[DECLARED_TAG]) == {
+            "blue": {"nodata": 0.0, "scale": 0.0001, "offset": -0.1, "written_unit": 0.0001}
+        }
     assert np.isnan(values[:16, :16]).all()
-    np.testing.assert_allclose(values[16:], raw[16:] * 0.0001 - 0.1, atol=1e-7)
+    np.testing.assert_allclose(values[16:], (raw[16:] * 0.0001 - 0.1) / 0.0001, rtol=1e-5, atol=1e-2)
+    assert 0 < np.nanmean(values) < 10_000  # digital numbers less the 1000 of the offset, not reflectance in 0..1
 
 
 # --- band names -------------------------------------------------------------------------------------------------------

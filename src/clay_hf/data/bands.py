@@ -29,6 +29,18 @@ BAND_ALIASES: dict[str, str] = {
     "dem": "dem",
     "elevation": "dem",
 }
+#: Clay v0's optical bands hold surface reflectance × 10 000 (Sentinel-2 L2A digital numbers, as its band statistics
+#: assume). A STAC item's `raster:bands` scale and offset turn stored values into reflectance (Earth Search L2A:
+#: 0.0001 and -0.1; Landsat C2 L2: 0.0000275 and -0.2), so these bands are written back in v0's unit.
+V0_REFLECTANCE_BANDS: tuple[str, ...] = CLAY_V0_BAND_NAMES[:10]
+V0_REFLECTANCE_UNIT = 1e-4
+
+
+def v0_unit(name: str) -> float:
+    """The physical value of one unit of clay band `name` in v0 chips (1e-4 reflectance for optical bands)."""
+    return V0_REFLECTANCE_UNIT if name in V0_REFLECTANCE_BANDS else 1.0
+
+
 #: Sentinel-2 bands that v0 does not read, under their STAC common names (and their ids).
 OTHER_SENTINEL2_BANDS: dict[str, str] = {"b01": "coastal", "b09": "nir09", "b10": "cirrus"}
 _KNOWN = {

@@ -30,7 +30,7 @@ from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from ..configuration_clay import CLAY_V0_BAND_NAMES
-from .bands import BAND_ALIASES, clay_band_name
+from .bands import BAND_ALIASES, clay_band_name, v0_unit
 from .chips import ChipError, chip_file_name, chip_key, resolve_chip_date
 from .tiling import (
     SOURCE_TAG,
@@ -57,7 +57,8 @@ class BandSource:
     """One band of the stack: the clay band `name`, the raster `href` that holds it, and its 1-based `band` index
     in that raster (None: the raster's only band; a raster of several bands then is an error). `nodata`, `scale`
     and `offset` are what a STAC item declares for it (`raster:bands`): `nodata` marks missing pixels on top of the
-    raster's own nodata and mask; values become `value * scale + offset`."""
+    raster's own nodata and mask; values become `value * scale + offset` (the physical value), written in v0's unit
+    for the band ([`v0_unit`]: optical bands as reflectance × 10 000, so the v0 statistics apply)."""
 
     name: str
     href: str
@@ -71,7 +72,10 @@ class BandSource:
         """What the item declared beyond the file (recorded in the chips' `clay_raster_bands` tag)."""
         values = {"nodata": self.nodata, "scale": self.scale, "offset": self.offset}
         defaults = {"nodata": None, "scale": 1.0, "offset": 0.0}
-        return {key: value for key, value in values.items() if value != defaults[key]}
+        declared = {key: value for key, value in values.items() if value != defaults[key]}
+        if {"scale", "offset"} & declared.keys():
+            declared["written_unit"] = v0_unit(self.name)  # chip value = (value * scale + offset) / written_unit
+        return declared
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class _BandReader:
     ) -> None:
         self.band, self.grid, self.dtype = band, grid, dtype
         self.scale, self.offset = (source.scale, source.offset) if source is not None else (1.0, 0.0)
+        self.unit = v0_unit(source.name) if source is not None else 1.0
         declared = {} if source is None or source.nodata is None else {"src_nodata": source.nodata}
         vrt = WarpedVRT(
             dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
@@ -171,7 +176,8 @@ class _BandReader:
         cols = slice(int(inside.col_off - window.col_off), int(inside.col_off - window.col_off + inside.width))
         out[rows, cols] = self.vrt.read(self.band, window=inside)
         if (self.scale, self.offset) != (1.0, 0.0):
-            out = out * out.dtype.type(self.scale) + out.dtype.type(self.offset)  # NaN stays NaN
+            physical = out * out.dtype.type(self.scale) + out.dtype.type(self.offset)  # NaN stays NaN
+            out = physical / out.dtype.type(self.unit)  # in v0's unit: optical reflectance × 10 000
         return out
 
 
