@@ -6,7 +6,9 @@
 Run `python scripts/pretrain.py --help` for every flag; the defaults reproduce the v0 recipe.
 """
 
-from clay_hf.training.pretrain import main
+import sys
+
+from clay_hf.cli import pretrain_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(pretrain_main())

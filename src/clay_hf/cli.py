@@ -232,7 +232,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     from .embeddings import EMBEDDINGS_DTYPES, LEVELS, embed_to_geoparquet, load_encoder
     from .evaluation import load_pretraining_model
     from .image_processing_clay import parse_fill_value
-    from .ranks import current_rank
+    from .ranks import RANK_TIMEOUT_SECONDS, current_rank
 
     parser = argparse.ArgumentParser(description=embed_main.__doc__)
     parser.add_argument("--model_name_or_path", help="a save_pretrained folder or a Hub id")
@@ -273,6 +273,12 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--rows_per_part", type=int, default=1024, help="rows per durable part file")
     parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
+    parser.add_argument(
+        "--rank_timeout",
+        type=float,
+        default=RANK_TIMEOUT_SECONDS,
+        help="under accelerate launch: give up on ranks that show no sign of life for this many seconds",
+    )
     args = parser.parse_args(argv)
     if (args.model_name_or_path is None) == (args.onnx is None):
         parser.error("give --model_name_or_path or --onnx (one of them)")
@@ -300,7 +306,7 @@ def embed_main(argv: list[str] | None = None) -> int:
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
         embeddings_dtype=args.embeddings_dtype, rank=rank, fill_value=args.fill_value, image_size=image_size,
-        reconstruction=reconstruction,
+        reconstruction=reconstruction, rank_timeout=args.rank_timeout,
     )  # fmt: skip
     if rank.is_main:
         print(

@@ -31,3 +31,11 @@ class OutputLockedError(ClayUserError):
 
 class IntegrityError(ClayUserError):
     """A file the run would trust is damaged (truncated, a checksum that does not match): names it."""
+
+
+class ResumeError(ClayUserError):
+    """A resume that does not match what it would resume (another run, another model, another data layout)."""
+
+
+class RanksTimeoutError(ClayUserError):
+    """Ranks of a multi-process job gave no sign of life for too long (a dead machine): names them."""

@@ -8,7 +8,8 @@
 - **One writer per output**: [`OutputLock`] is a lock file naming its holder (host, pid); a second run is refused
   while the holder lives and takes the lock over once it is gone.
 - **Integrity**: [`write_checksums`] records SHA-256 sums of a folder's files in `checksums.sha256`
-  (`sha256sum -c` reads it); [`verify_checksums`] refuses a damaged or missing file by name.
+  (`sha256sum -c` reads it; [`add_checksums`] adds files one by one); [`verify_checksums`] refuses a damaged or
+  missing file by name.
 """
 
 from __future__ import annotations
@@ -120,6 +121,37 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a temporary folder whose files then move into `folder` one atomic rename each (the names in `last`
+    last): for outputs that share their folder with others (a training run's model beside its checkpoints).
+
+    Every file is complete under its final name; `last` (e.g. the file that says the output is done) appears only
+    after the others.
+    """
+    folder, last = Path(folder), set(last)
+    temporary = partial_path(folder / "files")
+    try:
+        _remove(temporary)
+        temporary.mkdir(parents=True)
+        yield temporary
+        order = sorted(temporary.iterdir(), key=lambda path: (path.name in last, path.name))
+        for file in order:
+            _fsync(file)
+        for file in order:
+            if (folder / file.name).is_dir():
+                _remove(folder / file.name)
+            os.replace(file, folder / file.name)
+        _fsync(folder)
+        _remove(temporary)
+    except OSError as error:
+        _remove(temporary)
+        raise OutputError(folder, error) from error
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
 def write_bytes(path: str | PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically."""
     with atomic_file(path) as temporary:
@@ -172,6 +204,45 @@ def write_checksums(folder: str | PathLike, files: Iterable[str | PathLike] | No
     return write_text(folder / CHECKSUMS_NAME, "".join(lines))
 
 
+def read_checksums(folder: str | PathLike) -> dict[str, str]:
+    """The SHA-256 recorded for each file in `folder/checksums.sha256` (name → hex; empty when there is none)."""
+    listing = Path(folder) / CHECKSUMS_NAME
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise IntegrityError(f"{listing} cannot be read ({error})") from error
+    entries = {}
+    for line in text.splitlines():
+        expected, separator, name = line.partition("  ")
+        if not separator or len(expected) != 64:
+            raise IntegrityError(f"{listing} is damaged (a line that is not 'SHA256  NAME': {line!r})")
+        entries[name] = expected
+    return entries
+
+
+def add_checksums(folder: str | PathLike, files: Iterable[str | PathLike]) -> Path:
+    """Add (or replace) the SHA-256 of `files` in `folder/checksums.sha256`, keeping its other entries: for a
+    folder that grows file by file (embedding parts)."""
+    folder = Path(folder)
+    entries = read_checksums(folder)
+    for file in files:
+        entries[(folder / file).relative_to(folder).as_posix()] = sha256_file(folder / file)
+    return write_text(
+        folder / CHECKSUMS_NAME, "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
+    )
+
+
+def verify_file(folder: str | PathLike, name: str, expected: str) -> None:
+    """Check one file of `folder` against its recorded SHA-256, or raise an [`IntegrityError`] naming it."""
+    file = Path(folder) / name
+    if not file.is_file():
+        raise IntegrityError(f"{file} is missing (listed in {Path(folder) / CHECKSUMS_NAME})")
+    if sha256_file(file) != expected:
+        raise IntegrityError(f"{file} is damaged: its SHA-256 does not match {Path(folder) / CHECKSUMS_NAME}")
+
+
 def verify_checksums(folder: str | PathLike, required: bool = True) -> list[str]:
     """Check every file `checksums.sha256` names in `folder`; return their names, or raise an [`IntegrityError`].
 
@@ -184,13 +255,8 @@ def verify_checksums(folder: str | PathLike, required: bool = True) -> list[str]
             raise IntegrityError(f"{folder} has no {CHECKSUMS_NAME}: it was not written completely")
         return []
     checked = []
-    for line in listing.read_text(encoding="utf-8").splitlines():
-        expected, _, name = line.partition("  ")
-        file = folder / name
-        if not file.is_file():
-            raise IntegrityError(f"{file} is missing (listed in {listing})")
-        if sha256_file(file) != expected:
-            raise IntegrityError(f"{file} is damaged: its SHA-256 does not match {listing}")
+    for name, expected in read_checksums(folder).items():
+        verify_file(folder, name, expected)
         checked.append(name)
     return checked
 
