@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -389,6 +390,7 @@ def linear_probe_main(argv: list[str] | None = None) -> int:
 
     from .embeddings import load_encoder
     from .probe import labels_from_csv, labels_from_folders, linear_probe
+    from .utils.outputs import write_json
 
     parser = argparse.ArgumentParser(description=linear_probe_main.__doc__)
     parser.add_argument("--model_name_or_path", required=True)
@@ -405,7 +407,7 @@ def linear_probe_main(argv: list[str] | None = None) -> int:
     results = linear_probe(model, processor, labels, args.test_size, args.seed)
     print(json.dumps(results, indent=2))
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        write_json(args.output, results)
     return 0
 
 
@@ -430,7 +432,12 @@ def publish_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", help="a branch to upload to (created if missing)")
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
-    staged = stage_repository(args.model_dir, staging, args.repo_id, base_model=args.base_model)
+    try:
+        staged = stage_repository(args.model_dir, staging, args.repo_id, base_model=args.base_model)
+    except BaseException:
+        if not args.staging_dir:  # the temporary copy of a failed staging is ours to remove
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     for note in staged.notes:
         print(f"note: {note}")
     if staged.reused:
@@ -443,6 +450,8 @@ def publish_main(argv: list[str] | None = None) -> int:
     print(f"model card: {staged.folder / 'README.md'}")
     if not args.dry_run:
         print(f"uploaded: {upload_repository(staged, private=args.private, revision=args.revision)}")
+        if not args.staging_dir:
+            shutil.rmtree(staging, ignore_errors=True)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -19,6 +18,7 @@ from .data.sources import load_chip_dataset
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import ModelSourceError, from_pretrained_checked
 from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
+from .utils.outputs import make_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +225,9 @@ def evaluate_reconstruction(
 
 
 def write_eval_results(results: dict[str, Any], output_dir: str | PathLike) -> Path:
-    path = Path(output_dir) / EVAL_RESULTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    return path
+    """Write `eval_results.json` in `output_dir` atomically (a full disk: an OutputError naming it)."""
+    make_folder(output_dir)
+    return write_json(Path(output_dir) / EVAL_RESULTS_NAME, results)
 
 
 __all__ = [

@@ -33,7 +33,8 @@ from .model_cards import (
     render_finetuned_card,
     render_model_card,
 )
-from .utils.errors import ClayUserError
+from .utils.errors import ClayUserError, IntegrityError
+from .utils.outputs import atomic_folder, read_json, verify_checksums
 
 PACKAGE_DIR = Path(__file__).parent
 STAGING_MARKER = ".clay-staging"  # marks a folder this tool made, so that a later run may empty it
@@ -102,27 +103,33 @@ def stage_repository(
         raise StagingError(f"{model_dir}: --base_model is for fine-tuned models; this folder holds a pretrained Clay.")
     if base_model is not None and not is_repo_id(base_model):
         raise StagingError(f"--base_model {base_model!r} is not a Hub repository id (OWNER/NAME).")
-    staging, reused = prepare_staging_dir(staging_dir, model_dir)
+    check_model_files(model_dir)
+    final, reused = prepare_staging_dir(staging_dir, model_dir)
     notes: list[str] = []
 
-    for name in ("model.safetensors", TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, staging / name)
-    auto_map = MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
-    _write_json(staging / "config.json", {**config, "auto_map": auto_map})
-    processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
-    _write_json(staging / "preprocessor_config.json", processor_config)
-    for name in REMOTE_CODE:
-        shutil.copy2(PACKAGE_DIR / name, staging / name)
-    shutil.copy2(CARD_DIR / "LICENSE.md", staging / LICENSE_FILE)
+    with atomic_folder(final.resolve()) as staging:  # the staged repository is complete or absent
+        _mark_staging(staging)
+        for name in ("model.safetensors", TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, staging / name)
+        auto_map = (
+            MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
+        )
+        _write_json(staging / "config.json", {**config, "auto_map": auto_map})
+        processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
+        _write_json(staging / "preprocessor_config.json", processor_config)
+        for name in REMOTE_CODE:
+            shutil.copy2(PACKAGE_DIR / name, staging / name)
+        shutil.copy2(CARD_DIR / "LICENSE.md", staging / LICENSE_FILE)
 
-    if task is None:
-        render_model_card(model_dir, repo_id).save(staging / "README.md")
-        validate_model_card(staging / "README.md")
-    else:
-        render_finetuned_card(model_dir, repo_id, task, base_model).save(staging / "README.md")
-        validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task))
-        notes += _base_model_notes(model_dir, base_model)
+        if task is None:
+            render_model_card(model_dir, repo_id).save(staging / "README.md")
+            validate_model_card(staging / "README.md")
+        else:
+            render_finetuned_card(model_dir, repo_id, task, base_model).save(staging / "README.md")
+            validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task))
+            notes += _base_model_notes(model_dir, base_model)
+    staging = final
     files = sorted(
         str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file() and path.name != STAGING_MARKER
     )
@@ -141,12 +148,32 @@ def _base_model_notes(model_dir: Path, base_model: str | None) -> list[str]:
     ]
 
 
-def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) -> tuple[Path, bool]:
-    """Make `staging_dir` ready and marked as ours; returns (folder, reused). Refuses any folder it did not make.
+def check_model_files(model_dir: str | PathLike) -> None:
+    """Refuse a model folder whose files were damaged after they were saved: the files its `checksums.sha256`
+    lists (folders `clay-pretrain` wrote), `model.safetensors` (its header must cover the file: a truncated copy
+    is refused), and the JSON files the card reads. Each refusal names the file."""
+    model_dir = Path(model_dir)
+    verify_checksums(model_dir, required=False)
+    weights = model_dir / "model.safetensors"
+    try:
+        from safetensors import safe_open
 
-    Allowed: a folder that does not exist (created), an empty folder, or a folder holding `STAGING_MARKER` from an
-    earlier run (emptied: `reused`). Refused: the model folder, a folder inside it or containing it, a file, and
-    any other non-empty folder.
+        with safe_open(weights, "pt") as opened:
+            opened.keys()
+    except Exception as error:  # safetensors raises its own error types for a short or garbled file
+        raise IntegrityError(f"{weights} is damaged or truncated ({error}): save the model again") from error
+    for name in ("config.json", "preprocessor_config.json", TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
+        if (model_dir / name).is_file():
+            read_json(model_dir / name)
+
+
+def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) -> tuple[Path, bool]:
+    """Check that `staging_dir` may receive the staged repository; returns (folder, reused). Refuses any folder it
+    did not make.
+
+    Allowed: a folder that does not exist, an empty folder, or a folder holding `STAGING_MARKER` from an earlier
+    run (`reused`: replaced whole once the new repository is complete). Refused: the model folder, a folder inside
+    it or containing it, a file, and any other non-empty folder.
     """
     staging, model = Path(staging_dir).resolve(), Path(model_dir).resolve()
     if staging == model or staging in model.parents:
@@ -168,21 +195,18 @@ def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) 
                 f"--staging_dir {staging_dir} is not empty and was not made by this tool: refusing to delete its "
                 "contents. Choose a new or empty folder (or leave --staging_dir out for a temporary one)."
             )
-        for entry in staging.iterdir():  # a staging folder made by an earlier run: its files are ours
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        reused = True
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / STAGING_MARKER).write_text(
-        "A Hub repository staged by clay_hf (clay-publish). The next staging run into this folder empties it.\n"
-    )
+        reused = True  # a staging folder made by an earlier run: its files are ours, replaced whole
     return Path(staging_dir), reused
 
 
+def _mark_staging(folder: Path) -> None:
+    (folder / STAGING_MARKER).write_text(
+        "A Hub repository staged by clay_hf (clay-publish). The next staging run into this folder replaces it.\n"
+    )
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -247,6 +271,7 @@ __all__ = [
     "StagedRepository",
     "StagingError",
     "WeightsOrigin",
+    "check_model_files",
     "finetuned_task",
     "prepare_staging_dir",
     "render_model_card",

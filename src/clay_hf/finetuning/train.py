@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from typing import Any
 import rasterio
 from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
 
+from ..cli import user_errors
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..utils.outputs import atomic_files, write_text
 from .data import (
     TASKS,
     ChipLabelDataset,
@@ -222,7 +225,6 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
         preprocess_logits_for_metrics=predictions_for_metrics(args.task),
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
     metrics = trainer.evaluate()
     results = {
         "task": args.task,
@@ -239,11 +241,20 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
         "bad_chips_skipped": len(train_dataset.bad) + len(eval_dataset.bad),
         "dataset": args.validation_dir or f"{args.train_dir} (hash split, {args.validation_fraction:.0%})",
     }
-    if trainer.is_world_process_zero():
-        path = Path(training_args.output_dir) / EVAL_RESULTS_NAME
-        path.write_text(json.dumps(results, indent=2, default=str))
-        logger.info("wrote %s: %s", path, results["metrics"])
+    save_outputs(trainer, Path(training_args.output_dir), results)
     return results
+
+
+def save_outputs(trainer: Trainer, output_dir: Path, results: dict[str, Any]) -> None:
+    """The model, its processor and `eval_results.json`, each file atomic (the folder also holds the Trainer's
+    checkpoints; `eval_results.json` goes last, once the model is complete)."""
+    main = trainer.is_world_process_zero()
+    with atomic_files(output_dir, last=[EVAL_RESULTS_NAME]) if main else nullcontext(output_dir) as staging:
+        if main:
+            trainer.save_model(str(staging))
+            write_text(staging / EVAL_RESULTS_NAME, json.dumps(results, indent=2, default=str))
+    if main:
+        logger.info("wrote %s: %s", output_dir / EVAL_RESULTS_NAME, results["metrics"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -253,8 +264,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finetune(args, training_args)
 
 
+@user_errors
 def cli(argv: list[str] | None = None) -> int:
-    """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
+    """Console entry point: exit status 0 when the run completes (`main` returns the results); a user error is one
+    `error: …` line and status 1."""
     main(argv)
     return 0
 

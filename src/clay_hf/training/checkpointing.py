@@ -34,7 +34,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.chips import chip_file_name
-from ..utils.errors import IntegrityError, OutputError, ResumeError
+from ..utils.errors import IntegrityError, ResumeError
 from ..utils.outputs import (
     atomic_folder,
     partial_path,
@@ -43,6 +43,7 @@ from ..utils.outputs import (
     verify_checksums,
     write_checksums,
     write_json,
+    writing,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,11 +181,9 @@ def save_checkpoint(
     main = accelerator.is_main_process
     with atomic_folder(final) if main else nullcontext(partial_path(final)) as staging:
         accelerator.wait_for_everyone()
-        try:
+        with writing(final):
             accelerator.save_state(str(staging))
             torch.save(data_state, staging / f"data_state_rank{accelerator.process_index}.pt")
-        except OSError as error:
-            raise OutputError(final, error) from error
         accelerator.wait_for_everyone()
         if main:
             write_json(staging / TRAIN_STATE_NAME, train_state)

@@ -45,7 +45,7 @@ from ..evaluation import VALIDATION_MASKING_SEED, MaskedErrorTotals, masking_des
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
-from ..utils.errors import ClayUserError, OutputError, ResumeError
+from ..utils.errors import ClayUserError, ResumeError
 from ..utils.outputs import (
     CHECKSUMS_NAME,
     OutputLock,
@@ -269,11 +269,8 @@ def save_pretrained_folder(
     outputs (the run's own folder, beside its checkpoints; the summary goes last)."""
     if accelerator.is_main_process:
         with atomic_files(folder, last=[SUMMARY_NAME]) if shared else atomic_folder(folder) as staging:
-            try:
-                accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
-                processor.save_pretrained(staging)
-            except OSError as error:
-                raise OutputError(folder, error) from error
+            accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+            processor.save_pretrained(staging)
             write_json(staging / SUMMARY_NAME, summary)
             write_checksums(staging, [path.name for path in staging.iterdir() if path.name != CHECKSUMS_NAME])
     accelerator.wait_for_everyone()
@@ -398,38 +395,20 @@ def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Pa
     logged_losses: list[float] = []
     elapsed_before = state.wall_time
 
-    while _more_training(state, args, max_steps):
-        train_loader.dataset.set_epoch(state.epoch)
-        chips_before_epoch = state.chips_seen
-        for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
-            if seen_log is not None and not padding:
-                seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
-            window.micro_batches += 1
-            end_of_window = window.micro_batches == args.gradient_accumulation_steps
-            _micro_step(model, optimizer, batch, processor, accelerator, args, window, state, end_of_window, padding)
-            if not end_of_window:
-                continue
-            _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
-            window = StepWindow()
-            state.wall_time = elapsed_before + time.perf_counter() - started
-            _after_step(
-                model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir, last_batch
-            )
-            if args.max_train_steps and state.global_step >= args.max_train_steps:
-                break
-        else:
-            if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
-                _no_chips(args, state)
-            if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
-                logger.info(
-                    "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
-                    "averaged over its %d batches",
-                    state.epoch,
-                    window.micro_batches,
-                    args.gradient_accumulation_steps,
-                    window.micro_batches,
+    try:
+        while _more_training(state, args, max_steps):
+            train_loader.dataset.set_epoch(state.epoch)
+            chips_before_epoch = state.chips_seen
+            for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
+                if seen_log is not None and not padding:
+                    seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
+                window.micro_batches += 1
+                end_of_window = window.micro_batches == args.gradient_accumulation_steps
+                _micro_step(
+                    model, optimizer, batch, processor, accelerator, args, window, state, end_of_window, padding
                 )
-                state.partial_windows += 1
+                if not end_of_window:
+                    continue
                 _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
                 window = StepWindow()
                 state.wall_time = elapsed_before + time.perf_counter() - started
@@ -445,9 +424,40 @@ def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Pa
                     output_dir,
                     last_batch,
                 )
-            state.epoch += 1
+                if args.max_train_steps and state.global_step >= args.max_train_steps:
+                    break
+            else:
+                if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
+                    _no_chips(args, state)
+                if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
+                    logger.info(
+                        "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
+                        "averaged over its %d batches",
+                        state.epoch,
+                        window.micro_batches,
+                        args.gradient_accumulation_steps,
+                        window.micro_batches,
+                    )
+                    state.partial_windows += 1
+                    _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
+                    window = StepWindow()
+                    state.wall_time = elapsed_before + time.perf_counter() - started
+                    _after_step(
+                        model,
+                        eval_loader,
+                        processor,
+                        accelerator,
+                        config,
+                        train_loader,
+                        args,
+                        state,
+                        output_dir,
+                        last_batch,
+                    )
+                state.epoch += 1
 
-    progress.close()
+    finally:  # the bar ends its line, so that an error is a line of its own
+        progress.close()
     if state.chips_seen == 0:
         _no_chips(args, state)
     if seen_log is not None:

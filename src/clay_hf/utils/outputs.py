@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -82,12 +83,12 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
         _fsync(temporary)
         os.replace(temporary, path)
         _fsync(path.parent)
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        raise OutputError(path, error) from error
-    except BaseException:
-        _remove(temporary)
-        raise
+        converted = _output_error(path, error)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 @contextmanager
@@ -113,12 +114,12 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
         _fsync(path.parent)
         _remove(previous)
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        raise OutputError(path, error) from error
-    except BaseException:
-        _remove(temporary)
-        raise
+        converted = _output_error(path, error)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 @contextmanager
@@ -144,12 +145,54 @@ def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[P
             os.replace(file, folder / file.name)
         _fsync(folder)
         _remove(temporary)
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        raise OutputError(folder, error) from error
-    except BaseException:
-        _remove(temporary)
-        raise
+        converted = _output_error(folder, error)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+@contextmanager
+def writing(path: str | PathLike) -> Iterator[None]:
+    """Turn an error while writing `path` by other means (another rank's share of a folder that the main process
+    writes atomically) into an [`OutputError`], as the atomic helpers do."""
+    try:
+        yield
+    except BaseException as error:
+        converted = _output_error(Path(path), error)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+#: Less free space than this on the disk of an output that failed to write: the disk is full (see `_output_error`).
+FULL_DISK_BYTES = 1 << 20
+
+
+def _output_error(path: Path, error: BaseException) -> BaseException:
+    """What an error while writing `path` means: an [`OutputError`] for an OS error, and for a library's own error
+    type while the disk is full (torch and safetensors raise RuntimeError and SafetensorError for ENOSPC, naming
+    no cause); anything else as it is (a bug, an interruption)."""
+    if isinstance(error, OutputError):
+        return error
+    if isinstance(error, OSError):
+        return OutputError(path, error)
+    if isinstance(error, Exception) and disk_full(path):
+        return OutputError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return error
+
+
+def disk_full(path: str | PathLike) -> bool:
+    """Whether the file system holding `path` (or its nearest existing folder) has less than `FULL_DISK_BYTES` free."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES
 
 
 def write_bytes(path: str | PathLike, data: bytes) -> Path:
