@@ -34,8 +34,8 @@ from clay_hf.embeddings import embed_to_geoparquet, load_encoder
 from clay_hf.ranks import RankReport, wait_for_reports, write_report
 from clay_hf.training import list_checkpoints, resolve_checkpoint
 from clay_hf.training.checkpointing import CURRENT_RUN_NAME, checkpoint_run, verify_checkpoint
-from clay_hf.utils.errors import IntegrityError, RanksTimeoutError, ResumeError
-from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, lock_path
+from clay_hf.utils.errors import IntegrityError, OutputError, RanksTimeoutError, ResumeError
+from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, lock_path, read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -446,6 +446,21 @@ def test_two_process_resume_from_a_checkpoint_where_a_rank_pads_equals_the_unbro
     expected, got = summary(unbroken), summary(broken)
     assert (got["global_step"], got["chips_seen"]) == (expected["global_step"], expected["chips_seen"]) == (6, 18)
     _assert_same_weights(load_file(unbroken / "model.safetensors"), broken)
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_previous_model_and_summary_whole(small_disk):
+    """The run's own folder gets its files one rename each, only once all are written (`save_pretrained_folder`,
+    shared=True): a full disk leaves the previous model and summary as they were, never a 0-byte summary."""
+    disk = small_disk(128)
+    write_json(disk / "training_summary.json", {"global_step": 1})
+    (disk / "model.safetensors").write_bytes(b"previous")
+    full = pytest.raises(OutputError, match=rf"cannot write {disk}: No space left on device")
+    with full, atomic_files(disk, last=["training_summary.json"]) as staging:
+        (staging / "model.safetensors").write_bytes(b"w" * 200 * 1024)
+        write_json(staging / "training_summary.json", {"global_step": 2})
+    assert read_json(disk / "training_summary.json") == {"global_step": 1}
+    assert (disk / "model.safetensors").read_bytes() == b"previous"
+    assert sorted(path.name for path in disk.iterdir()) == ["model.safetensors", "training_summary.json"]
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial(training, small_disk):
