@@ -388,8 +388,13 @@ def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path):
     output = tmp_path / "run"
     launch(pretrain_args(training, output, "--max_train_steps", "2", "--checkpointing_steps", "1"))
     older, newest = list_checkpoints(output)
+    # Nothing in a checkpoint needs unpickling code to load: the scheduler has a weights-only file of its own.
+    assert not list(newest.glob("custom_checkpoint_*")) and (newest / "scheduler_state.pt").is_file()
+    for path in [newest / "optimizer.bin", *sorted(newest.glob("*.pt"))]:
+        torch.load(path, weights_only=True)
     for name, damage in (
         ("model.safetensors", "flip"),
+        ("scheduler_state.pt", "flip"),
         ("optimizer.bin", "flip"),
         ("random_states_0.pkl", "truncate"),
         ("data_state_rank0.pt", "truncate"),
@@ -409,6 +414,12 @@ def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path):
         assert f"The newest intact checkpoint is {older}" in str(refused.value), name
         path.write_bytes(intact)
     verify_checkpoint(newest)
+    # A checkpoint of an older version (no checksums; the scheduler as Accelerate's custom checkpoint) resumes.
+    (newest / "scheduler_state.pt").rename(newest / "custom_checkpoint_0.pkl")
+    (newest / CHECKSUMS_NAME).unlink()
+    args = pretrain_args(training, output, "--max_train_steps", "3", "--resume_from_checkpoint", str(newest))
+    assert f"resumed from {newest} at step 2" in launch(args).stdout
+    assert summary(output)["global_step"] == 3
 
 
 def test_latest_of_a_run_without_checkpoints_is_refused_naming_both_runs(tmp_path):
@@ -419,6 +430,7 @@ def test_latest_of_a_run_without_checkpoints_is_refused_naming_both_runs(tmp_pat
     with pytest.raises(ResumeError, match=r"no checkpoint of its current run bbbb .*checkpoint-4, is of run aaaa"):
         resolve_checkpoint(tmp_path, "latest")
     (folder / "checkpoint-5-bbbb").mkdir()
+    (folder / ".checkpoint-6-bbbb.partial").mkdir()  # what a kill during a save leaves
     assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-5-bbbb"
 
 

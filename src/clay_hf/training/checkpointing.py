@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import re
 import shutil
 import time
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)(?:-([0-9a-f]+))?$")
 PRETRAINED_PATTERN = re.compile(r"^pretrained-(\d+)$")
 TRAIN_STATE_NAME = "train_state.json"
+SCHEDULER_STATE_NAME = "scheduler_state.pt"
+LEGACY_SCHEDULER_NAME = "custom_checkpoint_0.pkl"  # how Accelerate saved the scheduler for older runs
 CURRENT_RUN_NAME = "current_run.json"
 
 
@@ -174,8 +177,12 @@ def save_checkpoint(
     data_state: dict[str, Any],
     total_limit: int | None = None,
     suffix: str = "",
+    scheduler: Any = None,
 ) -> Path:
-    """Write a checkpoint atomically with checksums (all ranks call this) and keep the run's newest `total_limit`."""
+    """Write a checkpoint atomically with checksums (all ranks call this) and keep the run's newest `total_limit`.
+
+    The `scheduler`'s state goes in `scheduler_state.pt` (read back with `weights_only=True`), not in Accelerate's
+    custom checkpoints, which Accelerate loads as any pickle."""
     folder = checkpoints_dir(output_dir)
     final = folder / f"checkpoint-{step}{suffix}"
     main = accelerator.is_main_process
@@ -184,6 +191,8 @@ def save_checkpoint(
         with writing(final):
             accelerator.save_state(str(staging))
             torch.save(data_state, staging / f"data_state_rank{accelerator.process_index}.pt")
+            if main and scheduler is not None:
+                torch.save(scheduler.state_dict(), staging / SCHEDULER_STATE_NAME)
         accelerator.wait_for_everyone()
         if main:
             write_json(staging / TRAIN_STATE_NAME, train_state)
@@ -195,16 +204,35 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Verify and restore Accelerate's state from `path`; return the run's counters and this rank's data state."""
+def load_checkpoint(
+    accelerator: Accelerator, path: Path, scheduler: Any = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Verify and restore Accelerate's state and the `scheduler`'s from `path`, every file read without running
+    pickled code (`weights_only`); return the run's counters and this rank's data state."""
     verify_checkpoint(path)
     try:
-        accelerator.load_state(str(path))
+        _load_accelerate_state(accelerator, path)
         data_file = path / f"data_state_rank{accelerator.process_index}.pt"
         data_state = torch.load(data_file, weights_only=True) if data_file.is_file() else None
-    except (OSError, RuntimeError, EOFError, ValueError) as error:  # checkpoints without checksums (older runs)
+        if scheduler is not None:
+            scheduler_file = path / SCHEDULER_STATE_NAME
+            if not scheduler_file.is_file():  # older checkpoints: Accelerate's custom checkpoint of it
+                scheduler_file = path / LEGACY_SCHEDULER_NAME
+            scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise IntegrityError(f"{path} cannot be loaded ({error}). {_intact_hint(path)}") from error
     return read_json(path / TRAIN_STATE_NAME), data_state
+
+
+def _load_accelerate_state(accelerator: Accelerator, path: Path) -> None:
+    """`accelerator.load_state`, for checkpoints of older runs too, whose scheduler is an Accelerate custom
+    checkpoint: Accelerate refuses those (no object is registered, so that it never unpickles one) after it has
+    loaded everything else; the scheduler is then read by `load_checkpoint`."""
+    try:
+        accelerator.load_state(str(path))
+    except RuntimeError as error:
+        if not ((path / LEGACY_SCHEDULER_NAME).is_file() and "custom checkpoints" in str(error)):
+            raise
 
 
 def data_layout(paths: list[str], args: Namespace, num_processes: int) -> dict[str, Any]:

@@ -99,6 +99,15 @@ class TrainState:
     checkpoint_suffix: str = ""
 
 
+@dataclass
+class Resumable:
+    """What a checkpoint holds beside Accelerate's state: the data position, the schedule, the padding batch."""
+
+    loader: Any
+    scheduler: LRScheduler
+    last_batch: dict[str, Any] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
@@ -348,10 +357,9 @@ def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Pa
         args.num_train_epochs
     )
     # The scheduler is stepped by us once per optimizer step (as v0), not by Accelerate, which would step it once
-    # per process; it is registered so that checkpoints hold it.
+    # per process; checkpoints hold it in a file of their own (see `save_checkpoint`).
     scheduler = build_scheduler(optimizer, args, max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     if args.torch_compile:
         model = torch.compile(model)
     set_seed(args.seed, device_specific=True)  # different masks on every rank
@@ -372,12 +380,15 @@ def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Pa
     state = TrainState(data_layout=layout, run_id=new_run_id())
     resumed = None
     if args.resume_from_checkpoint:
-        state, resumed = _resume(accelerator, train_loader, output_dir, args.resume_from_checkpoint, layout, last_batch)
+        state, resumed = _resume(
+            accelerator, train_loader, scheduler, output_dir, args.resume_from_checkpoint, layout, last_batch
+        )
     if accelerator.is_main_process:
         start_run(output_dir, state.run_id, resumed)
     accelerator.wait_for_everyone()
     run = current_run(output_dir)  # the main process's run id and checkpoint names, on every rank
     state.run_id, state.checkpoint_suffix = run["run_id"], run["checkpoint_suffix"]
+    resumable = Resumable(train_loader, scheduler, last_batch)
 
     accelerator.init_trackers("clay_pretrain", config=_tracker_config(args))
     seen_log = None
@@ -412,18 +423,7 @@ def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Pa
                 _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
                 window = StepWindow()
                 state.wall_time = elapsed_before + time.perf_counter() - started
-                _after_step(
-                    model,
-                    eval_loader,
-                    processor,
-                    accelerator,
-                    config,
-                    train_loader,
-                    args,
-                    state,
-                    output_dir,
-                    last_batch,
-                )
+                _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir)
                 if args.max_train_steps and state.global_step >= args.max_train_steps:
                     break
             else:
@@ -442,18 +442,7 @@ def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Pa
                     _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
                     window = StepWindow()
                     state.wall_time = elapsed_before + time.perf_counter() - started
-                    _after_step(
-                        model,
-                        eval_loader,
-                        processor,
-                        accelerator,
-                        config,
-                        train_loader,
-                        args,
-                        state,
-                        output_dir,
-                        last_batch,
-                    )
+                    _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir)
                 state.epoch += 1
 
     finally:  # the bar ends its line, so that an error is a line of its own
@@ -584,14 +573,12 @@ def _end_window(model, optimizer, scheduler, accelerator, args, window: StepWind
     _report(bar, accelerator, scheduler, args, state, window)
 
 
-def _after_step(
-    model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir, last_batch
-) -> None:
+def _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir) -> None:
     """Validation and checkpoints every N steps; the simulated crash of the resume tests."""
     if args.eval_steps and state.global_step % args.eval_steps == 0:
         _validate(model, eval_loader, processor, accelerator, config, args, state)
     if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-        _checkpoint(accelerator, model, processor, train_loader, args, state, output_dir, last_batch)
+        _checkpoint(accelerator, model, processor, resumable, args, state, output_dir)
     _simulated_crash(state.global_step)
 
 
@@ -617,6 +604,7 @@ def _report(progress, accelerator: Accelerator, scheduler, args, state: TrainSta
 def _resume(
     accelerator: Accelerator,
     train_loader: StatefulDataLoader,
+    scheduler: LRScheduler,
     output_dir: Path,
     value: str,
     layout: dict[str, Any],
@@ -624,7 +612,7 @@ def _resume(
 ) -> tuple[TrainState, Path]:
     """The run's state from a verified checkpoint: counters, data position and the batch this rank pads with."""
     checkpoint = resolve_checkpoint(output_dir, value)
-    saved, data_state = load_checkpoint(accelerator, checkpoint)
+    saved, data_state = load_checkpoint(accelerator, checkpoint, scheduler)
     check_data_layout(saved.get("data_layout") or {}, layout, checkpoint)
     state = TrainState(**{**saved, "data_layout": layout})
     state.run_id = state.run_id or new_run_id()  # a checkpoint of a run before ids were recorded
@@ -704,10 +692,9 @@ def _validate(model, eval_loader, processor, accelerator, config, args, state: T
     accelerator.log(measured, step=state.global_step)
 
 
-def _checkpoint(
-    accelerator, model, processor, train_loader, args, state: TrainState, output_dir: Path, last_batch: dict
-) -> None:
-    data_state = {"loader": train_loader.state_dict(), "padding_batch": padding_state(last_batch.get("batch"))}
+def _checkpoint(accelerator, model, processor, resumable: Resumable, args, state: TrainState, output_dir: Path) -> None:
+    padding = padding_state(resumable.last_batch.get("batch"))
+    data_state = {"loader": resumable.loader.state_dict(), "padding_batch": padding}
     path = save_checkpoint(
         accelerator,
         output_dir,
@@ -716,6 +703,7 @@ def _checkpoint(
         data_state,
         args.checkpoints_total_limit,
         state.checkpoint_suffix,
+        resumable.scheduler,
     )
     if args.save_every_checkpoint_as_pretrained:
         summary = _summary(state, args, accelerator, accelerator.unwrap_model(model).config, model, [])
