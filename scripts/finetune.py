@@ -7,7 +7,9 @@
 Run `python scripts/finetune.py --help` for every flag (TrainingArguments included).
 """
 
-from clay_hf.finetuning.train import main
+import sys
+
+from clay_hf.finetuning.train import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -17,6 +17,7 @@ from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
 from clay_hf.data import write_synthetic_chips
 from clay_hf.embeddings import embed_to_geoparquet
 from clay_hf.evaluation import evaluate_reconstruction
+from clay_hf.utils.errors import ResumeError
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_resume_after_a_kill_in_the_final_join_keeps_the_level_shape(encoder, ch
     assert (layout["level"], layout["shape"], layout["dtype"]) == ("patch", [4, 4, 32], "float32")
     assert len(table) == 10
     assert table.column_names == ["source_url", "date", "embeddings", "geometry", "nodata_fraction"]
-    with pytest.raises(ValueError, match="level 'patch'"):
+    with pytest.raises(ResumeError, match="level 'patch'"):
         interrupt_after(monkeypatch, "_join_parts", 1)
         with pytest.raises(KeyboardInterrupt):
             embed_to_geoparquet(model, processor, chips, output, level="patch", rows_per_part=4, progress=False)
@@ -149,7 +150,7 @@ def test_reconstruction_errors_are_each_chips_masked_loss_and_resume_only_the_sa
     with pytest.raises(KeyboardInterrupt):
         embed_to_geoparquet(full.clay, processor, chips, broken, batch_size=2, rows_per_part=2, progress=False)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="written without reconstruction errors"):
+    with pytest.raises(ResumeError, match="written without reconstruction errors"):
         embed_to_geoparquet(
             full.clay, processor, chips, broken, batch_size=2, resume=True, progress=False, reconstruction=full
         )

@@ -15,6 +15,7 @@ import torch
 from conftest import TINY_CKPT, small_config
 from huggingface_hub import ModelCard, set_client_factory
 from huggingface_hub.utils import _http
+from safetensors.torch import save_file
 
 from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayImageProcessor
 from clay_hf.cli import publish_main
@@ -217,7 +218,7 @@ def test_converted_v0_1_architecture_gets_the_v0_facts(tmp_path):
     folder.mkdir()
     ClayConfig().save_pretrained(folder)
     ClayImageProcessor().save_pretrained(folder)
-    (folder / "model.safetensors").write_bytes(b"stand-in")
+    save_file({"stand_in": torch.zeros(1)}, folder / "model.safetensors")  # a valid file: staging checks it
     record = conversion_record(TINY_CKPT, ClayConfig())
     (folder / CONVERSION_RECORD_NAME).write_text(json.dumps({**record, "source_checkpoint": V0_1_RELEASE_FILE}))
     staged = stage_repository(folder, tmp_path / "staging", REPO_ID)

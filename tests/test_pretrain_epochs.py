@@ -13,6 +13,7 @@ from test_pretrain import launch, summary
 from clay_hf.data import write_synthetic_chips
 from clay_hf.training import list_checkpoints
 from clay_hf.training.checkpointing import check_data_layout
+from clay_hf.utils.errors import ResumeError
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,7 @@ def test_a_kill_loses_no_seen_chip_line_and_resume_refuses_another_worker_count(
     state = json.loads(state_file.read_text())
     state.pop("data_layout")
     state_file.write_text(json.dumps(state))
+    (state_file.parent / "checksums.sha256").unlink()  # as older runs wrote them
     legacy = launch([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"], check=False)
     assert legacy.returncode != 0 and "error: cannot resume the data position" in legacy.stderr
     assert "--dataloader_num_workers" in legacy.stderr
@@ -81,7 +83,7 @@ def test_a_kill_loses_no_seen_chip_line_and_resume_refuses_another_worker_count(
 
 def test_resume_with_another_number_of_processes_is_refused_by_name():
     saved = {"num_processes": 2, "dataloader_num_workers": 0, "seed": 1}
-    with pytest.raises(SystemExit, match=r"--num_processes: 2 in the checkpoint, 1 now"):
+    with pytest.raises(ResumeError, match=r"--num_processes: 2 in the checkpoint, 1 now"):
         check_data_layout(saved, {**saved, "num_processes": 1}, Path("checkpoint-5"))
     check_data_layout(saved, dict(saved), Path("checkpoint-5"))  # the same layout resumes
 

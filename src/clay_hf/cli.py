@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -218,7 +219,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     from .embeddings import EMBEDDINGS_DTYPES, LEVELS, embed_to_geoparquet, load_encoder
     from .evaluation import load_pretraining_model
     from .image_processing_clay import parse_fill_value
-    from .ranks import current_rank
+    from .ranks import RANK_TIMEOUT_SECONDS, current_rank
 
     parser = argparse.ArgumentParser(description=embed_main.__doc__)
     parser.add_argument("--model_name_or_path", help="a save_pretrained folder or a Hub id")
@@ -259,6 +260,12 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--rows_per_part", type=int, default=1024, help="rows per durable part file")
     parser.add_argument("--resume", action="store_true", help="keep finished parts and skip their chips")
+    parser.add_argument(
+        "--rank_timeout",
+        type=float,
+        default=RANK_TIMEOUT_SECONDS,
+        help="under accelerate launch: give up on ranks that show no sign of life for this many seconds",
+    )
     args = parser.parse_args(argv)
     if (args.model_name_or_path is None) == (args.onnx is None):
         parser.error("give --model_name_or_path or --onnx (one of them)")
@@ -286,7 +293,7 @@ def embed_main(argv: list[str] | None = None) -> int:
         model, processor, args.data_dir, args.output, level=args.level, bands=args.bands, batch_size=args.batch_size,
         dtype=dtype, num_workers=args.num_workers, rows_per_part=args.rows_per_part, resume=args.resume,
         embeddings_dtype=args.embeddings_dtype, rank=rank, fill_value=args.fill_value, image_size=image_size,
-        reconstruction=reconstruction,
+        reconstruction=reconstruction, rank_timeout=args.rank_timeout,
     )  # fmt: skip
     if rank.is_main:
         print(
@@ -376,6 +383,7 @@ def linear_probe_main(argv: list[str] | None = None) -> int:
 
     from .embeddings import load_encoder
     from .probe import labels_from_csv, labels_from_folders, linear_probe
+    from .utils.outputs import write_json
 
     parser = argparse.ArgumentParser(description=linear_probe_main.__doc__)
     parser.add_argument("--model_name_or_path", required=True)
@@ -392,7 +400,7 @@ def linear_probe_main(argv: list[str] | None = None) -> int:
     results = linear_probe(model, processor, labels, args.test_size, args.seed)
     print(json.dumps(results, indent=2))
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        write_json(args.output, results)
     return 0
 
 
@@ -424,15 +432,20 @@ def publish_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", help="a branch to upload to (created if missing)")
     args = parser.parse_args(argv)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
-    staged = stage_repository(
-        args.model_dir,
-        staging,
-        args.repo_id,
-        base_model=args.base_model,
-        license=args.license,
-        license_name=args.license_name,
-        license_link=args.license_link,
-    )
+    try:
+        staged = stage_repository(
+            args.model_dir,
+            staging,
+            args.repo_id,
+            base_model=args.base_model,
+            license=args.license,
+            license_name=args.license_name,
+            license_link=args.license_link,
+        )
+    except BaseException:
+        if not args.staging_dir:  # the temporary copy of a failed staging is ours to remove
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     for note in staged.notes:
         print(f"note: {note}")
     if staged.reused:
@@ -445,6 +458,8 @@ def publish_main(argv: list[str] | None = None) -> int:
     print(f"model card: {staged.folder / 'README.md'}")
     if not args.dry_run:
         print(f"uploaded: {upload_repository(staged, private=args.private, revision=args.revision)}")
+        if not args.staging_dir:
+            shutil.rmtree(staging, ignore_errors=True)
     return 0
 
 

@@ -8,10 +8,13 @@ clean chips) and, when asked, `reconstruction_error` (float32: the chip's masked
 follows GeoParquet 1.1; `clay:embeddings` records the level, the shape of each embedding, its dtype, the model and
 how reconstruction errors were masked.
 
-Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each renamed into place when complete, numbered
-after the highest existing one), so an interrupted run loses at most one part and `resume=True` skips every chip
-already in a part, matched by its normalised key (`clay_hf.data.chips.chip_key`). Every part records the level and
-shape. When all chips are done the parts are joined into OUT.parquet, row group by row group.
+Work is written in parts (`OUT.parquet.parts/part-NNNNN.parquet`, each written atomically with Parquet page
+checksums and its SHA-256 recorded in the folder's `checksums.sha256`, numbered after the highest existing one), so
+an interrupted run loses at most one part and `resume=True` skips every chip already in a part, matched by its real
+path (however the folder is spelled, symlinks included; URLs without their query). Every part records the level,
+shape and model; a resume with another model is refused, and a damaged part is refused by name. When all chips are
+done the parts are joined into OUT.parquet (atomically, its row count checked). One run writes an output at a time:
+the main process holds `OUT.parquet.lock` (see `clay_hf.utils.outputs.OutputLock`).
 
 Launched as several processes (`accelerate launch`), each rank embeds its own contiguous share of the chips not yet
 done and writes its parts under `OUT.parquet.parts/rank-NNNNN/`; the main process waits for every rank's report,
@@ -21,6 +24,7 @@ joins all parts (in source order for an uninterrupted run) and reports the throu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -43,7 +47,26 @@ from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
 from .image_processing_clay import ClayImageProcessor, load_image_processor
 from .model_source import from_pretrained_checked, model_reference
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
-from .ranks import Rank, RankReport, clear_reports, shard, throughput, wait_for_reports, write_report
+from .ranks import (
+    RANK_TIMEOUT_SECONDS,
+    Rank,
+    RankReport,
+    clear_reports,
+    shard,
+    throughput,
+    wait_for_reports,
+    write_report,
+)
+from .utils.errors import ClayUserError, IntegrityError, ResumeError
+from .utils.outputs import (
+    OutputLock,
+    add_checksums,
+    atomic_file,
+    make_folder,
+    read_checksums,
+    remove_partials,
+    verify_file,
+)
 
 logger = get_logger(__name__)
 
@@ -173,6 +196,7 @@ def embed_to_geoparquet(
     embeddings_dtype: str = "float32",
     rank: Rank | None = None,
     reconstruction: ClayForMaskedImageModeling | None = None,
+    rank_timeout: float = RANK_TIMEOUT_SECONDS,
 ) -> EmbeddingRun:
     """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring).
 
@@ -182,7 +206,8 @@ def embed_to_geoparquet(
     [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
     skipped, named in a warning and counted in `bad_chips`. `rank` is this process's place among several
     (`clay_hf.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the pretraining
-    model whose encoder is `model`), each chip's masked reconstruction error goes in `reconstruction_error`.
+    model whose encoder is `model`), each chip's masked reconstruction error goes in `reconstruction_error`. The main
+    rank gives up on ranks that show no sign of life for `rank_timeout` seconds, naming them.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
@@ -192,30 +217,50 @@ def embed_to_geoparquet(
     rank = rank or Rank(0, 1, str(model.device))
     output = Path(output)
     parts_dir = output.with_name(output.name + ".parts")
-    if rank.is_main:
-        if not resume:
-            shutil.rmtree(parts_dir, ignore_errors=True)
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        clear_reports(parts_dir)
-    rank.barrier()
+    model_name = model_reference(getattr(model, "name_or_path", None))
+    lock = OutputLock(output).acquire() if rank.is_main else None  # one run per output, before touching its parts
+    try:
+        if rank.is_main:
+            if not resume:
+                shutil.rmtree(parts_dir, ignore_errors=True)
+            make_folder(parts_dir)
+            clear_reports(parts_dir)
+            _verify_parts(parts_dir)
+        rank.barrier()
+        return _embed_and_join(
+            model, processor, source, output, parts_dir, level, layout, rank, batch_size, dtype, num_workers,
+            rows_per_part, progress, embeddings_dtype, reconstruction, model_name, rank_timeout,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _embed_and_join(
+    model, processor, source, output: Path, parts_dir: Path, level: str, layout: ChipLayout, rank: Rank,
+    batch_size: int, dtype, num_workers: int, rows_per_part: int, progress: bool, embeddings_dtype: str,
+    reconstruction, model_name: str | None, rank_timeout: float,
+) -> EmbeddingRun:  # fmt: skip
+    """The body of [`embed_to_geoparquet`], once the output is this run's and its parts are verified."""
     recorded = _recorded_layout(parts_dir)
     if recorded is not None and recorded[0] != level:
-        raise ValueError(
+        raise ResumeError(
             f"{parts_dir} holds embeddings at level {recorded[0]!r}: resume with --level {recorded[0]}, or start "
             "again without --resume"
         )
     _check_recorded_columns(parts_dir, reconstruction is not None)
-    done = _done_keys(parts_dir)
+    _check_recorded_model(parts_dir, model_name)
+    done, rows_before = _done_keys(parts_dir)
 
     sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
-    remaining = without_chips(sources, done, key=chip_key)
+    remaining = without_chips(sources, done, key=resume_key)
     rank.barrier()  # every rank has read the finished parts before any writes new ones
 
     paths = _share(remaining, rank)
     started = time.time()
     device = model.device
     writer = _PartWriter(
-        _rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype, reconstruction is not None
+        _rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype, reconstruction is not None, model_name
     )
     bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
     if paths:
@@ -238,7 +283,7 @@ def embed_to_geoparquet(
             bad_chips += int((~finite).sum())
             batch_shape = embedding_shape(model, level, tuple(inputs["pixel_values"].shape[-2:]))
             if shape is not None and batch_shape != shape:
-                raise ValueError(
+                raise ClayUserError(
                     f"chips of {tuple(inputs['pixel_values'].shape[-2:])} pixels give embeddings of shape "
                     f"{batch_shape}, but {output} already holds shape {shape}: one output holds one chip size"
                 )
@@ -250,7 +295,17 @@ def embed_to_geoparquet(
     skipped_done = len(sources) - len(remaining)
     if not rank.is_main:
         return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape or ())
-    reports = wait_for_reports(parts_dir, rank.world_size)
+    reports = wait_for_reports(
+        parts_dir, rank.world_size, timeout_seconds=rank_timeout, last_activity=lambda r: _last_activity(parts_dir, r)
+    )
+    _verify_parts(parts_dir)
+    rows = _count_rows(parts_dir)
+    expected_rows = rows_before + sum(report.processed for report in reports)
+    if rows != expected_rows:
+        raise IntegrityError(
+            f"{parts_dir} holds {rows} rows where this run expected {expected_rows} (parts were removed or added "
+            "by another process while it ran): nothing was joined; rerun with --resume"
+        )
     recorded = _recorded_layout(parts_dir)  # every rank's parts, now that all are done
     shape = recorded[1] if recorded else shape or embedding_shape(model, level, layout.size)
     written = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
@@ -259,9 +314,7 @@ def embed_to_geoparquet(
             "masking": masking_description("random", VALIDATION_MASKING_SEED),
             "mask_ratio": reconstruction.config.mask_ratio,
         }
-    _join_parts(
-        parts_dir, output, {**written, "model_name_or_path": model_reference(getattr(model, "name_or_path", None))}
-    )
+    _join_parts(parts_dir, output, {**written, "model_name_or_path": model_name}, rows)
     shutil.rmtree(parts_dir)
     embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
     rate = throughput(reports)
@@ -311,10 +364,12 @@ class _PartWriter:
         level: str,
         embeddings_dtype: str = "float32",
         reconstruction_error: bool = False,
+        model_name: str | None = None,
     ) -> None:
         self.folder, self.rows_per_part, self.level = folder, rows_per_part, level
         self.embeddings_dtype, self.reconstruction_error = embeddings_dtype, reconstruction_error
-        folder.mkdir(parents=True, exist_ok=True)
+        self.model_name = model_name
+        make_folder(folder)
         self.rows: list[dict] = []
         self.shape: tuple[int, ...] | None = None
         self.index = max((_part_number(part) for part in folder.glob("part-*.parquet")), default=-1) + 1
@@ -342,7 +397,7 @@ class _PartWriter:
                     "geometry": _footprint_wkb(batch, i, (height, width)),
                     "nodata_fraction": float(batch["nodata_fraction"][i]),
                     "reconstruction_error": None if errors is None or not np.isfinite(errors[i]) else float(errors[i]),
-                    "chip_key": chip_key(url),
+                    "chip_key": resume_key(url),
                 }
             )
         if len(self.rows) >= self.rows_per_part:
@@ -352,7 +407,8 @@ class _PartWriter:
         if not self.rows:
             return
         length = len(self.rows[0]["embeddings"])
-        metadata = {SHAPE_KEY: json.dumps({"level": self.level, "shape": list(self.shape)}).encode()}
+        recorded = {"level": self.level, "shape": list(self.shape), "model_name_or_path": self.model_name}
+        metadata = {SHAPE_KEY: json.dumps(recorded).encode()}
         table = pa.table(
             {
                 "source_url": [row["source_url"] for row in self.rows],
@@ -368,9 +424,9 @@ class _PartWriter:
             schema=schema(length, True, self.embeddings_dtype, self.reconstruction_error).with_metadata(metadata),
         )
         final = self.folder / f"part-{self.index:05d}.parquet"
-        staging = final.with_suffix(".tmp")
-        pq.write_table(table, staging)
-        staging.rename(final)
+        with atomic_file(final) as temporary:
+            pq.write_table(table, temporary, write_page_checksum=True)
+        add_checksums(self.folder, [final.name])  # a kill just before: the part is complete, verified on resume
         self.index += 1
         self.rows = []
 
@@ -396,14 +452,71 @@ def _part_number(part: Path) -> int:
     return int(part.stem.split("-", 1)[1])
 
 
-def _done_keys(parts_dir: Path) -> set[str]:
-    """The chip keys in finished parts (parts of older runs without keys: their normalised `source_url`)."""
+def resume_key(source: str | PathLike) -> str:
+    """What `resume` matches a chip by: its real path (however the folder is spelled, through symlinks too), or a
+    URL without its query string (see `clay_hf.data.chips.chip_key`)."""
+    key = chip_key(source)
+    return os.path.realpath(key) if os.path.isabs(key) else key
+
+
+def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
+    """A part's columns, its Parquet page checksums verified; a damaged part is an [`IntegrityError`] naming it."""
+    try:
+        return pq.read_table(part, columns=columns, page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise _damaged(part, error) from error
+
+
+def _damaged(part: Path, cause: object) -> IntegrityError:
+    return IntegrityError(
+        f"{part} is damaged ({cause}): remove it and rerun with --resume (its chips are embedded again)"
+    )
+
+
+def _verify_parts(parts_dir: Path) -> None:
+    """Check every part against its folder's `checksums.sha256`; a part written just before a kill, whose checksum
+    was not recorded yet, is read whole (page checksums) and recorded. Unfinished parts of a killed run go."""
+    for folder in [parts_dir, *sorted(parts_dir.glob("rank-*/"))]:
+        remove_partials(folder)
+        recorded = read_checksums(folder)
+        unlisted = []
+        for part in sorted(folder.glob("part-*.parquet"), key=_part_number):
+            if part.name in recorded:
+                try:
+                    verify_file(folder, part.name, recorded[part.name])
+                except IntegrityError as error:
+                    raise _damaged(part, "its SHA-256 does not match its checksums.sha256") from error
+            else:
+                _read_part(part)
+                unlisted.append(part.name)
+        if unlisted:
+            add_checksums(folder, unlisted)
+
+
+def _count_rows(parts_dir: Path) -> int:
+    try:
+        return sum(pq.read_metadata(part).num_rows for part in _parts(parts_dir))
+    except (pa.ArrowException, OSError) as error:
+        raise IntegrityError(f"a part in {parts_dir} cannot be read ({error}): rerun with --resume") from error
+
+
+def _last_activity(parts_dir: Path, rank: int) -> float:
+    """When a rank last showed a sign of life: its newest part (0 when it has none yet)."""
+    times = [path.stat().st_mtime for path in (parts_dir / f"rank-{rank:05d}").glob("*") if path.is_file()]
+    return max(times, default=0.0)
+
+
+def _done_keys(parts_dir: Path) -> tuple[set[str], int]:
+    """The chip keys in finished parts (parts of older runs without keys: their `source_url`), and their rows."""
     done: set[str] = set()
+    rows = 0
     for part in _parts(parts_dir):
         names = pq.read_schema(part).names
         column = "chip_key" if "chip_key" in names else "source_url"
-        done.update(chip_key(url) for url in pq.read_table(part, columns=[column]).column(column).to_pylist())
-    return done
+        keys = _read_part(part, [column]).column(column).to_pylist()
+        done.update(resume_key(key) for key in keys)
+        rows += len(keys)
+    return done, rows
 
 
 def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
@@ -416,20 +529,31 @@ def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
+def _check_recorded_model(parts_dir: Path, model_name: str | None) -> None:
+    """Refuse to resume parts another model embedded (parts of runs before the model was recorded pass)."""
+    for part in _parts(parts_dir):
+        recorded = json.loads((pq.read_schema(part).metadata or {}).get(SHAPE_KEY, b"{}")).get("model_name_or_path")
+        if recorded is not None and recorded != model_name:
+            raise ResumeError(
+                f"{parts_dir} holds embeddings of the model {recorded}; this run embeds with {model_name}: resume "
+                f"with --model_name_or_path {recorded}, or start again without --resume"
+            )
+
+
 def _check_recorded_columns(parts_dir: Path, reconstruction_error: bool) -> None:
     """Refuse to resume parts written with(out) reconstruction errors in a run without (with) them."""
     parts = _parts(parts_dir)
     if parts and ("reconstruction_error" in pq.read_schema(parts[0]).names) != reconstruction_error:
         recorded = "with" if reconstruction_error is False else "without"
-        raise ValueError(
+        raise ResumeError(
             f"{parts_dir} holds embeddings written {recorded} reconstruction errors: resume the same way "
             "(--reconstruction_error or not), or start again without --resume"
         )
 
 
-def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
+def _join_parts(parts_dir: Path, output: Path, layout: dict, rows: int) -> None:
     """Join the parts into one GeoParquet file with `geo` and `clay:embeddings` metadata (`layout`: level, shape,
-    dtype and the model)."""
+    dtype and the model), atomically: it appears only once it reads back with all `rows`."""
     parts = _parts(parts_dir)
     length = int(np.prod(layout["shape"]))
     geometries = _footprints(parts)
@@ -440,11 +564,18 @@ def _join_parts(parts_dir: Path, output: Path, layout: dict) -> None:
         SHAPE_KEY: json.dumps(layout).encode(),
     }
     target = schema(length, False, layout["dtype"], "reconstruction_error" in layout).with_metadata(metadata)
-    staging = output.with_name(output.name + ".tmp")
-    with pq.ParquetWriter(staging, target) as writer:
+    with (
+        atomic_file(output, verify=lambda path: _check_rows(path, rows)) as temporary,
+        pq.ParquetWriter(temporary, target, write_page_checksum=True) as writer,
+    ):
         for part in parts:
-            writer.write_table(_with_nodata_fraction(pq.read_table(part)).select(target.names).cast(target))
-    staging.rename(output)
+            writer.write_table(_with_nodata_fraction(_read_part(part)).select(target.names).cast(target))
+
+
+def _check_rows(path: Path, rows: int) -> None:
+    written = pq.read_metadata(path).num_rows
+    if written != rows:
+        raise ValueError(f"{written} rows where the parts hold {rows}")
 
 
 def _with_nodata_fraction(table: pa.Table) -> pa.Table:
@@ -455,9 +586,7 @@ def _with_nodata_fraction(table: pa.Table) -> pa.Table:
 
 
 def _footprints(parts: list[Path]) -> list[Polygon | MultiPolygon]:
-    wkb = [
-        value for part in parts for value in pq.read_table(part, columns=["geometry"]).column("geometry").to_pylist()
-    ]
+    wkb = [value for part in parts for value in _read_part(part, ["geometry"]).column("geometry").to_pylist()]
     return [geometry for geometry in from_wkb([value for value in wkb if value is not None])]
 
 

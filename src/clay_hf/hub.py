@@ -37,7 +37,8 @@ from .model_cards import (
     render_model_card,
 )
 from .pipeline_clay import CLAY_PIPELINES
-from .utils.errors import ClayUserError
+from .utils.errors import ClayUserError, IntegrityError
+from .utils.outputs import atomic_folder, read_json, verify_checksums
 from .weights_license import (
     OPENRAIL,
     OWN_WEIGHTS_LICENSE,
@@ -144,30 +145,36 @@ def stage_repository(
     else:
         from_scratch = finetuned_from_scratch(evaluation)
     weights_licence = weights_license(from_scratch, license, license_name, license_link)
-    staging, reused = prepare_staging_dir(staging_dir, model_dir)
+    check_model_files(model_dir, weights)
+    final, reused = prepare_staging_dir(staging_dir, model_dir)
     notes: list[str] = []
 
-    for name in (*weights, TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, staging / name)
-    auto_map = MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
-    hub_task = PRETRAINED_PIPELINE_TAG if task is None else pipeline_task(task)
-    _write_json(
-        staging / "config.json", {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)}
-    )
-    processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
-    _write_json(staging / "preprocessor_config.json", processor_config)
-    for name in REMOTE_CODE:
-        shutil.copy2(PACKAGE_DIR / name, staging / name)
-    (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
+    with atomic_folder(final.resolve()) as staging:  # the staged repository is complete or absent
+        _mark_staging(staging)
+        for name in (*weights, TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, staging / name)
+        auto_map = (
+            MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
+        )
+        hub_task = PRETRAINED_PIPELINE_TAG if task is None else pipeline_task(task)
+        _write_json(
+            staging / "config.json", {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)}
+        )
+        processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
+        _write_json(staging / "preprocessor_config.json", processor_config)
+        for name in REMOTE_CODE:
+            shutil.copy2(PACKAGE_DIR / name, staging / name)
+        (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
 
-    if task is None:
-        render_model_card(model_dir, repo_id, weights_licence).save(staging / "README.md")
-        validate_model_card(staging / "README.md", license=weights_licence)
-    else:
-        render_finetuned_card(model_dir, repo_id, task, base_model, weights_licence).save(staging / "README.md")
-        validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task), weights_licence)
-        notes += _base_model_notes(model_dir, base_model)
+        if task is None:
+            render_model_card(model_dir, repo_id, weights_licence).save(staging / "README.md")
+            validate_model_card(staging / "README.md", license=weights_licence)
+        else:
+            render_finetuned_card(model_dir, repo_id, task, base_model, weights_licence).save(staging / "README.md")
+            validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task), weights_licence)
+            notes += _base_model_notes(model_dir, base_model)
+    staging = final
     files = sorted(
         str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file() and path.name != STAGING_MARKER
     )
@@ -220,12 +227,37 @@ def _base_model_notes(model_dir: Path, base_model: str | None) -> list[str]:
     ]
 
 
-def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) -> tuple[Path, bool]:
-    """Make `staging_dir` ready and marked as ours; returns (folder, reused). Refuses any folder it did not make.
+def check_model_files(model_dir: str | PathLike, weights: list[str] | None = None) -> None:
+    """Refuse a model folder whose files were damaged after they were saved: the files its `checksums.sha256`
+    lists (folders `clay-pretrain` wrote), each safetensors file of its weights (its header must cover the file: a
+    truncated copy is refused), and the JSON files the card reads. Each refusal names the file."""
+    from safetensors import safe_open
 
-    Allowed: a folder that does not exist (created), an empty folder, or a folder holding `STAGING_MARKER` from an
-    earlier run (emptied: `reused`). Refused: the model folder, a folder inside it or containing it, a file, and
-    any other non-empty folder.
+    model_dir = Path(model_dir)
+    verify_checksums(model_dir, required=False)
+    for name in weights if weights is not None else _weights_files(model_dir):
+        if not name.endswith(".safetensors"):
+            read_json(model_dir / name)  # the index of a sharded folder
+            continue
+        try:
+            with safe_open(model_dir / name, "pt") as opened:
+                opened.keys()
+        except Exception as error:  # safetensors raises its own error types for a short or garbled file
+            raise IntegrityError(
+                f"{model_dir / name} is damaged or truncated ({error}): save the model again"
+            ) from error
+    for name in ("config.json", "preprocessor_config.json", TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
+        if (model_dir / name).is_file():
+            read_json(model_dir / name)
+
+
+def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) -> tuple[Path, bool]:
+    """Check that `staging_dir` may receive the staged repository; returns (folder, reused). Refuses any folder it
+    did not make.
+
+    Allowed: a folder that does not exist, an empty folder, or a folder holding `STAGING_MARKER` from an earlier
+    run (`reused`: replaced whole once the new repository is complete). Refused: the model folder, a folder inside
+    it or containing it, a file, and any other non-empty folder.
     """
     staging, model = Path(staging_dir).resolve(), Path(model_dir).resolve()
     if staging == model or staging in model.parents:
@@ -247,21 +279,18 @@ def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) 
                 f"--staging_dir {staging_dir} is not empty and was not made by this tool: refusing to delete its "
                 "contents. Choose a new or empty folder (or leave --staging_dir out for a temporary one)."
             )
-        for entry in staging.iterdir():  # a staging folder made by an earlier run: its files are ours
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        reused = True
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / STAGING_MARKER).write_text(
-        "A Hub repository staged by clay_hf (clay-publish). The next staging run into this folder empties it.\n"
-    )
+        reused = True  # a staging folder made by an earlier run: its files are ours, replaced whole
     return Path(staging_dir), reused
 
 
+def _mark_staging(folder: Path) -> None:
+    (folder / STAGING_MARKER).write_text(
+        "A Hub repository staged by clay_hf (clay-publish). The next staging run into this folder replaces it.\n"
+    )
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -333,6 +362,7 @@ __all__ = [
     "StagingError",
     "WeightsLicense",
     "WeightsOrigin",
+    "check_model_files",
     "finetuned_task",
     "prepare_staging_dir",
     "render_model_card",

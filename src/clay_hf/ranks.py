@@ -8,13 +8,15 @@ hit a collective timeout, and machines need nothing but the shared folder.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transformers.utils.logging import get_logger
+
+from .utils.errors import ClayUserError, RanksTimeoutError
+from .utils.outputs import read_json, write_json
 
 logger = get_logger(__name__)
 
@@ -49,8 +51,8 @@ def current_rank(device: str | None = None) -> Rank:
 
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if state.num_processes != int(os.environ["WORLD_SIZE"]):
-        raise SystemExit(
-            f"error: {os.environ['WORLD_SIZE']} processes were launched, but Accelerate set up "
+        raise ClayUserError(
+            f"{os.environ['WORLD_SIZE']} processes were launched, but Accelerate set up "
             f"{state.num_processes}. On a CPU, launch with ACCELERATE_USE_CPU=1 and --multi_gpu."
         )
     return Rank(state.process_index, state.num_processes, str(state.device), state)
@@ -82,10 +84,8 @@ def marker(folder: Path, rank: int) -> Path:
 
 
 def write_report(folder: Path, report: RankReport) -> None:
-    """Say this rank has finished (written whole, then renamed)."""
-    staging = marker(folder, report.rank).with_suffix(".tmp")
-    staging.write_text(json.dumps(asdict(report)))
-    staging.rename(marker(folder, report.rank))
+    """Say this rank has finished (written atomically)."""
+    write_json(marker(folder, report.rank), asdict(report))
 
 
 def clear_reports(folder: Path) -> None:
@@ -93,16 +93,40 @@ def clear_reports(folder: Path) -> None:
         path.unlink()
 
 
-def wait_for_reports(folder: Path, world_size: int, poll_seconds: float = 1.0) -> list[RankReport]:
-    """Every rank's report, once all have written one (logs who is still running now and then)."""
-    last_log = time.monotonic()
+#: How long the main process waits for a rank that gives no sign of life (default of `wait_for_reports`).
+RANK_TIMEOUT_SECONDS = 1800.0
+
+
+def wait_for_reports(
+    folder: Path,
+    world_size: int,
+    poll_seconds: float = 1.0,
+    timeout_seconds: float = RANK_TIMEOUT_SECONDS,
+    last_activity: Callable[[int], float] | None = None,
+    log_seconds: float = 60.0,
+) -> list[RankReport]:
+    """Every rank's report, once all have written one.
+
+    While it waits it says so (a warning naming the ranks after 10 s, then every `log_seconds`), and it gives up with a
+    [`RanksTimeoutError`] naming them once none of the missing ranks has shown a sign of life for `timeout_seconds`
+    (`last_activity(rank)`: the epoch time of its last sign, e.g. its newest output; default: the wait's start).
+    """
+    started = time.time()
+    next_log = time.monotonic() + min(10.0, log_seconds)  # the first word soon, then every `log_seconds`
     while True:
         missing = [rank for rank in range(world_size) if not marker(folder, rank).exists()]
         if not missing:
-            return [RankReport(**json.loads(marker(folder, rank).read_text())) for rank in range(world_size)]
-        if time.monotonic() - last_log > 60:
-            logger.info("waiting for ranks %s to finish", missing)
-            last_log = time.monotonic()
+            return [RankReport(**read_json(marker(folder, rank))) for rank in range(world_size)]
+        latest = max(max(started, last_activity(rank)) if last_activity else started for rank in missing)
+        if time.time() - latest > timeout_seconds:
+            raise RanksTimeoutError(
+                f"gave up waiting for rank(s) {missing} after {timeout_seconds:.0f} s without a sign of life "
+                f"(no report in {folder}); their machines may be gone. The finished work is kept: rerun with --resume"
+            )
+        if time.monotonic() >= next_log:
+            logger.warning("waiting for rank(s) %s to finish (giving up after %.0f s without a sign of life)",
+                           missing, timeout_seconds)  # fmt: skip
+            next_log = time.monotonic() + log_seconds
         time.sleep(poll_seconds)
 
 

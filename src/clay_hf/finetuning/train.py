@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArgument
 from transformers.utils.logging import get_logger
 
 from ..data.chips import file_band_names
-from ..evaluation import write_eval_results
+from ..evaluation import EVAL_RESULTS_NAME, write_eval_results
 from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..model_source import from_pretrained_checked
 from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
 from ..utils.errors import user_errors
+from ..utils.outputs import atomic_files
 from .data import (
     TASKS,
     ChipLabelDataset,
@@ -223,7 +225,6 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
         preprocess_logits_for_metrics=predictions_for_metrics(args.task),
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
     metrics = trainer.evaluate()
     results = {
         "task": args.task,
@@ -240,10 +241,20 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
         "bad_chips_skipped": len(train_dataset.bad) + len(eval_dataset.bad),
         "dataset": args.validation_dir or f"{args.train_dir} (hash split, {args.validation_fraction:.0%})",
     }
-    if trainer.is_world_process_zero():
-        path = write_eval_results(results, training_args.output_dir)
-        logger.info("wrote %s: %s", path, results["metrics"])
+    save_outputs(trainer, Path(training_args.output_dir), results)
     return results
+
+
+def save_outputs(trainer: Trainer, output_dir: Path, results: dict[str, Any]) -> None:
+    """The model, its processor and `eval_results.json`, each file atomic (the folder also holds the Trainer's
+    checkpoints; `eval_results.json` goes last, once the model is complete)."""
+    main = trainer.is_world_process_zero()
+    with atomic_files(output_dir, last=[EVAL_RESULTS_NAME]) if main else nullcontext(output_dir) as staging:
+        if main:
+            trainer.save_model(str(staging))
+            write_eval_results(results, staging)
+    if main:
+        logger.info("wrote %s: %s", output_dir / EVAL_RESULTS_NAME, results["metrics"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -255,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 @user_errors
 def cli(argv: list[str] | None = None) -> int:
-    """Console entry point: exit status 0 when the run completes (`main` returns the results)."""
+    """Console entry point: exit status 0 when the run completes (`main` returns the results); a user error is one
+    `error: …` line and status 1."""
     main(argv)
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 
 from ..image_processing_clay import parse_fill_value
 from ..memory import GLIBC_DEFAULT_MMAP_THRESHOLD
+from ..utils.errors import ClayUserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,5 +122,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.per_device_eval_batch_size is None:
         args.per_device_eval_batch_size = args.per_device_train_batch_size
     if args.max_train_steps is None and args.num_train_epochs < 1:
-        raise SystemExit("error: give --max_train_steps or a positive --num_train_epochs")
+        raise ClayUserError("give --max_train_steps or a positive --num_train_epochs")
     return args

@@ -1,15 +1,16 @@
 """The Clay v0 pretraining loop on Accelerate: one laptop core, 4 GPUs, or several machines, the same code.
 
 Each rank reads its own shards of chips (no rank-0 dispatch); pixels travel as compact tensors and are
-normalised on the device. Checkpoints are atomic and resume the same run: step count, schedule, RNG and the
-data stream where it stopped.
+normalised on the device. Checkpoints are atomic and verified, and resume the same run: step count, schedule, RNG
+and the data stream where it stopped (with the batch a finished rank pads with). One run writes an output folder
+at a time (its main process holds `OUTPUT_DIR.lock`); the final model, processor and summary are each written
+atomically, with their checksums.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -44,13 +45,27 @@ from ..evaluation import VALIDATION_MASKING_SEED, masked_error_totals, masking_d
 from ..image_processing_clay import ClayImageProcessor
 from ..memory import configure_training_malloc
 from ..modeling_clay import ClayForMaskedImageModeling
+from ..utils.errors import ClayUserError, ResumeError
+from ..utils.outputs import (
+    CHECKSUMS_NAME,
+    OutputLock,
+    atomic_files,
+    atomic_folder,
+    make_folder,
+    remove_partials,
+    write_checksums,
+    write_json,
+)
 from .checkpointing import (
     check_data_layout,
+    current_run,
     data_layout,
     load_checkpoint,
+    new_run_id,
     prune_pretrained_folders,
     resolve_checkpoint,
     save_checkpoint,
+    start_run,
 )
 from .prefetch import DevicePrefetcher
 
@@ -60,7 +75,7 @@ warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchd
 SUMMARY_NAME = "training_summary.json"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ClayUserError, RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss."""
 
 
@@ -80,6 +95,17 @@ class TrainState:
     wall_time: float = 0.0
     partial_windows: int = 0
     data_layout: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    checkpoint_suffix: str = ""
+
+
+@dataclass
+class Resumable:
+    """What a checkpoint holds beside Accelerate's state: the data position, the schedule, the padding batch."""
+
+    loader: Any
+    scheduler: LRScheduler
+    last_batch: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -100,9 +126,7 @@ def build_config(args: argparse.Namespace) -> ClayConfig:
         return ClayConfig.from_preset(args.config_name, **overrides)
     if Path(args.config_name).is_file():
         return ClayConfig.from_dict({**ClayConfig.from_json_file(args.config_name).to_dict(), **overrides})
-    raise SystemExit(
-        f"error: --config_name {args.config_name!r} is neither a preset {sorted(CLAY_V0_PRESETS)} nor a file"
-    )
+    raise ClayUserError(f"--config_name {args.config_name!r} is neither a preset {sorted(CLAY_V0_PRESETS)} nor a file")
 
 
 def build_model(args: argparse.Namespace, config: ClayConfig) -> ClayForMaskedImageModeling:
@@ -220,13 +244,22 @@ def hardware_description(accelerator: Accelerator) -> dict[str, Any]:
 
 
 def save_pretrained_folder(
-    accelerator: Accelerator, model: torch.nn.Module, processor: ClayImageProcessor, folder: Path, summary: dict
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    processor: ClayImageProcessor,
+    folder: Path,
+    summary: dict,
+    shared: bool = False,
 ) -> None:
-    """A `save_pretrained` folder: model, processor and the training summary the model card reads."""
+    """A `save_pretrained` folder: model, processor, the training summary the model card reads and their
+    `checksums.sha256`, written atomically: the whole folder, or each file when the folder is `shared` with other
+    outputs (the run's own folder, beside its checkpoints; the summary goes last)."""
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(folder, safe_serialization=True)
-        processor.save_pretrained(folder)
-        (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        with atomic_files(folder, last=[SUMMARY_NAME]) if shared else atomic_folder(folder) as staging:
+            accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+            processor.save_pretrained(staging)
+            write_json(staging / SUMMARY_NAME, summary)
+            write_checksums(staging, [path.name for path in staging.iterdir() if path.name != CHECKSUMS_NAME])
     accelerator.wait_for_everyone()
 
 
@@ -279,9 +312,19 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("clay_hf").setLevel(logging.INFO)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_folder(args.output_dir)
+    lock = OutputLock(output_dir).acquire() if accelerator.is_main_process else None  # one run per output folder
+    try:
+        if lock is not None:
+            remove_partials(output_dir)
+        return _pretrain(args, accelerator, output_dir, started)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Path, started: float) -> dict[str, Any]:
+    """The body of [`pretrain`], holding the output folder."""
     set_seed(args.seed)  # the same initial weights on every rank
     config = build_config(args)
     model = build_model(args, config)
@@ -292,10 +335,9 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         args.num_train_epochs
     )
     # The scheduler is stepped by us once per optimizer step (as v0), not by Accelerate, which would step it once
-    # per process; it is registered so that checkpoints hold it.
+    # per process; checkpoints hold it in a file of their own (see `save_checkpoint`).
     scheduler = build_scheduler(optimizer, args, max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     if args.torch_compile:
         model = torch.compile(model)
     set_seed(args.seed, device_specific=True)  # different masks on every rank
@@ -313,9 +355,19 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     else:
         logger.warning("no validation chips (validation_fraction=%s): validation is skipped", args.validation_fraction)
     layout = data_layout(train_paths, args, accelerator.num_processes)
-    state = TrainState(data_layout=layout)
+    last_batch: dict[str, Any] = {}  # the batch a rank pads with once its shards are done (see synchronized_batches)
+    state = TrainState(data_layout=layout, run_id=new_run_id())
+    resumed = None
     if args.resume_from_checkpoint:
-        state = _resume(accelerator, train_loader, output_dir, args.resume_from_checkpoint, layout)
+        state, resumed = _resume(
+            accelerator, train_loader, scheduler, output_dir, args.resume_from_checkpoint, layout, last_batch
+        )
+    if accelerator.is_main_process:
+        start_run(output_dir, state.run_id, resumed)
+    accelerator.wait_for_everyone()
+    run = current_run(output_dir)  # the main process's run id and checkpoint names, on every rank
+    state.run_id, state.checkpoint_suffix = run["run_id"], run["checkpoint_suffix"]
+    resumable = Resumable(train_loader, scheduler, last_batch)
 
     accelerator.init_trackers("clay_pretrain", config=_tracker_config(args))
     seen_log = None
@@ -333,44 +385,47 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     logged_losses: list[float] = []
     elapsed_before = state.wall_time
 
-    last_batch: dict[str, Any] = {}
-    while _more_training(state, args, max_steps):
-        train_loader.dataset.set_epoch(state.epoch)
-        chips_before_epoch = state.chips_seen
-        for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
-            if seen_log is not None and not padding:
-                seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
-            window.micro_batches += 1
-            end_of_window = window.micro_batches == args.gradient_accumulation_steps
-            _micro_step(model, optimizer, batch, processor, accelerator, args, window, state, end_of_window, padding)
-            if not end_of_window:
-                continue
-            _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
-            window = StepWindow()
-            state.wall_time = elapsed_before + time.perf_counter() - started
-            _after_step(model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir)
-            if args.max_train_steps and state.global_step >= args.max_train_steps:
-                break
-        else:
-            if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
-                _no_chips(args, state)
-            if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
-                logger.info(
-                    "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
-                    "averaged over its %d batches",
-                    state.epoch,
-                    window.micro_batches,
-                    args.gradient_accumulation_steps,
-                    window.micro_batches,
+    try:
+        while _more_training(state, args, max_steps):
+            train_loader.dataset.set_epoch(state.epoch)
+            chips_before_epoch = state.chips_seen
+            for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
+                if seen_log is not None and not padding:
+                    seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
+                window.micro_batches += 1
+                end_of_window = window.micro_batches == args.gradient_accumulation_steps
+                _micro_step(
+                    model, optimizer, batch, processor, accelerator, args, window, state, end_of_window, padding
                 )
-                state.partial_windows += 1
+                if not end_of_window:
+                    continue
                 _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
                 window = StepWindow()
                 state.wall_time = elapsed_before + time.perf_counter() - started
-                _after_step(model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir)
-            state.epoch += 1
+                _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir)
+                if args.max_train_steps and state.global_step >= args.max_train_steps:
+                    break
+            else:
+                if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
+                    _no_chips(args, state)
+                if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
+                    logger.info(
+                        "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
+                        "averaged over its %d batches",
+                        state.epoch,
+                        window.micro_batches,
+                        args.gradient_accumulation_steps,
+                        window.micro_batches,
+                    )
+                    state.partial_windows += 1
+                    _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
+                    window = StepWindow()
+                    state.wall_time = elapsed_before + time.perf_counter() - started
+                    _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir)
+                state.epoch += 1
 
-    progress.close()
+    finally:  # the bar ends its line, so that an error is a line of its own
+        progress.close()
     if state.chips_seen == 0:
         _no_chips(args, state)
     if seen_log is not None:
@@ -378,7 +433,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     _validate(model, eval_loader, processor, accelerator, config, args, state)
     state.wall_time = elapsed_before + time.perf_counter() - started
     summary = _summary(state, args, accelerator, config, model, logged_losses)
-    save_pretrained_folder(accelerator, model, processor, output_dir, summary)
+    save_pretrained_folder(accelerator, model, processor, output_dir, summary, shared=True)
     accelerator.end_training()
     accelerator.print(f"saved the pretrained model, processor and {SUMMARY_NAME} to {output_dir}")
     return summary
@@ -404,8 +459,8 @@ class StepWindow:
 
 
 def _no_chips(args: argparse.Namespace, state: TrainState) -> None:
-    raise SystemExit(
-        f"error: no training chip could be used from {args.train_dir} ({state.bad_chips} bad chips skipped; "
+    raise ClayUserError(
+        f"no training chip could be used from {args.train_dir} ({state.bad_chips} bad chips skipped; "
         "the warnings name each and say why)"
     )
 
@@ -497,12 +552,12 @@ def _end_window(model, optimizer, scheduler, accelerator, args, window: StepWind
     _report(bar, accelerator, scheduler, args, state, window)
 
 
-def _after_step(model, eval_loader, processor, accelerator, config, train_loader, args, state, output_dir) -> None:
+def _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir) -> None:
     """Validation and checkpoints every N steps; the simulated crash of the resume tests."""
     if args.eval_steps and state.global_step % args.eval_steps == 0:
         _validate(model, eval_loader, processor, accelerator, config, args, state)
     if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-        _checkpoint(accelerator, model, processor, train_loader, args, state, output_dir)
+        _checkpoint(accelerator, model, processor, resumable, args, state, output_dir)
     _simulated_crash(state.global_step)
 
 
@@ -526,24 +581,35 @@ def _report(progress, accelerator: Accelerator, scheduler, args, state: TrainSta
 
 
 def _resume(
-    accelerator: Accelerator, train_loader: StatefulDataLoader, output_dir: Path, value: str, layout: dict[str, Any]
-) -> TrainState:
+    accelerator: Accelerator,
+    train_loader: StatefulDataLoader,
+    scheduler: LRScheduler,
+    output_dir: Path,
+    value: str,
+    layout: dict[str, Any],
+    last_batch: dict[str, Any],
+) -> tuple[TrainState, Path]:
+    """The run's state from a verified checkpoint: counters, data position and the batch this rank pads with."""
     checkpoint = resolve_checkpoint(output_dir, value)
-    saved, data_state = load_checkpoint(accelerator, checkpoint)
+    saved, data_state = load_checkpoint(accelerator, checkpoint, scheduler)
     check_data_layout(saved.get("data_layout") or {}, layout, checkpoint)
     state = TrainState(**{**saved, "data_layout": layout})
+    state.run_id = state.run_id or new_run_id()  # a checkpoint of a run before ids were recorded
     train_loader.dataset.set_epoch(state.epoch)
     if data_state is not None:
-        saved_workers = saved_num_workers(data_state)
+        loader_state = data_state.get("loader", data_state)  # checkpoints before the padding batch was saved
+        if data_state.get("padding_batch") is not None:
+            last_batch["batch"] = data_state["padding_batch"]
+        saved_workers = saved_num_workers(loader_state)
         if saved_workers != train_loader.num_workers:  # also for checkpoints from before the data layout was saved
-            raise SystemExit(
-                f"error: cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
+            raise ResumeError(
+                f"cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
                 f"{saved_workers} workers, this run has {train_loader.num_workers}; resume with "
                 f"--dataloader_num_workers {saved_workers}"
             )
-        train_loader.load_state_dict(data_state)
+        train_loader.load_state_dict(loader_state)
     accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
-    return state
+    return state, checkpoint
 
 
 def saved_num_workers(data_state: dict[str, Any]) -> int:
@@ -556,8 +622,8 @@ def _check_world(accelerator: Accelerator) -> None:
     """Refuse to run N copies of a 1-process job: each would train alone on all the data."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise SystemExit(
-            f"error: {launched} processes were launched, but Accelerate set up {accelerator.num_processes}: each "
+        raise ClayUserError(
+            f"{launched} processes were launched, but Accelerate set up {accelerator.num_processes}: each "
             "process would train alone. On a CPU, launch with ACCELERATE_USE_CPU=1 and --multi_gpu "
             "(plain --cpu --num_processes N runs one process)."
         )
@@ -605,25 +671,39 @@ def _validate(model, eval_loader, processor, accelerator, config, args, state: T
     accelerator.log(measured, step=state.global_step)
 
 
-def _checkpoint(accelerator, model, processor, train_loader, args, state: TrainState, output_dir: Path) -> None:
+def _checkpoint(accelerator, model, processor, resumable: Resumable, args, state: TrainState, output_dir: Path) -> None:
+    padding = padding_state(resumable.last_batch.get("batch"))
+    data_state = {"loader": resumable.loader.state_dict(), "padding_batch": padding}
     path = save_checkpoint(
         accelerator,
         output_dir,
         state.global_step,
         asdict(state),
-        train_loader.state_dict(),
+        data_state,
         args.checkpoints_total_limit,
+        state.checkpoint_suffix,
+        resumable.scheduler,
     )
     if args.save_every_checkpoint_as_pretrained:
         summary = _summary(state, args, accelerator, accelerator.unwrap_model(model).config, model, [])
         save_pretrained_folder(accelerator, model, processor, output_dir / f"pretrained-{state.global_step}", summary)
         if accelerator.is_main_process:
-            prune_pretrained_folders(output_dir, args.checkpoints_total_limit)
+            prune_pretrained_folders(output_dir, args.checkpoints_total_limit, state.run_id)
     accelerator.print(f"checkpoint saved to {path}")
+
+
+def padding_state(batch: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a checkpoint keeps of the batch a rank pads with: what the model and the counters read (tensors on the
+    CPU, names), so that a resume pads as the unbroken run does; loadable with `torch.load(weights_only=True)`."""
+    if batch is None:
+        return None
+    kept = {key: value.cpu() for key, value in batch.items() if isinstance(value, torch.Tensor)}
+    return {**kept, "source_url": list(batch["source_url"]), "bad_chips": 0, "bad_chip_sources": []}
 
 
 def _summary(state: TrainState, args, accelerator, config: ClayConfig, model, logged_losses: list[float]) -> dict:
     return {
+        "run_id": state.run_id,
         "global_step": state.global_step,
         "epochs_completed": state.epoch,
         "partial_accumulation_windows_stepped": state.partial_windows,

@@ -36,6 +36,14 @@ class IntegrityError(ClayUserError):
     """A file the run would trust is damaged (truncated, a checksum that does not match): names it."""
 
 
+class ResumeError(ClayUserError):
+    """A resume that does not match what it would resume (another run, another model, another data layout)."""
+
+
+class RanksTimeoutError(ClayUserError):
+    """Ranks of a multi-process job gave no sign of life for too long (a dead machine): names them."""
+
+
 def user_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Wrap a command's `main(argv) -> int`: a user error is one `error: …` line on stderr and exit status 1.
 

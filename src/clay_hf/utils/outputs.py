@@ -8,11 +8,13 @@
 - **One writer per output**: [`OutputLock`] is a lock file naming its holder (host, pid); a second run is refused
   while the holder lives and takes the lock over once it is gone.
 - **Integrity**: [`write_checksums`] records SHA-256 sums of a folder's files in `checksums.sha256`
-  (`sha256sum -c` reads it); [`verify_checksums`] refuses a damaged or missing file by name.
+  (`sha256sum -c` reads it; [`add_checksums`] adds files one by one); [`verify_checksums`] refuses a damaged or
+  missing file by name.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -84,12 +86,12 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
         _fsync(temporary)
         os.replace(temporary, path)
         _fsync(path.parent)
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        raise OutputError(path, error) from error
-    except BaseException:
-        _remove(temporary)
-        raise
+        converted = _output_error(path, error)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 @contextmanager
@@ -115,12 +117,85 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
         _fsync(path.parent)
         _remove(previous)
-    except OSError as error:
+    except BaseException as error:
         _remove(temporary)
-        raise OutputError(path, error) from error
-    except BaseException:
+        converted = _output_error(path, error)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+@contextmanager
+def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a temporary folder whose files then move into `folder` one atomic rename each (the names in `last`
+    last): for outputs that share their folder with others (a training run's model beside its checkpoints).
+
+    Every file is complete under its final name; `last` (e.g. the file that says the output is done) appears only
+    after the others.
+    """
+    folder, last = Path(folder), set(last)
+    temporary = partial_path(folder / "files")
+    try:
         _remove(temporary)
-        raise
+        temporary.mkdir(parents=True)
+        yield temporary
+        order = sorted(temporary.iterdir(), key=lambda path: (path.name in last, path.name))
+        for file in order:
+            _fsync(file)
+        for file in order:
+            if (folder / file.name).is_dir():
+                _remove(folder / file.name)
+            os.replace(file, folder / file.name)
+        _fsync(folder)
+        _remove(temporary)
+    except BaseException as error:
+        _remove(temporary)
+        converted = _output_error(folder, error)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+@contextmanager
+def writing(path: str | PathLike) -> Iterator[None]:
+    """Turn an error while writing `path` by other means (another rank's share of a folder that the main process
+    writes atomically) into an [`OutputError`], as the atomic helpers do."""
+    try:
+        yield
+    except BaseException as error:
+        converted = _output_error(Path(path), error)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+#: Less free space than this on the disk of an output that failed to write: the disk is full (see `_output_error`).
+FULL_DISK_BYTES = 1 << 20
+
+
+def _output_error(path: Path, error: BaseException) -> BaseException:
+    """What an error while writing `path` means: an [`OutputError`] for an OS error, and for a library's own error
+    type while the disk is full (torch and safetensors raise RuntimeError and SafetensorError for ENOSPC, naming
+    no cause); anything else as it is (a bug, an interruption)."""
+    if isinstance(error, OutputError):
+        return error
+    if isinstance(error, OSError):
+        return OutputError(path, error)
+    if isinstance(error, Exception) and disk_full(path):
+        return OutputError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return error
+
+
+def disk_full(path: str | PathLike) -> bool:
+    """Whether the file system holding `path` (or its nearest existing folder) has less than `FULL_DISK_BYTES` free."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_DISK_BYTES
 
 
 def write_bytes(path: str | PathLike, data: bytes) -> Path:
@@ -175,6 +250,45 @@ def write_checksums(folder: str | PathLike, files: Iterable[str | PathLike] | No
     return write_text(folder / CHECKSUMS_NAME, "".join(lines))
 
 
+def read_checksums(folder: str | PathLike) -> dict[str, str]:
+    """The SHA-256 recorded for each file in `folder/checksums.sha256` (name → hex; empty when there is none)."""
+    listing = Path(folder) / CHECKSUMS_NAME
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise IntegrityError(f"{listing} cannot be read ({error})") from error
+    entries = {}
+    for line in text.splitlines():
+        expected, separator, name = line.partition("  ")
+        if not separator or len(expected) != 64:
+            raise IntegrityError(f"{listing} is damaged (a line that is not 'SHA256  NAME': {line!r})")
+        entries[name] = expected
+    return entries
+
+
+def add_checksums(folder: str | PathLike, files: Iterable[str | PathLike]) -> Path:
+    """Add (or replace) the SHA-256 of `files` in `folder/checksums.sha256`, keeping its other entries: for a
+    folder that grows file by file (embedding parts)."""
+    folder = Path(folder)
+    entries = read_checksums(folder)
+    for file in files:
+        entries[(folder / file).relative_to(folder).as_posix()] = sha256_file(folder / file)
+    return write_text(
+        folder / CHECKSUMS_NAME, "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
+    )
+
+
+def verify_file(folder: str | PathLike, name: str, expected: str) -> None:
+    """Check one file of `folder` against its recorded SHA-256, or raise an [`IntegrityError`] naming it."""
+    file = Path(folder) / name
+    if not file.is_file():
+        raise IntegrityError(f"{file} is missing (listed in {Path(folder) / CHECKSUMS_NAME})")
+    if sha256_file(file) != expected:
+        raise IntegrityError(f"{file} is damaged: its SHA-256 does not match {Path(folder) / CHECKSUMS_NAME}")
+
+
 def verify_checksums(folder: str | PathLike, required: bool = True) -> list[str]:
     """Check every file `checksums.sha256` names in `folder`; return their names, or raise an [`IntegrityError`].
 
@@ -187,13 +301,8 @@ def verify_checksums(folder: str | PathLike, required: bool = True) -> list[str]
             raise IntegrityError(f"{folder} has no {CHECKSUMS_NAME}: it was not written completely")
         return []
     checked = []
-    for line in listing.read_text(encoding="utf-8").splitlines():
-        expected, _, name = line.partition("  ")
-        file = folder / name
-        if not file.is_file():
-            raise IntegrityError(f"{file} is missing (listed in {listing})")
-        if sha256_file(file) != expected:
-            raise IntegrityError(f"{file} is damaged: its SHA-256 does not match {listing}")
+    for name, expected in read_checksums(folder).items():
+        verify_file(folder, name, expected)
         checked.append(name)
     return checked
 

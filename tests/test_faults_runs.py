@@ -1,0 +1,490 @@
+"""Faults in RUN outputs (issue 25): two runs on one output, a kill, a full disk, a flipped bit or a truncated file.
+
+Each case checks that nothing is trusted wrongly (a refusal names the file or the other run, in one `error:` line)
+and that the rerun gives what an uninterrupted run gives. Embeddings run in process where a kill can be a raised
+KeyboardInterrupt; pretraining runs as the real script (`accelerate launch`), killed with `os._exit` at a step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import save_pretraining_model, small_config
+from safetensors.torch import load_file
+from test_fault_injection import _kill_when, _Stall
+from test_pretrain import launch, summary
+
+import clay_hf.embeddings as embeddings
+from clay_hf.cli import embed_main, evaluate_main, publish_main
+from clay_hf.data import write_synthetic_chips
+from clay_hf.embeddings import embed_to_geoparquet, load_encoder
+from clay_hf.ranks import RankReport, wait_for_reports, write_report
+from clay_hf.training import list_checkpoints, resolve_checkpoint
+from clay_hf.training.checkpointing import CURRENT_RUN_NAME, checkpoint_run, verify_checkpoint
+from clay_hf.utils.errors import IntegrityError, OutputError, RanksTimeoutError, ResumeError
+from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, lock_path, read_json, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_pretraining_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory) -> Path:
+    return save_pretraining_model(tmp_path_factory.mktemp("other_model"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chips")
+    write_synthetic_chips(folder, 10, size=SIZE, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir):
+    return load_encoder(str(model_dir))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(encoder, chips, tmp_path_factory) -> dict[str, np.ndarray]:
+    """Each chip's embedding from one unbroken run."""
+    output = tmp_path_factory.mktemp("unbroken") / "e.parquet"
+    embed_to_geoparquet(*encoder, chips, output, batch_size=2, rows_per_part=2, progress=False)
+    return _embeddings(output)
+
+
+def _embeddings(output: Path) -> dict[str, np.ndarray]:
+    table = pq.read_table(output)
+    urls = table.column("source_url").to_pylist()
+    assert len(urls) == len(set(urls)), "a chip twice"
+    return {Path(url).name: np.asarray(v) for url, v in zip(urls, table.column("embeddings").to_pylist(), strict=True)}
+
+
+def _assert_same_rows(output: Path, expected: dict[str, np.ndarray]) -> None:
+    got = _embeddings(output)
+    assert sorted(got) == sorted(expected)
+    for name, vector in expected.items():
+        np.testing.assert_allclose(got[name], vector, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _interrupted_embedding(encoder, source, output: Path, monkeypatch, after_batches: int = 3) -> Path:
+    """A run killed (KeyboardInterrupt) in its `after_batches`-th batch: it leaves finished parts."""
+    original, count = embeddings.embed_batch, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == after_batches:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(embeddings, "embed_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_geoparquet(*encoder, source, output, batch_size=2, rows_per_part=2, progress=False)
+    monkeypatch.setattr(embeddings, "embed_batch", original)
+    parts = output.with_name(output.name + ".parts")
+    assert sorted(path.name for path in parts.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert not lock_path(output).exists(), "the lock outlived its run"
+    return parts
+
+
+def _one_error_line(capsys) -> str:
+    """The one `error: …` line a command printed (progress bars of model loading aside), with no traceback."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+# --- item 1: one writer per output ------------------------------------------------------------------------------------
+
+
+def test_a_second_embed_run_on_the_same_output_is_refused_and_the_first_resumes_whole(
+    model_dir, chips, uninterrupted, tmp_path, capsys
+):
+    """Run A stalls on a chip (a FIFO at a seeded place); run B on the same --output is refused while A lives and
+    touches nothing; A is killed (-9); its rerun with --resume takes the lock over and equals an unbroken run."""
+    paths = sorted(str(path) for path in chips.glob("*.tif"))
+    stall_at = random.Random(1).randint(4, len(paths) - 2)
+    stall = _Stall(tmp_path / "stall.tif")
+    listing = tmp_path / "chips.txt"
+    listing.write_text("\n".join([*paths[:stall_at], str(stall.path), *paths[stall_at:]]))
+    output = tmp_path / "e.parquet"
+    args = ["--model_name_or_path", str(model_dir), "--output", str(output), "--batch_size", "2",
+            "--rows_per_part", "2"]  # fmt: skip
+    command = [sys.executable, str(REPO / "scripts" / "embed.py"), "--data_dir", str(listing), *args]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not stall.reader_waits():  # A holds the lock and waits on the FIFO, its earlier parts finished
+        assert first.poll() is None and time.monotonic() < deadline, "run A ended before its stall"
+        time.sleep(0.05)
+    parts = output.with_name(output.name + ".parts")
+    finished = sorted(parts.glob("part-*.parquet"))
+    assert finished, "no finished part before the stall"
+    before = {part.name: part.read_bytes() for part in finished}
+    assert embed_main(["--data_dir", str(chips), *args]) == 1
+    err = _one_error_line(capsys)
+    assert f"{output} is being written by another run (pid {first.pid}" in err
+    assert {part.name: part.read_bytes() for part in sorted(parts.glob("part-*.parquet"))} == before
+
+    assert _kill_when(first, lambda: True)
+    os.close(stall.fd)
+    stall.path.unlink()  # the chip that never came: the rerun embeds the others
+    listing.write_text("\n".join(paths))
+    assert embed_main(["--data_dir", str(listing), *args, "--resume"]) == 0
+    assert f"({stall_at // 2 * 2} already done" in capsys.readouterr().out
+    _assert_same_rows(output, uninterrupted)
+    assert not lock_path(output).exists() and not parts.exists()
+
+
+def test_parts_removed_while_a_run_works_are_never_joined_into_a_short_file(
+    encoder, chips, uninterrupted, tmp_path, monkeypatch
+):
+    """Another process removing finished parts (what a second, unlocked run did) is caught before the join."""
+    output = tmp_path / "e.parquet"
+    original = embeddings.wait_for_reports
+
+    def meanwhile(parts_dir, *args, **kwargs):
+        sorted(parts_dir.glob("part-*.parquet"))[0].unlink()
+        return original(parts_dir, *args, **kwargs)
+
+    monkeypatch.setattr(embeddings, "wait_for_reports", meanwhile)
+    with pytest.raises(IntegrityError, match=r"holds 8 rows where this run expected 10"):
+        embed_to_geoparquet(*encoder, chips, output, batch_size=2, rows_per_part=2, progress=False)
+    assert not output.exists()
+    monkeypatch.undo()
+    embed_to_geoparquet(*encoder, chips, output, batch_size=2, rows_per_part=2, resume=True, progress=False)
+    _assert_same_rows(output, uninterrupted)
+
+
+# --- item 7: resume checks what it resumes ------------------------------------------------------------------------------
+
+
+def test_resume_through_a_symlink_embeds_no_chip_twice(encoder, chips, uninterrupted, tmp_path, monkeypatch):
+    output = tmp_path / "e.parquet"
+    _interrupted_embedding(encoder, chips, output, monkeypatch)
+    link = tmp_path / "linked"
+    link.symlink_to(chips, target_is_directory=True)
+    run = embed_to_geoparquet(*encoder, link, output, batch_size=2, rows_per_part=2, resume=True, progress=False)
+    assert (run.skipped_done, run.embedded) == (4, 6)
+    _assert_same_rows(output, uninterrupted)
+
+
+def test_resume_with_another_model_is_refused_naming_both(
+    encoder, chips, model_dir, other_model_dir, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "e.parquet"
+    _interrupted_embedding(encoder, chips, output, monkeypatch)
+    status = embed_main(["--model_name_or_path", str(other_model_dir), "--data_dir", str(chips), "--output",
+                         str(output), "--resume"])  # fmt: skip
+    assert status == 1
+    err = _one_error_line(capsys)
+    assert f"embeddings of the model {model_dir.resolve()}; this run embeds with {other_model_dir.resolve()}" in err
+    with pytest.raises(ResumeError):
+        embed_to_geoparquet(*load_encoder(str(other_model_dir)), chips, output, resume=True, progress=False)
+
+
+# --- item 8: damaged parts --------------------------------------------------------------------------------------------
+
+
+def test_every_flipped_bit_and_a_truncation_of_a_part_is_refused_by_name(
+    encoder, chips, uninterrupted, tmp_path, monkeypatch
+):
+    output = tmp_path / "e.parquet"
+    parts = _interrupted_embedding(encoder, chips, output, monkeypatch)
+    part = parts / "part-00001.parquet"
+    intact = part.read_bytes()
+    rng = random.Random(25)
+    for position in [rng.randrange(len(intact)) for _ in range(12)] + [len(intact) - 1, 0]:
+        damaged = bytearray(intact)
+        damaged[position] ^= 1 << rng.randrange(8)
+        part.write_bytes(bytes(damaged))
+        with pytest.raises(IntegrityError, match=rf"{part} is damaged .*remove it and rerun with --resume"):
+            embed_to_geoparquet(*encoder, chips, output, batch_size=2, resume=True, progress=False)
+    part.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(IntegrityError, match=rf"{part} is damaged"):
+        embed_to_geoparquet(*encoder, chips, output, batch_size=2, resume=True, progress=False)
+    # A part that was complete but whose checksum a kill kept from being recorded is read whole, then trusted.
+    part.write_bytes(intact)
+    checksums = parts / CHECKSUMS_NAME
+    checksums.write_text("".join(line + "\n" for line in checksums.read_text().splitlines() if part.name not in line))
+    embed_to_geoparquet(*encoder, chips, output, batch_size=2, rows_per_part=2, resume=True, progress=False)
+    _assert_same_rows(output, uninterrupted)
+
+
+# --- item 10: a full disk -----------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_while_embedding_is_one_line_and_the_resume_on_a_freed_disk_is_whole(
+    model_dir, chips, uninterrupted, small_disk, capsys
+):
+    disk = small_disk(256)
+    filler = disk / "filler"
+    filler.write_bytes(b"x" * 244 * 1024)
+    output = disk / "e.parquet"
+    args = ["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--output", str(output),
+            "--batch_size", "2", "--rows_per_part", "2"]  # fmt: skip
+    assert embed_main(args) == 1
+    err = _one_error_line(capsys)
+    assert f"error: cannot write {output}.parts/" in err and err.endswith("No space left on device")
+    parts = output.with_name(output.name + ".parts")
+    assert not [path for path in parts.rglob(".*") if path.name.endswith(".partial")]
+    assert not lock_path(output).exists()
+    filler.unlink()
+    assert embed_main([*args, "--resume"]) == 0
+    _assert_same_rows(output, uninterrupted)
+
+
+def test_a_full_disk_at_eval_results_is_one_line(model_dir, chips, small_disk, capsys):
+    disk = small_disk(64)
+    (disk / "filler").write_bytes(b"x" * (64 * 1024 - 512))
+    args = ["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--output_dir", str(disk),
+            "--split", "all", "--max_chips", "2"]  # fmt: skip
+    assert evaluate_main(args) == 1
+    assert _one_error_line(capsys) == f"error: cannot write {disk / 'eval_results.json'}: No space left on device"
+    assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+
+
+# --- item 9: no silent wait ---------------------------------------------------------------------------------------------
+
+
+def test_a_rank_that_never_reports_is_named_at_the_default_verbosity_and_given_up_on(tmp_path, caplog):
+    write_report(tmp_path, RankReport(0, 5, 0, 0.0, 1.0))
+    with caplog.at_level(logging.WARNING), pytest.raises(RanksTimeoutError, match=r"rank\(s\) \[1\] after 1 s"):
+        wait_for_reports(tmp_path, 2, poll_seconds=0.05, timeout_seconds=1.0, log_seconds=0.2)
+    assert "waiting for rank(s) [1] to finish" in caplog.text
+    # A rank that keeps showing signs of life (a slow one, not a dead one) is waited for.
+    threading.Timer(0.5, write_report, (tmp_path, RankReport(1, 4, 0, 0.0, 2.0))).start()
+    reports = wait_for_reports(
+        tmp_path, 2, poll_seconds=0.05, timeout_seconds=0.2, last_activity=lambda rank: time.time()
+    )
+    assert [report.processed for report in reports] == [5, 4]
+
+
+# --- publish --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def no_stray_staging(tmp_path, monkeypatch) -> Path:
+    """Temporary staging folders go to a folder of the test, to check that none is left behind."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_publish_refuses_a_truncated_model_or_summary_by_name_and_leaves_no_copy(
+    model_dir, tmp_path, no_stray_staging, capsys
+):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in model_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) - 100])
+    assert publish_main(["--model_dir", str(folder), "--dry_run"]) == 1
+    err = _one_error_line(capsys)
+    assert f"{folder / 'model.safetensors'} is damaged or truncated" in err
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "training_summary.json").write_text('{"global_step": ')
+    assert publish_main(["--model_dir", str(folder), "--dry_run"]) == 1
+    assert f"{folder / 'training_summary.json'} is damaged (not complete JSON" in _one_error_line(capsys)
+    assert list(no_stray_staging.iterdir()) == []
+
+
+def test_a_full_disk_while_staging_is_one_line_and_leaves_nothing(model_dir, small_disk, capsys):
+    disk = small_disk(128)
+    staging = disk / "staging"
+    assert publish_main(["--model_dir", str(model_dir), "--staging_dir", str(staging), "--dry_run"]) == 1
+    assert _one_error_line(capsys) == f"error: cannot write {staging}: No space left on device"
+    assert list(disk.iterdir()) == []
+
+
+# --- pretraining: runs, checkpoints, padding, a full disk ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training(tmp_path_factory) -> Path:
+    """9 chips (over two ranks: 5 and 4, so one rank pads) and a tiny config."""
+    root = tmp_path_factory.mktemp("training")
+    write_synthetic_chips(root / "chips", 9, size=SIZE, seed=4)
+    small_config().to_json_file(root / "config.json")
+    return root
+
+
+def pretrain_args(root: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "--train_dir", str(root / "chips"), "--output_dir", str(output), "--config_name", str(root / "config.json"),
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
+        "--validation_fraction", "0", "--report_to", "none", "--logging_steps", "1", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def _assert_same_weights(expected: dict[str, torch.Tensor], folder: Path) -> None:
+    got = load_file(folder / "model.safetensors")
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_a_new_run_beside_another_runs_checkpoints_keeps_both_and_resumes_its_own(training, tmp_path):
+    """Run A ends with checkpoints 2 and 4. Run B starts afresh in the same folder with the same settings, is killed
+    after step 3 and resumed with `latest`: A's checkpoints are untouched (rotation and names), B resumes its own
+    checkpoint and ends with A's weights; a damaged checkpoint of B is refused naming the file and the intact one."""
+    output = tmp_path / "run"
+    common = ["--max_train_steps", "4", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
+    launch(pretrain_args(training, output, *common))
+    run_a = [(path.name, checkpoint_run(path)) for path in list_checkpoints(output)]
+    assert [name for name, _ in run_a] == ["checkpoint-3", "checkpoint-4"]
+    a_files = {p: p.read_bytes() for c in list_checkpoints(output) for p in sorted(c.iterdir())}
+    a_weights = load_file(output / "model.safetensors")
+
+    killed = launch(pretrain_args(training, output, *common), env={"CLAY_HF_CRASH_AFTER_STEP": "3"}, check=False)
+    assert killed.returncode != 0
+    run_b = json.loads((output / "checkpoints" / CURRENT_RUN_NAME).read_text())["run_id"]
+    assert run_b != run_a[0][1]
+    names = [path.name for path in list_checkpoints(output)]
+    assert names == ["checkpoint-2-" + run_b, "checkpoint-3", "checkpoint-3-" + run_b, "checkpoint-4"]
+    assert {p: p.read_bytes() for p in a_files} == a_files  # A's checkpoints: not one byte changed
+
+    newest = output / "checkpoints" / f"checkpoint-3-{run_b}"
+    weights = newest / "model.safetensors"
+    intact = weights.read_bytes()
+    damaged = bytearray(intact)
+    damaged[len(damaged) // 2] ^= 0x10
+    weights.write_bytes(bytes(damaged))
+    refused = launch(pretrain_args(training, output, *common, "--resume_from_checkpoint", "latest"), check=False)
+    assert refused.returncode == 1
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and f"{weights} is damaged" in errors[0]
+    assert f"The newest intact checkpoint is {output / 'checkpoints' / f'checkpoint-2-{run_b}'}" in errors[0]
+    weights.write_bytes(intact)
+
+    resumed = launch(pretrain_args(training, output, *common, "--resume_from_checkpoint", "latest"))
+    assert f"resumed from {newest} at step 3" in resumed.stdout
+    _assert_same_weights(a_weights, output)
+    assert summary(output)["run_id"] == run_b
+    assert {p: p.read_bytes() for p in a_files} == a_files
+
+
+def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path):
+    output = tmp_path / "run"
+    launch(pretrain_args(training, output, "--max_train_steps", "2", "--checkpointing_steps", "1"))
+    older, newest = list_checkpoints(output)
+    # Nothing in a checkpoint needs unpickling code to load: the scheduler has a weights-only file of its own.
+    assert not list(newest.glob("custom_checkpoint_*")) and (newest / "scheduler_state.pt").is_file()
+    for path in [newest / "optimizer.bin", *sorted(newest.glob("*.pt"))]:
+        torch.load(path, weights_only=True)
+    for name, damage in (
+        ("model.safetensors", "flip"),
+        ("scheduler_state.pt", "flip"),
+        ("optimizer.bin", "flip"),
+        ("random_states_0.pkl", "truncate"),
+        ("data_state_rank0.pt", "truncate"),
+        ("train_state.json", "truncate"),
+    ):
+        path = newest / name
+        intact = path.read_bytes()
+        changed = bytearray(intact)
+        if damage == "flip":
+            changed[len(changed) * 2 // 3] ^= 0x01
+        else:
+            del changed[len(changed) // 2 :]
+        path.write_bytes(bytes(changed))
+        with pytest.raises(IntegrityError) as refused:
+            verify_checkpoint(newest)
+        assert f"{path} is damaged" in str(refused.value), name
+        assert f"The newest intact checkpoint is {older}" in str(refused.value), name
+        path.write_bytes(intact)
+    verify_checkpoint(newest)
+    # A checkpoint of an older version (no checksums; the scheduler as Accelerate's custom checkpoint) resumes.
+    (newest / "scheduler_state.pt").rename(newest / "custom_checkpoint_0.pkl")
+    (newest / CHECKSUMS_NAME).unlink()
+    args = pretrain_args(training, output, "--max_train_steps", "3", "--resume_from_checkpoint", str(newest))
+    assert f"resumed from {newest} at step 2" in launch(args).stdout
+    assert summary(output)["global_step"] == 3
+
+
+def test_latest_of_a_run_without_checkpoints_is_refused_naming_both_runs(tmp_path):
+    folder = tmp_path / "checkpoints"
+    (folder / "checkpoint-4").mkdir(parents=True)
+    (folder / "checkpoint-4" / "train_state.json").write_text(json.dumps({"run_id": "aaaa"}))
+    (folder / CURRENT_RUN_NAME).write_text(json.dumps({"run_id": "bbbb", "started": "today"}))
+    with pytest.raises(ResumeError, match=r"no checkpoint of its current run bbbb .*checkpoint-4, is of run aaaa"):
+        resolve_checkpoint(tmp_path, "latest")
+    (folder / "checkpoint-5-bbbb").mkdir()
+    (folder / ".checkpoint-6-bbbb.partial").mkdir()  # what a kill during a save leaves
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-5-bbbb"
+
+
+def test_a_second_pretraining_run_on_one_output_is_refused(training, tmp_path):
+    output = tmp_path / "run"
+    with OutputLock(output):
+        refused = launch(pretrain_args(training, output, "--max_train_steps", "1"), check=False)
+    assert refused.returncode == 1
+    assert f"error: {output} is being written by another run (pid {os.getpid()}" in refused.stderr
+    assert not (output / "checkpoints").exists()
+
+
+def test_two_process_resume_from_a_checkpoint_where_a_rank_pads_equals_the_unbroken_run(training, tmp_path):
+    """9 chips over 2 ranks: 3 and 2 batches an epoch. The checkpoint after step 2 is taken when rank 1 has no batch
+    left: it pads step 3 with its last batch, which the checkpoint must hold."""
+    common = ["--num_train_epochs", "2", "--checkpointing_steps", "2"]
+    unbroken = tmp_path / "unbroken"
+    launch(pretrain_args(training, unbroken, *common), processes=2)
+    broken = tmp_path / "broken"
+    killed = launch(pretrain_args(training, broken, *common), processes=2, env={"CLAY_HF_CRASH_AFTER_STEP": "2"},
+                    check=False)  # fmt: skip
+    assert killed.returncode != 0
+    resumed = launch(pretrain_args(training, broken, *common, "--resume_from_checkpoint", "latest"), processes=2)
+    assert "no chip to pad with" not in resumed.stderr
+    expected, got = summary(unbroken), summary(broken)
+    assert (got["global_step"], got["chips_seen"]) == (expected["global_step"], expected["chips_seen"]) == (6, 18)
+    _assert_same_weights(load_file(unbroken / "model.safetensors"), broken)
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_previous_model_and_summary_whole(small_disk):
+    """The run's own folder gets its files one rename each, only once all are written (`save_pretrained_folder`,
+    shared=True): a full disk leaves the previous model and summary as they were, never a 0-byte summary."""
+    disk = small_disk(128)
+    write_json(disk / "training_summary.json", {"global_step": 1})
+    (disk / "model.safetensors").write_bytes(b"previous")
+    full = pytest.raises(OutputError, match=rf"cannot write {disk}: No space left on device")
+    with full, atomic_files(disk, last=["training_summary.json"]) as staging:
+        (staging / "model.safetensors").write_bytes(b"w" * 200 * 1024)
+        write_json(staging / "training_summary.json", {"global_step": 2})
+    assert read_json(disk / "training_summary.json") == {"global_step": 1}
+    assert (disk / "model.safetensors").read_bytes() == b"previous"
+    assert sorted(path.name for path in disk.iterdir()) == ["model.safetensors", "training_summary.json"]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial(training, small_disk):
+    disk = small_disk(512)
+    output = disk / "run"
+    result = launch(pretrain_args(training, output, "--max_train_steps", "2", "--checkpointing_steps", "1"),
+                    check=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: cannot write {output / 'checkpoints' / 'checkpoint-1'}: No space left on device"], (
+        result.stderr[-3000:]
+    )
+    assert "OSError" not in result.stderr and "RuntimeError" not in result.stderr
+    assert not [path for path in disk.rglob("*") if path.name.endswith(".partial")]
+    assert not lock_path(output).exists() and not (output / "training_summary.json").exists()
