@@ -142,10 +142,14 @@ def test_num_channels_is_accepted_as_in_transformers_vision_configs(tmp_path):
 
 @pytest.fixture()
 def verbosity():
-    """Restores transformers' verbosity after the test."""
-    before = transformers.logging.get_verbosity()
+    """A package logger without a level of its own (a command run in-process earlier, such as pretraining's `main`,
+    sets one, as a script does); transformers' verbosity restored after the test."""
+    package = logging.getLogger("clay_hf")
+    before, own = transformers.logging.get_verbosity(), package.level
+    package.setLevel(logging.NOTSET)
     yield transformers.logging
     transformers.logging.set_verbosity(before)
+    package.setLevel(own)
 
 
 def test_set_verbosity_error_silences_load_reports_and_band_warnings(segmenter_dir, tmp_path, log_records, verbosity):

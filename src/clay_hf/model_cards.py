@@ -28,6 +28,7 @@ from .image_processing_clay import CLAY_V0_BAND_STATISTICS
 from .modeling_clay import ClayForMaskedImageModeling, ClayModel
 from .modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
 from .pipeline_clay import CLAY_PIPELINES
+from .utils.outputs import read_json
 from .weights_license import (
     CARD_DIR,
     LICENSE_FILE,
@@ -224,7 +225,7 @@ def _group_list(config: ClayConfig) -> str:
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _shape_text(width: int, depth: int, heads: int) -> str:

@@ -310,8 +310,6 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     accelerator = Accelerator(log_with=report_to, project_dir=args.output_dir)
     _check_world(accelerator)
     configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("clay_hf").setLevel(logging.INFO)
     output_dir = make_folder(args.output_dir)
     lock = OutputLock(output_dir).acquire() if accelerator.is_main_process else None  # one run per output folder
     try:
@@ -746,8 +744,11 @@ def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The pretraining script: its progress at INFO (the library itself configures no logging)."""
     from .arguments import parse_args
 
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("clay_hf").setLevel(logging.INFO)
     return pretrain(parse_args(argv))
 
 
