@@ -75,7 +75,7 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
     """
     path = Path(path)
     temporary = partial_path(path)
-    try:
+    with writing(path, temporary):
         yield temporary
         if verify is not None:
             try:
@@ -86,12 +86,6 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
         _fsync(temporary)
         os.replace(temporary, path)
         _fsync(path.parent)
-    except BaseException as error:
-        _remove(temporary)
-        converted = _output_error(path, error)
-        if converted is error:
-            raise
-        raise converted from error
 
 
 @contextmanager
@@ -104,7 +98,7 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
     path = Path(path)
     temporary = partial_path(path)
     previous = path.with_name(f".{path.name}.previous{PARTIAL_SUFFIX}")
-    try:
+    with writing(path, temporary):
         _remove(temporary)
         temporary.mkdir(parents=True)
         yield temporary
@@ -117,12 +111,6 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
         _fsync(path.parent)
         _remove(previous)
-    except BaseException as error:
-        _remove(temporary)
-        converted = _output_error(path, error)
-        if converted is error:
-            raise
-        raise converted from error
 
 
 @contextmanager
@@ -135,7 +123,7 @@ def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[P
     """
     folder, last = Path(folder), set(last)
     temporary = partial_path(folder / "files")
-    try:
+    with writing(folder, temporary):
         _remove(temporary)
         temporary.mkdir(parents=True)
         yield temporary
@@ -148,21 +136,18 @@ def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[P
             os.replace(file, folder / file.name)
         _fsync(folder)
         _remove(temporary)
-    except BaseException as error:
-        _remove(temporary)
-        converted = _output_error(folder, error)
-        if converted is error:
-            raise
-        raise converted from error
 
 
 @contextmanager
-def writing(path: str | PathLike) -> Iterator[None]:
-    """Turn an error while writing `path` by other means (another rank's share of a folder that the main process
-    writes atomically) into an [`OutputError`], as the atomic helpers do."""
+def writing(path: str | PathLike, temporary: Path | None = None) -> Iterator[None]:
+    """Turn an error while writing `path` into an [`OutputError`] (see `_output_error`), removing `temporary` (the
+    atomic helpers' partial output) first; alone, for what is written by other means (another rank's share of a
+    folder that the main process writes atomically)."""
     try:
         yield
     except BaseException as error:
+        if temporary is not None:
+            _remove(temporary)
         converted = _output_error(Path(path), error)
         if converted is error:
             raise
