@@ -48,7 +48,8 @@ def training_args(chips, config_file, output_dir, steps, *extra):
 
 def launch(args, processes=1, mixed_precision="no", env=None, check=True):
     """`accelerate launch` the real script; two processes run DDP on the CPU (gloo)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1"]
+    # --quiet: a failed run shows the script's own error, not the launcher's traceback around a copy of it.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_machines", "1"]
     command += ["--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     if processes > 1:
         command += [
