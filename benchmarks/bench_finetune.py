@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from clay_hf import ClayConfig, ClayForSemanticSegmentation
-from clay_hf.benchmarking import machine_description, matmul_peak, peak_memory_bytes, time_call
-from clay_hf.memory import GLIBC_DEFAULT_MMAP_THRESHOLD, configure_training_malloc
+from clay_hf.utils.benchmarking import machine_description, matmul_peak, peak_memory_bytes, time_call
+from clay_hf.utils.memory import GLIBC_DEFAULT_MMAP_THRESHOLD, configure_training_malloc
 
 
 def run_row(args: argparse.Namespace) -> dict:

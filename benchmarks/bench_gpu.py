@@ -30,8 +30,10 @@ from pathlib import Path
 import torch
 
 from clay_hf import ClayConfig
-from clay_hf.benchmarking import machine_description, matmul_peak, run_inference, run_train_step
-from clay_hf.data import ChipLayout, chip_dataloader, load_chip_dataset, pack_shards, write_synthetic_chips
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import ChipLayout, chip_dataloader, load_chip_dataset, pack_shards
+from clay_hf.models.benchmarking import run_inference, run_train_step
+from clay_hf.utils.benchmarking import machine_description, matmul_peak
 
 REPO = Path(__file__).resolve().parents[1]
 #: Nominal dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by a part of the name torch reports.

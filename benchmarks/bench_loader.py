@@ -30,11 +30,12 @@ import numpy as np
 import rasterio
 import torch
 
-from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
-from clay_hf.data import ChipLayout, chip_dataloader, read_chip, resolve_sources, write_synthetic_chips
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import ChipLayout, chip_dataloader, read_chip, resolve_sources
 from clay_hf.data.shards import pack_shards
 from clay_hf.data.sources import load_chip_dataset
 from clay_hf.data.webdataset import pack_webdataset
+from clay_hf.models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 GEOTIFF_CODECS = {
     "deflate": {"compress": "deflate"},

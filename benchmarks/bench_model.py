@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from clay_hf import ClayConfig
-from clay_hf.benchmarking import machine_description, matmul_peak, run_inference, run_train_step
-from clay_hf.memory import GLIBC_DEFAULT_MMAP_THRESHOLD
+from clay_hf.models.benchmarking import run_inference, run_train_step
+from clay_hf.utils.benchmarking import machine_description, matmul_peak
+from clay_hf.utils.memory import GLIBC_DEFAULT_MMAP_THRESHOLD
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

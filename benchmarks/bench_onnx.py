@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from clay_hf import ClayConfig, ClayModel
-from clay_hf.benchmarking import machine_description, time_call, write_results
 from clay_hf.export import OnnxEncoder, export_onnx
 from clay_hf.export.onnx import sample_inputs
+from clay_hf.utils.benchmarking import machine_description, time_call, write_results
 
 
 def main() -> None:

@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 import shapely
 import torch
 
-from clay_hf.benchmarking import call_seconds, latency_ms, write_results
-from clay_hf.embeddings import geo_metadata
+from clay_hf.inference.geoparquet import geo_metadata
 from clay_hf.search import build_index, nearest, open_index
 from clay_hf.search.table import create_ann_index
+from clay_hf.utils.benchmarking import call_seconds, latency_ms, write_results
 
 CPU = torch.device("cpu")
 

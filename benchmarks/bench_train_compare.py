@@ -4,7 +4,7 @@
 
 Each measurement is a fresh process, so that its peak memory (resident set) is its own. It imports `clay_hf` either
 from this checkout's src/ or from the other revision's src/, exported with `git archive` to a temporary folder, and
-runs that revision's own `clay_hf.benchmarking.run_train_step`: its model, loss and optimizer, as its
+runs that revision's own `clay_hf.models.benchmarking.run_train_step`: its model, loss and optimizer, as its
 scripts/pretrain.py sets them up (forward, backward, AdamW; s/step is the median of `--repeats` steps after two
 warm-up steps). The revisions alternate, the first of each round swapping, so that the drift of a shared machine
 falls on both alike. Printed: every measurement, then the medians of s/step and the largest peak of each revision.
@@ -55,7 +55,7 @@ def measure_one(args: argparse.Namespace) -> dict:
     """One training-step measurement with the `clay_hf` found first on the path (the revision under test)."""
     import clay_hf
     from clay_hf import ClayConfig
-    from clay_hf.benchmarking import run_train_step
+    from clay_hf.models.benchmarking import run_train_step
 
     config = ClayConfig.from_preset(args.config_name, image_size=args.image_size)
     threshold = (
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure_one(args)))
         return
-    from clay_hf.benchmarking import machine_description
+    from clay_hf.utils.benchmarking import machine_description
 
     machine = machine_description(torch.device(args.device))
     print(

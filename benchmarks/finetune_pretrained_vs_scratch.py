@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clay_hf.commands.finetune import run as finetune
+from clay_hf.commands.pretrain import run as pretrain
 from clay_hf.finetuning.synthetic import write_synthetic_segmentation
-from clay_hf.finetuning.train import main as finetune
 from clay_hf.testing_utils import toy_config
-from clay_hf.training.pretrain import main as pretrain
 
 #: The toy config of the test suite on 64×64 chips, with narrow segmentation heads.
 TINY = dict(image_size=64, neck_hidden_size=16, decode_hidden_size=16)

@@ -16,9 +16,9 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window, from_bounds
 
-from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
-from clay_hf.data import make_chips, sentinel2_sample_scene
-from clay_hf.data.tiling import synthetic_chip
+from clay_hf.chipping import make_chips, sentinel2_sample_scene
+from clay_hf.chipping.tiling import synthetic_chip
+from clay_hf.models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 SENTINEL2_IDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 SIZE = 1536

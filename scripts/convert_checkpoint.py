@@ -5,7 +5,7 @@ python scripts/convert_checkpoint.py --checkpoint Clay_v0.1_epoch-24_val-loss-0.
 
 import sys
 
-from clay_hf.convert_clay_original_checkpoint import main
+from clay_hf.commands.convert_checkpoint import main
 
 if __name__ == "__main__":
     sys.exit(main())

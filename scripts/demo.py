@@ -1,6 +1,8 @@
 """`make demo`: the main job end to end on built-in synthetic data."""
 
-from clay_hf.demo import main
+import sys
+
+from clay_hf.commands.demo import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

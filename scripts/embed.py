@@ -5,7 +5,7 @@ python scripts/embed.py --model_name_or_path made-with-clay/Clay --data_dir chip
 
 import sys
 
-from clay_hf.cli import embed_main
+from clay_hf.commands.embed import main
 
 if __name__ == "__main__":
-    sys.exit(embed_main())
+    sys.exit(main())

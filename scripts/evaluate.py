@@ -2,7 +2,7 @@
 
 import sys
 
-from clay_hf.cli import evaluate_main
+from clay_hf.commands.evaluate import main
 
 if __name__ == "__main__":
-    sys.exit(evaluate_main())
+    sys.exit(main())

@@ -5,7 +5,7 @@ python scripts/export_onnx.py --model_name_or_path made-with-clay/Clay --output 
 
 import sys
 
-from clay_hf.export.cli import main
+from clay_hf.commands.export_onnx import main
 
 if __name__ == "__main__":
     sys.exit(main())

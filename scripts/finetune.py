@@ -9,7 +9,7 @@ Run `python scripts/finetune.py --help` for every flag (TrainingArguments includ
 
 import sys
 
-from clay_hf.finetuning.train import cli
+from clay_hf.commands.finetune import main
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

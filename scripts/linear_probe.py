@@ -2,7 +2,7 @@
 
 import sys
 
-from clay_hf.cli import linear_probe_main
+from clay_hf.commands.linear_probe import main
 
 if __name__ == "__main__":
-    sys.exit(linear_probe_main())
+    sys.exit(main())

@@ -6,7 +6,7 @@ python scripts/make_chips.py --synthetic 64 --output_dir chips
 
 import sys
 
-from clay_hf.cli import make_chips_main
+from clay_hf.commands.make_chips import main
 
 if __name__ == "__main__":
-    sys.exit(make_chips_main())
+    sys.exit(main())

@@ -6,7 +6,7 @@ python scripts/pack_shards.py chips/ --output_dir shards --chips_per_shard 256 [
 
 import sys
 
-from clay_hf.cli import pack_shards_main
+from clay_hf.commands.pack_shards import main
 
 if __name__ == "__main__":
-    sys.exit(pack_shards_main())
+    sys.exit(main())

@@ -5,7 +5,7 @@ python scripts/pack_webdataset.py chips/ --output_dir shards --chips_per_shard 2
 
 import sys
 
-from clay_hf.cli import pack_webdataset_main
+from clay_hf.commands.pack_webdataset import main
 
 if __name__ == "__main__":
-    sys.exit(pack_webdataset_main())
+    sys.exit(main())

@@ -7,7 +7,7 @@ Run `python scripts/predict.py --help` for every flag.
 
 import sys
 
-from clay_hf.finetuning.predict import cli
+from clay_hf.commands.predict import main
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

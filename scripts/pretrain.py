@@ -8,7 +8,7 @@ Run `python scripts/pretrain.py --help` for every flag; the defaults reproduce t
 
 import sys
 
-from clay_hf.cli import pretrain_main
+from clay_hf.commands.pretrain import main
 
 if __name__ == "__main__":
-    sys.exit(pretrain_main())
+    sys.exit(main())

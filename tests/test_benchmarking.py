@@ -9,14 +9,8 @@ from conftest import random_inputs, small_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from clay_hf import ClayForMaskedImageModeling, ClayModel
-from clay_hf.benchmarking import (
-    call_seconds,
-    encoder_flops,
-    latency_ms,
-    pretraining_flops,
-    time_call,
-    write_results,
-)
+from clay_hf.models.benchmarking import encoder_flops, pretraining_flops
+from clay_hf.utils.benchmarking import call_seconds, latency_ms, time_call, write_results
 
 
 def counted_flops(fn) -> int:

@@ -14,22 +14,16 @@ import rasterio
 from conftest import save_pretraining_model, small_config
 from geotiffs import SENTINEL2_L1C_BANDS, sample_scene_or_skip, write_geotiff, write_scene_stack
 
-from clay_hf.cli import embed_main, pretrain_main
-from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
-from clay_hf.data import (
-    ChipError,
-    ChipLayout,
-    load_chip_dataset,
-    make_chips,
-    make_datacube_chips,
-    read_chip,
-    write_synthetic_chips,
-)
-from clay_hf.data.datacube import DECLARED_TAG
+from clay_hf.chipping import make_chips, make_datacube_chips, write_synthetic_chips
+from clay_hf.chipping.datacube import DECLARED_TAG
+from clay_hf.chipping.stac import stac_band_sources
+from clay_hf.commands.embed import main as embed_main
+from clay_hf.commands.pretrain import main as pretrain_main
+from clay_hf.data import ChipError, ChipLayout, load_chip_dataset, read_chip
 from clay_hf.data.shards import pack_shards
-from clay_hf.data.stac import stac_band_sources
 from clay_hf.data.webdataset import pack_webdataset
 from clay_hf.finetuning.data import ChipReader
+from clay_hf.models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 S2_CLAY_BANDS = tuple(CLAY_V0_BAND_NAMES[:10])
 #: the Sentinel-2 id of each clay band

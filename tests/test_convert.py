@@ -19,7 +19,9 @@ from clay_hf import (
     ClayImageProcessor,
     convert_original_checkpoint,
 )
-from clay_hf.convert_clay_original_checkpoint import (
+from clay_hf.commands.convert_checkpoint import main as convert_main
+from clay_hf.hub.publish import stage_repository
+from clay_hf.models.clay.convert_clay_original_checkpoint import (
     CONVERSION_RECORD_NAME,
     CheckpointConversionError,
     conversion_record,
@@ -28,8 +30,6 @@ from clay_hf.convert_clay_original_checkpoint import (
     load_original_checkpoint,
     save_converted,
 )
-from clay_hf.convert_clay_original_checkpoint import main as convert_main
-from clay_hf.hub import stage_repository
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = Path(__file__).parent / "fixtures" / "clay_v0_small_state_dict_keys.tsv"

@@ -15,6 +15,7 @@ from geotiffs import write_geotiff
 from rasterio.io import MemoryFile
 from rasterio.warp import transform as warp_transform
 
+from clay_hf.chipping import make_chips, write_synthetic_chips
 from clay_hf.data import (
     ChipError,
     ChipLayout,
@@ -23,13 +24,11 @@ from clay_hf.data import (
     collate_chips,
     date_from_filename,
     load_geotiff_dataset,
-    make_chips,
     read_chip,
     resolve_sources,
     shard_paths,
     split_of,
     split_paths,
-    write_synthetic_chips,
 )
 from clay_hf.data.webdataset import load_chip_webdataset, pack_webdataset
 

@@ -15,15 +15,8 @@ import pytest
 import rasterio
 from geotiffs import write_geotiff
 
-from clay_hf.data import (
-    ChipLayout,
-    date_from_filename,
-    load_geotiff_dataset,
-    make_chips,
-    resolve_sources,
-    split_of,
-    split_paths,
-)
+from clay_hf.chipping import make_chips
+from clay_hf.data import ChipLayout, date_from_filename, load_geotiff_dataset, resolve_sources, split_of, split_paths
 from clay_hf.data.chips import chip_key
 from clay_hf.data.webdataset import load_chip_webdataset, pack_webdataset
 

@@ -15,10 +15,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
-from clay_hf.cli import make_chips_main
-from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
-from clay_hf.data import (
-    ChipError,
+from clay_hf.chipping import (
     SampleDataUnavailable,
     clay_band_name,
     make_datacube_chips,
@@ -26,7 +23,10 @@ from clay_hf.data import (
     sentinel2_sample_scene,
     stac_band_sources,
 )
-from clay_hf.data import sample_data as sample_data_module
+from clay_hf.chipping import sample_data as sample_data_module
+from clay_hf.commands.make_chips import main as make_chips_main
+from clay_hf.data import ChipError
+from clay_hf.models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 S2_10M = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
 S2_20M = {"B05": "rededge1", "B06": "rededge2", "B07": "rededge3", "B8A": "nir08", "B11": "swir16", "B12": "swir22"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import rasterio
 
-from clay_hf import demo
-from clay_hf.data import SampleDataUnavailable
+from clay_hf.chipping import SampleDataUnavailable
+from clay_hf.commands import demo
 
 
 def test_partial_config_keeps_the_v0_groups_of_the_sentinel2_bands():

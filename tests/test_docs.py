@@ -43,9 +43,10 @@ from clay_hf import (
     encode_dates,
     encode_lonlat,
 )
-from clay_hf.data import resolve_sources, write_synthetic_chips
-from clay_hf.hub import CARD_DIR, render_model_card
-from clay_hf.model_cards import finetuned_task, render_finetuned_card
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import resolve_sources
+from clay_hf.hub.cards import finetuned_task, render_finetuned_card
+from clay_hf.hub.publish import CARD_DIR, render_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

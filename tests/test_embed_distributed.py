@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import save_pretraining_model
 
-from clay_hf.data import write_synthetic_chips
-from clay_hf.embeddings import embed_to_geoparquet, load_encoder
-from clay_hf.ranks import shard
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
+from clay_hf.inference.ranks import shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DIE_ON_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":
-    import clay_hf.embeddings as embeddings
+    import clay_hf.inference.embeddings as embeddings
     original, calls = embeddings.embed_batch, []
     def embed_batch(*args, **kwargs):
         calls.append(1)

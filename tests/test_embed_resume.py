@@ -12,11 +12,11 @@ import torch
 from conftest import small_config
 from geotiffs import write_geotiff
 
-import clay_hf.embeddings as embeddings
+import clay_hf.inference.embeddings as embeddings
 from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
-from clay_hf.data import write_synthetic_chips
-from clay_hf.embeddings import embed_to_geoparquet
-from clay_hf.evaluation import evaluate_reconstruction
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.evaluation.reconstruction import evaluate_reconstruction
+from clay_hf.inference.embeddings import embed_to_geoparquet
 from clay_hf.utils.errors import ResumeError
 
 
@@ -33,7 +33,7 @@ def chips(tmp_path):
 
 
 def interrupt_after(monkeypatch, target: str, calls: int) -> None:
-    """Make `clay_hf.embeddings.<target>` raise KeyboardInterrupt (a kill) on its `calls`-th call."""
+    """Make `clay_hf.inference.embeddings.<target>` raise KeyboardInterrupt (a kill) on its `calls`-th call."""
     original = getattr(embeddings, target)
     count = {"n": 0}
 

@@ -19,21 +19,16 @@ from conftest import save_pretraining_model, small_config
 from geotiffs import write_geotiff
 
 from clay_hf import ClayForMaskedImageModeling, ClayModel
-from clay_hf.cli import embed_main, evaluate_main
-from clay_hf.data import (
-    ChipLayout,
-    chip_dataloader,
-    load_geotiff_dataset,
-    resolve_sources,
-    split_of,
-    write_synthetic_chips,
-)
-from clay_hf.demo import training_artifacts
-from clay_hf.evaluation import chip_masking_noise, evaluate_reconstruction, load_pretraining_model
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.commands.demo import training_artifacts
+from clay_hf.commands.embed import main as embed_main
+from clay_hf.commands.evaluate import main as evaluate_main
+from clay_hf.data import ChipLayout, chip_dataloader, load_geotiff_dataset, resolve_sources, split_of
+from clay_hf.evaluation.probe import labels_from_csv
+from clay_hf.evaluation.reconstruction import chip_masking_noise, evaluate_reconstruction, load_pretraining_model
 from clay_hf.metrics import MASKED_RECONSTRUCTION_PATH
-from clay_hf.model_source import ModelSourceError, from_pretrained_checked
-from clay_hf.probe import labels_from_csv
 from clay_hf.training.pretrain import evaluate as training_validation
+from clay_hf.utils.model_source import ModelSourceError, from_pretrained_checked
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ["rgb", "rededge", "nir", "swir", "sar", "dem"]

@@ -12,8 +12,8 @@ import torch
 from conftest import random_inputs, small_config
 
 from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
+from clay_hf.commands.export_onnx import main as export_main
 from clay_hf.export import OnnxEncoder
-from clay_hf.export.cli import main as export_main
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,9 @@ def test_a_file_without_clay_metadata_is_a_clear_error(tmp_path):
 
 
 def test_embed_with_the_onnx_encoder_matches_pytorch(exported, tmp_path):
-    from clay_hf.cli import embed_main
-    from clay_hf.data import write_synthetic_chips
-    from clay_hf.embeddings import embed_to_geoparquet
+    from clay_hf.chipping import write_synthetic_chips
+    from clay_hf.commands.embed import main as embed_main
+    from clay_hf.inference.embeddings import embed_to_geoparquet
 
     write_synthetic_chips(tmp_path / "chips", 3, size=32, seed=5)
     output = tmp_path / "onnx.parquet"

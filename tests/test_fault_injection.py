@@ -29,12 +29,13 @@ from safetensors.torch import load_file
 from test_pretrain import launch, summary
 
 from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor
-from clay_hf.data import ChipError, ChipLayout, chip_dataloader, load_geotiff_dataset, read_chip, write_synthetic_chips
-from clay_hf.embeddings import embed_to_geoparquet, load_encoder
-from clay_hf.evaluation import evaluate_reconstruction, load_pretraining_model
-from clay_hf.probe import mean_embeddings
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import ChipError, ChipLayout, chip_dataloader, load_geotiff_dataset, read_chip
+from clay_hf.evaluation.probe import mean_embeddings
+from clay_hf.evaluation.reconstruction import evaluate_reconstruction, load_pretraining_model
+from clay_hf.evaluation.visualize import save_reconstructions
+from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
 from clay_hf.training import list_checkpoints
-from clay_hf.visualize import save_reconstructions
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

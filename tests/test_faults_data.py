@@ -21,10 +21,13 @@ from conftest import small_config
 from geotiffs import sample_scene_or_skip, write_geotiff, write_scene_stack
 
 from clay_hf import ClayForImageClassification, ClayForMaskedImageModeling, ClayForSemanticSegmentation
-from clay_hf.cli import make_chips_main, pack_shards_main, pack_webdataset_main
-from clay_hf.data import read_chip, write_synthetic_chips
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.commands.make_chips import main as make_chips_main
+from clay_hf.commands.pack_shards import main as pack_shards_main
+from clay_hf.commands.pack_webdataset import main as pack_webdataset_main
+from clay_hf.commands.predict import main as predict_cli
+from clay_hf.data import read_chip
 from clay_hf.data.shards import iter_shard, pack_shards, read_index
-from clay_hf.finetuning.predict import cli as predict_cli
 from clay_hf.utils.outputs import OutputLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +74,7 @@ def test_make_chips_killed_while_writing_a_chip_reruns_to_the_uninterrupted_resu
     assert make_chips_main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
     killed = run_killed(f"""
         import os, rasterio.io
-        from clay_hf.cli import make_chips_main
+        from clay_hf.commands.make_chips import main as make_chips_main
         real, calls = rasterio.io.DatasetWriter.write, [0]
         def write(self, *args, **kwargs):
             real(self, *args, **kwargs)

@@ -27,11 +27,13 @@ from safetensors.torch import load_file
 from test_fault_injection import _kill_when, _Stall
 from test_pretrain import launch, summary
 
-import clay_hf.embeddings as embeddings
-from clay_hf.cli import embed_main, evaluate_main, publish_main
-from clay_hf.data import write_synthetic_chips
-from clay_hf.embeddings import embed_to_geoparquet, load_encoder
-from clay_hf.ranks import RankReport, wait_for_reports, write_report
+import clay_hf.inference.embeddings as embeddings
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.commands.embed import main as embed_main
+from clay_hf.commands.evaluate import main as evaluate_main
+from clay_hf.commands.publish import main as publish_main
+from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
+from clay_hf.inference.ranks import RankReport, wait_for_reports, write_report
 from clay_hf.training import list_checkpoints, resolve_checkpoint
 from clay_hf.training.checkpointing import CURRENT_RUN_NAME, checkpoint_run, verify_checkpoint
 from clay_hf.utils.errors import IntegrityError, OutputError, RanksTimeoutError, ResumeError

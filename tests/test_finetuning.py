@@ -16,6 +16,8 @@ from geotiffs import write_geotiff
 from transformers import AutoModelForSemanticSegmentation
 
 from clay_hf import CLAY_V0_BAND_NAMES, ClayForMaskedImageModeling, ClayForSemanticSegmentation, ClayImageProcessor
+from clay_hf.commands.finetune import run as finetune_main
+from clay_hf.commands.predict import run as predict_main
 from clay_hf.data import ChipError, split_paths
 from clay_hf.finetuning.data import (
     ChipLabelDataset,
@@ -28,10 +30,8 @@ from clay_hf.finetuning.data import (
     segmentation_pairs,
 )
 from clay_hf.finetuning.predict import cosine_window, segment_scene, tile_latlon, tile_starts
-from clay_hf.finetuning.predict import main as predict_main
 from clay_hf.finetuning.scores import StreamingMetrics, confusion_matrix
 from clay_hf.finetuning.synthetic import write_synthetic_classification, write_synthetic_segmentation
-from clay_hf.finetuning.train import main as finetune_main
 from clay_hf.metrics import (
     IMAGE_CLASSIFICATION_PATH,
     MASKED_RECONSTRUCTION_PATH,

@@ -24,7 +24,7 @@ from clay_hf import (
     ClayForSemanticSegmentation,
     ClayModel,
 )
-from clay_hf.modeling_clay_heads import semantic_segmentation_loss
+from clay_hf.models.clay.modeling_clay_heads import semantic_segmentation_loss
 
 HEAD_SIZES = dict(neck_hidden_size=16, decode_hidden_size=16)
 
@@ -172,7 +172,7 @@ def test_pretrained_mim_folder_loads_encoder_bit_identical_and_reports_one_line(
     expected = mim.clay.state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[key], expected[key]) for key in expected)
-    ours = [r for r in caplog.records if r.name == "clay_hf.modeling_clay_heads"]
+    ours = [r for r in caplog.records if r.name == "clay_hf.models.clay.modeling_clay_heads"]
     assert len(ours) == 1
     assert "not used from the checkpoint: decoder" in ours[0].getMessage()
     if model_class is not ClayBackbone:

@@ -7,7 +7,7 @@ from conftest import random_inputs, small_config
 from geotiffs import write_geotiff
 
 from clay_hf import ClayBackbone, ClayForImageClassification, ClayForMaskedImageModeling, ClayForSemanticSegmentation
-from clay_hf.finetuning.train import main as finetune_main
+from clay_hf.commands.finetune import run as finetune_main
 
 BANDS = ["blue", "green", "red", "nir"]
 

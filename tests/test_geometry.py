@@ -19,8 +19,8 @@ from shapely import Point, from_wkb
 
 from clay_hf import ClayImageProcessor, ClayModel
 from clay_hf.data import ChipLayout, collate_chips, load_geotiff_dataset, read_chip
-from clay_hf.embeddings import embed_to_geoparquet
-from clay_hf.geometry import chip_outline, footprint, lonlat_bbox, normalize_longitude
+from clay_hf.inference.embeddings import embed_to_geoparquet
+from clay_hf.utils.geometry import chip_outline, footprint, lonlat_bbox, normalize_longitude
 
 ORTHOGRAPHIC = "+proj=ortho +lat_0=40 +lon_0=-100 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
 

@@ -18,15 +18,19 @@ from huggingface_hub.utils import _http
 from safetensors.torch import save_file
 
 from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayImageProcessor
-from clay_hf.cli import publish_main
-from clay_hf.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME, V0_1_RELEASE_FILE, conversion_record
-from clay_hf.hub import (
+from clay_hf.commands.publish import main as publish_main
+from clay_hf.hub.publish import (
     STAGING_MARKER,
     StagingError,
     WeightsLicense,
     stage_repository,
     upload_repository,
     validate_model_card,
+)
+from clay_hf.models.clay.convert_clay_original_checkpoint import (
+    CONVERSION_RECORD_NAME,
+    V0_1_RELEASE_FILE,
+    conversion_record,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +148,7 @@ def test_hub_id_works_offline_with_and_without_clay_hf(staged, source, tmp_path,
     result = run_offline(PROGRAM.format(imports=imports, kwargs=kwargs), cache, tmp_path / "modules")
     assert result["clay_hf_imported"] is with_clay_hf
     if with_clay_hf:
-        assert result["model"] == "clay_hf.modeling_clay.ClayModel"  # the installed code, no remote code
+        assert result["model"] == "clay_hf.models.clay.modeling_clay.ClayModel"  # the installed code, no remote code
     else:
         assert result["model"].startswith("transformers_modules.") and result["model"].endswith(".ClayModel")
     assert (result["mim"], result["pre"], result["processor"]) == (
@@ -363,7 +367,7 @@ def test_upload_sends_every_staged_file_to_the_repo(staged, monkeypatch):
     hub = FakeHub()
     set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub)))
     try:
-        from clay_hf.hub import StagedRepository
+        from clay_hf.hub.publish import StagedRepository
 
         files = sorted(path.name for path in staged.iterdir() if path.name != STAGING_MARKER)
         assert (staged / STAGING_MARKER).is_file()  # staged, but never uploaded

@@ -23,10 +23,10 @@ from clay_hf import (
     ClayForSemanticSegmentation,
     ClayImageProcessor,
 )
-from clay_hf.cli import publish_main
+from clay_hf.commands.finetune import run as finetune_main
+from clay_hf.commands.publish import main as publish_main
 from clay_hf.finetuning.synthetic import write_synthetic_classification, write_synthetic_segmentation
-from clay_hf.finetuning.train import main as finetune_main
-from clay_hf.hub import StagingError, stage_repository
+from clay_hf.hub.publish import StagingError, stage_repository
 
 BASE_ID = "made-with-clay/Clay"
 

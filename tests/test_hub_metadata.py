@@ -15,7 +15,7 @@ from conftest import save_pretraining_model, small_config
 from huggingface_hub import ModelCard
 
 from clay_hf import ClayForImageClassification, ClayForMaskedImageModeling, ClayImageProcessor
-from clay_hf.hub import StagingError, stage_repository, validate_model_card
+from clay_hf.hub.publish import StagingError, stage_repository, validate_model_card
 
 REPO_ID = "made-with-clay/Clay"
 HUB_TASKS = {"image-feature-extraction", "image-segmentation", "image-classification", "other"}

@@ -7,8 +7,8 @@ from conftest import small_config
 from transformers import AutoImageProcessor
 
 from clay_hf import CLAY_V0_BAND_STATISTICS, ClayForMaskedImageModeling, ClayImageProcessor
-from clay_hf.configuration_clay import CLAY_V0_BAND_NAMES
-from clay_hf.image_processing_clay import encode_dates, encode_lonlat, normalize_pixels, parse_date
+from clay_hf.models.clay.configuration_clay import CLAY_V0_BAND_NAMES
+from clay_hf.models.clay.image_processing_clay import encode_dates, encode_lonlat, normalize_pixels, parse_date
 
 MEAN = np.array([mean for mean, _ in CLAY_V0_BAND_STATISTICS.values()])
 STD = np.array([std for _, std in CLAY_V0_BAND_STATISTICS.values()])

@@ -26,7 +26,7 @@ from clay_hf import (
     ClayForSemanticSegmentation,
     ClayModel,
 )
-from clay_hf.embeddings import _progress
+from clay_hf.inference.embeddings import _progress
 from clay_hf.training.pretrain import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,7 +92,9 @@ def test_a_head_with_other_sizes_fails_at_once_with_transformers_error_and_its_r
 def test_ignored_mismatched_sizes_are_named_at_warning_level(segmenter_dir, log_records):
     model = ClayForSemanticSegmentation.from_pretrained(segmenter_dir, num_labels=5, ignore_mismatched_sizes=True)
     assert model.decode_head.classifier.out_channels == 5
-    ours = [(level, message) for name, level, message in log_records if name == "clay_hf.modeling_clay_heads"]
+    ours = [
+        (level, message) for name, level, message in log_records if name == "clay_hf.models.clay.modeling_clay_heads"
+    ]
     assert len(ours) == 1
     level, message = ours[0]
     assert level == logging.WARNING
@@ -168,7 +170,7 @@ def test_set_verbosity_error_silences_load_reports_and_band_warnings(segmenter_d
     verbosity.set_verbosity_error()
     assert load_both() == []
     verbosity.set_verbosity_info()
-    assert logging.getLogger("clay_hf.modeling_clay").isEnabledFor(logging.INFO)
+    assert logging.getLogger("clay_hf.models.clay.modeling_clay").isEnabledFor(logging.INFO)
 
 
 def test_transformers_verbosity_env_silences_band_warnings(tmp_path):

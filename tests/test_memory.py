@@ -8,13 +8,13 @@ import textwrap
 import pytest
 import torch
 
-from clay_hf.memory import configure_training_malloc
+from clay_hf.utils.memory import configure_training_malloc
 
 SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    from clay_hf.memory import configure_training_malloc
+    from clay_hf.utils.memory import configure_training_malloc
 
     def resident_mib():
         with open("/proc/self/statm") as statm:

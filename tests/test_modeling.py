@@ -7,7 +7,8 @@ import torch
 from conftest import random_inputs, small_config
 from transformers import AutoModel, AutoModelForMaskedImageModeling, AutoModelForPreTraining
 
-from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayModel, modeling_clay, patchify, unpatchify
+from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayModel, patchify, unpatchify
+from clay_hf.models.clay import modeling_clay
 
 
 def test_released_shape_parameter_counts():
@@ -185,7 +186,7 @@ def test_partial_inputs_load_their_groups_by_name_from_a_full_checkpoint(tmp_pat
 
 def test_partial_band_encoding_uses_the_position_in_the_subset():
     """nir is group 1 of the rgb+nir subset, so its tokens get the band encoding of group 1, not of group 2."""
-    from clay_hf.modeling_clay import sincos_band_encoding
+    from clay_hf.models.clay.modeling_clay import sincos_band_encoding
 
     config = small_config(band_names=["blue", "green", "red", "nir"], band_groups=[["rgb", [2, 1, 0]], ["nir", [3]]])
     encoding = ClayModel(config).embeddings.position_band_encoding(4, 4, torch.device("cpu"), torch.float32)

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 import yaml
 
-from clay_hf.data import SampleDataUnavailable, sentinel2_sample_scene
+from clay_hf.chipping import SampleDataUnavailable, sentinel2_sample_scene
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((REPO / "docs" / "tutorials").glob("*.ipynb"))

@@ -8,7 +8,7 @@ from conftest import random_inputs, small_config
 from transformers import AutoImageProcessor, AutoModel
 
 from clay_hf import ClayConfig, ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
-from clay_hf.image_processing_clay import load_image_processor
+from clay_hf.models.clay.image_processing_clay import load_image_processor
 
 BANDS = ["red", "green", "blue", "nir"]  # the input's channel order, not the model's
 DROPPED = ["rededge", "swir", "sar", "dem"]

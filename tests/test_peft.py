@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from clay_hf import ClayForImageClassification
-from clay_hf.recompute import is_plain
+from clay_hf.models.clay.recompute import is_plain
 
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
 

@@ -28,7 +28,7 @@ from clay_hf import (
     ClayImageSegmentationPipeline,
 )
 from clay_hf.data import read_chip
-from clay_hf.hub import stage_repository
+from clay_hf.hub.publish import stage_repository
 
 DATES = ["2023-06-01", "2021-01-15"]
 LONLAT = [(12.49, 41.89), (-70.6, -33.4)]

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
 from clay_hf import ClayImageProcessor, ClayModel
-from clay_hf.data import resolve_sources, split_paths, write_synthetic_chips
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import resolve_sources, split_paths
 from clay_hf.training import build_parser, build_scheduler, list_checkpoints, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 from conftest import small_config
 from test_pretrain import launch, summary
 
-from clay_hf.data import write_synthetic_chips
+from clay_hf.chipping import write_synthetic_chips
 from clay_hf.training import list_checkpoints
 from clay_hf.training.checkpointing import check_data_layout
 from clay_hf.utils.errors import ResumeError

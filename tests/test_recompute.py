@@ -8,8 +8,9 @@ import torch
 from conftest import random_inputs, small_config
 from torch import nn
 
-from clay_hf import ClayForMaskedImageModeling, modeling_clay
-from clay_hf.recompute import gelu_linear, layernorm_linear
+from clay_hf import ClayForMaskedImageModeling
+from clay_hf.models.clay import modeling_clay
+from clay_hf.models.clay.recompute import gelu_linear, layernorm_linear
 
 
 def plain_layernorm_linear(x, layernorm, linear, recompute=False):

@@ -18,10 +18,11 @@ import shapely
 from conftest import save_pretraining_model
 from pyproj import Transformer
 
-from clay_hf.data import write_synthetic_chips
-from clay_hf.embeddings import chip_footprint, embed_to_geoparquet, geo_metadata, load_encoder
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.commands.search import main as search_main
+from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
+from clay_hf.inference.geoparquet import chip_footprint, geo_metadata
 from clay_hf.search import SearchIndexError, build_index, open_index, search
-from clay_hf.search.cli import main as search_main
 from clay_hf.search.patches import patch_footprints
 from clay_hf.search.table import create_ann_index
 

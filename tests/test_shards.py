@@ -12,14 +12,8 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from geotiffs import write_geotiff
 
-from clay_hf.data import (
-    ChipLayout,
-    chip_dataloader,
-    load_chip_dataset,
-    read_chip,
-    resolve_sources,
-    write_synthetic_chips,
-)
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import ChipLayout, chip_dataloader, load_chip_dataset, read_chip, resolve_sources
 from clay_hf.data.chips import missing_values
 from clay_hf.data.dataset import split_paths
 from clay_hf.data.shards import (
@@ -343,7 +337,7 @@ def test_every_format_gives_the_same_records(tmp_path):
 
 
 def test_pack_shards_script(tmp_path, capsys):
-    from clay_hf.cli import pack_shards_main
+    from clay_hf.commands.pack_shards import main as pack_shards_main
 
     write_synthetic_chips(tmp_path / "chips", 3, size=SIZE)
     assert (
@@ -373,9 +367,9 @@ def model_dir(tmp_path):
 def test_embed_evaluate_and_pretrain_read_shards(model_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    from clay_hf.embeddings import embed_to_geoparquet, load_encoder
-    from clay_hf.evaluation import evaluate_reconstruction, load_pretraining_model
-    from clay_hf.training.pretrain import main as pretrain_main
+    from clay_hf.commands.pretrain import run as pretrain_main
+    from clay_hf.evaluation.reconstruction import evaluate_reconstruction, load_pretraining_model
+    from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
 
     write_synthetic_chips(tmp_path / "chips", 12, size=32, seed=1)
     paths = resolve_sources(tmp_path / "chips")

@@ -21,16 +21,10 @@ from pyproj import Transformer
 from shapely.geometry import box
 
 from clay_hf import ClayForMaskedImageModeling, ClayImageProcessor, ClayModel
-from clay_hf.data import (
-    ChipLayout,
-    collate_chips,
-    load_geotiff_dataset,
-    read_chip,
-    resolve_sources,
-    write_synthetic_chips,
-)
-from clay_hf.embeddings import embed_to_geoparquet, load_encoder
-from clay_hf.evaluation import evaluate_reconstruction
+from clay_hf.chipping import write_synthetic_chips
+from clay_hf.data import ChipLayout, collate_chips, load_geotiff_dataset, read_chip, resolve_sources
+from clay_hf.evaluation.reconstruction import evaluate_reconstruction
+from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
 from clay_hf.metrics import MASKED_RECONSTRUCTION_PATH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +100,7 @@ def test_patch_and_group_levels(model_dir, chips, tmp_path, level, shape):
 
 
 def test_interrupted_run_resumes_without_recomputing_or_duplicates(model_dir, chips, tmp_path, monkeypatch):
-    import clay_hf.embeddings as module
+    import clay_hf.inference.embeddings as module
 
     model, processor = load_encoder(str(model_dir))
     output = tmp_path / "resume.parquet"

@@ -7,8 +7,8 @@ import torch
 from conftest import small_config
 
 from clay_hf import ClayForMaskedImageModeling
-from clay_hf.image_processing_clay import CLAY_V0_BAND_STATISTICS
-from clay_hf.visualize import band_mask, reconstruction_panels
+from clay_hf.evaluation.visualize import band_mask, reconstruction_panels
+from clay_hf.models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS
 
 
 def test_panels_paste_visible_patches_and_map_errors_over_masked_patches_only():

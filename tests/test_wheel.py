@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from conftest import save_pretraining_model
 
-from clay_hf.data import write_synthetic_chips
+from clay_hf.chipping import write_synthetic_chips
 
 REPO = Path(__file__).resolve().parents[1]
 
 HELP_ALL = """
 import contextlib, io, importlib, json, sys
-import clay_hf, clay_hf.hub, clay_hf.metrics
+import clay_hf, clay_hf.hub.publish, clay_hf.metrics
 target = sys.argv[1]
-results = {"clay_hf": clay_hf.__file__, "card": str(clay_hf.hub.CARD_DIR / "template.md"),
-           "licence": str(clay_hf.hub.CARD_DIR / "LICENSE.md"),
+results = {"clay_hf": clay_hf.__file__, "card": str(clay_hf.hub.publish.CARD_DIR / "template.md"),
+           "licence": str(clay_hf.hub.publish.CARD_DIR / "LICENSE.md"),
            "metric": clay_hf.metrics.MASKED_RECONSTRUCTION_PATH + "/masked_reconstruction.py", "help": {}}
 for name, target_ref in json.loads(sys.argv[2]).items():
     module, function = target_ref.split(":")
@@ -97,7 +97,7 @@ def test_wheel_publishes_a_dry_run_and_embeds_chips(installed, tmp_path):
     published = run(installed, tmp_path, str(installed / "bin" / "clay-publish"), "--model_dir", str(model),
                     "--repo_id", "made-with-clay/Clay", "--staging_dir", str(staging), "--dry_run")  # fmt: skip
     assert published.returncode == 0, published.stderr[-3000:]
-    assert (staging / "LICENSE.md").read_text() == (REPO / "src/clay_hf/model_card/LICENSE.md").read_text()
+    assert (staging / "LICENSE.md").read_text() == (REPO / "src/clay_hf/hub/templates/LICENSE.md").read_text()
     card = (staging / "README.md").read_text()
     assert "clay-embed --model_name_or_path made-with-clay/Clay" in card and "python scripts/" not in card
 

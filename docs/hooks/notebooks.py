@@ -101,7 +101,7 @@ def unexecuted_notebook(path: Path, reason: str) -> Path:
 
 def sample_scene_problem() -> str | None:
     """Why the tutorials cannot run here (the sample scene cannot be fetched), or None."""
-    from clay_hf.data import SampleDataUnavailable, sentinel2_sample_scene
+    from clay_hf.chipping import SampleDataUnavailable, sentinel2_sample_scene
 
     try:
         sentinel2_sample_scene()

@@ -16,17 +16,16 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from ._logging import PackageLogger as PackageLogger  # first: the package logger precedes the modules' loggers
-from .configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
-from .convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
-from .image_processing_clay import (
+from .models.clay.configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, CLAY_V0_PRESETS, ClayConfig
+from .models.clay.convert_clay_original_checkpoint import CheckpointConversionError, convert_original_checkpoint
+from .models.clay.image_processing_clay import (
     CLAY_V0_BAND_STATISTICS,
     ClayImageProcessor,
     encode_dates,
     encode_lonlat,
     load_image_processor,
 )
-from .modeling_clay import (
+from .models.clay.modeling_clay import (
     ClayForMaskedImageModeling,
     ClayForMaskedImageModelingOutput,
     ClayModel,
@@ -36,14 +35,15 @@ from .modeling_clay import (
     patchify,
     unpatchify,
 )
-from .modeling_clay_heads import ClayBackbone, ClayForImageClassification, ClayForSemanticSegmentation
-from .pipeline_clay import (
+from .models.clay.modeling_clay_heads import ClayBackbone, ClayForImageClassification, ClayForSemanticSegmentation
+from .models.clay.pipeline_clay import (
     CLAY_PIPELINES,
     ClayFeatureExtractionPipeline,
     ClayImageClassificationPipeline,
     ClayImageSegmentationPipeline,
 )
-from .pipeline_clay import TASK as CLAY_PIPELINE_TASK
+from .models.clay.pipeline_clay import TASK as CLAY_PIPELINE_TASK
+from .utils.logging import PackageLogger as PackageLogger  # first: the package logger precedes the modules' loggers
 
 __version__ = "0.1.0"
 

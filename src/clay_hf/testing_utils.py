@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .configuration_clay import ClayConfig
+from .models.clay.configuration_clay import ClayConfig
 
 #: 13 bands in the six v0 groups, 32×32 chips of 8-pixel patches, a 2-layer encoder of width 32, a 1-layer decoder.
 TOY_CONFIG_FIELDS: dict[str, Any] = dict(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from ..configuration_clay import CLAY_V0_BAND_NAMES
+from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 #: Sensor band ids accepted for the clay band names (case-insensitive): Sentinel-2, Sentinel-1 and the DEM.
 BAND_ALIASES: dict[str, str] = {

@@ -17,10 +17,10 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from ..configuration_clay import CLAY_V0_BAND_NAMES
-from ..geometry import normalize_longitude
-from ..image_processing_clay import parse_date
+from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
+from ..models.clay.image_processing_clay import parse_date
 from ..utils.errors import ClayUserError
+from ..utils.geometry import normalize_longitude
 from .bands import described_band_names
 
 #: v0 chip names: claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter:04d}.tif

@@ -27,7 +27,7 @@ import torch
 from datasets import Array3D, Dataset, Features, IterableDataset, List, Value
 from transformers.utils.logging import get_logger
 
-from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
+from ..models.clay.image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 from .chips import Chip, ChipError, ChipLayout, chip_file_name, read_chip
 
 logger = get_logger(__name__)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from transformers.utils.logging import get_logger
 
-from ..configuration_clay import ClayConfig
-from ..image_processing_clay import ClayImageProcessor
-from ..modeling_clay import ClayModel, ClayModelOutput
+from ..models.clay.configuration_clay import ClayConfig
+from ..models.clay.image_processing_clay import ClayImageProcessor
+from ..models.clay.modeling_clay import ClayModel, ClayModelOutput
 
 logger = get_logger(__name__)
 

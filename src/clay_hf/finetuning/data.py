@@ -39,7 +39,7 @@ from ..data.chips import (
     select_bands,
 )
 from ..data.dataset import GEOTIFF_SUFFIXES, split_paths
-from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
+from ..models.clay.image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 
 logger = get_logger(__name__)
 

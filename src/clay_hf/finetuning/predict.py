@@ -14,9 +14,7 @@ class probabilities (or the value) with the chip's footprint.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -36,16 +34,15 @@ from shapely import to_wkb
 from transformers import AutoConfig
 from transformers.utils.logging import get_logger
 
+from ..chipping.tiling import verify_geotiff, write_chip_file
 from ..data.chips import ChipError, chip_file_name
-from ..data.dataset import resolve_sources
-from ..data.tiling import verify_geotiff, write_chip_file
-from ..embeddings import chip_footprint, geo_metadata
-from ..geometry import lonlat_bbox
-from ..image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
-from ..model_source import from_pretrained_checked
-from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
-from ..utils.errors import ClayUserError, user_errors
-from ..utils.outputs import OutputLock, atomic_file, make_folder, remove_partials
+from ..inference.geoparquet import chip_footprint, geo_metadata
+from ..models.clay.image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
+from ..models.clay.modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..utils.errors import ClayUserError
+from ..utils.geometry import lonlat_bbox
+from ..utils.model_source import from_pretrained_checked
+from ..utils.outputs import atomic_file, make_folder
 from .data import ChipReader, ImageHeader
 
 logger = get_logger(__name__)
@@ -335,55 +332,4 @@ def _prediction_columns(outputs: list[torch.Tensor], config: Any, regression: bo
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Predict with a fine-tuned Clay: class maps or chip classes.")
-    parser.add_argument("--model_name_or_path", required=True, help="a scripts/finetune.py output folder")
-    parser.add_argument("--data_dir", required=True, help="chips or scenes: a folder, glob or list file")
-    parser.add_argument("--output_dir", required=True, help="class maps (segmentation) or predictions.parquet")
-    parser.add_argument("--bands", nargs="+", help="names of the files' bands in file order (default: descriptions)")
-    parser.add_argument("--date", help="YYYY-MM-DD of inputs that carry no date")
-    parser.add_argument("--tile_size", type=int, help="segmentation tile side (default: the config's image size)")
-    parser.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--resume", action="store_true", help="skip inputs whose class map already exists")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
-    with OutputLock(args.output_dir):  # one writer per output folder; a killed run's partial files go first
-        remove_partials(make_folder(args.output_dir), recursive=True)
-        model, processor = load_finetuned(args.model_name_or_path, args.device)
-        bands = list(model.config.band_names)
-        reader = ChipReader(bands, processor.band_statistics(bands)[0], args.bands, args.date)
-        paths = resolve_sources(args.data_dir)
-        if isinstance(model, ClayForSemanticSegmentation):
-            summary = predict_segmentation(
-                model, processor, paths, args.output_dir, reader, args.tile_size, args.overlap, args.batch_size,
-                args.resume, root=args.data_dir,
-            )  # fmt: skip
-        else:
-            summary = predict_chips(model, processor, paths, Path(args.output_dir) / "predictions.parquet", reader)
-    logger.info("wrote %d files; %d bad inputs skipped", len(summary["written"]), len(summary["bad_chips"]))
-    return summary
-
-
-@user_errors
-def cli(argv: list[str] | None = None) -> int:
-    """Console entry point: exit status 0 when the run completes (`main` returns the results); a user error (a full
-    disk, a locked output, inputs that would share a map) is one `error: …` line and exit status 1."""
-    main(argv)
-    return 0
-
-
-__all__ = [
-    "cosine_window",
-    "load_finetuned",
-    "main",
-    "predict_chips",
-    "predict_segmentation",
-    "segment_scene",
-    "tile_starts",
-]
+__all__ = ["cosine_window", "load_finetuned", "predict_chips", "predict_segmentation", "segment_scene", "tile_starts"]

@@ -10,8 +10,8 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from ..configuration_clay import CLAY_V0_BAND_NAMES
-from ..data.tiling import _smooth_field, synthetic_chip
+from ..chipping.tiling import _smooth_field, synthetic_chip
+from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 
 def _write(path: Path, data: np.ndarray, origin: tuple[float, float], epsg: int, **profile) -> None:
@@ -70,7 +70,7 @@ def write_synthetic_classification(
     output_dir: str | PathLike, count_per_class: int, size: int = 64, seed: int = 0, classes: tuple = ("water", "bare")
 ) -> list[Path]:
     """Write `count_per_class` 13-band chips of each land-cover class to `output_dir/<class>/`."""
-    from ..data.tiling import write_synthetic_chips
+    from ..chipping.tiling import write_synthetic_chips
 
     paths = []
     for offset, name in enumerate(classes):

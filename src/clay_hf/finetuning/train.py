@@ -10,22 +10,19 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, HfArgumentParser, Trainer, TrainingArguments
+from transformers import AutoConfig, Trainer, TrainingArguments
 from transformers.utils.logging import get_logger
 
 from ..data.chips import file_band_names
-from ..evaluation import EVAL_RESULTS_NAME, write_eval_results
-from ..image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
-from ..model_source import from_pretrained_checked
-from ..modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
-from ..utils.errors import user_errors
+from ..evaluation.reconstruction import EVAL_RESULTS_NAME, write_eval_results
+from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
+from ..models.clay.modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..utils.model_source import from_pretrained_checked
 from ..utils.outputs import atomic_files
 from .data import (
     TASKS,
@@ -257,19 +254,4 @@ def save_outputs(trainer: Trainer, output_dir: Path, results: dict[str, Any]) ->
         logger.info("wrote %s: %s", output_dir / EVAL_RESULTS_NAME, results["metrics"])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser((FineTuningArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    return finetune(args, training_args)
-
-
-@user_errors
-def cli(argv: list[str] | None = None) -> int:
-    """Console entry point: exit status 0 when the run completes (`main` returns the results); a user error is one
-    `error: …` line and status 1."""
-    main(argv)
-    return 0
-
-
-__all__ = ["FineTuningArguments", "build_model", "finetune", "main", "parse_label_names"]
+__all__ = ["FineTuningArguments", "build_model", "finetune", "parse_label_names"]

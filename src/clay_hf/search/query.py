@@ -104,7 +104,7 @@ def embed_chip_files(paths: Sequence[str], info: IndexInfo, model_name_or_path: 
 
     from ..data import collate_chips, read_chip
     from ..data.dataset import model_inputs
-    from ..embeddings import embed_batch, embedding_layout, load_encoder
+    from ..inference.embeddings import embed_batch, embedding_layout, load_encoder
 
     model_name_or_path = model_name_or_path or info.model_name_or_path
     if model_name_or_path is None:
@@ -219,8 +219,8 @@ def _search(table, info, vector, limit, where, nprobes, refine_factor) -> pa.Tab
 
 def write_hits(hits: pa.Table, output: str | PathLike, info: IndexInfo, query: Query) -> Path:
     """Write hits as GeoParquet (geometry WKB in OGC:CRS84, `geo` metadata as embed.py writes)."""
-    from ..embeddings import geo_metadata
-    from ..geometry import lonlat_bbox
+    from ..inference.geoparquet import geo_metadata
+    from ..utils.geometry import lonlat_bbox
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ import shapely
 from pyproj import CRS, Transformer
 from transformers.utils.logging import get_logger
 
-from ..model_source import model_reference
 from ..utils.errors import ClayUserError
+from ..utils.model_source import model_reference
 from .patches import patch_footprints
 
 logger = get_logger(__name__)

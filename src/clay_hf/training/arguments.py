@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..image_processing_clay import parse_fill_value
-from ..memory import GLIBC_DEFAULT_MMAP_THRESHOLD
+from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import ClayUserError
+from ..utils.memory import GLIBC_DEFAULT_MMAP_THRESHOLD
 
 
 def build_parser() -> argparse.ArgumentParser:

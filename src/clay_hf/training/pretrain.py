@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import math
 import os
 import time
@@ -29,8 +28,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import get_cosine_schedule_with_warmup
 from transformers.utils.logging import get_logger, tqdm
 
-from ..benchmarking import FUSED_ADAMW_DEVICES, machine_description
-from ..configuration_clay import CLAY_V0_PRESETS, ClayConfig
 from ..data.chips import ChipLayout
 from ..data.dataset import (
     auto_num_shards,
@@ -41,11 +38,13 @@ from ..data.dataset import (
     worker_start_method,
 )
 from ..data.sources import ShardSelection, check_chips_usable, load_chip_dataset, split_chip_source
-from ..evaluation import VALIDATION_MASKING_SEED, masked_error_totals, masking_description
-from ..image_processing_clay import ClayImageProcessor
-from ..memory import configure_training_malloc
-from ..modeling_clay import ClayForMaskedImageModeling
+from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, masked_error_totals, masking_description
+from ..models.clay.configuration_clay import CLAY_V0_PRESETS, ClayConfig
+from ..models.clay.image_processing_clay import ClayImageProcessor
+from ..models.clay.modeling_clay import ClayForMaskedImageModeling
+from ..utils.benchmarking import FUSED_ADAMW_DEVICES, machine_description
 from ..utils.errors import ClayUserError, ResumeError
+from ..utils.memory import configure_training_malloc
 from ..utils.outputs import (
     CHECKSUMS_NAME,
     OutputLock,
@@ -743,13 +742,4 @@ def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """The pretraining script: its progress at INFO (the library itself configures no logging)."""
-    from .arguments import parse_args
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("clay_hf").setLevel(logging.INFO)
-    return pretrain(parse_args(argv))
-
-
-__all__ = ["NonFiniteLossError", "TrainState", "build_scheduler", "evaluate", "main", "pretrain"]
+__all__ = ["NonFiniteLossError", "TrainState", "build_scheduler", "evaluate", "pretrain"]

@@ -1,6 +1,6 @@
 """Masked reconstruction error of a Clay masked autoencoder, in total and per band group.
 
-The arithmetic is `clay_hf.modeling_clay.clay_group_error_sums`, the same function the training loop uses; the
+The arithmetic is `clay_hf.models.clay.modeling_clay.clay_group_error_sums`, the same function the training loop uses; the
 total equals the v0 loss of the same predictions, references and masks.
 """
 
@@ -10,9 +10,9 @@ import datasets
 import numpy as np
 import torch
 
-from clay_hf.configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, normalize_band_groups
 from clay_hf.metrics.base import ClayMetric
-from clay_hf.modeling_clay import clay_group_error_sums
+from clay_hf.models.clay.configuration_clay import CLAY_V0_BAND_GROUPS, CLAY_V0_BAND_NAMES, normalize_band_groups
+from clay_hf.models.clay.modeling_clay import clay_group_error_sums
 
 
 class MaskedReconstruction(ClayMetric):

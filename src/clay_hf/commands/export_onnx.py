@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ..utils.errors import user_errors
 
@@ -11,8 +12,8 @@ from ..utils.errors import user_errors
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Export the Clay encoder to ONNX and check ONNX Runtime against PyTorch at batch 1 and 3."""
-    from ..embeddings import load_encoder
-    from .onnx import OnnxEncoder, export_onnx, max_difference
+    from ..export.onnx import OnnxEncoder, export_onnx, max_difference
+    from ..inference.embeddings import load_encoder
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model_name_or_path", required=True, help="a save_pretrained folder or a Hub id")
@@ -33,3 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"batch {b}: {d:.2e}" for b, d in differences.items())
     )
     return 0 if max(differences.values()) <= args.tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

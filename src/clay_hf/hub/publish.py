@@ -17,10 +17,13 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard
 
-from .configuration_clay import ClayConfig
-from .convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
-from .evaluation import EVAL_RESULTS_NAME as EVAL_RESULTS
-from .model_cards import (
+from ..evaluation.reconstruction import EVAL_RESULTS_NAME as EVAL_RESULTS
+from ..models.clay.configuration_clay import ClayConfig
+from ..models.clay.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
+from ..models.clay.pipeline_clay import CLAY_PIPELINES
+from ..utils.errors import ClayUserError, IntegrityError
+from ..utils.outputs import atomic_folder, read_json, verify_checksums
+from .cards import (
     CARD_DIR,
     LICENSE_FILE,
     PRETRAINED_PIPELINE_TAG,
@@ -36,29 +39,19 @@ from .model_cards import (
     render_finetuned_card,
     render_model_card,
 )
-from .pipeline_clay import CLAY_PIPELINES
-from .utils.errors import ClayUserError, IntegrityError
-from .utils.outputs import atomic_folder, read_json, verify_checksums
-from .weights_license import (
-    OPENRAIL,
-    OWN_WEIGHTS_LICENSE,
-    WeightsLicense,
-    license_file_text,
-    license_problems,
-)
+from .weights_license import OPENRAIL, OWN_WEIGHTS_LICENSE, WeightsLicense, license_file_text, license_problems
 
-PACKAGE_DIR = Path(__file__).parent
+#: The Hub remote-code unit: `models/clay/` of this package.
+REMOTE_CODE_DIR = Path(__file__).resolve().parents[1] / "models" / "clay"
 STAGING_MARKER = ".clay-staging"  # marks a folder this tool made, so that a later run may empty it
-REMOTE_CODE = (
-    "configuration_clay.py",
-    "configuration_clay_heads.py",
-    "modeling_clay.py",
-    "modeling_clay_heads.py",
-    "masking_clay.py",
-    "recompute.py",
-    "loss_clay.py",
-    "image_processing_clay.py",
-    "pipeline_clay.py",
+#: The remote code uploaded with a model: every module of `models/clay/` but its `__init__` and the checkpoint
+#: converter (which is not shipped).
+REMOTE_CODE = tuple(
+    sorted(
+        path.name
+        for path in REMOTE_CODE_DIR.glob("*.py")
+        if path.name not in ("__init__.py", "convert_clay_original_checkpoint.py")
+    )
 )
 ENCODER_AUTO_MAP = {"AutoConfig": "configuration_clay.ClayConfig", "AutoModel": "modeling_clay.ClayModel"}
 #: The task heads, for fine-tuning a pretrained repository or loading a fine-tuned one with trust_remote_code.
@@ -164,7 +157,7 @@ def stage_repository(
         processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
         _write_json(staging / "preprocessor_config.json", processor_config)
         for name in REMOTE_CODE:
-            shutil.copy2(PACKAGE_DIR / name, staging / name)
+            shutil.copy2(REMOTE_CODE_DIR / name, staging / name)
         (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
 
         if task is None:

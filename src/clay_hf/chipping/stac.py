@@ -11,8 +11,8 @@ from typing import Any
 
 import pystac
 
-from ..configuration_clay import CLAY_V0_BAND_NAMES
-from .bands import clay_band_name
+from ..data.bands import clay_band_name
+from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 from .datacube import BandSource
 
 #: Asset keys of a Sentinel-2 scene classification (cloud mask) asset.

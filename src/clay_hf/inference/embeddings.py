@@ -2,9 +2,9 @@
 
 Columns: `source_url` (string), `date` (date32), `embeddings` (fixed-size list of float32, or float16 when asked),
 `geometry` (the chip's footprint as a WKB Polygon, or MultiPolygon split at the antimeridian, in OGC:CRS84; see
-`clay_hf.geometry`), `nodata_fraction` (float32: the share of the chip's values that were missing and filled; 0 for
+`clay_hf.utils.geometry`), `nodata_fraction` (float32: the share of the chip's values that were missing and filled; 0 for
 clean chips) and, when asked, `reconstruction_error` (float32: the chip's masked reconstruction error, see
-[`clay_hf.evaluation.chip_reconstruction_errors`]; high values flag unusual places). The file's `geo` metadata
+[`clay_hf.evaluation.reconstruction.chip_reconstruction_errors`]; high values flag unusual places). The file's `geo` metadata
 follows GeoParquet 1.1; `clay:embeddings` records the level, the shape of each embedding, its dtype, the model and
 how reconstruction errors were masked.
 
@@ -36,17 +36,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from shapely import MultiPolygon, Polygon, box, from_wkb, to_wkb
+from shapely import MultiPolygon, Polygon, from_wkb, to_wkb
 from transformers.utils.logging import get_logger
 
-from .data.chips import ChipLayout, chip_key
-from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
-from .data.sources import load_chip_dataset, resolve_chip_source, without_chips
-from .evaluation import VALIDATION_MASKING_SEED, chip_reconstruction_errors, masking_description
-from .geometry import CRS84, chip_outline, footprint, lonlat_bbox
-from .image_processing_clay import ClayImageProcessor, load_image_processor
-from .model_source import from_pretrained_checked, model_reference
-from .modeling_clay import ClayForMaskedImageModeling, ClayModel
+from ..data.chips import ChipLayout, chip_key
+from ..data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
+from ..data.sources import load_chip_dataset, resolve_chip_source, without_chips
+from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, chip_reconstruction_errors, masking_description
+from ..models.clay.image_processing_clay import ClayImageProcessor, load_image_processor
+from ..models.clay.modeling_clay import ClayForMaskedImageModeling, ClayModel
+from ..utils.errors import ClayUserError, IntegrityError, ResumeError
+from ..utils.geometry import lonlat_bbox
+from ..utils.model_source import from_pretrained_checked, model_reference
+from ..utils.outputs import (
+    OutputLock,
+    add_checksums,
+    atomic_file,
+    make_folder,
+    read_checksums,
+    remove_partials,
+    verify_file,
+)
+from .geoparquet import chip_footprint, geo_metadata
 from .ranks import (
     RANK_TIMEOUT_SECONDS,
     Rank,
@@ -56,16 +67,6 @@ from .ranks import (
     throughput,
     wait_for_reports,
     write_report,
-)
-from .utils.errors import ClayUserError, IntegrityError, ResumeError
-from .utils.outputs import (
-    OutputLock,
-    add_checksums,
-    atomic_file,
-    make_folder,
-    read_checksums,
-    remove_partials,
-    verify_file,
 )
 
 logger = get_logger(__name__)
@@ -114,29 +115,6 @@ def embed_batch(model: ClayModel, inputs: dict[str, torch.Tensor], level: str) -
     if level == "patch":
         tokens = tokens.mean(dim=1)  # (B, h, w, D)
     return tokens.reshape(batch_size, -1)
-
-
-def chip_footprint(
-    bbox: Sequence[float],
-    crs: str | int,
-    transform: Sequence[float] | None = None,
-    size: tuple[int, int] | None = None,
-) -> Polygon | MultiPolygon:
-    """The chip's outline in OGC:CRS84: its pixel grid (`transform` and `size` = (height, width)) when given, else
-    its `bbox`, in `crs` (WKT, "EPSG:…" or an EPSG code). Split at the antimeridian, reaching a pole it contains
-    (see `clay_hf.geometry`)."""
-    if transform is not None and size is not None:
-        outline = chip_outline(transform, width=size[1], height=size[0])
-    else:
-        outline = box(*bbox)
-    return footprint(outline, crs)
-
-
-def geo_metadata(bbox: list[float] | None, geometry_types: Sequence[str] = ("Polygon",)) -> dict:
-    column = {"encoding": "WKB", "geometry_types": sorted(geometry_types), "crs": CRS84.to_json_dict()}
-    if bbox is not None:
-        column["bbox"] = bbox
-    return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 
 def schema(
@@ -205,7 +183,7 @@ def embed_to_geoparquet(
     13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
     [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
     skipped, named in a warning and counted in `bad_chips`. `rank` is this process's place among several
-    (`clay_hf.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the pretraining
+    (`clay_hf.inference.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the pretraining
     model whose encoder is `model`), each chip's masked reconstruction error goes in `reconstruction_error`. The main
     rank gives up on ranks that show no sign of life for `rank_timeout` seconds, naming them.
     """
@@ -590,12 +568,4 @@ def _footprints(parts: list[Path]) -> list[Polygon | MultiPolygon]:
     return [geometry for geometry in from_wkb([value for value in wkb if value is not None])]
 
 
-__all__ = [
-    "EmbeddingRun",
-    "chip_footprint",
-    "embed_batch",
-    "embed_to_geoparquet",
-    "embedding_layout",
-    "embedding_shape",
-    "load_encoder",
-]
+__all__ = ["EmbeddingRun", "embed_batch", "embed_to_geoparquet", "embedding_layout", "embedding_shape", "load_encoder"]

@@ -15,10 +15,10 @@ from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from ..image_processing_clay import CLAY_V0_BAND_STATISTICS
+from ..data.chips import ChipError, chip_file_name, chip_key, data_band_indexes, read_masked_pixels, resolve_chip_date
+from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS
 from ..utils.errors import OutputError
 from ..utils.outputs import atomic_file, make_folder
-from .chips import ChipError, chip_file_name, chip_key, data_band_indexes, read_masked_pixels, resolve_chip_date
 
 
 def chip_name(tile: str, date: dt.date, counter: int, version: int = 2) -> str:

@@ -16,10 +16,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs
-from .embeddings import embed_batch, embedding_layout, finite_rows
-from .image_processing_clay import ClayImageProcessor
-from .modeling_clay import ClayModel
+from ..data.dataset import chip_dataloader, drop_nonfinite_chips, load_geotiff_dataset, model_inputs
+from ..inference.embeddings import embed_batch, embedding_layout, finite_rows
+from ..models.clay.image_processing_clay import ClayImageProcessor
+from ..models.clay.modeling_clay import ClayModel
 
 
 def labels_from_csv(path: str | PathLike) -> dict[str, str]:

@@ -287,7 +287,7 @@ class ClayLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
     In training mode (and with `recompute_activations`, on by default) the LayerNorm and GELU outputs are recomputed
-    in backward instead of stored (see [`clay_hf.recompute`]); in eval mode the plain modules run, so second-order
+    in backward instead of stored (see [`clay_hf.models.clay.recompute`]); in eval mode the plain modules run, so second-order
     gradients and `torch.func` work.
     """
 

@@ -14,11 +14,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data.chips import ChipLayout
-from .data.dataset import collate_chips
-from .data.sources import load_chip_dataset
-from .image_processing_clay import ClayImageProcessor
-from .modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
+from ..data.chips import ChipLayout
+from ..data.dataset import collate_chips
+from ..data.sources import load_chip_dataset
+from ..models.clay.image_processing_clay import ClayImageProcessor
+from ..models.clay.modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
 
 logger = get_logger(__name__)
 

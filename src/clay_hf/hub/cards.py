@@ -3,7 +3,7 @@
 `render_model_card`: a pretrained Clay (`ClayModel`, `ClayForMaskedImageModeling`), from its config, training
 summary or conversion record, and masked-reconstruction results. `render_finetuned_card`: a fine-tuned Clay
 (`ClayForSemanticSegmentation`, `ClayForImageClassification`), from its config, processor and the
-`eval_results.json` of `clay-finetune`. The templates and the licence are package data in `model_card/`.
+`eval_results.json` of `clay-finetune`. The templates and the licence are package data in `hub/templates/`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .configuration_clay import ClayConfig
-from .convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
-from .convert_clay_original_checkpoint import V0_1_RELEASE_FILE, has_v0_1_architecture
-from .evaluation import EVAL_RESULTS_NAME as EVAL_RESULTS
-from .image_processing_clay import CLAY_V0_BAND_STATISTICS
-from .modeling_clay import ClayForMaskedImageModeling, ClayModel
-from .modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
-from .pipeline_clay import CLAY_PIPELINES
-from .utils.outputs import read_json
+from ..evaluation.reconstruction import EVAL_RESULTS_NAME as EVAL_RESULTS
+from ..models.clay.configuration_clay import ClayConfig
+from ..models.clay.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
+from ..models.clay.convert_clay_original_checkpoint import V0_1_RELEASE_FILE, has_v0_1_architecture
+from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS
+from ..models.clay.modeling_clay import ClayForMaskedImageModeling, ClayModel
+from ..models.clay.modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
+from ..models.clay.pipeline_clay import CLAY_PIPELINES
+from ..utils.outputs import read_json
 from .weights_license import (
     CARD_DIR,
     LICENSE_FILE,

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-CARD_DIR = Path(__file__).parent / "model_card"  # package data: the card templates and the licence ship with the wheel
+CARD_DIR = Path(__file__).parent / "templates"  # package data: the card templates and the licence ship with the wheel
 LICENSE_FILE = "LICENSE.md"
 OPENRAIL = "openrail"  # the Hub's licence id of the OpenRAIL family: the licence of the Clay v0 weights, OpenRAIL-M
 OWN_WEIGHTS_LICENSE = "apache-2.0"  # the code's licence: the default for weights a user trained from scratch

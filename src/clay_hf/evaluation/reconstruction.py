@@ -13,14 +13,18 @@ from typing import Any
 import torch
 from transformers.utils.logging import get_logger
 
-from .configuration_clay import ClayConfig
-from .data.chips import ChipLayout, chip_file_name
-from .data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
-from .data.sources import load_chip_dataset
-from .image_processing_clay import ClayImageProcessor, load_image_processor
-from .model_source import ModelSourceError, from_pretrained_checked
-from .modeling_clay import ClayForMaskedImageModeling, ClayForMaskedImageModelingOutput, clay_group_error_sums
-from .utils.outputs import make_folder, write_text
+from ..data.chips import ChipLayout, chip_file_name
+from ..data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
+from ..data.sources import load_chip_dataset
+from ..models.clay.configuration_clay import ClayConfig
+from ..models.clay.image_processing_clay import ClayImageProcessor, load_image_processor
+from ..models.clay.modeling_clay import (
+    ClayForMaskedImageModeling,
+    ClayForMaskedImageModelingOutput,
+    clay_group_error_sums,
+)
+from ..utils.model_source import ModelSourceError, from_pretrained_checked
+from ..utils.outputs import make_folder, write_text
 
 logger = get_logger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each band is one raster (a path or any URL GDAL reads). Every band is warped onto one target grid with GDAL's
 warper (through rasterio's `WarpedVRT`); a band already on that grid comes through pixel for pixel. The stack is cut
-into chips with the tiling windows and names of [`clay_hf.data.tiling`], the bands in v0 order and named in the
+into chips with the tiling windows and names of [`clay_hf.chipping.tiling`], the bands in v0 order and named in the
 GeoTIFF band descriptions.
 """
 
@@ -29,9 +29,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
-from ..configuration_clay import CLAY_V0_BAND_NAMES
-from .bands import BAND_ALIASES, clay_band_name, v0_unit
-from .chips import ChipError, chip_file_name, chip_key, resolve_chip_date
+from ..data.bands import BAND_ALIASES, clay_band_name, v0_unit
+from ..data.chips import ChipError, chip_file_name, chip_key, resolve_chip_date
+from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 from .tiling import (
     SOURCE_TAG,
     ChipReport,

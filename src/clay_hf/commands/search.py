@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from ..search.table import ANN_THRESHOLD, INDEX_TYPES, METRICS
 from ..utils.errors import user_errors
-from .table import ANN_THRESHOLD, INDEX_TYPES, METRICS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Build a search index (`index`) or query one (`query`)."""
-    from .query import search
-    from .table import build_index
+    from ..search.query import search
+    from ..search.table import build_index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
@@ -67,3 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         print(f"wrote {hits.num_rows} nearest to {args.output}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .utils.errors import ClayUserError
+from .errors import ClayUserError
 
 T = TypeVar("T")
 

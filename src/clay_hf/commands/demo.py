@@ -19,20 +19,21 @@ from pathlib import Path
 import torch
 from transformers import AutoImageProcessor, AutoModel
 
-from .configuration_clay import CLAY_V0_BAND_NAMES, ClayConfig
-from .data import (
+from ..chipping import (
     SampleDataUnavailable,
     clay_band_name,
     make_datacube_chips,
-    read_chip,
     sentinel2_sample_scene,
     write_synthetic_chips,
 )
-from .data.sample_data import SENTINEL2_SAMPLE_DATE
-from .embeddings import embed_to_geoparquet
-from .evaluation import evaluate_reconstruction, load_pretraining_model, write_eval_results
-from .hub import stage_repository
-from .visualize import save_reconstructions
+from ..chipping.sample_data import SENTINEL2_SAMPLE_DATE
+from ..data import read_chip
+from ..evaluation.reconstruction import evaluate_reconstruction, load_pretraining_model, write_eval_results
+from ..evaluation.visualize import save_reconstructions
+from ..hub.publish import stage_repository
+from ..inference.embeddings import embed_to_geoparquet
+from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES, ClayConfig
+from ..utils.errors import user_errors
 
 #: The sample scene's Sentinel-2 bands that Clay v0 reads (a partial input: no SAR, no DEM).
 SENTINEL2_CLAY_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -84,7 +85,7 @@ def pretrain_command(chips: DemoChips, model_dir: Path, num_processes: int, step
     launch += ["--dynamo_backend", "no"]
     launch += ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu"]
     return [
-        *launch, "--module", "clay_hf.training",  # the installed package: works without a source checkout
+        *launch, "--module", "clay_hf.commands.pretrain",  # the installed package: works without a source checkout
         "--train_dir", str(chips.folder), "--output_dir", str(model_dir),
         "--config_name", chips.config_name, "--image_size", str(chips.image_size), "--patch_size", str(chips.patch_size),
         "--max_train_steps", str(steps), "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
@@ -104,7 +105,7 @@ def training_artifacts(model_dir: Path) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--num_chips", type=int, default=96, help="synthetic chips, when the real scene is unavailable")
@@ -155,5 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"      model card: {staged.folder / 'README.md'}")
 
 
+@user_errors
+def main(argv: list[str] | None = None) -> int:
+    """`clay-demo`: the end-to-end demo on built-in synthetic data (what `make demo` runs)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from transformers.utils.logging import get_logger
 
-from .utils.errors import ClayUserError, RanksTimeoutError
-from .utils.outputs import read_json, write_json
+from ..utils.errors import ClayUserError, RanksTimeoutError
+from ..utils.outputs import read_json, write_json
 
 logger = get_logger(__name__)
 

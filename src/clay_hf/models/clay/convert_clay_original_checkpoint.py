@@ -7,7 +7,6 @@ code; `allow_unsafe_pickle=True` is the only way past that, for files from a sou
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import pickle
@@ -19,10 +18,10 @@ from typing import Any
 
 import torch
 
+from ...utils.errors import ClayUserError
 from .configuration_clay import CLAY_V0_PRESETS, ClayConfig, normalize_band_groups
 from .image_processing_clay import ClayImageProcessor
 from .modeling_clay import ClayForMaskedImageModeling
-from .utils.errors import ClayUserError, user_errors
 
 ORIGINAL_PREFIX = "model."
 #: Written beside converted weights: which file they came from. The model card states v0 facts only with it.
@@ -288,46 +287,6 @@ def save_converted(model: ClayForMaskedImageModeling, output_dir: str | PathLike
     ClayImageProcessor(band_names=model.config.band_names).save_pretrained(output_dir)
     (output_dir / CONVERSION_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return output_dir
-
-
-@user_errors
-def main(argv: list[str] | None = None) -> int:
-    """Command line: convert a checkpoint and write a `save_pretrained` folder (config.json, model.safetensors,
-    preprocessor_config.json and the conversion record). A user mistake is one line on stderr and exit status 1."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="the original Lightning .ckpt file")
-    parser.add_argument("--output_dir", required=True, help="where to write the transformers folder")
-    parser.add_argument("--config", help="a config.json to use instead of deriving one from the checkpoint")
-    parser.add_argument("--num_attention_heads", type=int, help="encoder heads, for a checkpoint of a custom size")
-    parser.add_argument("--decoder_num_attention_heads", type=int, help="decoder heads, for a custom size")
-    parser.add_argument(
-        "--allow_unsafe_pickle", action="store_true", help="open with weights_only=False (only for trusted files)"
-    )
-    args = parser.parse_args(argv)
-    overrides = {
-        key: value
-        for key, value in (
-            ("num_attention_heads", args.num_attention_heads),
-            ("decoder_num_attention_heads", args.decoder_num_attention_heads),
-        )
-        if value is not None
-    }
-    if not Path(args.checkpoint).is_file():
-        raise CheckpointConversionError(f"{args.checkpoint}: no such file.")
-    config = _read_config_file(args.config) if args.config else None
-    model = convert_original_checkpoint(
-        args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
-    )
-    output_dir = save_converted(model, args.output_dir, conversion_record(args.checkpoint, model.config))
-    print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {output_dir}")
-    return 0
-
-
-def _read_config_file(path: str) -> ClayConfig:
-    try:
-        return ClayConfig.from_json_file(path)
-    except (OSError, ValueError, TypeError) as error:
-        raise CheckpointConversionError(f"{path}: not a readable Clay config.json ({error}).") from None
 
 
 __all__ = [

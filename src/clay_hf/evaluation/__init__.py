@@ -1,0 +1,2 @@
+"""Evaluating Clay: masked reconstruction error (`reconstruction`), reconstruction figures (`visualize`) and the linear
+probe (`probe`)."""

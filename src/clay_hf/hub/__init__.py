@@ -1,0 +1,2 @@
+"""Publishing to the Hugging Face Hub: staging and upload (`publish`), model cards (`cards`) and their templates
+(`templates/`, package data)."""
