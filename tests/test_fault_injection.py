@@ -442,7 +442,7 @@ def test_packing_skips_bad_chips_and_resumes_after_kill_9_without_loss_or_duplic
 
 
 def test_evaluation_and_training_fill_nodata_only_when_asked(good_chips, bad_dir, model_dir):
-    from clay_hf.training import build_parser
+    from clay_hf.training import DataArguments
     from clay_hf.training.pretrain import training_layout
 
     gaps = [str(bad_dir / f"{kind}.tif") for kind in ("nan", "inf", "nodata")]
@@ -455,11 +455,11 @@ def test_evaluation_and_training_fill_nodata_only_when_asked(good_chips, bad_dir
     assert (filled["num_chips"], filled["bad_chips_skipped"]) == (NUM_GOOD + 3, 0)
     assert np.isfinite(filled["masked_mse"])
 
-    args = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y", "--fill_value", "mean"])
+    args = DataArguments(train_dir="x", fill_value="mean")
     layout = training_layout(model.config, processor.select_bands(model.config.band_names), args)
     assert layout.fill_values == tuple(processor.image_mean) and layout.size == (SIZE, SIZE)
     chip = read_chip(gaps[2], layout=layout)
     assert chip.pixels[0, 3, 4] == pytest.approx(processor.image_mean[0]) and chip.nodata_fraction > 0
-    default = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y"])
+    default = DataArguments(train_dir="x")
     with pytest.raises(ChipError, match="nodata"):
         read_chip(gaps[2], layout=training_layout(model.config, processor, default))

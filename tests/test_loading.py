@@ -4,7 +4,6 @@ the package's log messages."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from clay_hf import (
     ClayModel,
 )
 from clay_hf.inference.embeddings import _progress
+from clay_hf.training.arguments import ModelArguments
 from clay_hf.training.pretrain import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,7 +201,7 @@ def test_progress_bars_follow_transformers_switch(capsys, verbosity):
 
 
 def test_pretraining_enables_gradient_checkpointing_without_a_deprecation_warning():
-    args = argparse.Namespace(model_name_or_path=None, attn_implementation="sdpa", gradient_checkpointing=True)
+    args = ModelArguments(gradient_checkpointing=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = build_model(args, small_config())

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from clay_hf.training.arguments import PretrainingArguments
 from clay_hf.training.prefetch import DevicePrefetcher, batch_to_device
 from clay_hf.training.pretrain import build_optimizer
 
@@ -40,7 +40,7 @@ def test_batch_to_device_moves_only_model_inputs():
 
 
 def test_adamw_is_fused_on_cuda_and_cpu():
-    args = argparse.Namespace(learning_rate=1e-4, weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95)
+    args = PretrainingArguments(output_dir="unused", learning_rate=1e-4, weight_decay=0.05)
     model = torch.nn.Linear(2, 2)
     assert build_optimizer(model, args, torch.device("cuda")).defaults["fused"] is True
     assert build_optimizer(model, args, torch.device("cpu")).defaults["fused"] is True
@@ -52,7 +52,7 @@ def test_adamw_is_fused_on_cuda_and_cpu():
 def test_fused_adamw_on_the_cpu_steps_as_the_plain_one(dtype, tolerance):
     """The fused kernel is the same update: after a few steps the parameters agree with the plain AdamW's in float32
     (to rounding, or to bf16's precision for bf16 parameters)."""
-    args = argparse.Namespace(learning_rate=1e-2, weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95)
+    args = PretrainingArguments(output_dir="unused", learning_rate=1e-2, weight_decay=0.05)
     torch.manual_seed(0)
     plain_model = torch.nn.Linear(8, 4)
     fused_model, initial = copy.deepcopy(plain_model).to(dtype), copy.deepcopy(plain_model)

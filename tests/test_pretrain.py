@@ -19,7 +19,7 @@ from transformers import AutoImageProcessor, AutoModel
 from clay_hf import ClayImageProcessor, ClayModel
 from clay_hf.chipping import write_synthetic_chips
 from clay_hf.data import resolve_sources, split_paths
-from clay_hf.training import build_parser, build_scheduler, list_checkpoints, resolve_checkpoint
+from clay_hf.training import PretrainingArguments, build_scheduler, list_checkpoints, parse_args, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "pretrain.py")
@@ -77,7 +77,7 @@ def summary(output_dir):
 
 
 def test_defaults_are_the_v0_recipe():
-    args = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y"])
+    model_args, data_args, args = parse_args(["--train_dir", "x", "--output_dir", "y"])
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (10, 5)
     assert (args.learning_rate, args.weight_decay, args.adam_beta1, args.adam_beta2) == (1e-4, 0.05, 0.9, 0.95)
     assert (args.lr_scheduler, args.restart_period, args.restart_mult, args.eta_min_factor) == (
@@ -86,11 +86,11 @@ def test_defaults_are_the_v0_recipe():
         2,
         10.0,
     )
-    assert (args.config_name, args.report_to) == ("small", "tensorboard")
+    assert (model_args.config_name, args.report_to, data_args.validation_fraction) == ("small", "tensorboard", 0.2)
 
 
 def test_v0_schedule_rises_to_ten_times_lr_and_restarts():
-    args = build_parser().parse_args(["--train_dir", "x", "--output_dir", "y", "--restart_period", "4"])
+    args = PretrainingArguments(output_dir="y", restart_period=4)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
     scheduler = build_scheduler(optimizer, args, total_steps=100)
     lrs = []
@@ -221,3 +221,28 @@ def test_processes_that_each_set_up_alone_are_refused(chips, config_file, tmp_pa
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
     assert "2 processes were launched, but Accelerate set up 1" in result.stderr
+
+
+def test_a_window_whose_chips_are_all_bad_takes_no_optimizer_step(config_file, tmp_path):
+    """Batches of one chip, one batch a window: the three windows of a chip with nodata pixels hold no chip to learn
+    from, so they take no optimizer step (AdamW would still decay the weights) and count no step."""
+    import rasterio
+
+    paths = write_synthetic_chips(tmp_path / "chips", 5, size=32, seed=3)
+    for path in paths[:3]:
+        with rasterio.open(path, "r+") as chip:
+            pixels = chip.read()
+            pixels[:, :8] = 0
+            chip.write(pixels)
+            chip.nodata = 0
+    output = tmp_path / "run"
+    args = [
+        "--train_dir", str(tmp_path / "chips"), "--output_dir", str(output), "--config_name", str(config_file),
+        "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--num_train_epochs", "1",
+        "--validation_fraction", "0", "--report_to", "none", "--logging_steps", "1",
+    ]  # fmt: skip
+    result = launch(args)
+    done = summary(output)
+    assert (done["chips_seen"], done["bad_chips_skipped"]) == (2, 3)
+    assert (done["global_step"], done["windows_without_chips_dropped"]) == (2, 3)
+    assert result.stderr.count("held no usable chip") == 3

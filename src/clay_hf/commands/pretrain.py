@@ -16,7 +16,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("clay_hf").setLevel(logging.INFO)
-    return pretrain(parse_args(argv))
+    return pretrain(*parse_args(argv))
 
 
 @user_errors

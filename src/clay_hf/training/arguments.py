@@ -1,126 +1,177 @@
-"""Command-line arguments of `scripts/pretrain.py`, in the style of the transformers example scripts."""
+"""Arguments of `scripts/pretrain.py` as dataclasses parsed by `HfArgumentParser`, as transformers' `run_mae.py`.
+
+Three groups, each handed to the part of pretraining that reads it: [`ModelArguments`] builds the model,
+[`DataArguments`] the chips and loaders, [`PretrainingArguments`] the optimisation and the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import HfArgumentParser
 
 from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import ClayUserError
 from ..utils.memory import GLIBC_DEFAULT_MMAP_THRESHOLD
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Pretrain Clay v0 (masked autoencoder) with Accelerate: `accelerate launch scripts/pretrain.py …`."
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train, from scratch or from weights."""
+
+    _argument_group_name = "model"
+
+    config_name: str = field(default="small", metadata=_help("tiny, small (v0), medium, large, or a config.json"))
+    model_name_or_path: str | None = field(
+        default=None, metadata=_help("continue from these weights (a folder or Hub id)")
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--train_dir", required=True, help="chips: a folder, glob, list file or list of URLs")
-    data.add_argument("--validation_dir", help="validation chips; default: the deterministic hash split of --train_dir")
-    data.add_argument("--validation_fraction", type=float, default=0.2, help="share of --train_dir for validation")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
-    data.add_argument(
-        "--shuffle_buffer_size",
-        type=int,
+    image_size: int | None = field(default=None, metadata=_help("override the config's image size"))
+    patch_size: int | None = field(default=None, metadata=_help("override the config's patch size"))
+    mask_ratio: float | None = field(default=None, metadata=_help("override the config's mask ratio (v0: 0.75)"))
+    attn_implementation: str = field(default="sdpa", metadata=_help("sdpa, eager, flash_attention_2, …"))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("recompute activations in the backward pass"))
+    torch_compile: bool = field(default=False, metadata=_help("compile the model with torch.compile"))
+
+    def config_overrides(self) -> dict[str, int | float]:
+        """The config values given on the command line."""
+        overrides = {"image_size": self.image_size, "patch_size": self.patch_size, "mask_ratio": self.mask_ratio}
+        return {key: value for key, value in overrides.items() if value is not None}
+
+
+@dataclass
+class DataArguments:
+    """Where the chips are, how they are split, read and filled."""
+
+    _argument_group_name = "data"
+
+    train_dir: str = field(metadata=_help("chips: a folder, glob, list file or list of URLs"))
+    validation_dir: str | None = field(
+        default=None, metadata=_help("validation chips; default: the deterministic hash split of --train_dir")
+    )
+    validation_fraction: float = field(default=0.2, metadata=_help("share of --train_dir for validation"))
+    dataloader_num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per rank"))
+    shuffle_buffer_size: int = field(
         default=1,
-        help="examples in the shuffle buffer (besides shuffling shard order every epoch); 1 keeps resume exact",
+        metadata=_help(
+            "examples in the shuffle buffer (besides shuffling shard order every epoch); 1 keeps resume exact"
+        ),
     )
-    data.add_argument("--max_eval_chips", type=int, default=None, help="cap on validation chips per evaluation")
-    data.add_argument(
-        "--bands",
-        nargs="+",
-        help="the chips' band names in the chips' order (default: their band descriptions, else the 13 v0 bands)",
+    max_eval_chips: int | None = field(default=None, metadata=_help("cap on validation chips per evaluation"))
+    bands: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "the chips' band names in the chips' order (default: their band descriptions, else the 13 v0 bands)"
+        ),
     )
-    data.add_argument(
-        "--fill_value",
-        type=parse_fill_value,
-        help="train on chips with nodata/NaN pixels filled ('mean' or a raw value); by default they are skipped",
+    fill_value: str | None = field(
+        default=None,
+        metadata=_help(
+            "train on chips with nodata/NaN pixels filled ('mean' or a raw value); by default they are skipped"
+        ),
     )
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--config_name", default="small", help="tiny, small (v0), medium, large, or a config.json")
-    model.add_argument("--model_name_or_path", help="continue from these weights (a folder or Hub id)")
-    model.add_argument("--image_size", type=int, help="override the config's image size")
-    model.add_argument("--patch_size", type=int, help="override the config's patch size")
-    model.add_argument("--mask_ratio", type=float, help="override the config's mask ratio (v0: 0.75)")
-    model.add_argument("--attn_implementation", default="sdpa", help="sdpa, eager, flash_attention_2, …")
-    model.add_argument("--gradient_checkpointing", action="store_true")
-    model.add_argument("--torch_compile", action="store_true")
+    #: `--fill_value` as the image processor takes it: 'mean', a raw value, or None (such chips are skipped).
+    fill: float | str | None = field(default=None, init=False)
 
-    optim = parser.add_argument_group("optimisation (defaults: the v0 recipe)")
-    optim.add_argument("--per_device_train_batch_size", type=int, default=10)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=None)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=5)
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
-    optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.95)
-    optim.add_argument(
-        "--lr_scheduler",
-        choices=["cosine_warm_restarts", "cosine_with_warmup"],
+    def __post_init__(self) -> None:
+        try:
+            self.fill = None if self.fill_value is None else parse_fill_value(self.fill_value)
+        except argparse.ArgumentTypeError as error:
+            raise ClayUserError(f"--fill_value: {error}") from None
+
+
+@dataclass
+class PretrainingArguments:
+    """The optimisation (defaults: the v0 recipe) and the run: output, length, checkpoints, logging."""
+
+    _argument_group_name = "optimisation and run (defaults: the v0 recipe)"
+
+    output_dir: str = field(metadata=_help("where the model, checkpoints and training_summary.json go"))
+    per_device_train_batch_size: int = 10
+    per_device_eval_batch_size: int | None = field(default=None, metadata=_help("default: the training batch size"))
+    gradient_accumulation_steps: int = 5
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    lr_scheduler: Literal["cosine_warm_restarts", "cosine_with_warmup"] = field(
         default="cosine_warm_restarts",
-        help="v0: CosineAnnealingWarmRestarts(T_0, T_mult, eta_min) stepped per optimizer step",
+        metadata=_help("v0: CosineAnnealingWarmRestarts(T_0, T_mult, eta_min) stepped per optimizer step"),
     )
-    optim.add_argument("--restart_period", type=int, default=1000, help="T_0 of the warm restarts")
-    optim.add_argument("--restart_mult", type=int, default=2, help="T_mult of the warm restarts")
-    optim.add_argument(
-        "--eta_min_factor",
-        type=float,
+    restart_period: int = field(default=1000, metadata=_help("T_0 of the warm restarts"))
+    restart_mult: int = field(default=2, metadata=_help("T_mult of the warm restarts"))
+    eta_min_factor: float = field(
         default=10.0,
-        help="eta_min = factor × lr. v0 used 10, so the lr rises from lr to 10×lr within each period",
+        metadata=_help("eta_min = factor × lr. v0 used 10, so the lr rises from lr to 10×lr within each period"),
     )
-    optim.add_argument("--num_warmup_steps", type=int, default=0, help="for cosine_with_warmup")
-    optim.add_argument("--max_grad_norm", type=float, default=None, help="clip gradients (v0: none)")
-    optim.add_argument("--max_consecutive_nonfinite", type=int, default=10, help="stop after this many bad steps")
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", required=True)
-    run.add_argument(
-        "--num_train_epochs",
-        type=int,
+    num_warmup_steps: int = field(default=0, metadata=_help("for cosine_with_warmup"))
+    max_grad_norm: float | None = field(default=None, metadata=_help("clip gradients (v0: none)"))
+    max_consecutive_nonfinite: int = field(default=10, metadata=_help("stop after this many bad steps in a row"))
+    num_train_epochs: int = field(
         default=25,
-        help="passes over the training chips: every chip once per epoch (an epoch's last, partial accumulation "
-        "window is stepped)",
+        metadata=_help(
+            "passes over the training chips: every chip once per epoch (an epoch's last, partial accumulation "
+            "window is stepped)"
+        ),
     )
-    run.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides epochs")
-    run.add_argument("--checkpointing_steps", type=int, default=None, help="save a resumable state every N steps")
-    run.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
+    max_train_steps: int | None = field(default=None, metadata=_help("optimizer steps; overrides epochs"))
+    checkpointing_steps: int | None = field(default=None, metadata=_help("save a resumable state every N steps"))
+    checkpoints_total_limit: int = field(
         default=3,
-        help="keep the newest K checkpoints (and K pretrained-N folders of --save_every_checkpoint_as_pretrained)",
+        metadata=_help(
+            "keep the newest K checkpoints (and K pretrained-N folders of --save_every_checkpoint_as_pretrained)"
+        ),
     )
-    run.add_argument(
-        "--resume_from_checkpoint",
-        help="a checkpoint folder, or 'latest'; the number of processes, --dataloader_num_workers, "
-        "--shuffle_buffer_size, --seed and the training chips must be those of the checkpoint",
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata=_help(
+            "a checkpoint folder, or 'latest'; the number of processes, --dataloader_num_workers, "
+            "--shuffle_buffer_size, --seed and the training chips must be those of the checkpoint"
+        ),
     )
-    run.add_argument("--eval_steps", type=int, default=None, help="validate every N steps (and at the end)")
-    run.add_argument("--logging_steps", type=int, default=10)
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument(
-        "--cpu_malloc_mmap_threshold",
-        type=int,
+    eval_steps: int | None = field(default=None, metadata=_help("validate every N steps (and at the end)"))
+    logging_steps: int = 10
+    seed: int = 42
+    cpu_malloc_mmap_threshold: int = field(
         default=GLIBC_DEFAULT_MMAP_THRESHOLD,
-        help="on CPU, glibc serves allocations of this many bytes or more with mmap, so freed activations return "
-        "to the OS (peak ~0.6 GiB lower at batch 4 of small; steps 0-20%% slower in our runs, from page faults); "
-        "0 keeps glibc's dynamic threshold",
+        metadata=_help(
+            "on CPU, glibc serves allocations of this many bytes or more with mmap, so freed activations return to "
+            "the OS (peak ~0.6 GiB lower at batch 4 of small; steps 0-20%% slower in our runs, from page faults); "
+            "0 keeps glibc's dynamic threshold"
+        ),
     )
-    run.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
-    run.add_argument(
-        "--save_every_checkpoint_as_pretrained",
-        action="store_true",
-        help="also write a save_pretrained folder beside each checkpoint",
+    report_to: str = field(default="tensorboard", metadata=_help("tensorboard, wandb, all, or none"))
+    save_every_checkpoint_as_pretrained: bool = field(
+        default=False, metadata=_help("also write a save_pretrained folder beside each checkpoint")
     )
-    run.add_argument(
-        "--log_seen_chips", action="store_true", help="write 'epoch<TAB>chip' lines of what each rank trained on"
+    log_seen_chips: bool = field(
+        default=False, metadata=_help("write 'epoch<TAB>chip' lines of what each rank trained on")
     )
-    return parser
+
+    def __post_init__(self) -> None:
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if self.max_train_steps is None and self.num_train_epochs < 1:
+            raise ClayUserError("give --max_train_steps or a positive --num_train_epochs")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if args.per_device_eval_batch_size is None:
-        args.per_device_eval_batch_size = args.per_device_train_batch_size
-    if args.max_train_steps is None and args.num_train_epochs < 1:
-        raise ClayUserError("give --max_train_steps or a positive --num_train_epochs")
-    return args
+ArgumentGroups = tuple[ModelArguments, DataArguments, PretrainingArguments]
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser(
+        (ModelArguments, DataArguments, PretrainingArguments),
+        description="Pretrain Clay v0 (masked autoencoder) with Accelerate: `accelerate launch scripts/pretrain.py …`.",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> ArgumentGroups:
+    """The model, data and pretraining arguments of a command line (default: `sys.argv`)."""
+    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args

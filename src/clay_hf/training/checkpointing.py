@@ -25,7 +25,7 @@ import re
 import shutil
 import time
 import uuid
-from argparse import Namespace
+from collections.abc import Sequence
 from contextlib import nullcontext
 from os import PathLike
 from pathlib import Path
@@ -235,14 +235,16 @@ def _load_accelerate_state(accelerator: Accelerator, path: Path) -> None:
             raise
 
 
-def data_layout(paths: list[str], args: Namespace, num_processes: int) -> dict[str, Any]:
+def data_layout(
+    paths: Sequence[str], num_processes: int, dataloader_num_workers: int, shuffle_buffer_size: int, seed: int
+) -> dict[str, Any]:
     """What a checkpoint's data position depends on: resuming with another value would re-train or skip chips."""
     names = hashlib.sha256("\n".join(chip_file_name(path) for path in paths).encode()).hexdigest()[:16]
     return {
         "num_processes": num_processes,
-        "dataloader_num_workers": args.dataloader_num_workers,
-        "shuffle_buffer_size": args.shuffle_buffer_size,
-        "seed": args.seed,
+        "dataloader_num_workers": dataloader_num_workers,
+        "shuffle_buffer_size": shuffle_buffer_size,
+        "seed": seed,
         "train_chips": len(paths),
         "train_chip_names_sha256": names,
     }

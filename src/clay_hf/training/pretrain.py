@@ -5,17 +5,20 @@ normalised on the device. Checkpoints are atomic and verified, and resume the sa
 and the data stream where it stopped (with the batch a finished rank pads with). One run writes an output folder
 at a time (its main process holds `OUTPUT_DIR.lock`); the final model, processor and summary are each written
 atomically, with their checksums.
+
+[`pretrain`] takes the three argument groups of `scripts/pretrain.py` (see `clay_hf.training.arguments`); a
+[`Pretrainer`] holds what one run is made of (accelerator, model, optimizer, schedule, loaders, counters) and
+trains.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ from ..utils.outputs import (
     write_checksums,
     write_json,
 )
+from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .checkpointing import (
     check_data_layout,
     current_run,
@@ -72,6 +76,7 @@ logger = get_logger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
 
 SUMMARY_NAME = "training_summary.json"
+ChipSource = list[str] | ShardSelection
 
 
 class NonFiniteLossError(ClayUserError, RuntimeError):
@@ -88,6 +93,7 @@ class TrainState:
     bad_chips: int = 0
     nonfinite_steps: int = 0
     consecutive_nonfinite: int = 0
+    empty_windows: int = 0
     train_loss: float | None = None
     validation_loss: float | None = None
     validation_group_losses: dict[str, float] = field(default_factory=dict)
@@ -99,12 +105,31 @@ class TrainState:
 
 
 @dataclass
-class Resumable:
-    """What a checkpoint holds beside Accelerate's state: the data position, the schedule, the padding batch."""
+class StepWindow:
+    """What the micro-batches of one optimizer step add up to (over all ranks)."""
 
-    loader: Any
-    scheduler: LRScheduler
-    last_batch: dict[str, Any] = field(default_factory=dict)
+    loss: float = 0.0
+    chips: int = 0
+    micro_batches: int = 0
+    bad: bool = False
+    synced: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class MicroBatchStatistics:
+    """What one micro-batch of one rank adds to its window; summed over ranks in one collective ([`reduced`])."""
+
+    loss: float = 0.0  # the rank's loss, when its batch is real and the loss finite
+    finite_ranks: float = 0.0  # 1 when the rank's loss is finite (a padding batch counts as finite)
+    chips: float = 0.0  # chips trained on
+    bad_chips: float = 0.0  # chips taken out of the batch as bad
+    real_batches: float = 0.0  # 1 when the batch is real, 0 for padding
+
+    def reduced(self, accelerator: Accelerator) -> MicroBatchStatistics:
+        """The statistics summed over all ranks."""
+        values = torch.tensor(astuple(self), device=accelerator.device, dtype=torch.float64)
+        return MicroBatchStatistics(*accelerator.reduce(values, "sum").tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -112,37 +137,35 @@ class Resumable:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_config(args: argparse.Namespace) -> ClayConfig:
+def build_config(model_args: ModelArguments) -> ClayConfig:
     """A preset name or a config.json, with the image size, patch size and mask ratio overrides."""
-    overrides = {
-        key: getattr(args, key)
-        for key in ("image_size", "patch_size", "mask_ratio")
-        if getattr(args, key, None) is not None
-    }
-    if args.model_name_or_path:
-        return ClayConfig.from_pretrained(args.model_name_or_path, **overrides)
-    if args.config_name in CLAY_V0_PRESETS:
-        return ClayConfig.from_preset(args.config_name, **overrides)
-    if Path(args.config_name).is_file():
-        return ClayConfig.from_dict({**ClayConfig.from_json_file(args.config_name).to_dict(), **overrides})
-    raise ClayUserError(f"--config_name {args.config_name!r} is neither a preset {sorted(CLAY_V0_PRESETS)} nor a file")
+    overrides = model_args.config_overrides()
+    if model_args.model_name_or_path:
+        return ClayConfig.from_pretrained(model_args.model_name_or_path, **overrides)
+    if model_args.config_name in CLAY_V0_PRESETS:
+        return ClayConfig.from_preset(model_args.config_name, **overrides)
+    if Path(model_args.config_name).is_file():
+        return ClayConfig.from_dict({**ClayConfig.from_json_file(model_args.config_name).to_dict(), **overrides})
+    raise ClayUserError(
+        f"--config_name {model_args.config_name!r} is neither a preset {sorted(CLAY_V0_PRESETS)} nor a file"
+    )
 
 
-def build_model(args: argparse.Namespace, config: ClayConfig) -> ClayForMaskedImageModeling:
-    if args.model_name_or_path:
+def build_model(model_args: ModelArguments, config: ClayConfig) -> ClayForMaskedImageModeling:
+    if model_args.model_name_or_path:
         model = ClayForMaskedImageModeling.from_pretrained(
-            args.model_name_or_path, config=config, attn_implementation=args.attn_implementation
+            model_args.model_name_or_path, config=config, attn_implementation=model_args.attn_implementation
         )
     else:
-        config._attn_implementation = args.attn_implementation
+        config._attn_implementation = model_args.attn_implementation
         model = ClayForMaskedImageModeling(config)
-    if args.gradient_checkpointing:
+    if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
 
 
 def build_optimizer(
-    model: torch.nn.Module, args: argparse.Namespace, device: torch.device | None = None
+    model: torch.nn.Module, args: PretrainingArguments, device: torch.device | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over all parameters, as v0; on CUDA and the CPU the fused kernel (one pass over each parameter's
     memory instead of a dozen elementwise ops: on a CPU that is a tenth of a training step)."""
@@ -156,7 +179,7 @@ def build_optimizer(
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, total_steps: int) -> LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, args: PretrainingArguments, total_steps: int) -> LRScheduler:
     """v0: CosineAnnealingWarmRestarts(T_0=1000, T_mult=2, eta_min=10·lr), stepped every optimizer step.
 
     Note that v0's eta_min is ten times the base lr: within each period the lr RISES from lr to 10·lr.
@@ -168,36 +191,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, 
     )
 
 
-def training_layout(config: ClayConfig, processor: ClayImageProcessor, args: argparse.Namespace) -> ChipLayout:
+def training_layout(config: ClayConfig, processor: ClayImageProcessor, data_args: DataArguments) -> ChipLayout:
     """What each chip must give: the model's bands by name (from `--bands` or the chips' band descriptions), its
     image size, missing pixels filled with `--fill_value` or the chip skipped as bad."""
-    fill_value = getattr(args, "fill_value", None)
-    fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
-    return ChipLayout.for_model(config, chip_bands=getattr(args, "bands", None), fill_values=fill)
-
-
-def data_paths(args: argparse.Namespace) -> tuple[list[str] | ShardSelection, list[str] | ShardSelection]:
-    """Train and validation chips (GeoTIFF paths or Clay shard records): --validation_dir, or the deterministic
-    hash split of --train_dir."""
-    return split_chip_source(args.train_dir, args.validation_dir, args.validation_fraction)
+    fill = None if data_args.fill is None else processor.fill_values(data_args.fill, config.band_names)
+    return ChipLayout.for_model(config, chip_bands=data_args.bands, fill_values=fill)
 
 
 def build_loader(
-    paths: list[str] | ShardSelection,
-    args: argparse.Namespace,
+    paths: ChipSource,
+    data_args: DataArguments,
     accelerator: Accelerator,
     batch_size: int,
+    seed: int,
     shuffle: bool,
     layout: ChipLayout | None = None,
 ) -> DevicePrefetcher:
     """This rank's loader: the rank's own shards, read by its workers, with a resumable position; on CUDA each
     batch is pinned and copied to the GPU one step ahead. Chips must fit `layout` (the model's bands and image
     size); the others are skipped and counted."""
-    workers = args.dataloader_num_workers
+    workers = data_args.dataloader_num_workers
     dataset = load_chip_dataset(paths, world_size=accelerator.num_processes, num_workers=workers, layout=layout)
     dataset = split_dataset_by_node(dataset, rank=accelerator.process_index, world_size=accelerator.num_processes)
     if shuffle:
-        dataset = dataset.shuffle(seed=args.seed, buffer_size=max(1, args.shuffle_buffer_size))
+        dataset = dataset.shuffle(seed=seed, buffer_size=max(1, data_args.shuffle_buffer_size))
     loader = StatefulDataLoader(
         dataset,
         batch_size=batch_size,
@@ -207,9 +224,20 @@ def build_loader(
         pin_memory=accelerator.device.type == "cuda",
         # Worker seeds come from this generator, not the global RNG, so that starting an epoch's iterator after a
         # resume does not shift the random masks (the global RNG is what checkpoints restore).
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
     return DevicePrefetcher(loader, accelerator.device)
+
+
+def steps_per_epoch(paths: ChipSource, data_args: DataArguments, args: PretrainingArguments, num_processes: int) -> int:
+    """Optimizer steps in one epoch, for the schedule: windows of `gradient_accumulation_steps` batches of the
+    busiest rank (shards are spread over ranks; an epoch's last window may be partial and is stepped)."""
+    # Work-shard sizes depend only on the chip count (GeoTIFF paths and shard records are split alike).
+    num_shards = auto_num_shards(len(paths), num_processes, data_args.dataloader_num_workers)
+    shards = shard_paths(range(len(paths)), num_shards)
+    per_rank = math.ceil(len(shards) / num_processes) * max(len(shard) for shard in shards)
+    batches = math.ceil(min(per_rank, len(paths)) / args.per_device_train_batch_size)
+    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
 
 
 def evaluate(
@@ -262,11 +290,6 @@ def save_pretrained_folder(
     accelerator.wait_for_everyone()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, last: dict[str, Any]):
     """Yield (batch, is_padding) while ANY rank has a batch, so that every chip of every rank is trained on.
 
@@ -291,402 +314,12 @@ def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, l
         yield last["batch"], batch is None
 
 
-def steps_per_epoch(paths: list[str] | ShardSelection, args: argparse.Namespace, num_processes: int) -> int:
-    """Optimizer steps in one epoch, for the schedule: windows of `gradient_accumulation_steps` batches of the
-    busiest rank (shards are spread over ranks; an epoch's last window may be partial and is stepped)."""
-    # Work-shard sizes depend only on the chip count (GeoTIFF paths and shard records are split alike).
-    shards = shard_paths(range(len(paths)), auto_num_shards(len(paths), num_processes, args.dataloader_num_workers))
-    per_rank = math.ceil(len(shards) / num_processes) * max(len(shard) for shard in shards)
-    batches = math.ceil(min(per_rank, len(paths)) / args.per_device_train_batch_size)
-    return max(1, math.ceil(batches / args.gradient_accumulation_steps))
-
-
-def pretrain(args: argparse.Namespace) -> dict[str, Any]:
-    """Run pretraining; return the training summary (also written to `output_dir`)."""
-    started = time.perf_counter()
-    report_to = None if args.report_to == "none" else args.report_to
-    # Gradient accumulation is ours (see `_micro_step`): windows end at an epoch's end too, as a partial window.
-    accelerator = Accelerator(log_with=report_to, project_dir=args.output_dir)
-    _check_world(accelerator)
-    configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
-    output_dir = make_folder(args.output_dir)
-    lock = OutputLock(output_dir).acquire() if accelerator.is_main_process else None  # one run per output folder
-    try:
-        if lock is not None:
-            remove_partials(output_dir)
-        return _pretrain(args, accelerator, output_dir, started)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _pretrain(args: argparse.Namespace, accelerator: Accelerator, output_dir: Path, started: float) -> dict[str, Any]:
-    """The body of [`pretrain`], holding the output folder."""
-    set_seed(args.seed)  # the same initial weights on every rank
-    config = build_config(args)
-    model = build_model(args, config)
-    processor = ClayImageProcessor(band_names=config.band_names)
-    optimizer = build_optimizer(model, args, accelerator.device)
-    train_paths, validation_paths = data_paths(args)
-    max_steps = args.max_train_steps or steps_per_epoch(train_paths, args, accelerator.num_processes) * (
-        args.num_train_epochs
-    )
-    # The scheduler is stepped by us once per optimizer step (as v0), not by Accelerate, which would step it once
-    # per process; checkpoints hold it in a file of their own (see `save_checkpoint`).
-    scheduler = build_scheduler(optimizer, args, max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if args.torch_compile:
-        model = torch.compile(model)
-    set_seed(args.seed, device_specific=True)  # different masks on every rank
-
-    chip_layout = training_layout(config, processor, args)
-    check_chips_usable(train_paths, chip_layout)  # a run that can use no chip says why before it works
-    train_loader = build_loader(
-        train_paths, args, accelerator, args.per_device_train_batch_size, shuffle=True, layout=chip_layout
-    )
-    eval_loader = None
-    if validation_paths:
-        eval_loader = build_loader(
-            validation_paths, args, accelerator, args.per_device_eval_batch_size, shuffle=False, layout=chip_layout
-        )
-    else:
-        logger.warning("no validation chips (validation_fraction=%s): validation is skipped", args.validation_fraction)
-    layout = data_layout(train_paths, args, accelerator.num_processes)
-    last_batch: dict[str, Any] = {}  # the batch a rank pads with once its shards are done (see synchronized_batches)
-    state = TrainState(data_layout=layout, run_id=new_run_id())
-    resumed = None
-    if args.resume_from_checkpoint:
-        state, resumed = _resume(
-            accelerator, train_loader, scheduler, output_dir, args.resume_from_checkpoint, layout, last_batch
-        )
-    if accelerator.is_main_process:
-        start_run(output_dir, state.run_id, resumed)
-    accelerator.wait_for_everyone()
-    run = current_run(output_dir)  # the main process's run id and checkpoint names, on every rank
-    state.run_id, state.checkpoint_suffix = run["run_id"], run["checkpoint_suffix"]
-    resumable = Resumable(train_loader, scheduler, last_batch)
-
-    accelerator.init_trackers("clay_pretrain", config=_tracker_config(args))
-    seen_log = None
-    if args.log_seen_chips:
-        # Line-buffered: every line is with the OS as soon as it is written, so a kill loses none.
-        seen_log = (output_dir / f"seen_chips_rank{accelerator.process_index}.txt").open("a", buffering=1)
-    progress = tqdm(
-        total=max_steps,
-        initial=state.global_step,
-        disable=not accelerator.is_local_main_process,
-        desc="pretraining",
-        mininterval=1.0,
-    )
-    window = StepWindow()
-    logged_losses: list[float] = []
-    elapsed_before = state.wall_time
-
-    try:
-        while _more_training(state, args, max_steps):
-            train_loader.dataset.set_epoch(state.epoch)
-            chips_before_epoch = state.chips_seen
-            for batch, padding in synchronized_batches(train_loader, accelerator, last_batch):
-                if seen_log is not None and not padding:
-                    seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
-                window.micro_batches += 1
-                end_of_window = window.micro_batches == args.gradient_accumulation_steps
-                _micro_step(
-                    model, optimizer, batch, processor, accelerator, args, window, state, end_of_window, padding
-                )
-                if not end_of_window:
-                    continue
-                _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
-                window = StepWindow()
-                state.wall_time = elapsed_before + time.perf_counter() - started
-                _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir)
-                if args.max_train_steps and state.global_step >= args.max_train_steps:
-                    break
-            else:
-                if state.chips_seen + window.chips == chips_before_epoch and not args.resume_from_checkpoint:
-                    _no_chips(args, state)
-                if window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
-                    logger.info(
-                        "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
-                        "averaged over its %d batches",
-                        state.epoch,
-                        window.micro_batches,
-                        args.gradient_accumulation_steps,
-                        window.micro_batches,
-                    )
-                    state.partial_windows += 1
-                    _end_window(model, optimizer, scheduler, accelerator, args, window, state, logged_losses, progress)
-                    window = StepWindow()
-                    state.wall_time = elapsed_before + time.perf_counter() - started
-                    _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir)
-                state.epoch += 1
-
-    finally:  # the bar ends its line, so that an error is a line of its own
-        progress.close()
-    if state.chips_seen == 0:
-        _no_chips(args, state)
-    if seen_log is not None:
-        seen_log.close()
-    _validate(model, eval_loader, processor, accelerator, config, args, state)
-    state.wall_time = elapsed_before + time.perf_counter() - started
-    summary = _summary(state, args, accelerator, config, model, logged_losses)
-    save_pretrained_folder(accelerator, model, processor, output_dir, summary, shared=True)
-    accelerator.end_training()
-    accelerator.print(f"saved the pretrained model, processor and {SUMMARY_NAME} to {output_dir}")
-    return summary
-
-
-def _more_training(state: TrainState, args: argparse.Namespace, max_steps: int) -> bool:
-    """Until --max_train_steps optimizer steps when given, else until --num_train_epochs whole epochs are done."""
-    if args.max_train_steps:
-        return state.global_step < max_steps
-    return state.epoch < args.num_train_epochs
-
-
-@dataclass
-class StepWindow:
-    """What the micro-batches of one optimizer step add up to."""
-
-    loss: float = 0.0
-    chips: int = 0
-    micro_batches: int = 0
-    bad: bool = False
-    synced: bool = True
-    started: float = field(default_factory=time.perf_counter)
-
-
-def _no_chips(args: argparse.Namespace, state: TrainState) -> None:
-    raise ClayUserError(
-        f"no training chip could be used from {args.train_dir} ({state.bad_chips} bad chips skipped; "
-        "the warnings name each and say why)"
-    )
-
-
-def _placeholder_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def placeholder_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One all-zero chip in the shape of `inputs` (which hold none): a rank whose micro-batch held only bad chips
     runs it, with its loss scaled by 0, so that it still joins the step's collectives and adds no gradient."""
     return {
         key: torch.zeros((1, *value.shape[1:]), dtype=value.dtype, device=value.device) for key, value in inputs.items()
     }
-
-
-def _micro_step(
-    model, optimizer, batch, processor, accelerator, args, window: StepWindow, state: TrainState, sync: bool, padding
-) -> None:
-    """Forward, agree across ranks whether the loss is finite, then backward (gradients all-reduced by DDP only at
-    the window's last batch). A padding batch (see `synchronized_batches`) has zero weight and is not counted.
-
-    Bad chips were taken out of the batch (and are counted); a micro-batch left with no chip runs a placeholder
-    with zero weight. A non-finite loss on any rank marks the whole window bad: every rank skips its backward
-    passes from there and the step is dropped, so ranks never disagree on a collective.
-    """
-    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-        inputs = model_inputs(batch, processor, accelerator.device, accelerator.unwrap_model(model).config.band_names)
-        batch, inputs = drop_nonfinite_chips(batch, inputs)
-        empty = not batch["source_url"]
-        with accelerator.autocast():
-            loss = model(**(_placeholder_inputs(inputs) if empty else inputs)).loss
-        if empty:
-            loss = loss * 0.0
-        finite = padding or bool(torch.isfinite(loss.detach()))
-        real = not padding
-        stats = torch.tensor(
-            [
-                loss.item() if finite and real else 0.0,
-                float(finite),
-                len(batch["source_url"]) if real else 0,
-                batch["bad_chips"] if real else 0,
-                float(real),
-            ],
-            device=accelerator.device,
-            dtype=torch.float64,
-        )
-        stats = accelerator.reduce(stats, "sum")  # one collective: loss, finiteness, chips, bad chips, real batches
-        all_finite = int(stats[1]) == accelerator.num_processes
-        window.bad = window.bad or not all_finite
-        if not window.bad:
-            weight = 0.0 if padding else 1.0 / args.gradient_accumulation_steps
-            accelerator.backward(loss * weight)
-    window.synced = sync
-    window.loss += float(stats[0]) / max(float(stats[4]), 1.0) if all_finite else 0.0
-    window.chips += int(stats[2])
-    state.bad_chips += int(stats[3])
-
-
-def _optimizer_step(model, optimizer, accelerator: Accelerator, args, window: StepWindow) -> None:
-    """Step on the window's gradients: all-reduced by hand if its last batch ran without DDP's sync (an epoch's
-    partial window), and rescaled to the mean over its batches when it holds fewer than a full window."""
-    if not window.bad:
-        parameters = [p for p in model.parameters() if p.grad is not None]
-        if not window.synced and accelerator.num_processes > 1:
-            flat = accelerator.reduce(torch.cat([p.grad.reshape(-1) for p in parameters]), "mean")
-            offset = 0
-            for parameter in parameters:
-                parameter.grad.copy_(flat[offset : offset + parameter.grad.numel()].view_as(parameter.grad))
-                offset += parameter.grad.numel()
-        if window.micro_batches < args.gradient_accumulation_steps:
-            for parameter in parameters:
-                parameter.grad.mul_(args.gradient_accumulation_steps / window.micro_batches)
-        if args.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-    optimizer.zero_grad()  # also drops a bad window's gradients
-
-
-def _end_window(model, optimizer, scheduler, accelerator, args, window: StepWindow, state: TrainState, logged, bar):
-    """One optimizer step (or one skipped step) is complete: step, count, log."""
-    _optimizer_step(model, optimizer, accelerator, args, window)
-    if window.bad:
-        _skip_step(state, args)
-    else:
-        scheduler.step()
-        state.consecutive_nonfinite = 0
-        state.train_loss = window.loss / window.micro_batches
-    state.global_step += 1
-    if not window.bad and state.global_step % args.logging_steps == 0:
-        logged.append(state.train_loss)
-    state.chips_seen += window.chips
-    _report(bar, accelerator, scheduler, args, state, window)
-
-
-def _after_step(model, eval_loader, processor, accelerator, config, resumable, args, state, output_dir) -> None:
-    """Validation and checkpoints every N steps; the simulated crash of the resume tests."""
-    if args.eval_steps and state.global_step % args.eval_steps == 0:
-        _validate(model, eval_loader, processor, accelerator, config, args, state)
-    if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
-        _checkpoint(accelerator, model, processor, resumable, args, state, output_dir)
-    _simulated_crash(state.global_step)
-
-
-def _report(progress, accelerator: Accelerator, scheduler, args, state: TrainState, window: StepWindow) -> None:
-    chips_per_second = window.chips / max(time.perf_counter() - window.started, 1e-9)
-    lr = scheduler.get_last_lr()[0]
-    loss = state.train_loss if state.train_loss is not None else float("nan")
-    progress.update(1)
-    progress.set_postfix(loss=f"{loss:.4f}", chips_s=f"{chips_per_second:.1f}", lr=f"{lr:.2e}")
-    if state.global_step % args.logging_steps == 0:
-        accelerator.log(
-            {
-                "train/loss": loss,
-                "train/lr": lr,
-                "train/chips_per_second": chips_per_second,
-                "train/bad_chips_skipped": state.bad_chips,
-                "train/nonfinite_steps": state.nonfinite_steps,
-            },
-            step=state.global_step,
-        )
-
-
-def _resume(
-    accelerator: Accelerator,
-    train_loader: StatefulDataLoader,
-    scheduler: LRScheduler,
-    output_dir: Path,
-    value: str,
-    layout: dict[str, Any],
-    last_batch: dict[str, Any],
-) -> tuple[TrainState, Path]:
-    """The run's state from a verified checkpoint: counters, data position and the batch this rank pads with."""
-    checkpoint = resolve_checkpoint(output_dir, value)
-    saved, data_state = load_checkpoint(accelerator, checkpoint, scheduler)
-    check_data_layout(saved.get("data_layout") or {}, layout, checkpoint)
-    state = TrainState(**{**saved, "data_layout": layout})
-    state.run_id = state.run_id or new_run_id()  # a checkpoint of a run before ids were recorded
-    train_loader.dataset.set_epoch(state.epoch)
-    if data_state is not None:
-        loader_state = data_state.get("loader", data_state)  # checkpoints before the padding batch was saved
-        if data_state.get("padding_batch") is not None:
-            last_batch["batch"] = data_state["padding_batch"]
-        saved_workers = saved_num_workers(loader_state)
-        if saved_workers != train_loader.num_workers:  # also for checkpoints from before the data layout was saved
-            raise ResumeError(
-                f"cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
-                f"{saved_workers} workers, this run has {train_loader.num_workers}; resume with "
-                f"--dataloader_num_workers {saved_workers}"
-            )
-        train_loader.load_state_dict(loader_state)
-    accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
-    return state, checkpoint
-
-
-def saved_num_workers(data_state: dict[str, Any]) -> int:
-    """The number of DataLoader workers a `StatefulDataLoader` state was saved with (0: no worker snapshot)."""
-    snapshot = data_state.get("_snapshot")
-    return len(snapshot.get("_worker_snapshots", {})) if isinstance(snapshot, dict) else 0
-
-
-def _check_world(accelerator: Accelerator) -> None:
-    """Refuse to run N copies of a 1-process job: each would train alone on all the data."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ClayUserError(
-            f"{launched} processes were launched, but Accelerate set up {accelerator.num_processes}: each "
-            "process would train alone. On a CPU, launch with ACCELERATE_USE_CPU=1 and --multi_gpu "
-            "(plain --cpu --num_processes N runs one process)."
-        )
-
-
-def _simulated_crash(step: int) -> None:
-    """Die abruptly (no cleanup, like a kill) after `CLAY_HF_CRASH_AFTER_STEP` steps: for resume tests."""
-    if os.environ.get("CLAY_HF_CRASH_AFTER_STEP") == str(step):
-        os._exit(17)
-
-
-def _skip_step(state: TrainState, args: argparse.Namespace) -> None:
-    state.nonfinite_steps += 1
-    state.consecutive_nonfinite += 1
-    logger.warning(
-        "non-finite loss at step %d: step skipped (%d in a row, %d in all)",
-        state.global_step + 1,
-        state.consecutive_nonfinite,
-        state.nonfinite_steps,
-    )
-    if state.consecutive_nonfinite >= args.max_consecutive_nonfinite:
-        raise NonFiniteLossError(
-            f"{state.consecutive_nonfinite} optimizer steps in a row had a non-finite loss (at step "
-            f"{state.global_step + 1}); stopping. The last good checkpoint in {checkpoints_hint(args)} is kept: "
-            "lower the learning rate or check the data, then --resume_from_checkpoint latest."
-        )
-
-
-def checkpoints_hint(args: argparse.Namespace) -> str:
-    return str(Path(args.output_dir) / "checkpoints")
-
-
-def _validate(model, eval_loader, processor, accelerator, config, args, state: TrainState) -> None:
-    if eval_loader is None:
-        return
-    # The unwrapped model: ranks may hold different numbers of validation chips, and DDP must not be involved.
-    metrics = evaluate(
-        accelerator.unwrap_model(model), eval_loader, processor, accelerator, config, args.max_eval_chips
-    )
-    if not metrics:
-        return
-    state.validation_loss = metrics["loss"]
-    state.validation_group_losses = {name: value for name, value in metrics.items() if name != "loss"}
-    measured = {f"validation/{name}": value for name, value in metrics.items() if value is not None}
-    accelerator.log(measured, step=state.global_step)
-
-
-def _checkpoint(accelerator, model, processor, resumable: Resumable, args, state: TrainState, output_dir: Path) -> None:
-    padding = padding_state(resumable.last_batch.get("batch"))
-    data_state = {"loader": resumable.loader.state_dict(), "padding_batch": padding}
-    path = save_checkpoint(
-        accelerator,
-        output_dir,
-        state.global_step,
-        asdict(state),
-        data_state,
-        args.checkpoints_total_limit,
-        state.checkpoint_suffix,
-        resumable.scheduler,
-    )
-    if args.save_every_checkpoint_as_pretrained:
-        summary = _summary(state, args, accelerator, accelerator.unwrap_model(model).config, model, [])
-        save_pretrained_folder(accelerator, model, processor, output_dir / f"pretrained-{state.global_step}", summary)
-        if accelerator.is_main_process:
-            prune_pretrained_folders(output_dir, args.checkpoints_total_limit, state.run_id)
-    accelerator.print(f"checkpoint saved to {path}")
 
 
 def padding_state(batch: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -698,48 +331,463 @@ def padding_state(batch: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**kept, "source_url": list(batch["source_url"]), "bad_chips": 0, "bad_chip_sources": []}
 
 
-def _summary(state: TrainState, args, accelerator, config: ClayConfig, model, logged_losses: list[float]) -> dict:
-    return {
-        "run_id": state.run_id,
-        "global_step": state.global_step,
-        "epochs_completed": state.epoch,
-        "partial_accumulation_windows_stepped": state.partial_windows,
-        "chips_seen": state.chips_seen,
-        "bad_chips_skipped": state.bad_chips,
-        "nonfinite_steps_skipped": state.nonfinite_steps,
-        "final_train_loss": state.train_loss,
-        "train_loss_history": logged_losses,  # every --logging_steps steps of this session
-        "final_validation_loss": state.validation_loss,
-        "final_validation_group_losses": state.validation_group_losses,
-        "validation_masking": masking_description("random", VALIDATION_MASKING_SEED),
-        "wall_time_seconds": round(state.wall_time, 2),
-        "hardware": hardware_description(accelerator),
-        "num_parameters": accelerator.unwrap_model(model).num_parameters(),
-        "hyperparameters": {
-            key: getattr(args, key)
-            for key in (
-                "per_device_train_batch_size",
-                "gradient_accumulation_steps",
-                "learning_rate",
-                "weight_decay",
-                "adam_beta1",
-                "adam_beta2",
-                "lr_scheduler",
-                "eta_min_factor",
-                "seed",
+def saved_num_workers(data_state: dict[str, Any]) -> int:
+    """The number of DataLoader workers a `StatefulDataLoader` state was saved with (0: no worker snapshot)."""
+    snapshot = data_state.get("_snapshot")
+    return len(snapshot.get("_worker_snapshots", {})) if isinstance(snapshot, dict) else 0
+
+
+def check_world(accelerator: Accelerator) -> None:
+    """Refuse to run N copies of a 1-process job: each would train alone on all the data."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ClayUserError(
+            f"{launched} processes were launched, but Accelerate set up {accelerator.num_processes}: each "
+            "process would train alone. On a CPU, launch with ACCELERATE_USE_CPU=1 and --multi_gpu "
+            "(plain --cpu --num_processes N runs one process)."
+        )
+
+
+def simulated_crash(step: int) -> None:
+    """Die abruptly (no cleanup, like a kill) after `CLAY_HF_CRASH_AFTER_STEP` steps: for resume tests."""
+    if os.environ.get("CLAY_HF_CRASH_AFTER_STEP") == str(step):
+        os._exit(17)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def pretrain(model_args: ModelArguments, data_args: DataArguments, args: PretrainingArguments) -> dict[str, Any]:
+    """Run pretraining; return the training summary (also written to `args.output_dir`)."""
+    started = time.perf_counter()
+    report_to = None if args.report_to == "none" else args.report_to
+    # Gradient accumulation is ours (see `Pretrainer.micro_step`): windows end at an epoch's end too, as a partial
+    # window.
+    accelerator = Accelerator(log_with=report_to, project_dir=args.output_dir)
+    check_world(accelerator)
+    configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
+    output_dir = make_folder(args.output_dir)
+    lock = OutputLock(output_dir).acquire() if accelerator.is_main_process else None  # one run per output folder
+    try:
+        if lock is not None:
+            remove_partials(output_dir)
+        return Pretrainer(model_args, data_args, args, accelerator, started).train()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class Pretrainer:
+    """One pretraining run: the accelerator, model, optimizer, schedule, loaders and counters, and the loop.
+
+    Built on every rank, holding the output folder (see [`pretrain`]); `train()` runs it and returns the summary.
+    """
+
+    def __init__(
+        self,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        args: PretrainingArguments,
+        accelerator: Accelerator,
+        started: float,
+    ) -> None:
+        self.model_args, self.data_args, self.args = model_args, data_args, args
+        self.accelerator = accelerator
+        self.output_dir = Path(args.output_dir)
+        self.started = started
+        set_seed(args.seed)  # the same initial weights on every rank
+        self.config = build_config(model_args)
+        model = build_model(model_args, self.config)
+        self.processor = ClayImageProcessor(band_names=self.config.band_names)
+        optimizer = build_optimizer(model, args, accelerator.device)
+        train_paths, validation_paths = split_chip_source(
+            data_args.train_dir, data_args.validation_dir, data_args.validation_fraction
+        )
+        self.max_steps = args.max_train_steps or (
+            steps_per_epoch(train_paths, data_args, args, accelerator.num_processes) * args.num_train_epochs
+        )
+        # The scheduler is stepped by us once per optimizer step (as v0), not by Accelerate, which would step it
+        # once per process; checkpoints hold it in a file of their own (see `save_checkpoint`).
+        self.scheduler = build_scheduler(optimizer, args, self.max_steps)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if model_args.torch_compile:
+            self.model = torch.compile(self.model)
+        set_seed(args.seed, device_specific=True)  # different masks on every rank
+
+        self.train_loader, self.eval_loader = self._loaders(train_paths, validation_paths)
+        self.padding: dict[str, Any] = {}  # the batch a rank pads with once its shards are done
+        self.state = self._start(train_paths)
+        self.window = StepWindow()
+        self.logged_losses: list[float] = []  # every --logging_steps steps of this session
+        self.elapsed_before = self.state.wall_time
+        self.progress: tqdm | None = None  # the progress bar, while `train` runs
+
+    # --- set-up -------------------------------------------------------------------------------------------------------
+
+    def _loaders(
+        self, train_paths: ChipSource, validation_paths: ChipSource
+    ) -> tuple[DevicePrefetcher, DevicePrefetcher | None]:
+        """The training loader and the validation loader (None without validation chips); a run that can use no
+        training chip says why before it works."""
+        layout = training_layout(self.config, self.processor, self.data_args)
+        check_chips_usable(train_paths, layout)
+        args = self.args
+
+        def loader(paths: ChipSource, batch_size: int, shuffle: bool) -> DevicePrefetcher:
+            return build_loader(paths, self.data_args, self.accelerator, batch_size, args.seed, shuffle, layout)
+
+        train_loader = loader(train_paths, args.per_device_train_batch_size, shuffle=True)
+        if not validation_paths:
+            logger.warning(
+                "no validation chips (validation_fraction=%s): validation is skipped",
+                self.data_args.validation_fraction,
             )
-        },
-        "effective_batch_size": args.per_device_train_batch_size
-        * args.gradient_accumulation_steps
-        * accelerator.num_processes,
-        "mask_ratio": config.mask_ratio,
-        "initialised_from": args.model_name_or_path,  # None: random weights (the published licence follows this)
-    }
+            return train_loader, None
+        return train_loader, loader(validation_paths, args.per_device_eval_batch_size, shuffle=False)
+
+    def _start(self, train_paths: ChipSource) -> TrainState:
+        """A fresh run's counters, or those of the checkpoint it resumes; the run's id and checkpoint names."""
+        layout = data_layout(
+            train_paths,
+            self.accelerator.num_processes,
+            self.data_args.dataloader_num_workers,
+            self.data_args.shuffle_buffer_size,
+            self.args.seed,
+        )
+        state, resumed = TrainState(data_layout=layout, run_id=new_run_id()), None
+        if self.args.resume_from_checkpoint:
+            state, resumed = self._resume(self.args.resume_from_checkpoint, layout)
+        if self.accelerator.is_main_process:
+            start_run(self.output_dir, state.run_id, resumed)
+        self.accelerator.wait_for_everyone()
+        run = current_run(self.output_dir)  # the main process's run id and checkpoint names, on every rank
+        state.run_id, state.checkpoint_suffix = run["run_id"], run["checkpoint_suffix"]
+        return state
+
+    def _resume(self, value: str, layout: dict[str, Any]) -> tuple[TrainState, Path]:
+        """The run's state from a verified checkpoint: counters, data position and the batch this rank pads with."""
+        checkpoint = resolve_checkpoint(self.output_dir, value)
+        saved, data_state = load_checkpoint(self.accelerator, checkpoint, self.scheduler)
+        check_data_layout(saved.get("data_layout") or {}, layout, checkpoint)
+        state = TrainState(**{**saved, "data_layout": layout})
+        self.train_loader.dataset.set_epoch(state.epoch)
+        if data_state is not None:
+            loader_state = data_state["loader"]
+            if data_state["padding_batch"] is not None:
+                self.padding["batch"] = data_state["padding_batch"]
+            saved_workers = saved_num_workers(loader_state)
+            if saved_workers != self.train_loader.num_workers:
+                raise ResumeError(
+                    f"cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
+                    f"{saved_workers} workers, this run has {self.train_loader.num_workers}; resume with "
+                    f"--dataloader_num_workers {saved_workers}"
+                )
+            self.train_loader.load_state_dict(loader_state)
+        self.accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
+        return state, checkpoint
+
+    # --- the loop -----------------------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Train until --max_train_steps or --num_train_epochs, validate, save the model; return the summary."""
+        self.accelerator.init_trackers("clay_pretrain", config=self._tracker_config())
+        seen_log = self._open_seen_log()
+        self.progress = tqdm(
+            total=self.max_steps,
+            initial=self.state.global_step,
+            disable=not self.accelerator.is_local_main_process,
+            desc="pretraining",
+            mininterval=1.0,
+        )
+        try:
+            while self._more_training():
+                self._train_epoch(seen_log)
+        finally:  # the bar ends its line, so that an error is a line of its own
+            self.progress.close()
+            if seen_log is not None:
+                seen_log.close()
+        if self.state.chips_seen == 0:
+            self._no_chips()
+        self.validate()
+        summary = self._finish()
+        self.accelerator.print(f"saved the pretrained model, processor and {SUMMARY_NAME} to {self.output_dir}")
+        return summary
+
+    def _open_seen_log(self):
+        """`seen_chips_rankN.txt` of --log_seen_chips, line-buffered: each line is with the OS as soon as it is
+        written, so a kill loses none."""
+        if not self.args.log_seen_chips:
+            return None
+        return (self.output_dir / f"seen_chips_rank{self.accelerator.process_index}.txt").open("a", buffering=1)
+
+    def _more_training(self) -> bool:
+        """Until --max_train_steps optimizer steps when given, else until --num_train_epochs whole epochs are done."""
+        if self.args.max_train_steps:
+            return self.state.global_step < self.max_steps
+        return self.state.epoch < self.args.num_train_epochs
+
+    def _train_epoch(self, seen_log) -> None:
+        """One pass over this rank's chips (or until --max_train_steps), stepping every accumulation window and the
+        epoch's last, partial one."""
+        state, args = self.state, self.args
+        self.train_loader.dataset.set_epoch(state.epoch)
+        chips_before_epoch = state.chips_seen
+        for batch, padding in synchronized_batches(self.train_loader, self.accelerator, self.padding):
+            if seen_log is not None and not padding:
+                seen_log.write("".join(f"{state.epoch}\t{url}\n" for url in batch["source_url"]))
+            self.window.micro_batches += 1
+            end_of_window = self.window.micro_batches == args.gradient_accumulation_steps
+            self.micro_step(batch, padding, sync=end_of_window)
+            if end_of_window:
+                self._end_window()
+                if args.max_train_steps and state.global_step >= args.max_train_steps:
+                    return
+        if state.chips_seen + self.window.chips == chips_before_epoch and not args.resume_from_checkpoint:
+            self._no_chips()
+        if self.window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
+            logger.info(
+                "epoch %d ended with a partial accumulation window of %d of %d batches: stepped, its gradient "
+                "averaged over its %d batches",
+                state.epoch,
+                self.window.micro_batches,
+                args.gradient_accumulation_steps,
+                self.window.micro_batches,
+            )
+            state.partial_windows += 1
+            self._end_window()
+        state.epoch += 1
+
+    def micro_step(self, batch: dict[str, Any], padding: bool, sync: bool) -> None:
+        """Forward, agree across ranks whether the loss is finite, then backward (gradients all-reduced by DDP only
+        at the window's last batch, `sync`). A `padding` batch (see `synchronized_batches`) has zero weight and is
+        not counted.
+
+        Bad chips were taken out of the batch (and are counted); a micro-batch left with no chip runs a placeholder
+        with zero weight. A non-finite loss on any rank marks the whole window bad: every rank skips its backward
+        passes from there and the step is dropped, so ranks never disagree on a collective.
+        """
+        accelerator, model, window = self.accelerator, self.model, self.window
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            inputs = model_inputs(batch, self.processor, accelerator.device, self.config.band_names)
+            batch, inputs = drop_nonfinite_chips(batch, inputs)
+            empty = not batch["source_url"]
+            with accelerator.autocast():
+                loss = model(**(placeholder_inputs(inputs) if empty else inputs)).loss
+            if empty:
+                loss = loss * 0.0
+            finite = padding or bool(torch.isfinite(loss.detach()))
+            real = not padding
+            totals = MicroBatchStatistics(
+                loss=loss.item() if finite and real else 0.0,
+                finite_ranks=float(finite),
+                chips=len(batch["source_url"]) if real else 0,
+                bad_chips=batch["bad_chips"] if real else 0,
+                real_batches=float(real),
+            ).reduced(accelerator)  # one collective for all of them
+            all_finite = int(totals.finite_ranks) == accelerator.num_processes
+            window.bad = window.bad or not all_finite
+            if not window.bad:
+                weight = 0.0 if padding else 1.0 / self.args.gradient_accumulation_steps
+                accelerator.backward(loss * weight)
+        window.synced = sync
+        window.loss += totals.loss / max(totals.real_batches, 1.0) if all_finite else 0.0
+        window.chips += int(totals.chips)
+        self.state.bad_chips += int(totals.bad_chips)
+
+    def _end_window(self) -> None:
+        """One accumulation window is complete: step (or skip a bad step, or drop a window without a chip), count,
+        log, then validate and checkpoint when due."""
+        state, window = self.state, self.window
+        self.window = StepWindow()
+        if window.chips == 0:  # every micro-batch of every rank held only bad chips: nothing to learn from
+            self.optimizer.zero_grad()
+            state.empty_windows += 1
+            logger.warning("an accumulation window held no usable chip on any rank: no optimizer step")
+            return
+        self._optimizer_step(window)
+        if window.bad:
+            self._skip_step()
+        else:
+            self.scheduler.step()
+            state.consecutive_nonfinite = 0
+            state.train_loss = window.loss / window.micro_batches
+        state.global_step += 1
+        if not window.bad and state.global_step % self.args.logging_steps == 0:
+            self.logged_losses.append(state.train_loss)
+        state.chips_seen += window.chips
+        state.wall_time = self.elapsed_before + time.perf_counter() - self.started
+        self._report(window)
+        self._after_step()
+
+    def _optimizer_step(self, window: StepWindow) -> None:
+        """Step on the window's gradients: all-reduced by hand if its last batch ran without DDP's sync (an epoch's
+        partial window), and rescaled to the mean over its batches when it holds fewer than a full window."""
+        args = self.args
+        if not window.bad:
+            parameters = [p for p in self.model.parameters() if p.grad is not None]
+            if not window.synced and self.accelerator.num_processes > 1:
+                flat = self.accelerator.reduce(torch.cat([p.grad.reshape(-1) for p in parameters]), "mean")
+                offset = 0
+                for parameter in parameters:
+                    parameter.grad.copy_(flat[offset : offset + parameter.grad.numel()].view_as(parameter.grad))
+                    offset += parameter.grad.numel()
+            if window.micro_batches < args.gradient_accumulation_steps:
+                for parameter in parameters:
+                    parameter.grad.mul_(args.gradient_accumulation_steps / window.micro_batches)
+            if args.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad()  # also drops a bad window's gradients
+
+    def _skip_step(self) -> None:
+        state = self.state
+        state.nonfinite_steps += 1
+        state.consecutive_nonfinite += 1
+        logger.warning(
+            "non-finite loss at step %d: step skipped (%d in a row, %d in all)",
+            state.global_step + 1,
+            state.consecutive_nonfinite,
+            state.nonfinite_steps,
+        )
+        if state.consecutive_nonfinite >= self.args.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{state.consecutive_nonfinite} optimizer steps in a row had a non-finite loss (at step "
+                f"{state.global_step + 1}); stopping. The last good checkpoint in {self.output_dir / 'checkpoints'} "
+                "is kept: lower the learning rate or check the data, then --resume_from_checkpoint latest."
+            )
+
+    def _after_step(self) -> None:
+        """Validation and checkpoints every N steps; the simulated crash of the resume tests."""
+        step, args = self.state.global_step, self.args
+        if args.eval_steps and step % args.eval_steps == 0:
+            self.validate()
+        if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+            self.checkpoint()
+        simulated_crash(step)
+
+    def _report(self, window: StepWindow) -> None:
+        """The progress bar every step; the trackers every --logging_steps steps."""
+        state = self.state
+        chips_per_second = window.chips / max(time.perf_counter() - window.started, 1e-9)
+        lr = self.scheduler.get_last_lr()[0]
+        loss = state.train_loss if state.train_loss is not None else float("nan")
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{loss:.4f}", chips_s=f"{chips_per_second:.1f}", lr=f"{lr:.2e}")
+        if state.global_step % self.args.logging_steps == 0:
+            self.accelerator.log(
+                {
+                    "train/loss": loss,
+                    "train/lr": lr,
+                    "train/chips_per_second": chips_per_second,
+                    "train/bad_chips_skipped": state.bad_chips,
+                    "train/nonfinite_steps": state.nonfinite_steps,
+                },
+                step=state.global_step,
+            )
+
+    def _no_chips(self) -> None:
+        raise ClayUserError(
+            f"no training chip could be used from {self.data_args.train_dir} ({self.state.bad_chips} bad chips "
+            "skipped; the warnings name each and say why)"
+        )
+
+    # --- validation, checkpoints, the summary ---------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """The validation loss, in the state and the trackers (nothing without validation chips)."""
+        if self.eval_loader is None:
+            return
+        # The unwrapped model: ranks may hold different numbers of validation chips, and DDP must not be involved.
+        model = self.accelerator.unwrap_model(self.model)
+        metrics = evaluate(
+            model, self.eval_loader, self.processor, self.accelerator, self.config, self.data_args.max_eval_chips
+        )
+        if not metrics:
+            return
+        self.state.validation_loss = metrics["loss"]
+        self.state.validation_group_losses = {name: value for name, value in metrics.items() if name != "loss"}
+        measured = {f"validation/{name}": value for name, value in metrics.items() if value is not None}
+        self.accelerator.log(measured, step=self.state.global_step)
+
+    def checkpoint(self) -> None:
+        """A resumable checkpoint of this step (and a `pretrained-N` folder with
+        --save_every_checkpoint_as_pretrained)."""
+        state, args = self.state, self.args
+        data_state = {
+            "loader": self.train_loader.state_dict(),
+            "padding_batch": padding_state(self.padding.get("batch")),
+        }
+        path = save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            state.global_step,
+            asdict(state),
+            data_state,
+            args.checkpoints_total_limit,
+            state.checkpoint_suffix,
+            self.scheduler,
+        )
+        if args.save_every_checkpoint_as_pretrained:
+            folder = self.output_dir / f"pretrained-{state.global_step}"
+            save_pretrained_folder(self.accelerator, self.model, self.processor, folder, self.summary(logged=[]))
+            if self.accelerator.is_main_process:
+                prune_pretrained_folders(self.output_dir, args.checkpoints_total_limit, state.run_id)
+        self.accelerator.print(f"checkpoint saved to {path}")
+
+    def _finish(self) -> dict[str, Any]:
+        """Save the model, processor and summary in the run's folder; end the trackers."""
+        self.state.wall_time = self.elapsed_before + time.perf_counter() - self.started
+        summary = self.summary(self.logged_losses)
+        save_pretrained_folder(self.accelerator, self.model, self.processor, self.output_dir, summary, shared=True)
+        self.accelerator.end_training()
+        return summary
+
+    def summary(self, logged: list[float]) -> dict[str, Any]:
+        """`training_summary.json`: what the run did, on what, with which recipe (the model card reads it)."""
+        state, args, accelerator = self.state, self.args, self.accelerator
+        recipe = (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+            "lr_scheduler",
+            "eta_min_factor",
+            "seed",
+        )
+        return {
+            "run_id": state.run_id,
+            "global_step": state.global_step,
+            "epochs_completed": state.epoch,
+            "partial_accumulation_windows_stepped": state.partial_windows,
+            "windows_without_chips_dropped": state.empty_windows,
+            "chips_seen": state.chips_seen,
+            "bad_chips_skipped": state.bad_chips,
+            "nonfinite_steps_skipped": state.nonfinite_steps,
+            "final_train_loss": state.train_loss,
+            "train_loss_history": logged,
+            "final_validation_loss": state.validation_loss,
+            "final_validation_group_losses": state.validation_group_losses,
+            "validation_masking": masking_description("random", VALIDATION_MASKING_SEED),
+            "wall_time_seconds": round(state.wall_time, 2),
+            "hardware": hardware_description(accelerator),
+            "num_parameters": accelerator.unwrap_model(self.model).num_parameters(),
+            "hyperparameters": {key: getattr(args, key) for key in recipe},
+            "effective_batch_size": args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * accelerator.num_processes,
+            "mask_ratio": self.config.mask_ratio,
+            # None: random weights (the published licence follows this)
+            "initialised_from": self.model_args.model_name_or_path,
+        }
+
+    def _tracker_config(self) -> dict[str, Any]:
+        """Tracker hyperparameters: only plain values (TensorBoard's hparams accept no None or lists)."""
+        values = {**asdict(self.model_args), **asdict(self.data_args), **asdict(self.args)}
+        return {key: value for key, value in values.items() if isinstance(value, (int, float, str, bool))}
 
 
-def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Tracker hyperparameters: only plain values (TensorBoard's hparams accept no None or lists)."""
-    return {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
-
-
-__all__ = ["NonFiniteLossError", "TrainState", "build_scheduler", "evaluate", "pretrain"]
+__all__ = ["NonFiniteLossError", "Pretrainer", "TrainState", "build_scheduler", "evaluate", "pretrain"]
