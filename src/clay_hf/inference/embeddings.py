@@ -41,7 +41,7 @@ from transformers.utils.logging import get_logger
 
 from ..data.chips import ChipLayout, chip_key
 from ..data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
-from ..data.sources import ShardSelection, load_chip_dataset, resolve_chip_source, without_chips
+from ..data.sources import NoUsableChipsError, ShardSelection, load_chip_dataset, resolve_chip_source, without_chips
 from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, chip_reconstruction_errors, masking_description
 from ..models.clay.image_processing_clay import ClayImageProcessor, load_image_processor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling, ClayModel
@@ -208,7 +208,8 @@ def embed_to_geoparquet(
     `bands` names the chips' bands in the chips' order (by default each chip's band descriptions, else v0 order for
     13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
     [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
-    skipped, named in a warning and counted in `bad_chips`. `rank` is this process's place among several
+    skipped, named in a warning and counted in `bad_chips`; when every chip is bad, nothing is written (no output,
+    no parts) and a `NoUsableChipsError` says so. `rank` is this process's place among several
     (`clay_hf.inference.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the
     pretraining model whose encoder is `model`), each chip's masked reconstruction error goes in
     `reconstruction_error`. The main rank gives up on ranks that show no sign of life for `rank_timeout` seconds,
@@ -261,7 +262,7 @@ class EmbeddingJob:
             skipped_done = len(sources) - len(remaining)
             if not self.rank.is_main:
                 return EmbeddingRun(self.output, report.processed, skipped_done, report.bad, shape or ())
-            return self._join(rows_before, skipped_done, shape)
+            return self._join(source, rows_before, skipped_done, shape)
         finally:
             if lock is not None:
                 lock.release()
@@ -344,10 +345,18 @@ class EmbeddingJob:
             )
         return batch_shape
 
-    def _join(self, rows_before: int, skipped_done: int, shape: tuple[int, ...] | None) -> EmbeddingRun:
-        """The main rank's end: every rank's parts joined into the output."""
+    def _join(
+        self, source: str | PathLike | Sequence[str], rows_before: int, skipped_done: int, shape: tuple[int, ...] | None
+    ) -> EmbeddingRun:
+        """The main rank's end: every rank's parts joined into the output (nothing written when every chip was bad)."""
         reports, rows = self._gather(rows_before)
         embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
+        if rows == 0 and bad_chips:
+            shutil.rmtree(self.parts_dir)
+            raise NoUsableChipsError(
+                f"no chip of {_source_name(source)} could be embedded: all {bad_chips} were bad (the warnings above "
+                f"name each and say why); nothing was written to {self.output}"
+            )
         recorded = _recorded_layout(self.parts_dir)  # every rank's parts, now that all are done
         shape = recorded[1] if recorded else shape or embedding_shape(self.model, self.options.level, self.layout.size)
         _join_parts(self.parts_dir, self.output, self._written_layout(shape), rows)
@@ -386,6 +395,11 @@ class EmbeddingJob:
                 "mask_ratio": self.reconstruction.config.mask_ratio,
             }
         return {**written, "model_name_or_path": self.model_name}
+
+
+def _source_name(source: str | PathLike | Sequence[str]) -> str:
+    """How an error names the chips given: the folder, glob, list file or URL, or the number of chips listed."""
+    return str(source) if isinstance(source, (str, PathLike)) else f"the {len(source)} chips listed"
 
 
 def _share(chips, rank: Rank):
