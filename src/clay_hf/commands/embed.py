@@ -9,14 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from ..inference.embeddings import (
-    EMBEDDINGS_DTYPES,
-    LEVELS,
-    EmbeddingJob,
-    EmbeddingOptions,
-    EmbeddingRun,
-    load_encoder,
-)
+from ..inference.embeddings import EMBEDDINGS_DTYPES, LEVELS, EmbeddingJob, EmbeddingOptions, EmbeddingRun, load_encoder
 from ..inference.ranks import RANK_TIMEOUT_SECONDS, Rank, current_rank
 from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import user_errors
@@ -26,6 +19,7 @@ AUTOCAST_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def default_device() -> str:
+    """`--device` by default: the GPU when there is one."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
