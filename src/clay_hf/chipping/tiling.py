@@ -223,8 +223,10 @@ SYNTHETIC_CLASS_SIGNATURES: dict[str, list[float]] = {
 }
 
 
-def _smooth_field(rng: np.random.Generator, size: int, scale: int = 8) -> np.ndarray:
-    """A smooth random field in [0, 1], (size, size): bilinear upsampling of a coarse noise grid."""
+def smooth_field(rng: np.random.Generator, size: int, scale: int = 8) -> np.ndarray:
+    """A smooth random field in [0, 1] of shape (size, size), for synthetic data: a (scale + 1)² grid of uniform
+    noise from `rng`, upsampled bilinearly (a larger `scale`: finer detail). Textures the synthetic chips' bands and
+    places water in `clay_hf.finetuning.synthetic`."""
     coarse = rng.random((scale + 1, scale + 1))
     axis = np.linspace(0, scale, size)
     low = np.floor(axis).astype(int).clip(0, scale - 1)
@@ -236,14 +238,14 @@ def _smooth_field(rng: np.random.Generator, size: int, scale: int = 8) -> np.nda
 def synthetic_chip(rng: np.random.Generator, size: int, label: str) -> np.ndarray:
     """13 bands of plausible values (S2 reflectance ×10⁴, S1 linear backscatter, DEM metres), float32."""
     signature = np.asarray(SYNTHETIC_CLASS_SIGNATURES[label])
-    texture = 0.75 + 0.5 * _smooth_field(rng, size)  # (H, W)
+    texture = 0.75 + 0.5 * smooth_field(rng, size)  # (H, W)
     optical_means = np.array([CLAY_V0_BAND_STATISTICS[band][0] for band in list(CLAY_V0_BAND_STATISTICS)[:10]])
     optical = optical_means[:, None, None] * signature[:, None, None] * texture[None]
     optical = optical + rng.normal(0, 60, optical.shape)
     sar_scale = 0.02 if label == "water" else 0.12
-    vv = sar_scale * (0.5 + _smooth_field(rng, size)) * rng.gamma(4.0, 0.25, (size, size))
-    vh = 0.25 * vv * (0.5 + _smooth_field(rng, size))
-    dem = 50 + 1500 * _smooth_field(rng, size, scale=4) * rng.uniform(0.2, 1.0)
+    vv = sar_scale * (0.5 + smooth_field(rng, size)) * rng.gamma(4.0, 0.25, (size, size))
+    vh = 0.25 * vv * (0.5 + smooth_field(rng, size))
+    dem = 50 + 1500 * smooth_field(rng, size, scale=4) * rng.uniform(0.2, 1.0)
     bands = np.concatenate([optical.clip(0, 10000), vv[None], vh[None], dem[None]])
     return bands.astype(np.float32)
 
@@ -299,6 +301,7 @@ __all__ = [
     "chip_windows",
     "make_chips",
     "missing_reason",
+    "smooth_field",
     "synthetic_chip",
     "verify_geotiff",
     "write_chip_file",

@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from ..chipping.tiling import _smooth_field, synthetic_chip
+from ..chipping.tiling import smooth_field, synthetic_chip
 from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
 
@@ -49,7 +49,7 @@ def write_synthetic_segmentation(
     rng = np.random.default_rng(seed)
     paths = []
     for index in range(count):
-        water = _smooth_field(rng, size, scale=4) > water_threshold  # (H, W)
+        water = smooth_field(rng, size, scale=4) > water_threshold  # (H, W)
         image = np.where(water[None], synthetic_chip(rng, size, "water"), synthetic_chip(rng, size, "vegetation"))
         labels = water.astype(np.uint8)[None]  # (1, H, W)
         if nodata_corner:

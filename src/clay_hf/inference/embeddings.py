@@ -41,7 +41,7 @@ from transformers.utils.logging import get_logger
 
 from ..data.chips import ChipLayout, chip_key
 from ..data.dataset import chip_dataloader, drop_nonfinite_chips, model_inputs
-from ..data.sources import load_chip_dataset, resolve_chip_source, without_chips
+from ..data.sources import NoUsableChipsError, ShardSelection, load_chip_dataset, resolve_chip_source, without_chips
 from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, chip_reconstruction_errors, masking_description
 from ..models.clay.image_processing_clay import ClayImageProcessor, load_image_processor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling, ClayModel
@@ -156,6 +156,32 @@ def finite_rows(vectors: np.ndarray, batch: dict) -> np.ndarray:
     return finite
 
 
+@dataclass
+class EmbeddingOptions:
+    """How [`embed_to_geoparquet`] embeds and writes (its keyword options, described there)."""
+
+    level: str = "mean"
+    bands: Sequence[str] | None = None
+    batch_size: int = 8
+    dtype: torch.dtype | None = None
+    num_workers: int = 0
+    rows_per_part: int = 1024
+    resume: bool = False
+    progress: bool = True
+    fill_value: float | str | None = None
+    image_size: int | Sequence[int] | None = None
+    embeddings_dtype: str = "float32"
+    rank_timeout: float = RANK_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}.")
+        if self.embeddings_dtype not in EMBEDDINGS_DTYPES:
+            raise ValueError(
+                f"embeddings_dtype must be one of {list(EMBEDDINGS_DTYPES)}, got {self.embeddings_dtype!r}."
+            )
+
+
 def embed_to_geoparquet(
     model: ClayModel,
     processor: ClayImageProcessor,
@@ -182,125 +208,198 @@ def embed_to_geoparquet(
     `bands` names the chips' bands in the chips' order (by default each chip's band descriptions, else v0 order for
     13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
     [`embedding_layout`]), cannot be read or holds missing pixels (unless `fill_value` is "mean" or a raw value) is
-    skipped, named in a warning and counted in `bad_chips`. `rank` is this process's place among several
-    (`clay_hf.inference.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the pretraining
-    model whose encoder is `model`), each chip's masked reconstruction error goes in `reconstruction_error`. The main
-    rank gives up on ranks that show no sign of life for `rank_timeout` seconds, naming them.
+    skipped, named in a warning and counted in `bad_chips`; when every chip is bad, nothing is written (no output,
+    no parts) and a `NoUsableChipsError` says so. `rank` is this process's place among several
+    (`clay_hf.inference.ranks.current_rank()`); only the main rank writes `output`. With `reconstruction` (the
+    pretraining model whose encoder is `model`), each chip's masked reconstruction error goes in
+    `reconstruction_error`. The main rank gives up on ranks that show no sign of life for `rank_timeout` seconds,
+    naming them.
     """
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}.")
-    if embeddings_dtype not in EMBEDDINGS_DTYPES:
-        raise ValueError(f"embeddings_dtype must be one of {list(EMBEDDINGS_DTYPES)}, got {embeddings_dtype!r}.")
-    layout = embedding_layout(model, processor, bands, fill_value, image_size)
+    options = EmbeddingOptions(
+        level=level, bands=bands, batch_size=batch_size, dtype=dtype, num_workers=num_workers,
+        rows_per_part=rows_per_part, resume=resume, progress=progress, fill_value=fill_value, image_size=image_size,
+        embeddings_dtype=embeddings_dtype, rank_timeout=rank_timeout,
+    )  # fmt: skip
     rank = rank or Rank(0, 1, str(model.device))
-    output = Path(output)
-    parts_dir = output.with_name(output.name + ".parts")
-    model_name = model_reference(getattr(model, "name_or_path", None))
-    lock = OutputLock(output).acquire() if rank.is_main else None  # one run per output, before touching its parts
-    try:
-        if rank.is_main:
-            if not resume:
-                shutil.rmtree(parts_dir, ignore_errors=True)
-            make_folder(parts_dir)
-            clear_reports(parts_dir)
-            _verify_parts(parts_dir)
-        rank.barrier()
-        return _embed_and_join(
-            model, processor, source, output, parts_dir, level, layout, rank, batch_size, dtype, num_workers,
-            rows_per_part, progress, embeddings_dtype, reconstruction, model_name, rank_timeout,
+    return EmbeddingJob(model, processor, output, options, rank, reconstruction).run(source)
+
+
+class EmbeddingJob:
+    """One process's part of an embedding run into `output`: the model (and, for reconstruction errors, the
+    pretraining model whose encoder it is), its processor, the options and this process's rank."""
+
+    def __init__(
+        self,
+        model: ClayModel,
+        processor: ClayImageProcessor,
+        output: str | PathLike,
+        options: EmbeddingOptions,
+        rank: Rank,
+        reconstruction: ClayForMaskedImageModeling | None = None,
+    ) -> None:
+        self.model, self.processor, self.options, self.rank = model, processor, options, rank
+        self.reconstruction = reconstruction
+        self.layout = embedding_layout(model, processor, options.bands, options.fill_value, options.image_size)
+        self.model_name = model_reference(getattr(model, "name_or_path", None))
+        self.output = Path(output)
+        self.parts_dir = self.output.with_name(self.output.name + ".parts")
+
+    def run(self, source: str | PathLike | Sequence[str]) -> EmbeddingRun:
+        """Embed this rank's share of the chips of `source` not done yet; the main rank joins every rank's parts
+        into the output (see [`embed_to_geoparquet`])."""
+        lock = OutputLock(self.output).acquire() if self.rank.is_main else None  # one run per output, first
+        try:
+            if self.rank.is_main:
+                self._take_parts()
+            self.rank.barrier()
+            shape = self._check_resume()
+            done, rows_before = _done_keys(self.parts_dir)
+            sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
+            remaining = without_chips(sources, done, key=resume_key)
+            self.rank.barrier()  # every rank has read the finished parts before any writes new ones
+            report, shape = self._embed_share(_share(remaining, self.rank), shape)
+            write_report(self.parts_dir, report)
+            skipped_done = len(sources) - len(remaining)
+            if not self.rank.is_main:
+                return EmbeddingRun(self.output, report.processed, skipped_done, report.bad, shape or ())
+            return self._join(source, rows_before, skipped_done, shape)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _take_parts(self) -> None:
+        """The main rank's parts folder: fresh (or resumed, its parts verified), without reports of an earlier run."""
+        if not self.options.resume:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        make_folder(self.parts_dir)
+        clear_reports(self.parts_dir)
+        _verify_parts(self.parts_dir)
+
+    def _check_resume(self) -> tuple[int, ...] | None:
+        """The shape of the embeddings in finished parts (None when there are none), once their level, columns and
+        model are this run's; else a [`ResumeError`] that says how to resume."""
+        recorded = _recorded_layout(self.parts_dir)
+        if recorded is not None and recorded[0] != self.options.level:
+            raise ResumeError(
+                f"{self.parts_dir} holds embeddings at level {recorded[0]!r}: resume with --level {recorded[0]}, "
+                "or start again without --resume"
+            )
+        _check_recorded_columns(self.parts_dir, self.reconstruction is not None)
+        _check_recorded_model(self.parts_dir, self.model_name)
+        return recorded[1] if recorded else None
+
+    def _embed_share(
+        self, paths: list[str] | ShardSelection, shape: tuple[int, ...] | None
+    ) -> tuple[RankReport, tuple[int, ...] | None]:
+        """Embed `paths` (this rank's share) into this rank's parts: its report, and the embeddings' shape."""
+        started = time.time()
+        options = self.options
+        folder = _rank_folder(self.parts_dir, self.rank)
+        writer = _PartWriter(
+            folder, options.rows_per_part, options.level, options.embeddings_dtype, self.reconstruction is not None,
+            self.model_name,
         )  # fmt: skip
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _embed_and_join(
-    model, processor, source, output: Path, parts_dir: Path, level: str, layout: ChipLayout, rank: Rank,
-    batch_size: int, dtype, num_workers: int, rows_per_part: int, progress: bool, embeddings_dtype: str,
-    reconstruction, model_name: str | None, rank_timeout: float,
-) -> EmbeddingRun:  # fmt: skip
-    """The body of [`embed_to_geoparquet`], once the output is this run's and its parts are verified."""
-    recorded = _recorded_layout(parts_dir)
-    if recorded is not None and recorded[0] != level:
-        raise ResumeError(
-            f"{parts_dir} holds embeddings at level {recorded[0]!r}: resume with --level {recorded[0]}, or start "
-            "again without --resume"
-        )
-    _check_recorded_columns(parts_dir, reconstruction is not None)
-    _check_recorded_model(parts_dir, model_name)
-    done, rows_before = _done_keys(parts_dir)
-
-    sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
-    remaining = without_chips(sources, done, key=resume_key)
-    rank.barrier()  # every rank has read the finished parts before any writes new ones
-
-    paths = _share(remaining, rank)
-    started = time.time()
-    device = model.device
-    writer = _PartWriter(
-        _rank_folder(parts_dir, rank), rows_per_part, level, embeddings_dtype, reconstruction is not None, model_name
-    )
-    bad_chips, embedded, shape = 0, 0, recorded[1] if recorded else None
-    if paths:
-        dataset = load_chip_dataset(paths, num_workers=num_workers, layout=layout)
-        loader = chip_dataloader(dataset, batch_size, num_workers)
-        for batch in _progress(loader, len(paths), batch_size, progress and rank.is_main):
-            inputs = model_inputs(batch, processor, device, model.config.band_names)
+        embedded, bad_chips = 0, 0
+        for batch in self._batches(paths):
+            inputs = model_inputs(batch, self.processor, self.model.device, self.model.config.band_names)
             batch, inputs = drop_nonfinite_chips(batch, inputs)
             bad_chips += batch["bad_chips"]
             if not batch["source_url"]:
                 continue
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                vectors = embed_batch(model, inputs, level).cpu().numpy()
-                errors = None
-                if reconstruction is not None:  # (B,)
-                    urls = batch["source_url"]
-                    errors = chip_reconstruction_errors(reconstruction, inputs, urls, VALIDATION_MASKING_SEED)
-                    errors = errors.cpu().numpy()
+            vectors, errors = self._embed(batch, inputs)
             finite = finite_rows(vectors, batch)
             bad_chips += int((~finite).sum())
-            batch_shape = embedding_shape(model, level, tuple(inputs["pixel_values"].shape[-2:]))
-            if shape is not None and batch_shape != shape:
-                raise ClayUserError(
-                    f"chips of {tuple(inputs['pixel_values'].shape[-2:])} pixels give embeddings of shape "
-                    f"{batch_shape}, but {output} already holds shape {shape}: one output holds one chip size"
-                )
-            shape = batch_shape
+            shape = self._checked_shape(tuple(inputs["pixel_values"].shape[-2:]), shape)
             writer.add(batch, vectors, shape, finite, errors)
             embedded += int(finite.sum())
-    writer.close()
-    write_report(parts_dir, RankReport(rank.index, embedded, bad_chips, started, time.time()))
-    skipped_done = len(sources) - len(remaining)
-    if not rank.is_main:
-        return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape or ())
-    reports = wait_for_reports(
-        parts_dir, rank.world_size, timeout_seconds=rank_timeout, last_activity=lambda r: _last_activity(parts_dir, r)
-    )
-    _verify_parts(parts_dir)
-    rows = _count_rows(parts_dir)
-    expected_rows = rows_before + sum(report.processed for report in reports)
-    if rows != expected_rows:
-        raise IntegrityError(
-            f"{parts_dir} holds {rows} rows where this run expected {expected_rows} (parts were removed or added "
-            "by another process while it ran): nothing was joined; rerun with --resume"
+        writer.close()
+        return RankReport(self.rank.index, embedded, bad_chips, started, time.time()), shape
+
+    def _batches(self, paths: list[str] | ShardSelection) -> Iterator[dict]:
+        """Batches of the chips of `paths`, with a progress bar on the main rank."""
+        if not paths:
+            return
+        options = self.options
+        dataset = load_chip_dataset(paths, num_workers=options.num_workers, layout=self.layout)
+        loader = chip_dataloader(dataset, options.batch_size, options.num_workers)
+        yield from _progress(loader, len(paths), options.batch_size, options.progress and self.rank.is_main)
+
+    def _embed(self, batch: dict, inputs: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, …) embeddings of a batch and, with a pretraining model, (B,) masked reconstruction errors."""
+        dtype, device = self.options.dtype, self.model.device
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            vectors = embed_batch(self.model, inputs, self.options.level).cpu().numpy()
+            if self.reconstruction is None:
+                return vectors, None
+            urls = batch["source_url"]
+            errors = chip_reconstruction_errors(self.reconstruction, inputs, urls, VALIDATION_MASKING_SEED)
+            return vectors, errors.cpu().numpy()
+
+    def _checked_shape(self, size: tuple[int, int], shape: tuple[int, ...] | None) -> tuple[int, ...]:
+        """The embeddings' shape for chips of `size` (height, width): the same as the parts' so far, or a user error."""
+        batch_shape = embedding_shape(self.model, self.options.level, size)
+        if shape is not None and batch_shape != shape:
+            raise ClayUserError(
+                f"chips of {size} pixels give embeddings of shape {batch_shape}, but {self.output} already holds "
+                f"shape {shape}: one output holds one chip size"
+            )
+        return batch_shape
+
+    def _join(
+        self, source: str | PathLike | Sequence[str], rows_before: int, skipped_done: int, shape: tuple[int, ...] | None
+    ) -> EmbeddingRun:
+        """The main rank's end: every rank's parts joined into the output (nothing written when every chip was bad)."""
+        reports, rows = self._gather(rows_before)
+        embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
+        if rows == 0 and bad_chips:
+            shutil.rmtree(self.parts_dir)
+            raise NoUsableChipsError(
+                f"no chip of {_source_name(source)} could be embedded: all {bad_chips} were bad (the warnings above "
+                f"name each and say why); nothing was written to {self.output}"
+            )
+        recorded = _recorded_layout(self.parts_dir)  # every rank's parts, now that all are done
+        shape = recorded[1] if recorded else shape or embedding_shape(self.model, self.options.level, self.layout.size)
+        _join_parts(self.parts_dir, self.output, self._written_layout(shape), rows)
+        shutil.rmtree(self.parts_dir)
+        rate = throughput(reports)
+        logger.info(
+            "embedded %d chips (%d already done, %d bad chips skipped) → %s; %s",
+            embedded, skipped_done, bad_chips, self.output, rate,
+        )  # fmt: skip
+        return EmbeddingRun(self.output, embedded, skipped_done, bad_chips, shape, rate)
+
+    def _gather(self, rows_before: int) -> tuple[list[RankReport], int]:
+        """Every rank's report once all have finished, and the rows of the parts (checked whole and complete)."""
+        reports = wait_for_reports(
+            self.parts_dir,
+            self.rank.world_size,
+            timeout_seconds=self.options.rank_timeout,
+            last_activity=lambda rank: _last_activity(self.parts_dir, rank),
         )
-    recorded = _recorded_layout(parts_dir)  # every rank's parts, now that all are done
-    shape = recorded[1] if recorded else shape or embedding_shape(model, level, layout.size)
-    written = {"level": level, "shape": list(shape), "dtype": embeddings_dtype}
-    if reconstruction is not None:
-        written["reconstruction_error"] = {
-            "masking": masking_description("random", VALIDATION_MASKING_SEED),
-            "mask_ratio": reconstruction.config.mask_ratio,
-        }
-    _join_parts(parts_dir, output, {**written, "model_name_or_path": model_name}, rows)
-    shutil.rmtree(parts_dir)
-    embedded, bad_chips = sum(r.processed for r in reports), sum(r.bad for r in reports)
-    rate = throughput(reports)
-    logger.info(
-        "embedded %d chips (%d already done, %d bad chips skipped) → %s; %s",
-        embedded, skipped_done, bad_chips, output, rate,
-    )  # fmt: skip
-    return EmbeddingRun(output, embedded, skipped_done, bad_chips, shape, rate)
+        _verify_parts(self.parts_dir)
+        rows = _count_rows(self.parts_dir)
+        expected_rows = rows_before + sum(report.processed for report in reports)
+        if rows != expected_rows:
+            raise IntegrityError(
+                f"{self.parts_dir} holds {rows} rows where this run expected {expected_rows} (parts were removed or "
+                "added by another process while it ran): nothing was joined; rerun with --resume"
+            )
+        return reports, rows
+
+    def _written_layout(self, shape: tuple[int, ...]) -> dict:
+        """What the output's `clay:embeddings` metadata records: level, shape, dtype, masking, model."""
+        written = {"level": self.options.level, "shape": list(shape), "dtype": self.options.embeddings_dtype}
+        if self.reconstruction is not None:
+            written["reconstruction_error"] = {
+                "masking": masking_description("random", VALIDATION_MASKING_SEED),
+                "mask_ratio": self.reconstruction.config.mask_ratio,
+            }
+        return {**written, "model_name_or_path": self.model_name}
+
+
+def _source_name(source: str | PathLike | Sequence[str]) -> str:
+    """How an error names the chips given: the folder, glob, list file or URL, or the number of chips listed."""
+    return str(source) if isinstance(source, (str, PathLike)) else f"the {len(source)} chips listed"
 
 
 def _share(chips, rank: Rank):
@@ -485,32 +584,32 @@ def _last_activity(parts_dir: Path, rank: int) -> float:
 
 
 def _done_keys(parts_dir: Path) -> tuple[set[str], int]:
-    """The chip keys in finished parts (parts of older runs without keys: their `source_url`), and their rows."""
-    done: set[str] = set()
-    rows = 0
-    for part in _parts(parts_dir):
-        names = pq.read_schema(part).names
-        column = "chip_key" if "chip_key" in names else "source_url"
-        keys = _read_part(part, [column]).column(column).to_pylist()
-        done.update(resume_key(key) for key in keys)
-        rows += len(keys)
-    return done, rows
+    """The chip keys in finished parts, and their rows."""
+    keys = [key for part in _parts(parts_dir) for key in _read_part(part, ["chip_key"]).column("chip_key").to_pylist()]
+    return {resume_key(key) for key in keys}, len(keys)
+
+
+def _recorded(part: Path) -> dict:
+    """What a part records in its `clay:embeddings` metadata: level, shape and model."""
+    metadata = pq.read_schema(part).metadata or {}
+    if SHAPE_KEY not in metadata:
+        raise _damaged(part, f"its schema has no {SHAPE_KEY.decode()} metadata")
+    return json.loads(metadata[SHAPE_KEY])
 
 
 def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
     """(level, shape) recorded in the finished parts, or None if there are none."""
-    for part in _parts(parts_dir):
-        metadata = pq.read_schema(part).metadata or {}
-        if SHAPE_KEY in metadata:
-            recorded = json.loads(metadata[SHAPE_KEY])
-            return recorded["level"], tuple(recorded["shape"])
-    return None
+    parts = _parts(parts_dir)
+    if not parts:
+        return None
+    recorded = _recorded(parts[0])
+    return recorded["level"], tuple(recorded["shape"])
 
 
 def _check_recorded_model(parts_dir: Path, model_name: str | None) -> None:
-    """Refuse to resume parts another model embedded (parts of runs before the model was recorded pass)."""
+    """Refuse to resume parts another model embedded (parts of a model without a name pass)."""
     for part in _parts(parts_dir):
-        recorded = json.loads((pq.read_schema(part).metadata or {}).get(SHAPE_KEY, b"{}")).get("model_name_or_path")
+        recorded = _recorded(part)["model_name_or_path"]
         if recorded is not None and recorded != model_name:
             raise ResumeError(
                 f"{parts_dir} holds embeddings of the model {recorded}; this run embeds with {model_name}: resume "
@@ -547,7 +646,7 @@ def _join_parts(parts_dir: Path, output: Path, layout: dict, rows: int) -> None:
         pq.ParquetWriter(temporary, target, write_page_checksum=True) as writer,
     ):
         for part in parts:
-            writer.write_table(_with_nodata_fraction(_read_part(part)).select(target.names).cast(target))
+            writer.write_table(_read_part(part).select(target.names).cast(target))
 
 
 def _check_rows(path: Path, rows: int) -> None:
@@ -556,16 +655,18 @@ def _check_rows(path: Path, rows: int) -> None:
         raise ValueError(f"{written} rows where the parts hold {rows}")
 
 
-def _with_nodata_fraction(table: pa.Table) -> pa.Table:
-    """A part as written today: parts of runs before the `nodata_fraction` column held only clean chips (0)."""
-    if "nodata_fraction" in table.column_names:
-        return table
-    return table.append_column("nodata_fraction", pa.array(np.zeros(len(table), np.float32)))
-
-
 def _footprints(parts: list[Path]) -> list[Polygon | MultiPolygon]:
     wkb = [value for part in parts for value in _read_part(part, ["geometry"]).column("geometry").to_pylist()]
     return [geometry for geometry in from_wkb([value for value in wkb if value is not None])]
 
 
-__all__ = ["EmbeddingRun", "embed_batch", "embed_to_geoparquet", "embedding_layout", "embedding_shape", "load_encoder"]
+__all__ = [
+    "EmbeddingJob",
+    "EmbeddingOptions",
+    "EmbeddingRun",
+    "embed_batch",
+    "embed_to_geoparquet",
+    "embedding_layout",
+    "embedding_shape",
+    "load_encoder",
+]
