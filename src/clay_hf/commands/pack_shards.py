@@ -14,6 +14,8 @@ from ._common import CommandParser, PackingArguments, print_packing
 
 @dataclass(kw_only=True)
 class PackShardsArguments(PackingArguments):
+    """The arguments of `clay-pack-shards`."""
+
     codec: str = field(default=DEFAULT_CODEC, metadata={"help": "zstd[:LEVEL], lz4[:LEVEL] or none"})
     shuffle: str = field(
         default=DEFAULT_SHUFFLE, metadata={"help": "bands byte-shuffled before compression", "choices": SHUFFLES}

@@ -14,6 +14,8 @@ from ._common import PackingArguments, parse_arguments, print_packing
 
 @dataclass(kw_only=True)
 class PackWebDatasetArguments(PackingArguments):
+    """The arguments of `clay-pack-webdataset`."""
+
     resume: bool = field(default=False, metadata={"help": "keep complete shards and pack only the chips they lack"})
 
 
