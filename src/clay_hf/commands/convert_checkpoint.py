@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models.clay.configuration_clay import ClayConfig
@@ -14,22 +14,32 @@ from ..models.clay.convert_clay_original_checkpoint import (
     save_converted,
 )
 from ..utils.errors import user_errors
+from ._common import parse_arguments
+
+
+@dataclass(kw_only=True)
+class ConvertCheckpointArguments:
+    """The arguments of `clay-convert-checkpoint`."""
+
+    checkpoint: str = field(metadata={"help": "the original Lightning .ckpt file"})
+    output_dir: str = field(metadata={"help": "where to write the transformers folder"})
+    config: str | None = field(
+        default=None, metadata={"help": "a config.json to use instead of deriving one from the checkpoint"}
+    )
+    num_attention_heads: int | None = field(
+        default=None, metadata={"help": "encoder heads, for a checkpoint of a custom size"}
+    )
+    decoder_num_attention_heads: int | None = field(default=None, metadata={"help": "decoder heads, for a custom size"})
+    allow_unsafe_pickle: bool = field(
+        default=False, metadata={"help": "open with weights_only=False (only for trusted files)"}
+    )
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert a checkpoint and write a `save_pretrained` folder (config.json, model.safetensors,
     preprocessor_config.json and the conversion record). A user mistake is one line on stderr and exit status 1."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="the original Lightning .ckpt file")
-    parser.add_argument("--output_dir", required=True, help="where to write the transformers folder")
-    parser.add_argument("--config", help="a config.json to use instead of deriving one from the checkpoint")
-    parser.add_argument("--num_attention_heads", type=int, help="encoder heads, for a checkpoint of a custom size")
-    parser.add_argument("--decoder_num_attention_heads", type=int, help="decoder heads, for a custom size")
-    parser.add_argument(
-        "--allow_unsafe_pickle", action="store_true", help="open with weights_only=False (only for trusted files)"
-    )
-    args = parser.parse_args(argv)
+    args = parse_arguments(ConvertCheckpointArguments, argv, __doc__.splitlines()[0])
     overrides = {
         key: value
         for key, value in (

@@ -8,12 +8,11 @@ with its model card.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,11 +33,22 @@ from ..hub.publish import stage_repository
 from ..inference.embeddings import embed_to_geoparquet
 from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES, ClayConfig
 from ..utils.errors import user_errors
+from ._common import parse_arguments
 
 #: The sample scene's Sentinel-2 bands that Clay v0 reads (a partial input: no SAR, no DEM).
 SENTINEL2_CLAY_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 #: Chips of the real scene: 128 pixels (1.28 km) with 16-pixel patches, 8 × 8 patches per band group.
 DEMO_CHIP_SIZE, DEMO_PATCH_SIZE = 128, 16
+
+
+@dataclass(kw_only=True)
+class DemoArguments:
+    """The arguments of `clay-demo`."""
+
+    output_dir: str = "demo_output"
+    num_chips: int = field(default=96, metadata={"help": "synthetic chips, when the real scene is unavailable"})
+    num_processes: int = 2
+    max_train_steps: int = 200
 
 
 @dataclass
@@ -106,12 +116,7 @@ def training_artifacts(model_dir: Path) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--num_chips", type=int, default=96, help="synthetic chips, when the real scene is unavailable")
-    parser.add_argument("--num_processes", type=int, default=2)
-    parser.add_argument("--max_train_steps", type=int, default=200)
-    args = parser.parse_args(argv)
+    args = parse_arguments(DemoArguments, argv, __doc__.splitlines()[0])
     output_dir = Path(args.output_dir)
     chips, model_dir = output_dir / "chips", output_dir / "model"
     for folder in (chips, model_dir, output_dir / "reconstructions", output_dir / "hub"):  # the demo's own folders

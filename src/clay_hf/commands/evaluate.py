@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
+from ..evaluation.reconstruction import MASKINGS, SPLITS
+from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import user_errors
+from ._common import parse_arguments
+
+
+@dataclass(kw_only=True)
+class EvaluateArguments:
+    """The arguments of `clay-evaluate`."""
+
+    model_name_or_path: str
+    data_dir: str
+    output_dir: str = field(metadata={"help": "where eval_results.json goes (e.g. the model folder)"})
+    split: str = field(
+        default="validation",
+        metadata={
+            "help": "chips of the training run's hash split of --data_dir (default: validation), or all of them",
+            "choices": SPLITS,
+        },
+    )
+    validation_fraction: float = field(default=0.2, metadata={"help": "as the training run's (default 0.2)"})
+    masking: str = field(
+        default="random",
+        metadata={
+            "help": "random: per-chip masks from --seed, every group measured (default, as training's validation); "
+            "v0: v0's validation masking (no shuffle), which never masks the last band groups",
+            "choices": MASKINGS,
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random masking"})
+    batch_size: int = 8
+    max_chips: int | None = field(
+        default=None, metadata={"help": "evaluate exactly this many chips (the first readable ones)"}
+    )
+    fill_value: float | str | None = field(
+        default=None,
+        metadata={
+            "help": "use chips with nodata filled ('mean' or a raw value); default: skip them as bad chips",
+            "type": parse_fill_value,
+        },
+    )
 
 
 @user_errors
@@ -13,42 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     """Masked reconstruction error of a Clay model on a chip set, written to eval_results.json."""
     import json
 
-    from ..evaluation.reconstruction import (
-        MASKINGS,
-        SPLITS,
-        evaluate_reconstruction,
-        load_pretraining_model,
-        write_eval_results,
-    )
-    from ..models.clay.image_processing_clay import parse_fill_value
+    from ..evaluation.reconstruction import evaluate_reconstruction, load_pretraining_model, write_eval_results
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--output_dir", required=True, help="where eval_results.json goes (e.g. the model folder)")
-    parser.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="validation",
-        help="chips of the training run's hash split of --data_dir (default: validation), or all of them",
-    )
-    parser.add_argument("--validation_fraction", type=float, default=0.2, help="as the training run's (default 0.2)")
-    parser.add_argument(
-        "--masking",
-        choices=MASKINGS,
-        default="random",
-        help="random: per-chip masks from --seed, every group measured (default, as training's validation); "
-        "v0: v0's validation masking (no shuffle), which never masks the last band groups",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random masking")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_chips", type=int, help="evaluate exactly this many chips (the first readable ones)")
-    parser.add_argument(
-        "--fill_value",
-        type=parse_fill_value,
-        help="use chips with nodata filled ('mean' or a raw value); default: skip them as bad chips",
-    )
-    args = parser.parse_args(argv)
+    args = parse_arguments(EvaluateArguments, argv, main.__doc__)
     model, processor = load_pretraining_model(args.model_name_or_path)
     results = evaluate_reconstruction(
         model, processor, args.data_dir, args.batch_size, masking=args.masking, seed=args.seed,

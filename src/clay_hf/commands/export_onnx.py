@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 
 from ..utils.errors import user_errors
+from ._common import parse_arguments
+
+
+@dataclass(kw_only=True)
+class ExportOnnxArguments:
+    """The arguments of `clay-export-onnx`."""
+
+    model_name_or_path: str = field(metadata={"help": "a save_pretrained folder or a Hub id"})
+    output: str = field(metadata={"help": "the .onnx file to write"})
+    fixed_image_size: bool = field(default=False, metadata={"help": "trace at config.image_size only"})
+    opset_version: int | None = field(default=None, metadata={"help": "ONNX opset (default: the exporter's)"})
+    tolerance: float = field(default=1e-4, metadata={"help": "largest difference from PyTorch accepted"})
 
 
 @user_errors
@@ -15,13 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..export.onnx import OnnxEncoder, export_onnx, max_difference
     from ..inference.embeddings import load_encoder
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model_name_or_path", required=True, help="a save_pretrained folder or a Hub id")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--fixed_image_size", action="store_true", help="trace at config.image_size only")
-    parser.add_argument("--opset_version", type=int, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest difference from PyTorch accepted")
-    args = parser.parse_args(argv)
+    args = parse_arguments(ExportOnnxArguments, argv, main.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model, processor = load_encoder(args.model_name_or_path)

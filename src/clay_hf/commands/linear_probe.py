@@ -3,10 +3,25 @@ split."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 
 from ..utils.errors import user_errors
+from ._common import CommandParser
+
+
+@dataclass(kw_only=True)
+class LinearProbeArguments:
+    """The arguments of `clay-linear-probe`: the chips by class folders (`data_dir`) or by a CSV (`labels`)."""
+
+    model_name_or_path: str
+    data_dir: str | None = field(default=None, metadata={"help": "chips in class folders: DATA_DIR/<label>/*.tif"})
+    labels: str | None = field(
+        default=None, metadata={"help": "a CSV with 'path' and 'label' columns (instead of class folders)"}
+    )
+    test_size: float = 0.3
+    seed: int = 0
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
 
 
 @user_errors
@@ -18,14 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..inference.embeddings import load_encoder
     from ..utils.outputs import write_json
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--data_dir", help="chips in class folders: DATA_DIR/<label>/*.tif")
-    parser.add_argument("--labels", help="a CSV with 'path' and 'label' columns (instead of class folders)")
-    parser.add_argument("--test_size", type=float, default=0.3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+    parser = CommandParser(LinearProbeArguments, description=main.__doc__)
+    (args,) = parser.parse(argv)
     if not (args.data_dir or args.labels):
         parser.error("give --data_dir (class folders) or --labels (CSV)")
     labels = labels_from_csv(args.labels) if args.labels else labels_from_folders(args.data_dir)

@@ -4,24 +4,31 @@ fastest."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 from ..data.dataset import resolve_sources
 from ..data.shards import DEFAULT_CODEC, DEFAULT_SHUFFLE, SHUFFLES, pack_shards
 from ..utils.errors import user_errors
-from ._common import packing_parser, print_packing
+from ._common import CommandParser, PackingArguments, print_packing
+
+
+@dataclass(kw_only=True)
+class PackShardsArguments(PackingArguments):
+    """The arguments of `clay-pack-shards`."""
+
+    codec: str = field(default=DEFAULT_CODEC, metadata={"help": "zstd[:LEVEL], lz4[:LEVEL] or none"})
+    shuffle: str = field(
+        default=DEFAULT_SHUFFLE, metadata={"help": "bands byte-shuffled before compression", "choices": SHUFFLES}
+    )
+    num_workers: int = field(default=0, metadata={"help": "processes packing shards in parallel"})
+    overwrite: bool = field(default=False, metadata={"help": "rewrite shards already in --output_dir"})
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Pack GeoTIFF chips into Clay shards (`*.clayshard`), the lossless training format that reads fastest."""
-    parser = packing_parser(main)
-    parser.add_argument("--codec", default=DEFAULT_CODEC, help="zstd[:LEVEL], lz4[:LEVEL] or none")
-    parser.add_argument(
-        "--shuffle", default=DEFAULT_SHUFFLE, choices=SHUFFLES, help="bands byte-shuffled before compression"
-    )
-    parser.add_argument("--num_workers", type=int, default=0, help="processes packing shards in parallel")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite shards already in --output_dir")
-    args = parser.parse_args(argv)
+    parser = CommandParser(PackShardsArguments, description=main.__doc__)
+    (args,) = parser.parse(argv)
     try:
         report = pack_shards(
             resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, args.codec,

@@ -4,19 +4,25 @@ Hub."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 from ..data.dataset import resolve_sources
 from ..data.webdataset import pack_webdataset
 from ..utils.errors import user_errors
-from ._common import packing_parser, print_packing
+from ._common import PackingArguments, parse_arguments, print_packing
+
+
+@dataclass(kw_only=True)
+class PackWebDatasetArguments(PackingArguments):
+    """The arguments of `clay-pack-webdataset`."""
+
+    resume: bool = field(default=False, metadata={"help": "keep complete shards and pack only the chips they lack"})
 
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Pack chips into WebDataset tar shards (`.tif` + `.json` per sample) for publishing on the Hub."""
-    parser = packing_parser(main)
-    parser.add_argument("--resume", action="store_true", help="keep complete shards and pack only the chips they lack")
-    args = parser.parse_args(argv)
+    args = parse_arguments(PackWebDatasetArguments, argv, main.__doc__)
     shards, bad = pack_webdataset(
         resolve_sources(args.source), args.output_dir, args.chips_per_shard, args.prefix, resume=args.resume
     )

@@ -3,9 +3,9 @@ GeoParquet."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +18,40 @@ from ..finetuning.predict import load_finetuned, predict_chips, predict_segmenta
 from ..models.clay.modeling_clay_heads import ClayForSemanticSegmentation
 from ..utils.errors import user_errors
 from ..utils.outputs import OutputLock, make_folder, remove_partials
+from ._common import parse_arguments
 
 logger = get_logger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Predict with a fine-tuned Clay: class maps or chip classes.")
-    parser.add_argument("--model_name_or_path", required=True, help="a scripts/finetune.py output folder")
-    parser.add_argument("--data_dir", required=True, help="chips or scenes: a folder, glob or list file")
-    parser.add_argument("--output_dir", required=True, help="class maps (segmentation) or predictions.parquet")
-    parser.add_argument("--bands", nargs="+", help="names of the files' bands in file order (default: descriptions)")
-    parser.add_argument("--date", help="YYYY-MM-DD of inputs that carry no date")
-    parser.add_argument("--tile_size", type=int, help="segmentation tile side (default: the config's image size)")
-    parser.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles (default: a quarter tile)")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--resume", action="store_true", help="skip inputs whose class map already exists")
-    return parser
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(kw_only=True)
+class PredictArguments:
+    """The arguments of `clay-predict`."""
+
+    model_name_or_path: str = field(metadata={"help": "a scripts/finetune.py output folder"})
+    data_dir: str = field(metadata={"help": "chips or scenes: a folder, glob or list file"})
+    output_dir: str = field(metadata={"help": "class maps (segmentation) or predictions.parquet"})
+    bands: list[str] | None = field(
+        default=None, metadata={"help": "names of the files' bands in file order (default: descriptions)"}
+    )
+    date: str | None = field(default=None, metadata={"help": "YYYY-MM-DD of inputs that carry no date"})
+    tile_size: int | None = field(
+        default=None, metadata={"help": "segmentation tile side (default: the config's image size)"}
+    )
+    overlap: int | None = field(
+        default=None, metadata={"help": "pixels shared by neighbouring tiles (default: a quarter tile)"}
+    )
+    batch_size: int = 4
+    device: str = field(default_factory=default_device)
+    resume: bool = field(default=False, metadata={"help": "skip inputs whose class map already exists"})
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(PredictArguments, argv, "Predict with a fine-tuned Clay: class maps or chip classes.")
     with OutputLock(args.output_dir):  # one writer per output folder; a killed run's partial files go first
         remove_partials(make_folder(args.output_dir), recursive=True)
         model, processor = load_finetuned(args.model_name_or_path, args.device)

@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..utils.errors import user_errors
+from ._common import parse_arguments
+
+
+@dataclass(kw_only=True)
+class PublishArguments:
+    """The arguments of `clay-publish`."""
+
+    model_dir: str = field(metadata={"help": "a save_pretrained folder with preprocessor_config.json"})
+    repo_id: str = "made-with-clay/Clay"
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "fine-tuned models: the Hub id of the pretrained Clay it was fine-tuned from, when clay-finetune "
+            "recorded a local folder"
+        },
+    )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "weights trained from scratch: their licence, a Hub licence id (default apache-2.0; 'other' with "
+            "--license_name and --license_link). Converted Clay v0 weights and models trained from them are OpenRAIL-M"
+        },
+    )
+    license_name: str | None = field(
+        default=None, metadata={"help": "with --license other: the licence's id, e.g. my-licence-1.0"}
+    )
+    license_link: str | None = field(
+        default=None, metadata={"help": "with --license other: a link to the licence text"}
+    )
+    staging_dir: str | None = field(
+        default=None, metadata={"help": "where to assemble the repository (default: a temporary folder)"}
+    )
+    dry_run: bool = field(default=False, metadata={"help": "do everything but upload; print what would go where"})
+    private: bool = False
+    revision: str | None = field(default=None, metadata={"help": "a branch to upload to (created if missing)"})
 
 
 @user_errors
@@ -17,26 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..hub.publish import STAGING_MARKER, stage_repository, upload_repository
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model_dir", required=True, help="a save_pretrained folder with preprocessor_config.json")
-    parser.add_argument("--repo_id", default="made-with-clay/Clay")
-    parser.add_argument(
-        "--base_model",
-        help="fine-tuned models: the Hub id of the pretrained Clay it was fine-tuned from, when clay-finetune "
-        "recorded a local folder",
-    )
-    parser.add_argument(
-        "--license",
-        help="weights trained from scratch: their licence, a Hub licence id (default apache-2.0; 'other' with "
-        "--license_name and --license_link). Converted Clay v0 weights and models trained from them are OpenRAIL-M",
-    )
-    parser.add_argument("--license_name", help="with --license other: the licence's id, e.g. my-licence-1.0")
-    parser.add_argument("--license_link", help="with --license other: a link to the licence text")
-    parser.add_argument("--staging_dir", help="where to assemble the repository (default: a temporary folder)")
-    parser.add_argument("--dry_run", action="store_true", help="do everything but upload; print what would go where")
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--revision", help="a branch to upload to (created if missing)")
-    args = parser.parse_args(argv)
+    args = parse_arguments(PublishArguments, argv, main.__doc__)
     staging = Path(args.staging_dir) if args.staging_dir else Path(tempfile.mkdtemp(prefix="clay-hub-"))
     try:
         staged = stage_repository(

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
 from ..utils.errors import user_errors
+from ._common import parse_arguments
+
+
+@dataclass(kw_only=True)
+class ReconstructArguments:
+    """The arguments of `clay-reconstruct`."""
+
+    model_name_or_path: str
+    data_dir: str
+    output_dir: str
+    num_chips: int = 4
+    seed: int = 0
 
 
 @user_errors
@@ -14,13 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..evaluation.reconstruction import load_pretraining_model
     from ..evaluation.visualize import save_reconstructions
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--num_chips", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parse_arguments(ReconstructArguments, argv, main.__doc__)
     model, processor = load_pretraining_model(args.model_name_or_path)
     for path in save_reconstructions(model, processor, args.data_dir, args.output_dir, args.num_chips, args.seed):
         print(f"wrote {path}")

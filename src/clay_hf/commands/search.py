@@ -2,44 +2,77 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 
 from ..search.table import ANN_THRESHOLD, INDEX_TYPES, METRICS
 from ..utils.errors import user_errors
+from ._common import CommandParser, arguments_from
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Similarity search over Clay embeddings (LanceDB).")
+@dataclass(kw_only=True)
+class IndexArguments:
+    """The arguments of `clay-search index`."""
+
+    embeddings: str = field(metadata={"help": "a GeoParquet written by embed.py (mean or patch level)"})
+    index_dir: str = field(metadata={"help": "the LanceDB folder to write (its table is replaced)"})
+    metric: str = field(default="cosine", metadata={"help": "cosine (1 − cos) or l2 (Euclidean)", "choices": METRICS})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "the model that made the embeddings (to embed new query chips)"}
+    )
+    ann_threshold: int = field(default=ANN_THRESHOLD, metadata={"help": "rows from which an ANN index is built"})
+    index_type: str = field(default="IVF_PQ", metadata={"choices": INDEX_TYPES})
+    max_iterations: int | None = field(
+        default=None, metadata={"help": "k-means iterations training the IVF partitions (LanceDB's default: 50)"}
+    )
+    sample_rate: int | None = field(
+        default=None, metadata={"help": "vectors per partition sampled for k-means (LanceDB's default: 256)"}
+    )
+
+
+@dataclass(kw_only=True)
+class QueryArguments:
+    """The arguments of `clay-search query`."""
+
+    index_dir: str
+    like: list[str] = field(
+        default_factory=list,
+        metadata={"help": "source URLs in the index or chip files", "nargs": "+", "action": "extend"},
+    )
+    point: list[float] | None = field(
+        default=None, metadata={"help": "the chip covering this place", "nargs": 2, "metavar": ("LON", "LAT")}
+    )
+    k: int = 10
+    where: str | None = field(default=None, metadata={"help": "SQL filter, e.g. \"date >= '2022-01-01'\""})
+    bbox: list[float] | None = field(
+        default=None, metadata={"nargs": 4, "metavar": ("MINLON", "MINLAT", "MAXLON", "MAXLAT")}
+    )
+    output: str = field(metadata={"help": "the GeoParquet file of hits to write"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "embed new chips with this model instead of the recorded one"}
+    )
+    nprobes: int | None = field(default=None, metadata={"help": "IVF partitions to search (ANN index only)"})
+    refine_factor: int | None = field(
+        default=None, metadata={"help": "re-rank refine_factor·k candidates exactly (IVF-PQ only)"}
+    )
+
+
+#: Each subcommand with its help line and its arguments.
+SUBCOMMANDS = {
+    "index": ("build a search table from an embeddings GeoParquet", IndexArguments),
+    "query": ("the k nearest chips (or patches) as GeoParquet", QueryArguments),
+}
+
+
+def parse(argv: list[str] | None = None) -> IndexArguments | QueryArguments:
+    """The arguments of the subcommand `argv` names."""
+    parser = CommandParser(description="Similarity search over Clay embeddings (LanceDB).")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    index = commands.add_parser("index", help="build a search table from an embeddings GeoParquet")
-    index.add_argument("--embeddings", required=True, help="a GeoParquet written by embed.py (mean or patch level)")
-    index.add_argument("--index_dir", required=True, help="the LanceDB folder to write (its table is replaced)")
-    index.add_argument("--metric", choices=METRICS, default="cosine", help="cosine (1 − cos) or l2 (Euclidean)")
-    index.add_argument("--model_name_or_path", help="the model that made the embeddings (to embed new query chips)")
-    index.add_argument("--ann_threshold", type=int, default=ANN_THRESHOLD, help="rows from which an ANN index is built")
-    index.add_argument("--index_type", choices=INDEX_TYPES, default="IVF_PQ")
-    index.add_argument(
-        "--max_iterations", type=int, help="k-means iterations training the IVF partitions (LanceDB's default: 50)"
-    )
-    index.add_argument(
-        "--sample_rate", type=int, help="vectors per partition sampled for k-means (LanceDB's default: 256)"
-    )
-
-    query = commands.add_parser("query", help="the k nearest chips (or patches) as GeoParquet")
-    query.add_argument("--index_dir", required=True)
-    query.add_argument("--like", nargs="+", action="extend", default=[], help="source URLs in the index or chip files")
-    query.add_argument("--point", nargs=2, type=float, metavar=("LON", "LAT"), help="the chip covering this place")
-    query.add_argument("--k", type=int, default=10)
-    query.add_argument("--where", help="SQL filter, e.g. \"date >= '2022-01-01'\"")
-    query.add_argument("--bbox", nargs=4, type=float, metavar=("MINLON", "MINLAT", "MAXLON", "MAXLAT"))
-    query.add_argument("--output", required=True, help="the GeoParquet file of hits to write")
-    query.add_argument("--model_name_or_path", help="embed new chips with this model instead of the recorded one")
-    query.add_argument("--nprobes", type=int, help="IVF partitions to search (ANN index only)")
-    query.add_argument("--refine_factor", type=int, help="re-rank refine_factor·k candidates exactly (IVF-PQ only)")
-    return parser
+    for name, (summary, arguments) in SUBCOMMANDS.items():
+        commands.add_parser(name, help=summary, dataclass_types=arguments)
+    namespace = parser.parse_args(argv)
+    return arguments_from(namespace, SUBCOMMANDS[namespace.command][1])
 
 
 @user_errors
@@ -49,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..search.table import build_index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = _parser().parse_args(argv)
-    if args.command == "index":
+    args = parse(argv)
+    if isinstance(args, IndexArguments):
         training = {"max_iterations": args.max_iterations, "sample_rate": args.sample_rate}
         info = build_index(
             args.embeddings, args.index_dir, args.metric, args.model_name_or_path, args.ann_threshold,
