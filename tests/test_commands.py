@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import tomllib
+
+from clay_hf.commands._common import CommandParser
+from clay_hf.models.clay.image_processing_clay import parse_fill_value
 
 REPO = Path(__file__).resolve().parents[1]
 MISSING = "no-such-input"
@@ -93,3 +98,33 @@ def test_a_missing_input_is_one_error_line_and_status_1(tmp_path):
         if result["status"] != 1 or len(errors) != 1 or "Traceback" in result["stderr"] or named not in errors[0]:
             failures[name] = result
     assert not failures, json.dumps(failures, indent=1)
+
+
+# --- the parser of the commands' argument dataclasses --------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class _Example:
+    source: str = field(metadata={"positional": True, "help": "the input"})
+    output_dir: str = field(metadata={"help": "where it goes"})
+    point: list[float] | None = field(default=None, metadata={"nargs": 2, "metavar": ("LON", "LAT")})
+    band: list[str] = field(default_factory=list, metadata={"action": "append"})
+    fill_value: float | str | None = field(default=None, metadata={"type": parse_fill_value})
+    verbose: bool | None = field(default=None, metadata={"nargs": "?", "const": True})
+    resume: bool = False
+
+
+def test_command_parser_keeps_positionals_value_counts_repeats_types_and_yes_no_words(capsys):
+    parser = CommandParser(_Example, description="an example")
+    (args,) = parser.parse(["in.tif", "--output_dir", "out", "--point", "1", "2", "--band", "B02", "--band", "B03",
+                            "--fill_value", "mean", "--verbose", "false", "--resume"])  # fmt: skip
+    assert (args.source, args.output_dir, args.point, args.band) == ("in.tif", "out", [1.0, 2.0], ["B02", "B03"])
+    assert (args.fill_value, args.verbose, args.resume) == ("mean", False, True)
+    (defaults,) = parser.parse(["in.tif", "--output-dir", "out"])
+    assert (defaults.point, defaults.band, defaults.fill_value, defaults.verbose) == (None, [], None, None)
+    for wrong in (["in.tif"], ["in.tif", "--output_dir", "o", "--point", "1"], ["in.tif", "--output_dir", "o", "-x"]):
+        with pytest.raises(SystemExit) as exit_status:
+            parser.parse(wrong)
+        assert exit_status.value.code == 2, wrong
+    assert "where it goes" in parser.format_help() and "(default:" not in parser.format_help()
+    capsys.readouterr()

@@ -18,8 +18,9 @@ from transformers import AutoImageProcessor, AutoModel
 
 from clay_hf import ClayImageProcessor, ClayModel
 from clay_hf.chipping import write_synthetic_chips
+from clay_hf.commands.pretrain import parse_args
 from clay_hf.data import resolve_sources, split_paths
-from clay_hf.training import PretrainingArguments, build_scheduler, list_checkpoints, parse_args, resolve_checkpoint
+from clay_hf.training import PretrainingArguments, build_scheduler, list_checkpoints, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "pretrain.py")

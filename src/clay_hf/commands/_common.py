@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 T = TypeVar("T")
 
@@ -72,12 +73,13 @@ def parse_arguments(dtype: type[T], argv: list[str] | None, description: str | N
 
 
 def _element_type(annotation: Any) -> Any:
-    """str of `str`, `str | None`, `list[str]` and `list[str] | None` (what argparse's `type` converts each word to)."""
+    """str of `str`, `str | None`, `list[str]` and `list[str] | None` (what argparse's `type` converts each word to);
+    for `bool`, HfArgumentParser's reading of yes/no words (argparse's `bool("false")` is True)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     if typing.get_origin(annotation) is list:
         annotation = typing.get_args(annotation)[0]
-    return annotation
+    return string_to_bool if annotation is bool else annotation
 
 
 @dataclass(kw_only=True)

@@ -7,12 +7,11 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from ..inference.embeddings import EMBEDDINGS_DTYPES, LEVELS, EmbeddingJob, EmbeddingOptions, EmbeddingRun, load_encoder
 from ..inference.ranks import RANK_TIMEOUT_SECONDS, Rank, current_rank
 from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import user_errors
+from ._common import CommandParser
 
 #: `--dtype`: PyTorch's autocast precision (fp32: none).
 AUTOCAST_DTYPES = ("fp32", "bf16", "fp16")
@@ -117,12 +116,8 @@ class EmbedArguments:
 
 def parse_arguments(argv: list[str] | None = None) -> EmbedArguments:
     """The flags of `argv` (default: the command line); a wrong flag or combination is a parser error (status 2)."""
-    parser = HfArgumentParser(EmbedArguments, description=main.__doc__, formatter_class=argparse.HelpFormatter)
-    args, remaining = parser.parse_args_into_dataclasses(
-        args=sys.argv[1:] if argv is None else argv, return_remaining_strings=True, look_for_args_file=False
-    )
-    if remaining:
-        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    parser = CommandParser(EmbedArguments, description=main.__doc__)
+    (args,) = parser.parse(argv)
     if (problem := args.problem()) is not None:
         parser.error(problem)
     return args

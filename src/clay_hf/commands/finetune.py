@@ -7,16 +7,17 @@ import logging
 import sys
 from typing import Any
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from ..finetuning.train import FineTuningArguments, finetune
 from ..utils.errors import user_errors
+from ._common import CommandParser
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser((FineTuningArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    parser = CommandParser((FineTuningArguments, TrainingArguments), description=__doc__)
+    args, training_args = parser.parse(argv)
     return finetune(args, training_args)
 
 

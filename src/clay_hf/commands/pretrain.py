@@ -6,14 +6,23 @@ import logging
 import sys
 from typing import Any
 
+from ..training.arguments import DataArguments, ModelArguments, PretrainingArguments
 from ..training.pretrain import pretrain
 from ..utils.errors import user_errors
+from ._common import CommandParser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+    """The model, data and pretraining arguments of a command line (default: the process's arguments)."""
+    parser = CommandParser(
+        (ModelArguments, DataArguments, PretrainingArguments),
+        description="Pretrain Clay v0 (masked autoencoder) with Accelerate: `accelerate launch scripts/pretrain.py …`.",
+    )
+    return parser.parse(argv)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """The pretraining script: its progress at INFO (the library itself configures no logging)."""
-    from ..training.arguments import parse_args
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("clay_hf").setLevel(logging.INFO)
     return pretrain(*parse_args(argv))

@@ -1,4 +1,5 @@
-"""Arguments of `scripts/pretrain.py` as dataclasses parsed by `HfArgumentParser`, as transformers' `run_mae.py`.
+"""Arguments of `scripts/pretrain.py` as dataclasses (parsed by `clay_hf.commands.pretrain` with `HfArgumentParser`,
+as transformers' `run_mae.py` parses its own).
 
 Three groups, each handed to the part of pretraining that reads it: [`ModelArguments`] builds the model,
 [`DataArguments`] the chips and loaders, [`PretrainingArguments`] the optimisation and the run.
@@ -9,8 +10,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from typing import Literal
-
-from transformers import HfArgumentParser
 
 from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import ClayUserError
@@ -159,19 +158,3 @@ class PretrainingArguments:
             self.per_device_eval_batch_size = self.per_device_train_batch_size
         if self.max_train_steps is None and self.num_train_epochs < 1:
             raise ClayUserError("give --max_train_steps or a positive --num_train_epochs")
-
-
-ArgumentGroups = tuple[ModelArguments, DataArguments, PretrainingArguments]
-
-
-def build_parser() -> HfArgumentParser:
-    return HfArgumentParser(
-        (ModelArguments, DataArguments, PretrainingArguments),
-        description="Pretrain Clay v0 (masked autoencoder) with Accelerate: `accelerate launch scripts/pretrain.py …`.",
-    )
-
-
-def parse_args(argv: list[str] | None = None) -> ArgumentGroups:
-    """The model, data and pretraining arguments of a command line (default: `sys.argv`)."""
-    model_args, data_args, training_args = build_parser().parse_args_into_dataclasses(args=argv)
-    return model_args, data_args, training_args
