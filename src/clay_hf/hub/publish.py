@@ -8,7 +8,6 @@ token taken from the environment (`HF_TOKEN`).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from os import PathLike
@@ -22,7 +21,7 @@ from ..models.clay.configuration_clay import ClayConfig
 from ..models.clay.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
 from ..models.clay.pipeline_clay import CLAY_PIPELINES
 from ..utils.errors import ClayUserError, IntegrityError
-from ..utils.outputs import atomic_folder, read_json, verify_checksums
+from ..utils.outputs import atomic_folder, read_json, verify_checksums, write_json
 from .cards import (
     CARD_DIR,
     LICENSE_FILE,
@@ -126,13 +125,13 @@ def stage_repository(
         missing.append(f"{WEIGHTS_FILE} (or {WEIGHTS_INDEX} and its shards)")
     if missing:
         raise StagingError(f"{model_dir}: missing {', '.join(missing)} (a save_pretrained folder with its processor)")
-    config = _read_json(model_dir / "config.json")
+    config = read_json(model_dir / "config.json")
     task = finetuned_task(config)
     if base_model is not None and task is None:
         raise StagingError(f"{model_dir}: --base_model is for fine-tuned models; this folder holds a pretrained Clay.")
     if base_model is not None and not is_repo_id(base_model):
         raise StagingError(f"--base_model {base_model!r} is not a Hub repository id (OWNER/NAME).")
-    evaluation = _read_json(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).is_file() else None
+    evaluation = read_json(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).is_file() else None
     if task is None:
         from_scratch = WeightsOrigin.of(model_dir, ClayConfig.from_pretrained(model_dir)).from_scratch
     else:
@@ -151,11 +150,13 @@ def stage_repository(
             MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
         )
         hub_task = PRETRAINED_PIPELINE_TAG if task is None else pipeline_task(task)
-        _write_json(
-            staging / "config.json", {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)}
+        write_json(
+            staging / "config.json",
+            {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)},
+            sort_keys=True,
         )
-        processor_config = {**_read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
-        _write_json(staging / "preprocessor_config.json", processor_config)
+        processor_config = {**read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
+        write_json(staging / "preprocessor_config.json", processor_config, sort_keys=True)
         for name in REMOTE_CODE:
             shutil.copy2(REMOTE_CODE_DIR / name, staging / name)
         (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
@@ -181,7 +182,7 @@ def _weights_files(model_dir: Path) -> list[str]:
         return [WEIGHTS_FILE]
     if not (model_dir / WEIGHTS_INDEX).is_file():
         return []
-    shards = sorted(set(_read_json(model_dir / WEIGHTS_INDEX)["weight_map"].values()))
+    shards = sorted(set(read_json(model_dir / WEIGHTS_INDEX)["weight_map"].values()))
     return [WEIGHTS_INDEX, *shards] if all((model_dir / shard).is_file() for shard in shards) else []
 
 
@@ -210,7 +211,7 @@ def weights_license(
 
 def _base_model_notes(model_dir: Path, base_model: str | None) -> list[str]:
     """A base model `clay-finetune` recorded as a local folder cannot be linked on the Hub: say how to link it."""
-    evaluation = _read_json(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).is_file() else {}
+    evaluation = read_json(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).is_file() else {}
     recorded = evaluation.get("base_model")
     if not recorded or hub_base_model(evaluation, base_model):
         return []
@@ -280,14 +281,6 @@ def _mark_staging(folder: Path) -> None:
     (folder / STAGING_MARKER).write_text(
         "A Hub repository staged by clay_hf (clay-publish). The next staging run into this folder replaces it.\n"
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return read_json(path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -195,9 +195,9 @@ def write_text(path: str | PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | PathLike, value: Any) -> Path:
-    """Write `value` as indented JSON to `path` atomically."""
-    return write_text(path, json.dumps(value, indent=2) + "\n")
+def write_json(path: str | PathLike, value: Any, sort_keys: bool = False) -> Path:
+    """Write `value` as indented JSON to `path` atomically (keys sorted, as transformers writes configs, if asked)."""
+    return write_text(path, json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | PathLike) -> Any:
