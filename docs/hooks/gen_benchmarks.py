@@ -1,4 +1,4 @@
-"""reference/benchmarks.md, generated at build time (mkdocs-gen-files) from the files in benchmarks/results.
+"""reference/benchmarks.md, generated at build time (by gen_pages.py) from the files in benchmarks/results.
 
 Every result is shown as its benchmark wrote it: the text report (`NAME.txt`) verbatim when there is one, else the
 rows of the JSON record (`NAME.json`) as a table, else the JSON itself. Nothing is typed in by hand, so the page
@@ -87,16 +87,3 @@ def page() -> str:
     for stem in stems:
         lines += section(stem)
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    import mkdocs_gen_files
-
-    with mkdocs_gen_files.open(PAGE, "w") as file:
-        file.write(page())
-
-
-if __name__ == "<run_path>":  # mkdocs-gen-files runs this file with runpy.run_path
-    main()
-elif __name__ == "__main__":  # python docs/hooks/gen_….py prints the page
-    print(page())

@@ -1,4 +1,4 @@
-"""reference/cli.md, generated at build time (mkdocs-gen-files) from each console script's `--help`.
+"""reference/cli.md, generated at build time (by gen_pages.py) from each console script's `--help`.
 
 The console scripts are read from pyproject.toml's [project.scripts]; each one's `--help` (and each subcommand's,
 for a command whose usage line lists subcommands as `{a,b}`) is captured by calling its entry point in this process
@@ -75,16 +75,3 @@ def page() -> str:
         for sub in subcommands(text):
             lines += ["", f"### {name} {sub}", "", "```text", help_text(name, target, [sub]), "```"]
     return "\n".join(lines) + "\n"
-
-
-def main() -> None:
-    import mkdocs_gen_files
-
-    with mkdocs_gen_files.open(PAGE, "w") as file:
-        file.write(page())
-
-
-if __name__ == "<run_path>":  # mkdocs-gen-files runs this file with runpy.run_path
-    main()
-elif __name__ == "__main__":  # python docs/hooks/gen_….py prints the page
-    print(page())

@@ -60,7 +60,13 @@ def execute_notebook(path: Path, output: Path) -> float:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"clay-tutorial-{path.stem}-") as folder:
         client = nbclient.NotebookClient(
-            notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": folder}}
+            notebook,
+            timeout=CELL_TIMEOUT_S,
+            kernel_name="python3",
+            resources={"metadata": {"path": folder}},
+            # The kernel application's own log (ipykernel ≥ 7 warns at every start that local TCP is unencrypted):
+            # errors only. What the cells print, warnings included, is in the outputs, which the tests check.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         client.execute(env=kernel_environment())
     seconds = time.perf_counter() - start
