@@ -423,9 +423,8 @@ def test_the_checker_catches_what_it_should(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-#: Pages of the site that docs/hooks/gen_*.py write when it is built: links to them from docs/ are fine.
-GENERATED_PAGES = {(DOCS / re.search(r'^PAGE = "(.+)"', path.read_text(), re.MULTILINE).group(1)).resolve()
-                   for path in (DOCS / "hooks").glob("gen_*.py")}  # fmt: skip
+#: Pages of the site that docs/hooks/gen_pages.py writes when it is built: links to them from docs/ are fine.
+GENERATED_PAGES = {(DOCS / load_generator(name).PAGE).resolve() for name in load_generator("gen_pages").GENERATORS}
 
 
 @pytest.mark.parametrize("path", MARKDOWN_FILES, ids=lambda path: str(path.relative_to(REPO)))
