@@ -235,25 +235,38 @@ def bad_record(error: ChipError, shape: tuple[int, int, int], dtype: str) -> dic
 
 
 class BadChipLog:
-    """Counts and reports chips that were skipped (a long job never stops for one bad chip). `count` is this log's;
-    the "(N skipped so far)" of the warnings counts every skip of the process (of the run), however the work is
-    sliced into shards and generator calls."""
+    """The one way to skip a bad chip: counts it and warns, naming it and why (a long job never stops for one bad
+    chip); with `keep`, the skipped chips' errors are kept too (`errors`, for a report that names them). `count` is
+    this log's; the "(N skipped so far)" of the warnings counts every skip of the process, however the work is sliced
+    into shards and generator calls. Each DataLoader worker is a process of its own, so there the warning says whose
+    count it is ("(N skipped so far by DataLoader worker 1)"); the run's totals are counted in the main process, from
+    the batches (see [`collate_chips`])."""
 
     #: skips in this process, over every log
     skipped_in_process = 0
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.count = 0
+        self.keep = keep
+        self.errors: list[ChipError] = []
 
     def skip(self, error: ChipError) -> None:
         self.count += 1
+        if self.keep:
+            self.errors.append(error)
         BadChipLog.skipped_in_process += 1
-        logger.warning("skipped %s (%d skipped so far)", error, BadChipLog.skipped_in_process)
+        logger.warning("skipped %s (%d skipped so far%s)", error, BadChipLog.skipped_in_process, _counted_by())
 
     def record(self, error: ChipError, layout: ChipLayout) -> dict[str, Any]:
         """Count and report a bad chip, and give its record in the stream (a [`bad_record`] of `layout`)."""
         self.skip(error)
         return bad_record(error, layout.shape, layout.dtype)
+
+
+def _counted_by() -> str:
+    """Whose count a skip warning gives: "" in the main process, " by DataLoader worker N" in a worker."""
+    worker = torch.utils.data.get_worker_info()
+    return "" if worker is None else f" by DataLoader worker {worker.id}"
 
 
 def generate_chips(shards: Sequence[Sequence[str]], layout: ChipLayout) -> Iterator[dict[str, Any]]:
