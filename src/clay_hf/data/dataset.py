@@ -242,8 +242,9 @@ class BadChipLog:
     count it is ("(N skipped so far by DataLoader worker 1)"); the run's totals are counted in the main process, from
     the batches (see [`collate_chips`])."""
 
-    #: skips in this process, over every log
+    #: skips in this process, over every log (a forked worker starts from 0, not from its parent's count)
     skipped_in_process = 0
+    _process = os.getpid()
 
     def __init__(self, keep: bool = False) -> None:
         self.count = 0
@@ -254,6 +255,8 @@ class BadChipLog:
         self.count += 1
         if self.keep:
             self.errors.append(error)
+        if BadChipLog._process != os.getpid():
+            BadChipLog._process, BadChipLog.skipped_in_process = os.getpid(), 0
         BadChipLog.skipped_in_process += 1
         logger.warning("skipped %s (%d skipped so far%s)", error, BadChipLog.skipped_in_process, _counted_by())
 
