@@ -124,6 +124,20 @@ def test_byte_unshuffle_undoes_byte_shuffle(dtype):
     assert out.tobytes() == values.tobytes()
 
 
+@pytest.mark.parametrize("codec", ["none", "zstd:-1"])
+def test_records_read_in_turn_keep_their_own_pixels(chips, tmp_path, codec):
+    """Records are read into one reused buffer: a chip read earlier keeps its own pixels and missing-pixel mask."""
+    report = pack_shards(chips, tmp_path / "shards", chips_per_shard=len(chips), codec=codec)
+    with open(report.shards[0], "rb") as handle:
+        index = read_index(report.shards[0], handle)
+        read = [read_record(handle, index, position)[0] for position in range(len(index))]
+    for chip, path in zip(read, chips, strict=True):
+        expected = read_chip(path)
+        assert chip.pixels.dtype == expected.pixels.dtype and chip.pixels.tobytes() == expected.pixels.tobytes()
+        assert (chip.missing is None) == (expected.missing is None)
+        assert chip.missing is None or np.array_equal(chip.missing, expected.missing)
+
+
 def test_a_layout_decodes_only_its_bands_in_its_order(chips, tmp_path):
     report = pack_shards(chips[1:2], tmp_path / "shards", codec="zstd:1")
     layout = ChipLayout(bands=("nir", "red"), size=(SIZE, SIZE))  # channels 6 and 2 of a 13-band v0 chip

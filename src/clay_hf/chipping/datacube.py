@@ -29,7 +29,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
-from ..data.bands import BAND_ALIASES, clay_band_name, v0_unit
+from ..data.bands import BAND_ALIASES, DECLARED_TAG, clay_band_name, file_scaling, scaling_record, to_v0_unit
 from ..data.chips import ChipError, chip_file_name, chip_key, resolve_chip_date
 from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 from .tiling import (
@@ -43,8 +43,6 @@ from .tiling import (
     write_chip_file,
 )
 
-#: Tag recording what a STAC item declared and the datacube step applied, per band: nodata, scale, offset.
-DECLARED_TAG = "clay_raster_bands"
 #: Sentinel-2 scene classification (SCL) classes masked as cloud or shadow: cloud shadow, cloud of medium and of
 #: high probability, thin cirrus.
 SCL_CLOUD_CLASSES: tuple[int, ...] = (3, 8, 9, 10)
@@ -58,7 +56,8 @@ class BandSource:
     in that raster (None: the raster's only band; a raster of several bands then is an error). `nodata`, `scale`
     and `offset` are what a STAC item declares for it (`raster:bands`): `nodata` marks missing pixels on top of the
     raster's own nodata and mask; values become `value * scale + offset` (the physical value), written in v0's unit
-    for the band ([`v0_unit`]: optical bands as reflectance × 10 000, so the v0 statistics apply)."""
+    for the band ([`to_v0_unit`]: optical bands as reflectance × 10 000, so the v0 statistics apply). A band whose
+    item declares no scale and offset takes its GeoTIFF's own ([`with_file_scaling`])."""
 
     name: str
     href: str
@@ -72,10 +71,15 @@ class BandSource:
         """What the item declared beyond the file (recorded in the chips' `clay_raster_bands` tag)."""
         values = {"nodata": self.nodata, "scale": self.scale, "offset": self.offset}
         defaults = {"nodata": None, "scale": 1.0, "offset": 0.0}
-        declared = {key: value for key, value in values.items() if value != defaults[key]}
-        if {"scale", "offset"} & declared.keys():
-            declared["written_unit"] = v0_unit(self.name)  # chip value = (value * scale + offset) / written_unit
-        return declared
+        declared = {key: value for key, value in values.items() if value != defaults[key] and key == "nodata"}
+        return {**declared, **scaling_record(self.name, self.scale, self.offset)}
+
+    def with_file_scaling(self, dataset: rasterio.DatasetReader, band: int) -> BandSource:
+        """This source, with the scale and offset its raster's `band` declares when the item declares none."""
+        if (self.scale, self.offset) != (1.0, 0.0):
+            return self  # the item's declaration wins
+        scale, offset = file_scaling(dataset, band)
+        return dataclasses.replace(self, scale=scale, offset=offset)
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,8 @@ class _BandReader:
         source: BandSource | None = None,
     ) -> None:
         self.band, self.grid, self.dtype = band, grid, dtype
+        self.name = None if source is None else source.name
         self.scale, self.offset = (source.scale, source.offset) if source is not None else (1.0, 0.0)
-        self.unit = v0_unit(source.name) if source is not None else 1.0
         declared = {} if source is None or source.nodata is None else {"src_nodata": source.nodata}
         vrt = WarpedVRT(
             dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
@@ -175,10 +179,7 @@ class _BandReader:
         rows = slice(int(inside.row_off - window.row_off), int(inside.row_off - window.row_off + inside.height))
         cols = slice(int(inside.col_off - window.col_off), int(inside.col_off - window.col_off + inside.width))
         out[rows, cols] = self.vrt.read(self.band, window=inside)
-        if (self.scale, self.offset) != (1.0, 0.0):
-            physical = out * out.dtype.type(self.scale) + out.dtype.type(self.offset)  # NaN stays NaN
-            out = physical / out.dtype.type(self.unit)  # in v0's unit: optical reflectance × 10 000
-        return out
+        return to_v0_unit(out, self.name, self.scale, self.offset)
 
 
 def _chip_dtype_and_nodata(
@@ -279,6 +280,10 @@ def make_datacube_chips(
         chip_date = _stack_date(datasets, date, source_date)
         tile_id = _tile_id(tile) if tile else _default_tile([source.href for source in sources])
         indices = [_band_index(dataset, source) for dataset, source in zip(datasets, sources, strict=True)]
+        sources = [
+            source.with_file_scaling(dataset, index)
+            for source, dataset, index in zip(sources, datasets, indices, strict=True)
+        ]
         band_dtypes = [dataset.dtypes[index - 1] for dataset, index in zip(datasets, indices, strict=True)]
         working = _working_dtype(band_dtypes)
         out_dtype, nodata = _chip_dtype_and_nodata(datasets, band_dtypes, dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from ..data.bands import DECLARED_TAG, band_name, file_scaling, scaling_record, to_v0_unit
 from ..data.chips import ChipError, chip_file_name, chip_key, data_band_indexes, read_masked_pixels, resolve_chip_date
 from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS
 from ..utils.errors import OutputError
@@ -83,6 +85,7 @@ def make_chips(
             _refuse_overwriting_other_sources(name, output, names)
             bands = data_band_indexes(raster)
             descriptions = [raster.descriptions[index - 1] for index in bands]
+            scaling = _scene_scaling(raster, bands, descriptions) if np.dtype(out_dtype).kind == "f" else {}
             for window, chip_file in zip(windows, names, strict=True):
                 pixels, missing = read_masked_pixels(raster, bands, window)  # past the edge: missing
                 label = f"{name} window row={window.row_off} col={window.col_off}"
@@ -91,6 +94,8 @@ def make_chips(
                     report.skipped.append((label, reason))
                     continue
                 pixels = pixels.astype(out_dtype)
+                for position, (band, scale, offset) in scaling.items():
+                    pixels[position] = to_v0_unit(pixels[position], band, scale, offset)
                 nodata, valid = _mark_missing(pixels, missing, raster.nodata)
                 profile = dict(
                     driver="GTiff",
@@ -104,11 +109,28 @@ def make_chips(
                     nodata=nodata,
                 )
                 tags = {"date": chip_date.isoformat(), SOURCE_TAG: chip_key(name)}
+                if scaling:
+                    tags[DECLARED_TAG] = json.dumps({band or f"band {position + 1}": scaling_record(band, scale, offset)
+                                                     for position, (band, scale, offset) in scaling.items()})  # fmt: skip
                 named = descriptions if any(descriptions) else None
                 report.written.append(write_chip_file(output / chip_file, pixels, profile, tags, named, valid))
     except (RasterioError, OSError) as error:
         raise ChipError(name, f"cannot be read ({error})") from error
     return report
+
+
+def _scene_scaling(
+    raster: rasterio.DatasetReader, bands: Sequence[int], descriptions: Sequence[str | None]
+) -> dict[int, tuple[str | None, float, float]]:
+    """{chip band position: (clay band name or None, scale, offset)} of the bands whose GeoTIFF declares a scale or
+    offset: their values are written in v0's unit as the datacube step writes a STAC item's ([`to_v0_unit`])."""
+    scaling = {}
+    for position, (band, description) in enumerate(zip(bands, descriptions, strict=True)):
+        scale, offset = file_scaling(raster, band)
+        if (scale, offset) != (1.0, 0.0):
+            name = band_name(description)
+            scaling[position] = (name, scale, offset)
+    return scaling
 
 
 def missing_reason(missing: np.ndarray | None, total: int, limit: float) -> str | None:

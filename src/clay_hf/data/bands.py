@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
 
 from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 
@@ -39,6 +42,33 @@ V0_REFLECTANCE_UNIT = 1e-4
 def v0_unit(name: str) -> float:
     """The physical value of one unit of clay band `name` in v0 chips (1e-4 reflectance for optical bands)."""
     return V0_REFLECTANCE_UNIT if name in V0_REFLECTANCE_BANDS else 1.0
+
+
+#: Tag recording, per band, the nodata, scale and offset a source declared and the chipping applied, and the unit the
+#: chip's values are written in (`written_unit`: chip value = (stored value × scale + offset) / written_unit).
+DECLARED_TAG = "clay_raster_bands"
+
+
+def file_scaling(dataset: Any, band: int) -> tuple[float, float]:
+    """(scale, offset) a GeoTIFF declares for its 1-based `band` (GDAL's band scale/offset; (1, 0) when none)."""
+    scale, offset = dataset.scales[band - 1], dataset.offsets[band - 1]
+    return float(1.0 if scale is None else scale), float(0.0 if offset is None else offset)
+
+
+def scaling_record(name: str | None, scale: float, offset: float) -> dict[str, float]:
+    """The `DECLARED_TAG` entry of a band whose values were scaled by [`to_v0_unit`] (empty when they were not)."""
+    if (scale, offset) == (1.0, 0.0):
+        return {}
+    return {"scale": scale, "offset": offset, "written_unit": v0_unit(name or "")}
+
+
+def to_v0_unit(values: np.ndarray, name: str | None, scale: float, offset: float) -> np.ndarray:
+    """Float `values` of band `name` as physical values (`value × scale + offset`, NaN stays NaN) in v0's unit for
+    the band ([`v0_unit`]: optical reflectance × 10 000, so the v0 statistics apply)."""
+    if (scale, offset) == (1.0, 0.0):
+        return values
+    kind = values.dtype.type
+    return (values * kind(scale) + kind(offset)) / kind(v0_unit(name or ""))
 
 
 #: Sentinel-2 bands that v0 does not read, under their STAC common names (and their ids).

@@ -235,25 +235,41 @@ def bad_record(error: ChipError, shape: tuple[int, int, int], dtype: str) -> dic
 
 
 class BadChipLog:
-    """Counts and reports chips that were skipped (a long job never stops for one bad chip). `count` is this log's;
-    the "(N skipped so far)" of the warnings counts every skip of the process (of the run), however the work is
-    sliced into shards and generator calls."""
+    """The one way to skip a bad chip: counts it and warns, naming it and why (a long job never stops for one bad
+    chip); with `keep`, the skipped chips' errors are kept too (`errors`, for a report that names them). `count` is
+    this log's; the "(N skipped so far)" of the warnings counts every skip of the process, however the work is sliced
+    into shards and generator calls. Each DataLoader worker is a process of its own, so there the warning says whose
+    count it is ("(N skipped so far by DataLoader worker 1)"); the run's totals are counted in the main process, from
+    the batches (see [`collate_chips`])."""
 
-    #: skips in this process, over every log
+    #: skips in this process, over every log (a forked worker starts from 0, not from its parent's count)
     skipped_in_process = 0
+    _process = os.getpid()
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
         self.count = 0
+        self.keep = keep
+        self.errors: list[ChipError] = []
 
     def skip(self, error: ChipError) -> None:
         self.count += 1
+        if self.keep:
+            self.errors.append(error)
+        if BadChipLog._process != os.getpid():
+            BadChipLog._process, BadChipLog.skipped_in_process = os.getpid(), 0
         BadChipLog.skipped_in_process += 1
-        logger.warning("skipped %s (%d skipped so far)", error, BadChipLog.skipped_in_process)
+        logger.warning("skipped %s (%d skipped so far%s)", error, BadChipLog.skipped_in_process, _counted_by())
 
     def record(self, error: ChipError, layout: ChipLayout) -> dict[str, Any]:
         """Count and report a bad chip, and give its record in the stream (a [`bad_record`] of `layout`)."""
         self.skip(error)
         return bad_record(error, layout.shape, layout.dtype)
+
+
+def _counted_by() -> str:
+    """Whose count a skip warning gives: "" in the main process, " by DataLoader worker N" in a worker."""
+    worker = torch.utils.data.get_worker_info()
+    return "" if worker is None else f" by DataLoader worker {worker.id}"
 
 
 def generate_chips(shards: Sequence[Sequence[str]], layout: ChipLayout) -> Iterator[dict[str, Any]]:
@@ -444,6 +460,14 @@ def _select(batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
     return selected
 
 
+def stack_pixels(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """The chips' pixels as one (B, C, H, W) tensor, copied once: in a DataLoader worker straight into shared memory
+    (as `default_collate` does), so the batch is not copied again on its way to the main process."""
+    if torch.utils.data.get_worker_info() is None:  # numpy backs a large array with huge pages: fewer page faults
+        return torch.from_numpy(np.stack([np.asarray(array) for array in arrays]))
+    return torch.utils.data.default_collate([torch.from_numpy(np.asarray(array)) for array in arrays])
+
+
 def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Stack chip records into a batch with compact pixels (the layout's dtype, e.g. uint16 or float32; no
     widening) and the v0 `timestep` and `latlon` encodings. Normalise on the device
@@ -458,7 +482,7 @@ def collate_chips(examples: Iterable[dict[str, Any]]) -> dict[str, Any]:
     grids = [example.get("transform") for example in examples]
     shape = np.asarray(records[0]["pixels"]).shape if records else (0, 0, 0)
     if examples:
-        pixels = torch.from_numpy(np.stack([np.asarray(example["pixels"]) for example in examples]))  # (B, C, H, W)
+        pixels = stack_pixels([example["pixels"] for example in examples])
     else:
         pixels = torch.from_numpy(np.empty((0, *shape), dtype=np.asarray(records[0]["pixels"]).dtype))
     lonlat = np.array([[example["lon"], example["lat"]] for example in examples], dtype=np.float64).reshape(-1, 2)

@@ -636,6 +636,19 @@ def read_index(path: str | PathLike, file: BinaryIO | None = None) -> ShardIndex
     )  # fmt: skip
 
 
+def _read_exactly(handle: BinaryIO, offset: int, length: int) -> memoryview:
+    """`length` bytes of `handle` from `offset`, in this thread's reused record buffer (valid until the next read)."""
+    buffer = getattr(_THREAD, "record", None)
+    if buffer is None or len(buffer) < length:
+        buffer = _THREAD.record = bytearray(length)
+    view = memoryview(buffer)[:length]
+    handle.seek(offset)
+    read = handle.readinto(view)
+    if read != length:
+        raise ValueError(f"ends after {read} of {length} bytes")
+    return view
+
+
 def read_record(
     handle: BinaryIO, index: ShardIndex, position: int, read_pixels: bool = True, layout: ChipLayout | None = None
 ) -> tuple[Chip, RasterFacts]:
@@ -644,10 +657,7 @@ def read_record(
     made to fit it (as `conform_chip`; a chip that cannot fit is a ChipError naming it)."""
     name = f"{index.path} record {position} ({index.names[position]})"
     try:
-        handle.seek(index.offsets[position])
-        record = memoryview(handle.read(index.lengths[position]))
-        if len(record) != index.lengths[position]:
-            raise ValueError(f"ends after {len(record)} of {index.lengths[position]} bytes")
+        record = _read_exactly(handle, index.offsets[position], index.lengths[position])
         header, offset = decode_header(record, index.version)
         chip = chip_from_header(header, None)
         facts = RasterFacts(**header["raster"])

@@ -38,7 +38,7 @@ from ..data.chips import (
     read_masked_pixels,
     select_bands,
 )
-from ..data.dataset import GEOTIFF_SUFFIXES, split_paths
+from ..data.dataset import GEOTIFF_SUFFIXES, BadChipLog, split_paths
 from ..models.clay.image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat
 
 logger = get_logger(__name__)
@@ -273,19 +273,23 @@ class _CheckedExamples(torch.utils.data.Dataset):
 
     def __init__(self, examples: Sequence[tuple[str, Any]], reader: ChipReader, augment: bool = False) -> None:
         self.reader, self.augment = reader, augment
-        self.examples, self.headers, self.bad = [], [], []
+        self.examples, self.headers, self.log = [], [], BadChipLog(keep=True)
         for example in examples:
             try:
                 header = reader.header(example[0])
                 self._check(example, header)
             except ChipError as error:
-                self.bad.append(error)
-                logger.warning("skipping %s (%d skipped so far)", error, len(self.bad))
+                self.log.skip(error)
                 continue
             self.examples.append(example)
             self.headers.append(header)
         if not self.examples:
             raise ValueError(f"no usable examples among {len(examples)}: {[str(error) for error in self.bad[:3]]}")
+
+    @property
+    def bad(self) -> list[ChipError]:
+        """The examples skipped as bad, each naming its file and why."""
+        return self.log.errors
 
     def _check(self, example: tuple[str, Any], header: ImageHeader) -> None:
         """Further checks of one example (overridden)."""

@@ -36,6 +36,7 @@ from transformers.utils.logging import get_logger
 
 from ..chipping.tiling import verify_geotiff, write_chip_file
 from ..data.chips import ChipError, chip_file_name
+from ..data.dataset import BadChipLog
 from ..inference.geoparquet import chip_footprint, geo_metadata
 from ..models.clay.image_processing_clay import ClayImageProcessor, encode_dates, encode_lonlat, load_image_processor
 from ..models.clay.modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
@@ -239,7 +240,7 @@ def predict_segmentation(
     names = output_names(paths, root)
     tile = tile or model.config.image_size
     overlap = tile // 4 if overlap is None else overlap
-    written, skipped, bad = [], 0, []
+    written, skipped, log = [], 0, BadChipLog(keep=True)
     for path in paths:
         target = output / names[path]
         if resume and class_map_complete(target):
@@ -248,15 +249,17 @@ def predict_segmentation(
         try:
             header = reader.header(path)
             probabilities, missing = segment_scene(model, processor, reader, header, tile, overlap, batch_size)
-        except (ChipError, RasterioError) as error:
-            bad.append(str(error))
-            logger.warning("skipping %s (%d skipped so far)", error, len(bad))
+        except ChipError as error:
+            log.skip(error)
+            continue
+        except RasterioError as error:
+            log.skip(ChipError(path, f"cannot be read ({error})"))
             continue
         classes = probabilities.argmax(dim=0).numpy().astype(np.uint8)
         classes[missing] = CLASS_MAP_NODATA
         write_class_map(target, classes, header, model.config.id2label)
         written.append(str(target))
-    return {"written": written, "skipped_existing": skipped, "bad_chips": bad}
+    return {"written": written, "skipped_existing": skipped, "bad_chips": [str(error) for error in log.errors]}
 
 
 def predict_chips(
@@ -270,13 +273,12 @@ def predict_chips(
     device = next(model.parameters()).device
     regression = model.config.problem_type == "regression"
     rows: dict[str, list] = {"source_url": [], "date": [], "geometry": []}
-    outputs, bad, footprints = [], [], []
+    outputs, footprints, log = [], [], BadChipLog(keep=True)
     for path in paths:
         try:
             scene = scene_inputs(reader, processor, path)
         except ChipError as error:
-            bad.append(str(error))
-            logger.warning("skipping %s (%d skipped so far)", error, len(bad))
+            log.skip(error)
             continue
         patch = model.config.patch_size
         _, height, width = scene.pixels.shape
@@ -307,6 +309,7 @@ def predict_chips(
     make_folder(output.parent)
     with atomic_file(output, verify=pq.read_table) as partial:
         pq.write_table(table, partial)
+    bad = [str(error) for error in log.errors]
     return {"written": [str(output)], "num_chips": len(outputs), "bad_chips": bad}
 
 
