@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,30 @@ def save_pretraining_model(folder: Path, seed: int = 0) -> Path:
     ClayForMaskedImageModeling(small_config()).save_pretrained(folder)
     ClayImageProcessor().save_pretrained(folder)
     return folder
+
+
+def pretrain_in_process(args: list[str]) -> int:
+    """`scripts/pretrain.py`'s `main(args)` in this process, on the CPU and one torch thread: what a single-process
+    `accelerate launch` of the script runs, to the same weights, without its start-up (two Python processes importing
+    torch, 10 s and more on a busy CPU). Its `error: …` line goes to stderr and `accelerator.print` to stdout, as
+    from the script; its progress is logged (caplog), not printed. For runs whose test is not about processes (a
+    reference run, a refusal, a resume from an intact checkpoint); kills, DDP, locks and full disks keep
+    `accelerate launch`."""
+    from clay_hf.commands.pretrain import main
+
+    threads, use_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in a launch: bit for bit the same weights
+    os.environ["ACCELERATE_USE_CPU"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
+            return main(args)
+    finally:
+        torch.set_num_threads(threads)
+        if use_cpu is None:
+            os.environ.pop("ACCELERATE_USE_CPU")
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = use_cpu
 
 
 def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = None, seed: int = 0) -> dict:
