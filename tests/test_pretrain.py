@@ -182,9 +182,11 @@ def test_bf16_mixed_precision_runs(chips, config_file, tmp_path):
     assert all(np.isfinite(result["train_loss_history"]))
 
 
-def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
+def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path, capsys):
     """Chips of finite values that stay finite once normalised overflow inside the model (NaN chips are bad chips,
-    skipped before the model)."""
+    skipped before the model). The runs are the script's main in this process: the test is not about processes."""
+    from conftest import pretrain_in_process
+
     folder = tmp_path / "nan_chips"
     write_synthetic_chips(folder, 16, size=32, seed=2)
     for index in range(16):
@@ -192,7 +194,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
         write_geotiff(folder / f"claytile_NAN_20200101_v02_{index:04d}.tif", data=data, date="2020-01-01")
 
     mixed = tmp_path / "mixed"
-    launch(training_args(folder, config_file, mixed, 6, "--validation_fraction", "0"))
+    assert pretrain_in_process(training_args(folder, config_file, mixed, 6, "--validation_fraction", "0")) == 0
     result = summary(mixed)
     assert result["global_step"] == 6 and result["nonfinite_steps_skipped"] > 0
     assert all(np.isfinite(result["train_loss_history"]))
@@ -201,14 +203,14 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
         if "NAN" not in path.name:
             path.unlink()
     stopped = tmp_path / "stopped"
-    result = launch(
+    capsys.readouterr()
+    status = pretrain_in_process(
         training_args(
             folder, config_file, stopped, 20, "--max_consecutive_nonfinite", "3", "--validation_fraction", "0"
-        ),
-        check=False,
+        )
     )
-    assert result.returncode != 0
-    assert "3 optimizer steps in a row had a non-finite loss" in result.stderr
+    assert status != 0
+    assert "3 optimizer steps in a row had a non-finite loss" in capsys.readouterr().err
 
 
 def test_processes_that_each_set_up_alone_are_refused(chips, config_file, tmp_path):
