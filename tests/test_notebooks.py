@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -63,9 +65,23 @@ def test_tutorial_sources_hold_no_outputs(path):
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.fixture(scope="module")
+def executions(scene, request):
+    """The tutorials this session tests, executed side by side (a kernel is mostly one busy process: on two cores
+    two run at once), one per core at most; each test waits for its own tutorial and gets its own error."""
+    selected = {
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_tutorial_runs_and_ends_in_a_picture"
+    }
+    hook = load_hook()
+    with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 1))) as pool:
+        yield {path: pool.submit(hook.executed_notebook, path, True) for path in TUTORIALS if path in selected}
+
+
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.stem)
-def test_tutorial_runs_and_ends_in_a_picture(path, scene):
-    executed = nbformat.read(load_hook().executed_notebook(path, force=True), as_version=4)
+def test_tutorial_runs_and_ends_in_a_picture(path, executions):
+    executed = nbformat.read(executions[path].result(), as_version=4)
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code), "every cell ran"
     last_outputs = code[-1].outputs
