@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,6 +57,31 @@ def pretrain_in_process(args: list[str]) -> int:
             os.environ.pop("ACCELERATE_USE_CPU")
         else:
             os.environ["ACCELERATE_USE_CPU"] = use_cpu
+
+
+def start_pretraining(args: list[str], processes: int = 2) -> subprocess.Popen:
+    """`accelerate launch scripts/pretrain.py ARGS` on `processes` CPU processes as test_pretrain's `launch` does it,
+    without waiting for it, on a free port of its own: a reference run that goes on beside another launch (the
+    reference run of a kill test beside the run that is killed). `finish_pretraining` waits for it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    if processes > 1:
+        command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(port)]
+    else:
+        command += ["--num_processes", "1", "--cpu"]
+    command += [str(Path(__file__).resolve().parents[1] / "scripts" / "pretrain.py"), *args]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish_pretraining(process: subprocess.Popen) -> None:
+    """Wait for a run of `start_pretraining`; its output's tail on failure."""
+    stdout, stderr = process.communicate(timeout=300)
+    if process.returncode != 0:
+        raise AssertionError(f"exit {process.returncode}\n{stdout[-3000:]}\n{stderr[-5000:]}")
 
 
 def random_inputs(config: ClayConfig, batch_size: int = 2, size: int | None = None, seed: int = 0) -> dict:

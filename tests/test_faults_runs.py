@@ -22,7 +22,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import pretrain_in_process, save_pretraining_model, small_config
+from conftest import (
+    finish_pretraining,
+    pretrain_in_process,
+    save_pretraining_model,
+    small_config,
+    start_pretraining,
+)
 from safetensors.torch import load_file
 from test_fault_injection import _kill_when, _Stall
 from test_pretrain import launch, summary
@@ -455,12 +461,13 @@ def test_two_process_resume_from_a_checkpoint_where_a_rank_pads_equals_the_unbro
     """9 chips over 2 ranks: 3 and 2 batches an epoch. The checkpoint after step 2 is taken when rank 1 has no batch
     left: it pads step 3 with its last batch, which the checkpoint must hold."""
     common = ["--num_train_epochs", "2", "--checkpointing_steps", "2"]
-    unbroken = tmp_path / "unbroken"
-    launch(pretrain_args(training, unbroken, *common), processes=2)
+    unbroken = tmp_path / "unbroken"  # launched beside the run that is killed, on a port of its own
+    reference = start_pretraining(pretrain_args(training, unbroken, *common), processes=2)
     broken = tmp_path / "broken"
     killed = launch(pretrain_args(training, broken, *common), processes=2, env={"CLAY_HF_CRASH_AFTER_STEP": "2"},
                     check=False)  # fmt: skip
     assert killed.returncode != 0
+    finish_pretraining(reference)
     resumed = launch(pretrain_args(training, broken, *common, "--resume_from_checkpoint", "latest"), processes=2)
     assert "no chip to pad with" not in resumed.stderr
     expected, got = summary(unbroken), summary(broken)

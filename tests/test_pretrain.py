@@ -149,9 +149,11 @@ def test_two_ddp_ranks_train_on_disjoint_data_and_loss_falls(chips, config_file,
 
 
 def test_killed_run_resumes_from_latest_to_the_same_weights(chips, config_file, tmp_path):
+    from conftest import finish_pretraining, start_pretraining
+
     common = ["--checkpointing_steps", "5", "--dataloader_num_workers", "1", "--shuffle_buffer_size", "1"]
-    unbroken = tmp_path / "unbroken"
-    launch(training_args(chips, config_file, unbroken, 12, *common), processes=2)
+    unbroken = tmp_path / "unbroken"  # launched beside the run that is killed, on a port of its own
+    reference = start_pretraining(training_args(chips, config_file, unbroken, 12, *common), processes=2)
 
     broken = tmp_path / "broken"
     crashed = launch(
@@ -164,6 +166,7 @@ def test_killed_run_resumes_from_latest_to_the_same_weights(chips, config_file, 
     assert [p.name for p in list_checkpoints(broken)] == ["checkpoint-5"]
     assert not (broken / "model.safetensors").exists()
     (broken / "checkpoints" / "tmp-checkpoint-6").mkdir()  # a half-written save must not be picked
+    finish_pretraining(reference)
 
     launch(training_args(chips, config_file, broken, 12, *common, "--resume_from_checkpoint", "latest"), processes=2)
     assert summary(broken)["global_step"] == 12 and summary(broken)["chips_seen"] == summary(unbroken)["chips_seen"]
