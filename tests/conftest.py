@@ -39,19 +39,26 @@ def pretrain_in_process(args: list[str]) -> int:
     """`scripts/pretrain.py`'s `main(args)` in this process, on the CPU and one torch thread: what a single-process
     `accelerate launch` of the script runs, to the same weights, without its start-up (two Python processes importing
     torch, 10 s and more on a busy CPU). Its `error: …` line goes to stderr and `accelerator.print` to stdout, as
-    from the script; its progress is logged (caplog), not printed. For runs whose test is not about processes (a
-    reference run, a refusal, a resume from an intact checkpoint); kills, DDP, locks and full disks keep
-    `accelerate launch`."""
+    from the script; its log messages go to the test's logging handlers (caplog) rather than to stderr. For runs
+    whose test is not about processes (a reference run, a refusal, a resume from an intact checkpoint); kills, DDP,
+    locks and full disks keep `accelerate launch`."""
+    from accelerate.state import AcceleratorState, GradientState
+
     from clay_hf.commands.pretrain import main
 
     threads, use_cpu = torch.get_num_threads(), os.environ.get("ACCELERATE_USE_CPU")
     torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in a launch: bit for bit the same weights
     os.environ["ACCELERATE_USE_CPU"] = "1"
+    # Accelerate's state is one per process: set up afresh, not inherited from (or left to) another test.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
             return main(args)
     finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
         torch.set_num_threads(threads)
         if use_cpu is None:
             os.environ.pop("ACCELERATE_USE_CPU")
