@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
-from conftest import small_config
+from conftest import pretrain_in_process, small_config
 from geotiffs import write_geotiff
 from safetensors.torch import load_file
 from test_pretrain import launch, summary
@@ -380,8 +380,8 @@ def test_training_killed_at_a_seeded_point_resumes_to_the_same_weights_and_count
 ):
     folder, _, bad = training_chips
     common = ["--checkpointing_steps", "2", "--shuffle_buffer_size", "1"]
-    unbroken = tmp_path / "unbroken"
-    launch(_training_args(folder, config_file, unbroken, *common))
+    unbroken = tmp_path / "unbroken"  # the reference: the script's main in this process (one thread, as launched)
+    assert pretrain_in_process(_training_args(folder, config_file, unbroken, *common)) == 0
     kill_at = 2 * random.Random(5).randint(1, 3)  # a seeded checkpoint of the 8 steps
     broken = tmp_path / "broken"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", "1",

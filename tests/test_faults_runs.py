@@ -22,7 +22,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import save_pretraining_model, small_config
+from conftest import (
+    finish_pretraining,
+    pretrain_in_process,
+    save_pretraining_model,
+    small_config,
+    start_pretraining,
+)
 from safetensors.torch import load_file
 from test_fault_injection import _kill_when, _Stall
 from test_pretrain import launch, summary
@@ -346,13 +352,14 @@ def _assert_same_weights(expected: dict[str, torch.Tensor], folder: Path) -> Non
         torch.testing.assert_close(got[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
 
 
-def test_a_new_run_beside_another_runs_checkpoints_keeps_both_and_resumes_its_own(training, tmp_path):
+def test_a_new_run_beside_another_runs_checkpoints_keeps_both_and_resumes_its_own(training, tmp_path, capsys):
     """Run A ends with checkpoints 2 and 4. Run B starts afresh in the same folder with the same settings, is killed
     after step 3 and resumed with `latest`: A's checkpoints are untouched (rotation and names), B resumes its own
-    checkpoint and ends with A's weights; a damaged checkpoint of B is refused naming the file and the intact one."""
+    checkpoint and ends with A's weights; a damaged checkpoint of B is refused naming the file and the intact one.
+    A and the refusal run in this process (the script's main); B's kill and resume are launched."""
     output = tmp_path / "run"
     common = ["--max_train_steps", "4", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
-    launch(pretrain_args(training, output, *common))
+    assert pretrain_in_process(pretrain_args(training, output, *common)) == 0
     run_a = [(path.name, checkpoint_run(path)) for path in list_checkpoints(output)]
     assert [name for name, _ in run_a] == ["checkpoint-3", "checkpoint-4"]
     a_files = {p: p.read_bytes() for c in list_checkpoints(output) for p in sorted(c.iterdir())}
@@ -372,9 +379,9 @@ def test_a_new_run_beside_another_runs_checkpoints_keeps_both_and_resumes_its_ow
     damaged = bytearray(intact)
     damaged[len(damaged) // 2] ^= 0x10
     weights.write_bytes(bytes(damaged))
-    refused = launch(pretrain_args(training, output, *common, "--resume_from_checkpoint", "latest"), check=False)
-    assert refused.returncode == 1
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    capsys.readouterr()
+    assert pretrain_in_process(pretrain_args(training, output, *common, "--resume_from_checkpoint", "latest")) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert errors and f"{weights} is damaged" in errors[0]
     assert f"The newest intact checkpoint is {output / 'checkpoints' / f'checkpoint-2-{run_b}'}" in errors[0]
     weights.write_bytes(intact)
@@ -386,9 +393,12 @@ def test_a_new_run_beside_another_runs_checkpoints_keeps_both_and_resumes_its_ow
     assert {p: p.read_bytes() for p in a_files} == a_files
 
 
-def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path):
+def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path, capsys):
     output = tmp_path / "run"
-    launch(pretrain_args(training, output, "--max_train_steps", "2", "--checkpointing_steps", "1"))
+    assert (
+        pretrain_in_process(pretrain_args(training, output, "--max_train_steps", "2", "--checkpointing_steps", "1"))
+        == 0
+    )
     older, newest = list_checkpoints(output)
     # Nothing in a checkpoint needs unpickling code to load: the scheduler has a weights-only file of its own.
     assert not list(newest.glob("custom_checkpoint_*")) and (newest / "scheduler_state.pt").is_file()
@@ -420,7 +430,9 @@ def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path):
     (newest / "scheduler_state.pt").rename(newest / "custom_checkpoint_0.pkl")
     (newest / CHECKSUMS_NAME).unlink()
     args = pretrain_args(training, output, "--max_train_steps", "3", "--resume_from_checkpoint", str(newest))
-    assert f"resumed from {newest} at step 2" in launch(args).stdout
+    capsys.readouterr()
+    assert pretrain_in_process(args) == 0
+    assert f"resumed from {newest} at step 2" in capsys.readouterr().out
     assert summary(output)["global_step"] == 3
 
 
@@ -449,12 +461,13 @@ def test_two_process_resume_from_a_checkpoint_where_a_rank_pads_equals_the_unbro
     """9 chips over 2 ranks: 3 and 2 batches an epoch. The checkpoint after step 2 is taken when rank 1 has no batch
     left: it pads step 3 with its last batch, which the checkpoint must hold."""
     common = ["--num_train_epochs", "2", "--checkpointing_steps", "2"]
-    unbroken = tmp_path / "unbroken"
-    launch(pretrain_args(training, unbroken, *common), processes=2)
+    unbroken = tmp_path / "unbroken"  # launched beside the run that is killed, on a port of its own
+    reference = start_pretraining(pretrain_args(training, unbroken, *common), processes=2)
     broken = tmp_path / "broken"
     killed = launch(pretrain_args(training, broken, *common), processes=2, env={"CLAY_HF_CRASH_AFTER_STEP": "2"},
                     check=False)  # fmt: skip
     assert killed.returncode != 0
+    finish_pretraining(reference)
     resumed = launch(pretrain_args(training, broken, *common, "--resume_from_checkpoint", "latest"), processes=2)
     assert "no chip to pad with" not in resumed.stderr
     expected, got = summary(unbroken), summary(broken)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -63,9 +67,40 @@ def test_tutorial_sources_hold_no_outputs(path):
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+#: Executes one tutorial through the hook, in a process of its own: its kernel's output stays in that process's
+#: pipes (a kernel started beside the tests would write to whichever test's capture, or the terminal, is current).
+EXECUTE = """
+import importlib.util, pathlib, sys
+spec = importlib.util.spec_from_file_location("docs_notebooks_hook", sys.argv[1])
+hook = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(hook)
+hook.executed_notebook(pathlib.Path(sys.argv[2]), force=True)
+"""
+
+
+def execute(path: Path) -> subprocess.CompletedProcess:
+    hook = REPO / "docs" / "hooks" / "notebooks.py"
+    return subprocess.run([sys.executable, "-c", EXECUTE, str(hook), str(path)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def executions(scene, request):
+    """The tutorials this session tests, executed side by side (a kernel is mostly one busy process: on two cores
+    two run at once), one per core at most; each test waits for its own tutorial and gets its own error."""
+    selected = {
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_tutorial_runs_and_ends_in_a_picture"
+    }
+    with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 1))) as pool:
+        yield {path: pool.submit(execute, path) for path in TUTORIALS if path in selected}
+
+
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.stem)
-def test_tutorial_runs_and_ends_in_a_picture(path, scene):
-    executed = nbformat.read(load_hook().executed_notebook(path, force=True), as_version=4)
+def test_tutorial_runs_and_ends_in_a_picture(path, executions):
+    run = executions[path].result()
+    assert run.returncode == 0, f"{path.name} failed:\n{run.stderr[-5000:]}"
+    executed = nbformat.read(load_hook().EXECUTED / path.name, as_version=4)
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code), "every cell ran"
     last_outputs = code[-1].outputs

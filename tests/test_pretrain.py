@@ -150,9 +150,11 @@ def test_two_ddp_ranks_train_on_disjoint_data_and_loss_falls(chips, config_file,
 
 
 def test_killed_run_resumes_from_latest_to_the_same_weights(chips, config_file, tmp_path):
+    from conftest import finish_pretraining, start_pretraining
+
     common = ["--checkpointing_steps", "5", "--dataloader_num_workers", "1", "--shuffle_buffer_size", "1"]
-    unbroken = tmp_path / "unbroken"
-    launch(training_args(chips, config_file, unbroken, 12, *common), processes=2)
+    unbroken = tmp_path / "unbroken"  # launched beside the run that is killed, on a port of its own
+    reference = start_pretraining(training_args(chips, config_file, unbroken, 12, *common), processes=2)
 
     broken = tmp_path / "broken"
     crashed = launch(
@@ -165,6 +167,7 @@ def test_killed_run_resumes_from_latest_to_the_same_weights(chips, config_file, 
     assert [p.name for p in list_checkpoints(broken)] == ["checkpoint-5"]
     assert not (broken / "model.safetensors").exists()
     (broken / "checkpoints" / "tmp-checkpoint-6").mkdir()  # a half-written save must not be picked
+    finish_pretraining(reference)
 
     launch(training_args(chips, config_file, broken, 12, *common, "--resume_from_checkpoint", "latest"), processes=2)
     assert summary(broken)["global_step"] == 12 and summary(broken)["chips_seen"] == summary(unbroken)["chips_seen"]
@@ -183,9 +186,11 @@ def test_bf16_mixed_precision_runs(chips, config_file, tmp_path):
     assert all(np.isfinite(result["train_loss_history"]))
 
 
-def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
+def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path, capsys):
     """Chips of finite values that stay finite once normalised overflow inside the model (NaN chips are bad chips,
-    skipped before the model)."""
+    skipped before the model). The runs are the script's main in this process: the test is not about processes."""
+    from conftest import pretrain_in_process
+
     folder = tmp_path / "nan_chips"
     write_synthetic_chips(folder, 16, size=32, seed=2)
     for index in range(16):
@@ -193,7 +198,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
         write_geotiff(folder / f"claytile_NAN_20200101_v02_{index:04d}.tif", data=data, date="2020-01-01")
 
     mixed = tmp_path / "mixed"
-    launch(training_args(folder, config_file, mixed, 6, "--validation_fraction", "0"))
+    assert pretrain_in_process(training_args(folder, config_file, mixed, 6, "--validation_fraction", "0")) == 0
     result = summary(mixed)
     assert result["global_step"] == 6 and result["nonfinite_steps_skipped"] > 0
     assert all(np.isfinite(result["train_loss_history"]))
@@ -202,14 +207,14 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(config_file, tmp_path):
         if "NAN" not in path.name:
             path.unlink()
     stopped = tmp_path / "stopped"
-    result = launch(
+    capsys.readouterr()
+    status = pretrain_in_process(
         training_args(
             folder, config_file, stopped, 20, "--max_consecutive_nonfinite", "3", "--validation_fraction", "0"
-        ),
-        check=False,
+        )
     )
-    assert result.returncode != 0
-    assert "3 optimizer steps in a row had a non-finite loss" in result.stderr
+    assert status != 0
+    assert "3 optimizer steps in a row had a non-finite loss" in capsys.readouterr().err
 
 
 def test_processes_that_each_set_up_alone_are_refused(chips, config_file, tmp_path):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import small_config
+from conftest import pretrain_in_process, small_config
 from test_pretrain import launch, summary
 
 from clay_hf.chipping import write_synthetic_chips
@@ -41,42 +42,46 @@ def seen(output: Path, rank: int = 0) -> list[tuple[str, str]]:
     return [tuple(line.split("\t")) for line in lines]
 
 
-def test_n_epochs_train_every_chip_n_times_and_step_the_partial_window(data, tmp_path):
+def test_n_epochs_train_every_chip_n_times_and_step_the_partial_window(data, tmp_path, caplog):
     """6 chips, batch 2, accumulation 2: 3 batches an epoch, so each epoch is a full window and a partial one."""
     output = tmp_path / "run"
     args = ["--num_train_epochs", "2", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1"]
-    result = launch(epoch_args(data, output, *args, "--save_every_checkpoint_as_pretrained"))
+    with caplog.at_level(logging.INFO, logger="clay_hf"):
+        assert pretrain_in_process(epoch_args(data, output, *args, "--save_every_checkpoint_as_pretrained")) == 0
     lines = seen(output)
     assert Counter(epoch for epoch, _ in lines) == {"0": 6, "1": 6}
     assert set(Counter(url for _, url in lines).values()) == {2} and len({url for _, url in lines}) == 6
     run = summary(output)
     assert run["epochs_completed"] == 2 and run["chips_seen"] == 12 and run["global_step"] == 4
     assert run["partial_accumulation_windows_stepped"] == 2
-    assert "partial accumulation window of 1 of 2 batches" in result.stderr
+    assert "partial accumulation window of 1 of 2 batches" in caplog.text
     # --checkpoints_total_limit prunes the save_pretrained copies as well as the checkpoints
     assert [p.name for p in list_checkpoints(output)] == ["checkpoint-4"]
     assert sorted(p.name for p in output.glob("pretrained-*")) == ["pretrained-4"]
 
 
-def test_a_kill_loses_no_seen_chip_line_and_resume_refuses_another_worker_count(data, tmp_path):
+def test_a_kill_loses_no_seen_chip_line_and_resume_refuses_another_worker_count(data, tmp_path, capsys):
     output = tmp_path / "run"
     args = epoch_args(data, output, "--max_train_steps", "3", "--checkpointing_steps", "1")
     killed = launch(args, env={"CLAY_HF_CRASH_AFTER_STEP": "2"}, check=False)
     assert killed.returncode != 0 and not (output / "model.safetensors").exists()
     assert len(seen(output)) == 6  # steps 1 and 2: the first epoch (a full window, a partial one), despite the kill
 
-    refused = launch([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"], check=False)
-    assert refused.returncode != 0 and "AssertionError" not in refused.stderr
-    assert "--dataloader_num_workers: 0 in the checkpoint, 1 now" in refused.stderr
+    # The refusals come before any training: run in this process (the script's main), not launched.
+    capsys.readouterr()
+    assert pretrain_in_process([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"]) == 1
+    refused = capsys.readouterr().err
+    assert "AssertionError" not in refused and "Traceback" not in refused
+    assert "--dataloader_num_workers: 0 in the checkpoint, 1 now" in refused
     # A checkpoint that does not record its data layout (older runs): torchdata's own error becomes a clear one.
     state_file = list_checkpoints(output)[-1] / "train_state.json"
     state = json.loads(state_file.read_text())
     state.pop("data_layout")
     state_file.write_text(json.dumps(state))
     (state_file.parent / "checksums.sha256").unlink()  # as older runs wrote them
-    legacy = launch([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"], check=False)
-    assert legacy.returncode != 0 and "error: cannot resume the data position" in legacy.stderr
-    assert "--dataloader_num_workers" in legacy.stderr
+    assert pretrain_in_process([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"]) == 1
+    legacy = capsys.readouterr().err
+    assert "error: cannot resume the data position" in legacy and "--dataloader_num_workers" in legacy
     launch([*args, "--resume_from_checkpoint", "latest"])
     assert summary(output)["global_step"] == 3
 
