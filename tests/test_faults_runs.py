@@ -426,14 +426,15 @@ def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path, cap
         assert f"The newest intact checkpoint is {older}" in str(refused.value), name
         path.write_bytes(intact)
     verify_checkpoint(newest)
-    # A checkpoint of an older version (no checksums; the scheduler as Accelerate's custom checkpoint) resumes.
-    (newest / "scheduler_state.pt").rename(newest / "custom_checkpoint_0.pkl")
-    (newest / CHECKSUMS_NAME).unlink()
     args = pretrain_args(training, output, "--max_train_steps", "3", "--resume_from_checkpoint", str(newest))
     capsys.readouterr()
     assert pretrain_in_process(args) == 0
     assert f"resumed from {newest} at step 2" in capsys.readouterr().out
     assert summary(output)["global_step"] == 3
+    # A checkpoint without its checksums is not trusted: it was not written completely.
+    (newest / CHECKSUMS_NAME).unlink()
+    with pytest.raises(IntegrityError, match=rf"{newest} has no checksums.sha256"):
+        verify_checkpoint(newest)
 
 
 def test_latest_of_a_run_without_checkpoints_is_refused_naming_both_runs(tmp_path):

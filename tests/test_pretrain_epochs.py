@@ -15,6 +15,7 @@ from clay_hf.chipping import write_synthetic_chips
 from clay_hf.training import list_checkpoints
 from clay_hf.training.checkpointing import check_data_layout
 from clay_hf.utils.errors import ResumeError
+from clay_hf.utils.outputs import write_checksums
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +74,19 @@ def test_a_kill_loses_no_seen_chip_line_and_resume_refuses_another_worker_count(
     refused = capsys.readouterr().err
     assert "AssertionError" not in refused and "Traceback" not in refused
     assert "--dataloader_num_workers: 0 in the checkpoint, 1 now" in refused
-    # A checkpoint that does not record its data layout (older runs): torchdata's own error becomes a clear one.
-    state_file = list_checkpoints(output)[-1] / "train_state.json"
-    state = json.loads(state_file.read_text())
+    # A checkpoint whose counters do not record the data layout (intact: its checksums match) is refused by name,
+    # not resumed into torchdata's own error.
+    checkpoint = list_checkpoints(output)[-1]
+    intact = {name: (checkpoint / name).read_bytes() for name in ("train_state.json", "checksums.sha256")}
+    state = json.loads(intact["train_state.json"])
     state.pop("data_layout")
-    state_file.write_text(json.dumps(state))
-    (state_file.parent / "checksums.sha256").unlink()  # as older runs wrote them
-    assert pretrain_in_process([*args, "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"]) == 1
-    legacy = capsys.readouterr().err
-    assert "error: cannot resume the data position" in legacy and "--dataloader_num_workers" in legacy
+    (checkpoint / "train_state.json").write_text(json.dumps(state))
+    write_checksums(checkpoint)
+    assert pretrain_in_process([*args, "--resume_from_checkpoint", "latest"]) == 1
+    unrecorded = capsys.readouterr().err
+    assert "error: cannot resume the data position" in unrecorded and "--dataloader_num_workers: None" in unrecorded
+    for name, content in intact.items():
+        (checkpoint / name).write_bytes(content)
     launch([*args, "--resume_from_checkpoint", "latest"])
     assert summary(output)["global_step"] == 3
 

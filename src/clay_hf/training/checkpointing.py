@@ -53,7 +53,6 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)(?:-([0-9a-f]+))?$")
 PRETRAINED_PATTERN = re.compile(r"^pretrained-(\d+)$")
 TRAIN_STATE_NAME = "train_state.json"
 SCHEDULER_STATE_NAME = "scheduler_state.pt"
-LEGACY_SCHEDULER_NAME = "custom_checkpoint_0.pkl"  # how Accelerate saved the scheduler for older runs
 CURRENT_RUN_NAME = "current_run.json"
 
 
@@ -76,8 +75,8 @@ def list_checkpoints(output_dir: str | PathLike, run_id: str | None = None) -> l
 
 
 def checkpoint_run(checkpoint: Path) -> str | None:
-    """The id of the run that wrote a checkpoint (from its name, else its counters); None for checkpoints of
-    runs before ids were recorded, or whose counters cannot be read."""
+    """The id of the run that wrote a checkpoint (from its name, else its counters); None when its counters cannot
+    be read."""
     match = CHECKPOINT_PATTERN.match(checkpoint.name)
     if match and match[2]:
         return match[2]
@@ -109,7 +108,7 @@ def start_run(output_dir: str | PathLike, run_id: str, resumed: Path | None = No
 
 
 def current_run(output_dir: str | PathLike) -> dict[str, Any] | None:
-    """The folder's current run (`run_id`, `started`), or None for folders of runs before ids were recorded."""
+    """The folder's current run (`run_id`, `started`), or None when no run has started in it."""
     path = checkpoints_dir(output_dir) / CURRENT_RUN_NAME
     return read_json(path) if path.is_file() else None
 
@@ -126,7 +125,7 @@ def resolve_checkpoint(output_dir: str | PathLike, value: str) -> Path:
         current = current_run(output_dir)
         if current is None:
             return checkpoints[-1]
-        own = [path for path in checkpoints if checkpoint_run(path) in (current["run_id"], None)]
+        own = [path for path in checkpoints if checkpoint_run(path) == current["run_id"]]
         if not own:
             newest = checkpoints[-1]
             raise ResumeError(
@@ -143,12 +142,10 @@ def resolve_checkpoint(output_dir: str | PathLike, value: str) -> Path:
 
 
 def verify_checkpoint(path: Path) -> None:
-    """Check every file of a checkpoint against its `checksums.sha256` (checkpoints of runs before checksums were
-    recorded: only that its counters read). A damaged one is an [`IntegrityError`] naming the file and the newest
-    intact checkpoint of the same run."""
+    """Check every file of a checkpoint against its `checksums.sha256`. A damaged one (or one without checksums) is
+    an [`IntegrityError`] naming the file and the newest intact checkpoint of the same run."""
     try:
-        if not verify_checksums(path, required=False):
-            read_json(path / TRAIN_STATE_NAME)
+        verify_checksums(path)
     except IntegrityError as error:
         raise IntegrityError(f"{error}. {_intact_hint(path)}") from error
 
@@ -161,8 +158,7 @@ def _intact_hint(damaged: Path) -> str:
         if candidate == damaged or candidate.name == damaged.name or (run and checkpoint_run(candidate) != run):
             continue
         try:
-            verify_checksums(candidate, required=False)
-            read_json(candidate / TRAIN_STATE_NAME)
+            verify_checksums(candidate)
         except (IntegrityError, OSError):
             continue
         return f"The newest intact checkpoint is {candidate}: --resume_from_checkpoint {candidate}"
@@ -211,28 +207,14 @@ def load_checkpoint(
     pickled code (`weights_only`); return the run's counters and this rank's data state."""
     verify_checkpoint(path)
     try:
-        _load_accelerate_state(accelerator, path)
+        accelerator.load_state(str(path))
         data_file = path / f"data_state_rank{accelerator.process_index}.pt"
         data_state = torch.load(data_file, weights_only=True) if data_file.is_file() else None
         if scheduler is not None:
-            scheduler_file = path / SCHEDULER_STATE_NAME
-            if not scheduler_file.is_file():  # older checkpoints: Accelerate's custom checkpoint of it
-                scheduler_file = path / LEGACY_SCHEDULER_NAME
-            scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+            scheduler.load_state_dict(torch.load(path / SCHEDULER_STATE_NAME, weights_only=True))
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise IntegrityError(f"{path} cannot be loaded ({error}). {_intact_hint(path)}") from error
     return read_json(path / TRAIN_STATE_NAME), data_state
-
-
-def _load_accelerate_state(accelerator: Accelerator, path: Path) -> None:
-    """`accelerator.load_state`, for checkpoints of older runs too, whose scheduler is an Accelerate custom
-    checkpoint: Accelerate refuses those (no object is registered, so that it never unpickles one) after it has
-    loaded everything else; the scheduler is then read by `load_checkpoint`."""
-    try:
-        accelerator.load_state(str(path))
-    except RuntimeError as error:
-        if not ((path / LEGACY_SCHEDULER_NAME).is_file() and "custom checkpoints" in str(error)):
-            raise
 
 
 def data_layout(
@@ -262,11 +244,12 @@ DATA_LAYOUT_FLAGS = {
 
 
 def check_data_layout(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse to resume a data position under another layout (a clear message naming what must match)."""
+    """Refuse to resume a data position under another layout, or one the checkpoint does not record (a clear message
+    naming what must match)."""
     differences = [
-        f"{DATA_LAYOUT_FLAGS.get(key, key)}: {saved[key]} in the checkpoint, {current.get(key)} now"
-        for key in saved
-        if saved[key] != current.get(key)
+        f"{DATA_LAYOUT_FLAGS.get(key, key)}: {saved.get(key)} in the checkpoint, {current[key]} now"
+        for key in current
+        if saved.get(key) != current[key]
     ]
     if differences:
         raise ResumeError(

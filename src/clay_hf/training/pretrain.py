@@ -46,7 +46,7 @@ from ..models.clay.configuration_clay import CLAY_V0_PRESETS, ClayConfig
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling
 from ..utils.benchmarking import FUSED_ADAMW_DEVICES, machine_description
-from ..utils.errors import ClayUserError, ResumeError
+from ..utils.errors import ClayUserError
 from ..utils.memory import configure_training_malloc
 from ..utils.outputs import (
     CHECKSUMS_NAME,
@@ -331,12 +331,6 @@ def padding_state(batch: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**kept, "source_url": list(batch["source_url"]), "bad_chips": 0, "bad_chip_sources": []}
 
 
-def saved_num_workers(data_state: dict[str, Any]) -> int:
-    """The number of DataLoader workers a `StatefulDataLoader` state was saved with (0: no worker snapshot)."""
-    snapshot = data_state.get("_snapshot")
-    return len(snapshot.get("_worker_snapshots", {})) if isinstance(snapshot, dict) else 0
-
-
 def check_world(accelerator: Accelerator) -> None:
     """Refuse to run N copies of a 1-process job: each would train alone on all the data."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -474,17 +468,9 @@ class Pretrainer:
         state = TrainState(**{**saved, "data_layout": layout})
         self.train_loader.dataset.set_epoch(state.epoch)
         if data_state is not None:
-            loader_state = data_state["loader"]
             if data_state["padding_batch"] is not None:
                 self.padding["batch"] = data_state["padding_batch"]
-            saved_workers = saved_num_workers(loader_state)
-            if saved_workers != self.train_loader.num_workers:
-                raise ResumeError(
-                    f"cannot resume the data position of {checkpoint}: it was saved by a DataLoader with "
-                    f"{saved_workers} workers, this run has {self.train_loader.num_workers}; resume with "
-                    f"--dataloader_num_workers {saved_workers}"
-                )
-            self.train_loader.load_state_dict(loader_state)
+            self.train_loader.load_state_dict(data_state["loader"])
         self.accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
         return state, checkpoint
 
