@@ -112,6 +112,7 @@ class _Example:
     fill_value: float | str | None = field(default=None, metadata={"type": parse_fill_value})
     verbose: bool | None = field(default=None, metadata={"nargs": "?", "const": True})
     resume: bool = False
+    overwrite: bool = field(default=False, metadata={"action": "store_true"})
 
 
 def test_command_parser_keeps_positionals_value_counts_repeats_types_and_yes_no_words(capsys):
@@ -121,6 +122,9 @@ def test_command_parser_keeps_positionals_value_counts_repeats_types_and_yes_no_
     assert (args.source, args.output_dir, args.point, args.band) == ("in.tif", "out", [1.0, 2.0], ["B02", "B03"])
     assert (args.fill_value, args.verbose, args.resume) == ("mean", False, True)
     (defaults,) = parser.parse(["in.tif", "--output-dir", "out"])
+    assert not defaults.overwrite
+    (switched,) = parser.parse(["--overwrite", "in.tif", "--output_dir", "out"])  # a switch takes no value
+    assert switched.overwrite and switched.source == "in.tif"
     assert (defaults.point, defaults.band, defaults.fill_value, defaults.verbose) == (None, [], None, None)
     for wrong in (["in.tif"], ["in.tif", "--output_dir", "o", "--point", "1"], ["in.tif", "--output_dir", "o", "-x"]):
         with pytest.raises(SystemExit) as exit_status:

@@ -199,11 +199,11 @@ def test_progress_bars_follow_transformers_switch(capsys, verbosity):
     batches = [{"source_url": ["a", "b"], "bad_chips": 0}] * 3
     verbosity.disable_progress_bar()
     try:
-        assert list(_progress(iter(batches), total=6, batch_size=2, enabled=True)) == batches
+        assert list(_progress(iter(batches), total=6, enabled=True)) == batches
         assert capsys.readouterr().err == ""
     finally:
         verbosity.enable_progress_bar()
-    list(_progress(iter(batches), total=6, batch_size=2, enabled=True))
+    list(_progress(iter(batches), total=6, enabled=True))
     assert "embedding" in capsys.readouterr().err
 
 

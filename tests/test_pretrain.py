@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from conftest import pretrain_in_process, small_config
 from geotiffs import write_geotiff
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
@@ -252,3 +252,28 @@ def test_a_window_whose_chips_are_all_bad_takes_no_optimizer_step(config_file, t
     assert (done["chips_seen"], done["bad_chips_skipped"]) == (2, 3)
     assert (done["global_step"], done["windows_without_chips_dropped"]) == (2, 3)
     assert result.stderr.count("held no usable chip") == 3
+
+
+def test_a_resumed_run_whose_chips_are_all_bad_stops_instead_of_looping(config_file, tmp_path, capsys):
+    """Chips with nodata pixels, trained with --fill_value mean, then resumed without it: every chip is bad, no window
+    takes a step, and the epoch after the resumed one ends the run with the reason (not an endless run whose steps
+    never count)."""
+    import rasterio
+
+    paths = write_synthetic_chips(tmp_path / "chips", 4, size=32, seed=3)
+    for path in paths:
+        with rasterio.open(path, "r+") as chip:
+            pixels = chip.read()
+            pixels[:, :4] = 0
+            chip.write(pixels)
+            chip.nodata = 0
+    output = tmp_path / "run"
+    args = [
+        "--train_dir", str(tmp_path / "chips"), "--output_dir", str(output), "--config_name", str(config_file),
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--validation_fraction", "0",
+        "--report_to", "none", "--checkpointing_steps", "1",
+    ]  # fmt: skip
+    assert pretrain_in_process([*args, "--max_train_steps", "1", "--fill_value", "mean"]) == 0
+    capsys.readouterr()
+    assert pretrain_in_process([*args, "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]) == 1
+    assert "error: no training chip could be used" in capsys.readouterr().err

@@ -61,3 +61,20 @@ def test_the_scene_tiler_applies_a_scenes_scale_and_offset(tmp_path):
         "vv": {"scale": 1e-4, "offset": -0.1, "written_unit": 1.0},
     }
     assert scales == (1.0, 1.0) and offsets == (0.0, 0.0)
+
+
+def test_a_rescaled_value_equal_to_the_sources_nodata_stays_a_pixel(tmp_path):
+    """DN 1000 of an L2A band is reflectance 0, written as ~0.0: the chip must not declare the source's nodata 0 (in
+    the source's unit) over rescaled values, where it would mark such pixels missing."""
+    scene = _scaled(tmp_path / "scene.tif", 1e-4, -0.1)
+    with rasterio.open(scene, "r+") as dataset:
+        dataset.descriptions = ("red",)
+        dataset.nodata = 0
+        pixels = dataset.read()
+        pixels[0, 0, 0] = 1000
+        dataset.write(pixels)
+    make_chips(scene, tmp_path / "chips", chip_size=SIZE)
+    pixels, *_ = _chip(tmp_path / "chips")
+    assert abs(pixels[0, 0, 0]) < 1e-3
+    with rasterio.open(sorted((tmp_path / "chips").glob("*.tif"))[0]) as chip:
+        assert chip.nodata is None or np.isnan(chip.nodata)

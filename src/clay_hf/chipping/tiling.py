@@ -96,7 +96,8 @@ def make_chips(
                 pixels = pixels.astype(out_dtype)
                 for position, (band, scale, offset) in scaling.items():
                     pixels[position] = to_v0_unit(pixels[position], band, scale, offset)
-                nodata, valid = _mark_missing(pixels, missing, raster.nodata)
+                # Rescaled values are in another unit than the source's nodata value: mark missing pixels as NaN.
+                nodata, valid = _mark_missing(pixels, missing, None if scaling else raster.nodata)
                 profile = dict(
                     driver="GTiff",
                     width=chip_size,

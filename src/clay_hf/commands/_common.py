@@ -18,6 +18,8 @@ T = TypeVar("T")
 #: Metadata keys that set what `HfArgumentParser` would derive from a field's type; a field with one of them is
 #: added to the parser as its metadata says (see `CommandParser`).
 _AS_WRITTEN = ("positional", "nargs", "action", "type")
+#: argparse actions that take no value (so no `type`): e.g. a plain switch, `metadata={"action": "store_true"}`.
+_NO_VALUE_ACTIONS = ("store_true", "store_false", "store_const", "count")
 
 
 class CommandParser(HfArgumentParser):
@@ -42,7 +44,8 @@ class CommandParser(HfArgumentParser):
             HfArgumentParser._parse_dataclass_field(parser, field)
             return
         kwargs = dict(field.metadata)
-        kwargs.setdefault("type", _element_type(field.type))
+        if kwargs.get("action") not in _NO_VALUE_ACTIONS:
+            kwargs.setdefault("type", _element_type(field.type))
         if kwargs.pop("positional", False):
             names = [field.name]
         else:
@@ -59,6 +62,13 @@ class CommandParser(HfArgumentParser):
         """One instance of each of the parser's dataclasses, from `argv` (default: the process's arguments)."""
         namespace = self.parse_args(argv)
         return tuple(arguments_from(namespace, dtype) for dtype in self.dataclass_types)
+
+
+def default_device() -> str:
+    """`--device` by default: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def arguments_from(namespace: argparse.Namespace, dtype: type[T]) -> T:

@@ -11,17 +11,10 @@ from ..inference.embeddings import EMBEDDINGS_DTYPES, LEVELS, EmbeddingJob, Embe
 from ..inference.ranks import RANK_TIMEOUT_SECONDS, Rank, current_rank
 from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import user_errors
-from ._common import CommandParser
+from ._common import CommandParser, default_device
 
 #: `--dtype`: PyTorch's autocast precision (fp32: none).
 AUTOCAST_DTYPES = ("fp32", "bf16", "fp16")
-
-
-def default_device() -> str:
-    """`--device` by default: the GPU when there is one."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(kw_only=True)

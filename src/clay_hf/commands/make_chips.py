@@ -97,7 +97,7 @@ class StackArguments:
 
 
 def _make_chips(chips: ChipArguments, stack: StackArguments, parser: argparse.ArgumentParser) -> int:
-    """make_chips_main's work, under the output's lock."""
+    """The work of `main`, under the output's lock."""
     if chips.synthetic:
         paths = write_synthetic_chips(chips.output_dir, chips.synthetic, size=chips.chip_size, seed=chips.seed)
         print(f"wrote {len(paths)} synthetic chips to {chips.output_dir}")
@@ -139,7 +139,7 @@ def _print_chip_report(report: ChipReport, head: str, tail: str = "") -> None:
 
 
 def _stack_chips(chips: ChipArguments, stack: StackArguments, parser: argparse.ArgumentParser) -> int:
-    """The datacube branch of make_chips_main: --band files and --stac_item assets → one chip set; with
+    """The datacube branch of `main`: --band files and --stac_item assets → one chip set; with
     --stac_search, one chip set per item found (each with the --band files and --stac_item assets)."""
     bands = []
     for text in stack.band:

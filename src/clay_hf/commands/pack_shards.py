@@ -21,7 +21,10 @@ class PackShardsArguments(PackingArguments):
         default=DEFAULT_SHUFFLE, metadata={"help": "bands byte-shuffled before compression", "choices": SHUFFLES}
     )
     num_workers: int = field(default=0, metadata={"help": "processes packing shards in parallel"})
-    overwrite: bool = field(default=False, metadata={"help": "rewrite shards already in --output_dir"})
+    # A plain switch: `--overwrite CHIPS …` must not read the positional as a yes/no word.
+    overwrite: bool = field(
+        default=False, metadata={"help": "rewrite shards already in --output_dir", "action": "store_true"}
+    )
 
 
 @user_errors

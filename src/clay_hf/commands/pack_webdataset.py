@@ -16,7 +16,11 @@ from ._common import PackingArguments, parse_arguments, print_packing
 class PackWebDatasetArguments(PackingArguments):
     """The arguments of `clay-pack-webdataset`."""
 
-    resume: bool = field(default=False, metadata={"help": "keep complete shards and pack only the chips they lack"})
+    # A plain switch: `--resume CHIPS …` must not read the positional as a yes/no word.
+    resume: bool = field(
+        default=False,
+        metadata={"help": "keep complete shards and pack only the chips they lack", "action": "store_true"},
+    )
 
 
 @user_errors

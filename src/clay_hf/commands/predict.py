@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers.utils.logging import get_logger
 
 from ..data.dataset import resolve_sources
@@ -18,13 +17,9 @@ from ..finetuning.predict import load_finetuned, predict_chips, predict_segmenta
 from ..models.clay.modeling_clay_heads import ClayForSemanticSegmentation
 from ..utils.errors import user_errors
 from ..utils.outputs import OutputLock, make_folder, remove_partials
-from ._common import parse_arguments
+from ._common import default_device, parse_arguments
 
 logger = get_logger(__name__)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(kw_only=True)

@@ -322,7 +322,7 @@ class EmbeddingJob:
         options = self.options
         dataset = load_chip_dataset(paths, num_workers=options.num_workers, layout=self.layout)
         loader = chip_dataloader(dataset, options.batch_size, options.num_workers)
-        yield from _progress(loader, len(paths), options.batch_size, options.progress and self.rank.is_main)
+        yield from _progress(loader, len(paths), options.progress and self.rank.is_main)
 
     def _embed(self, batch: dict, inputs: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray | None]:
         """(B, …) embeddings of a batch and, with a pretraining model, (B,) masked reconstruction errors."""
@@ -421,7 +421,7 @@ def _parts(parts_dir: Path) -> list[Path]:
     return [part for folder in folders for part in sorted(folder.glob("part-*.parquet"), key=_part_number)]
 
 
-def _progress(loader, total: int, batch_size: int, enabled: bool) -> Iterator[dict]:
+def _progress(loader, total: int, enabled: bool) -> Iterator[dict]:
     from transformers.utils.logging import tqdm  # transformers' switch: disable_progress_bar() turns it off
 
     with tqdm(total=total, unit="chip", disable=not enabled, desc="embedding", mininterval=1.0) as bar:

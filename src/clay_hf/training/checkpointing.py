@@ -35,6 +35,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.chips import chip_file_name
+from ..data.sources import ShardSelection
 from ..utils.errors import IntegrityError, ResumeError
 from ..utils.outputs import (
     atomic_folder,
@@ -218,7 +219,11 @@ def load_checkpoint(
 
 
 def data_layout(
-    paths: Sequence[str], num_processes: int, dataloader_num_workers: int, shuffle_buffer_size: int, seed: int
+    paths: Sequence[str] | ShardSelection,
+    num_processes: int,
+    dataloader_num_workers: int,
+    shuffle_buffer_size: int,
+    seed: int,
 ) -> dict[str, Any]:
     """What a checkpoint's data position depends on: resuming with another value would re-train or skip chips."""
     names = hashlib.sha256("\n".join(chip_file_name(path) for path in paths).encode()).hexdigest()[:16]

@@ -413,6 +413,8 @@ class Pretrainer:
         self.train_loader, self.eval_loader = self._loaders(train_paths, validation_paths)
         self.padding: dict[str, Any] = {}  # the batch a rank pads with once its shards are done
         self.state = self._start(train_paths)
+        #: The epoch a resume continues (None for a fresh run), which may hold no chip left to train on.
+        self.resumed_epoch = self.state.epoch if args.resume_from_checkpoint else None
         self.window = StepWindow()
         self.logged_losses: list[float] = []  # every --logging_steps steps of this session
         self.elapsed_before = self.state.wall_time
@@ -530,7 +532,8 @@ class Pretrainer:
                 self._end_window()
                 if args.max_train_steps and state.global_step >= args.max_train_steps:
                     return
-        if state.chips_seen + self.window.chips == chips_before_epoch and not args.resume_from_checkpoint:
+        # An epoch without a usable chip ends the run, but for the epoch a resume continues: it may have been done.
+        if state.chips_seen + self.window.chips == chips_before_epoch and state.epoch != self.resumed_epoch:
             self._no_chips()
         if self.window.micro_batches:  # the epoch's last window is partial: stepped, as Lightning and Trainer do
             logger.info(
@@ -541,8 +544,7 @@ class Pretrainer:
                 args.gradient_accumulation_steps,
                 self.window.micro_batches,
             )
-            state.partial_windows += 1
-            self._end_window()
+            self._end_window(partial=True)
         state.epoch += 1
 
     def micro_step(self, batch: dict[str, Any], padding: bool, sync: bool) -> None:
@@ -582,16 +584,18 @@ class Pretrainer:
         window.chips += int(totals.chips)
         self.state.bad_chips += int(totals.bad_chips)
 
-    def _end_window(self) -> None:
-        """One accumulation window is complete: step (or skip a bad step, or drop a window without a chip), count,
-        log, then validate and checkpoint when due."""
+    def _end_window(self, partial: bool = False) -> None:
+        """One accumulation window is complete (an epoch's last, `partial` one too): step (or skip a bad step, or
+        drop a window without a chip), count, log, then validate and checkpoint when due."""
         state, window = self.state, self.window
         self.window = StepWindow()
         if window.chips == 0:  # every micro-batch of every rank held only bad chips: nothing to learn from
             self.optimizer.zero_grad()
             state.empty_windows += 1
-            logger.warning("an accumulation window held no usable chip on any rank: no optimizer step")
+            if self.accelerator.is_main_process:
+                logger.warning("an accumulation window held no usable chip on any rank: no optimizer step")
             return
+        state.partial_windows += int(partial)
         self._optimizer_step(window)
         if window.bad:
             self._skip_step()
