@@ -107,3 +107,15 @@ def write_scene_stack(
             valid[hidden] = 0
             dataset.write_mask(valid)
     return path
+
+
+def write_chips_with_nodata(folder: Path, count: int, bad: int, seed: int = 1) -> list[Path]:
+    """`count` synthetic 32-pixel chips, the first `bad` of them declaring their first pixel's value as nodata: a
+    missing pixel, so bad unless missing pixels are filled."""
+    from clay_hf.chipping import write_synthetic_chips
+
+    paths = write_synthetic_chips(folder, count, size=32, seed=seed)
+    for chip in paths[:bad]:
+        with rasterio.open(chip, "r+") as dataset:
+            dataset.nodata = float(dataset.read(1)[0, 0])
+    return paths

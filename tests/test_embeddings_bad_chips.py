@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-import rasterio
 from conftest import save_pretraining_model
+from geotiffs import write_chips_with_nodata
 
-from clay_hf.chipping import write_synthetic_chips
 from clay_hf.commands.embed import main as embed_main
 
 
@@ -17,22 +16,13 @@ def model_dir(tmp_path_factory):
     return save_pretraining_model(tmp_path_factory.mktemp("model"))
 
 
-def chips_with_nodata(folder, count: int, bad: int) -> list:
-    """`count` 32-pixel chips, the first `bad` of them with a missing value (bad unless filled)."""
-    paths = write_synthetic_chips(folder, count, size=32, seed=1)
-    for chip in paths[:bad]:
-        with rasterio.open(chip, "r+") as dataset:
-            dataset.nodata = float(dataset.read(1)[0, 0])
-    return paths
-
-
 def embed(model_dir, chips, output) -> int:
     return embed_main(["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--output", str(output),
                        "--image_size", "32", "--rows_per_part", "2"])  # fmt: skip
 
 
 def test_every_chip_bad_leaves_no_output_and_says_why(model_dir, tmp_path, capfd, caplog):
-    paths = chips_with_nodata(tmp_path / "chips", 3, bad=3)
+    paths = write_chips_with_nodata(tmp_path / "chips", 3, bad=3)
     output = tmp_path / "out" / "e.parquet"
     assert embed(model_dir, tmp_path / "chips", output) == 1
     captured = capfd.readouterr()
@@ -45,7 +35,7 @@ def test_every_chip_bad_leaves_no_output_and_says_why(model_dir, tmp_path, capfd
 
 
 def test_some_good_chips_still_give_a_result(model_dir, tmp_path, capfd):
-    chips_with_nodata(tmp_path / "chips", 4, bad=3)
+    write_chips_with_nodata(tmp_path / "chips", 4, bad=3)
     output = tmp_path / "e.parquet"
     assert embed(model_dir, tmp_path / "chips", output) == 0
     assert "1 chips embedded (0 already done, 3 bad chips skipped)" in capfd.readouterr().out

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import pretrain_in_process, small_config
-from geotiffs import write_geotiff
+from geotiffs import write_chips_with_nodata, write_geotiff
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
@@ -232,15 +232,7 @@ def test_processes_that_each_set_up_alone_are_refused(chips, config_file, tmp_pa
 def test_a_window_whose_chips_are_all_bad_takes_no_optimizer_step(config_file, tmp_path):
     """Batches of one chip, one batch a window: the three windows of a chip with nodata pixels hold no chip to learn
     from, so they take no optimizer step (AdamW would still decay the weights) and count no step."""
-    import rasterio
-
-    paths = write_synthetic_chips(tmp_path / "chips", 5, size=32, seed=3)
-    for path in paths[:3]:
-        with rasterio.open(path, "r+") as chip:
-            pixels = chip.read()
-            pixels[:, :8] = 0
-            chip.write(pixels)
-            chip.nodata = 0
+    write_chips_with_nodata(tmp_path / "chips", 5, bad=3)
     output = tmp_path / "run"
     args = [
         "--train_dir", str(tmp_path / "chips"), "--output_dir", str(output), "--config_name", str(config_file),
@@ -258,15 +250,7 @@ def test_a_resumed_run_whose_chips_are_all_bad_stops_instead_of_looping(config_f
     """Chips with nodata pixels, trained with --fill_value mean, then resumed without it: every chip is bad, no window
     takes a step, and the epoch after the resumed one ends the run with the reason (not an endless run whose steps
     never count)."""
-    import rasterio
-
-    paths = write_synthetic_chips(tmp_path / "chips", 4, size=32, seed=3)
-    for path in paths:
-        with rasterio.open(path, "r+") as chip:
-            pixels = chip.read()
-            pixels[:, :4] = 0
-            chip.write(pixels)
-            chip.nodata = 0
+    write_chips_with_nodata(tmp_path / "chips", 4, bad=4)
     output = tmp_path / "run"
     args = [
         "--train_dir", str(tmp_path / "chips"), "--output_dir", str(output), "--config_name", str(config_file),
