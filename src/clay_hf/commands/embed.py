@@ -3,7 +3,6 @@ every process embeds its own share."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
@@ -37,11 +36,12 @@ class EmbedArguments:
             "v0 bands); the model picks its bands from them by name"
         },
     )
-    fill_value: str | None = field(
+    fill_value: float | str | None = field(
         default=None,
         metadata={
             "help": "embed chips with nodata/NaN pixels, filled with 'mean' (the band mean) or a raw value; by "
-            "default such chips are skipped and reported"
+            "default such chips are skipped and reported",
+            "type": parse_fill_value,
         },
     )
     image_size: list[int] | None = field(
@@ -73,11 +73,6 @@ class EmbedArguments:
 
     def problem(self) -> str | None:
         """What is wrong with these flags together (a parser error), or None."""
-        if self.fill_value is not None:
-            try:
-                parse_fill_value(self.fill_value)
-            except argparse.ArgumentTypeError as error:
-                return f"argument --fill_value: {error}"
         if (self.model_name_or_path is None) == (self.onnx is None):
             return "give --model_name_or_path or --onnx (one of them)"
         if self.onnx and self.dtype != "fp32":
@@ -100,7 +95,7 @@ class EmbedArguments:
             num_workers=self.num_workers,
             rows_per_part=self.rows_per_part,
             resume=self.resume,
-            fill_value=None if self.fill_value is None else parse_fill_value(self.fill_value),
+            fill_value=self.fill_value,
             image_size=tuple(self.image_size) if self.image_size else None,
             embeddings_dtype=self.embeddings_dtype,
             rank_timeout=self.rank_timeout,

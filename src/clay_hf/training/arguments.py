@@ -7,7 +7,6 @@ Three groups, each handed to the part of pretraining that reads it: [`ModelArgum
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,21 +67,13 @@ class DataArguments:
             "the chips' band names in the chips' order (default: their band descriptions, else the 13 v0 bands)"
         ),
     )
-    fill_value: str | None = field(
+    fill_value: float | str | None = field(
         default=None,
-        metadata=_help(
-            "train on chips with nodata/NaN pixels filled ('mean' or a raw value); by default they are skipped"
-        ),
+        metadata={
+            "help": "train on chips with nodata/NaN pixels filled ('mean' or a raw value); by default they are skipped",
+            "type": parse_fill_value,
+        },
     )
-
-    #: `--fill_value` as the image processor takes it: 'mean', a raw value, or None (such chips are skipped).
-    fill: float | str | None = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        try:
-            self.fill = None if self.fill_value is None else parse_fill_value(self.fill_value)
-        except argparse.ArgumentTypeError as error:
-            raise ClayUserError(f"--fill_value: {error}") from None
 
 
 @dataclass

@@ -194,7 +194,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: PretrainingArguments
 def training_layout(config: ClayConfig, processor: ClayImageProcessor, data_args: DataArguments) -> ChipLayout:
     """What each chip must give: the model's bands by name (from `--bands` or the chips' band descriptions), its
     image size, missing pixels filled with `--fill_value` or the chip skipped as bad."""
-    fill = None if data_args.fill is None else processor.fill_values(data_args.fill, config.band_names)
+    fill_value = data_args.fill_value
+    fill = None if fill_value is None else processor.fill_values(fill_value, config.band_names)
     return ChipLayout.for_model(config, chip_bands=data_args.bands, fill_values=fill)
 
 
