@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -158,20 +159,20 @@ def finite_rows(vectors: np.ndarray, batch: dict) -> np.ndarray:
 
 @dataclass
 class EmbeddingOptions:
-    """How [`embed_to_geoparquet`] embeds and writes (its keyword options, described there)."""
+    """How [`embed_to_geoparquet`] embeds and writes: its keyword options."""
 
-    level: str = "mean"
-    bands: Sequence[str] | None = None
+    level: str = "mean"  # mean (D,), patch (h, w, D) or group (G, h, w, D): see `embedding_shape`
+    bands: Sequence[str] | None = None  # the chips' band names in the chips' order (default: their descriptions)
     batch_size: int = 8
-    dtype: torch.dtype | None = None
-    num_workers: int = 0
-    rows_per_part: int = 1024
-    resume: bool = False
-    progress: bool = True
-    fill_value: float | str | None = None
-    image_size: int | Sequence[int] | None = None
-    embeddings_dtype: str = "float32"
-    rank_timeout: float = RANK_TIMEOUT_SECONDS
+    dtype: torch.dtype | None = None  # autocast precision (None: none)
+    num_workers: int = 0  # DataLoader workers
+    rows_per_part: int = 1024  # rows per durable part file
+    resume: bool = False  # keep finished parts and skip their chips
+    progress: bool = True  # a progress bar on the main rank
+    fill_value: float | str | None = None  # fill missing pixels ("mean" or a raw value); default: skip such chips
+    image_size: int | Sequence[int] | None = None  # a side or (height, width) (default: the model's)
+    embeddings_dtype: str = "float32"  # stored values: float32 or float16
+    rank_timeout: float = RANK_TIMEOUT_SECONDS  # give up on ranks silent this long (seconds)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -187,23 +188,15 @@ def embed_to_geoparquet(
     processor: ClayImageProcessor,
     source: str | PathLike | Sequence[str],
     output: str | PathLike,
-    level: str = "mean",
-    bands: Sequence[str] | None = None,
-    batch_size: int = 8,
-    dtype: torch.dtype | None = None,
-    num_workers: int = 0,
-    rows_per_part: int = 1024,
-    resume: bool = False,
-    progress: bool = True,
-    fill_value: float | str | None = None,
-    image_size: int | Sequence[int] | None = None,
-    embeddings_dtype: str = "float32",
+    level: str = EmbeddingOptions.level,
     rank: Rank | None = None,
     reconstruction: ClayForMaskedImageModeling | None = None,
-    rank_timeout: float = RANK_TIMEOUT_SECONDS,
+    **options: Any,
 ) -> EmbeddingRun:
     """Embed every chip of `source` and write GeoParquet to `output` (see the module docstring).
 
+    `level` and `options` are the fields of [`EmbeddingOptions`] (`bands`, `batch_size`, `dtype`, `num_workers`,
+    `rows_per_part`, `resume`, `progress`, `fill_value`, `image_size`, `embeddings_dtype`, `rank_timeout`).
     `model` is a ClayModel or anything with its call, `config` and `device` (e.g. `clay_hf.export.OnnxEncoder`).
     `bands` names the chips' bands in the chips' order (by default each chip's band descriptions, else v0 order for
     13 bands); the model's bands are picked from them by name. A chip that does not fit the model (see
@@ -215,13 +208,9 @@ def embed_to_geoparquet(
     `reconstruction_error`. The main rank gives up on ranks that show no sign of life for `rank_timeout` seconds,
     naming them.
     """
-    options = EmbeddingOptions(
-        level=level, bands=bands, batch_size=batch_size, dtype=dtype, num_workers=num_workers,
-        rows_per_part=rows_per_part, resume=resume, progress=progress, fill_value=fill_value, image_size=image_size,
-        embeddings_dtype=embeddings_dtype, rank_timeout=rank_timeout,
-    )  # fmt: skip
     rank = rank or Rank(0, 1, str(model.device))
-    return EmbeddingJob(model, processor, output, options, rank, reconstruction).run(source)
+    job = EmbeddingJob(model, processor, output, EmbeddingOptions(level=level, **options), rank, reconstruction)
+    return job.run(source)
 
 
 class EmbeddingJob:
