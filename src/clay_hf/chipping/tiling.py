@@ -16,7 +16,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from ..data.bands import DECLARED_TAG, band_name, file_scaling, scaling_record, to_v0_unit
+from ..data.bands import DECLARED_TAG, apply_scaling, declared_scaling, file_scaling, scaling_record
 from ..data.chips import ChipError, chip_file_name, chip_key, data_band_indexes, read_masked_pixels, resolve_chip_date
 from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS
 from ..utils.errors import OutputError
@@ -70,7 +70,9 @@ def make_chips(
     not hold (integer chips, else an internal mask), so that every reader finds them again. Each chip is written
     atomically and read back before it gets its name ([`write_chip_file`]); a full disk is an OutputError naming
     the chip. Before writing, a ChipError is raised if a chip name is already taken by a chip of another source
-    (same tile id and date): nothing is overwritten. `dtype` is "float32" (v0) or "source".
+    (same tile id and date): nothing is overwritten. `dtype` is "float32" (v0) or "source". A band whose GeoTIFF
+    declares a scale or offset is written in v0's unit in float chips (recorded in the `clay_raster_bands` tag);
+    integer chips keep the stored values and carry the scale and offset, which every chip reader applies.
     """
     output = make_folder(output_dir)
     name = str(source)
@@ -85,7 +87,10 @@ def make_chips(
             _refuse_overwriting_other_sources(name, output, names)
             bands = data_band_indexes(raster)
             descriptions = [raster.descriptions[index - 1] for index in bands]
-            scaling = _scene_scaling(raster, bands, descriptions) if np.dtype(out_dtype).kind == "f" else {}
+            scaling = declared_scaling(raster, bands, descriptions)
+            # Float chips are written in v0's unit; integer chips keep the stored values and carry the scale.
+            rescale = bool(scaling) and np.dtype(out_dtype).kind == "f"
+            carried = None if rescale or not scaling else [file_scaling(raster, band) for band in bands]
             for window, chip_file in zip(windows, names, strict=True):
                 pixels, missing = read_masked_pixels(raster, bands, window)  # past the edge: missing
                 label = f"{name} window row={window.row_off} col={window.col_off}"
@@ -93,11 +98,9 @@ def make_chips(
                 if reason is not None:
                     report.skipped.append((label, reason))
                     continue
-                pixels = pixels.astype(out_dtype)
-                for position, (band, scale, offset) in scaling.items():
-                    pixels[position] = to_v0_unit(pixels[position], band, scale, offset)
+                pixels = apply_scaling(pixels.astype(out_dtype), scaling if rescale else {})
                 # Rescaled values are in another unit than the source's nodata value: mark missing pixels as NaN.
-                nodata, valid = _mark_missing(pixels, missing, None if scaling else raster.nodata)
+                nodata, valid = _mark_missing(pixels, missing, None if rescale else raster.nodata)
                 profile = dict(
                     driver="GTiff",
                     width=chip_size,
@@ -110,28 +113,14 @@ def make_chips(
                     nodata=nodata,
                 )
                 tags = {"date": chip_date.isoformat(), SOURCE_TAG: chip_key(name)}
-                if scaling:
+                if rescale:
                     tags[DECLARED_TAG] = json.dumps({band or f"band {position + 1}": scaling_record(band, scale, offset)
                                                      for position, (band, scale, offset) in scaling.items()})  # fmt: skip
                 named = descriptions if any(descriptions) else None
-                report.written.append(write_chip_file(output / chip_file, pixels, profile, tags, named, valid))
+                report.written.append(write_chip_file(output / chip_file, pixels, profile, tags, named, valid, carried))
     except (RasterioError, OSError) as error:
         raise ChipError(name, f"cannot be read ({error})") from error
     return report
-
-
-def _scene_scaling(
-    raster: rasterio.DatasetReader, bands: Sequence[int], descriptions: Sequence[str | None]
-) -> dict[int, tuple[str | None, float, float]]:
-    """{chip band position: (clay band name or None, scale, offset)} of the bands whose GeoTIFF declares a scale or
-    offset: their values are written in v0's unit as the datacube step writes a STAC item's ([`to_v0_unit`])."""
-    scaling = {}
-    for position, (band, description) in enumerate(zip(bands, descriptions, strict=True)):
-        scale, offset = file_scaling(raster, band)
-        if (scale, offset) != (1.0, 0.0):
-            name = band_name(description)
-            scaling[position] = (name, scale, offset)
-    return scaling
 
 
 def missing_reason(missing: np.ndarray | None, total: int, limit: float) -> str | None:
@@ -151,10 +140,12 @@ def write_chip_file(
     tags: dict[str, str],
     descriptions: Sequence[str | None] | None = None,
     valid: np.ndarray | None = None,
+    scaling: Sequence[tuple[float, float]] | None = None,
 ) -> Path:
     """Write one chip atomically (the one chip writer of the tiler and the datacube step): under a temporary name,
     read back whole (GDAL does not raise its write errors at close), fsynced, then renamed. `valid` (H, W), when
-    given, is written as the chip's internal mask. A write error (a full disk) is an OutputError naming `path`."""
+    given, is written as the chip's internal mask, `scaling` as its bands' (scale, offset). A write error (a full
+    disk) is an OutputError naming `path`."""
     with atomic_file(path, verify=verify_geotiff) as temporary:
         try:
             with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(temporary, "w", **profile) as chip:
@@ -164,6 +155,8 @@ def write_chip_file(
                 chip.update_tags(**tags)
                 if descriptions:
                     chip.descriptions = tuple(descriptions)
+                if scaling:
+                    chip.scales, chip.offsets = zip(*scaling, strict=True)
         except RasterioError as error:
             raise OutputError(path, error) from error
     return path

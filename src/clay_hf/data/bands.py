@@ -71,6 +71,37 @@ def to_v0_unit(values: np.ndarray, name: str | None, scale: float, offset: float
     return (values * kind(scale) + kind(offset)) / kind(v0_unit(name or ""))
 
 
+def declared_scaling(
+    dataset: Any, indexes: Sequence[int], names: Sequence[str | None] | None
+) -> dict[int, tuple[str | None, float, float]]:
+    """{position in `indexes`: (clay band name or None, scale, offset)} of the 1-based file bands `indexes` whose
+    GeoTIFF declares a scale or offset; `names` are the bands' names in the same order (None: unknown)."""
+    scaling = {}
+    for position, index in enumerate(indexes):
+        scale, offset = file_scaling(dataset, index)
+        if (scale, offset) != (1.0, 0.0):
+            name = band_name(names[position]) if names is not None and names[position] is not None else None
+            scaling[position] = (name, scale, offset)
+    return scaling
+
+
+def scaled_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The dtype of rescaled values of `dtype`: a float dtype stays, integers become float32 (exact for 16 bits)."""
+    dtype = np.dtype(dtype)
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
+
+
+def apply_scaling(pixels: np.ndarray, scaling: dict[int, tuple[str | None, float, float]]) -> np.ndarray:
+    """`pixels` (C, H, W) with each band of `scaling` ([`declared_scaling`]) in v0's unit ([`to_v0_unit`]): a float
+    copy (float32 for integer pixels) when any band is scaled, `pixels` itself otherwise."""
+    if not scaling:
+        return pixels
+    scaled = pixels.astype(scaled_dtype(pixels.dtype))
+    for position, (name, scale, offset) in scaling.items():
+        scaled[position] = to_v0_unit(scaled[position], name, scale, offset)
+    return scaled
+
+
 #: Sentinel-2 bands that v0 does not read, under their STAC common names (and their ids).
 OTHER_SENTINEL2_BANDS: dict[str, str] = {"b01": "coastal", "b09": "nir09", "b10": "cirrus"}
 _KNOWN = {

@@ -21,7 +21,7 @@ from ..models.clay.configuration_clay import CLAY_V0_BAND_NAMES
 from ..models.clay.image_processing_clay import parse_date
 from ..utils.errors import ClayUserError
 from ..utils.geometry import normalize_longitude
-from .bands import described_band_names
+from .bands import apply_scaling, declared_scaling, described_band_names, scaled_dtype
 
 #: v0 chip names: claytile_{MGRS}_{YYYYMMDD}_v{NN}_{counter:04d}.tif
 CHIP_NAME_PATTERN = re.compile(r"claytile_(?P<tile>[^_/]+)_(?P<date>\d{8})_v(?P<version>\d+)_(?P<counter>\d+)\.tiff?$")
@@ -189,6 +189,7 @@ def read_chip(
     The date is the file's `date` tag, else the date in a v0 file name, else `date` (the fallback, `--date`). With
     `num_bands` or `size` (height, width), a chip that differs is rejected. The chip keeps the file's nodata:
     `missing` marks the missing pixels (see [`read_masked_pixels`]). An alpha band is the file's mask, not a band.
+    A band whose file declares a scale or offset is read in v0's unit ([`read_chip_pixels`]).
 
     With a `layout`, the chip must fit it: the layout's bands are picked by name in the layout's order, its size
     and a convertible dtype are required, and missing values are filled with the layout's `fill_values` or, without
@@ -209,15 +210,16 @@ def read_chip(
             tags = dataset.tags()
             chip_date = resolve_chip_date(name, date, tags)
             band_names, indexes = select_bands(name, dataset, layout)
-            if layout is not None:
-                _check_dtype(name, dataset.dtypes[0], layout.dtype)
             lon, lat = _centre_lonlat(name, dataset)
-            pixels, missing = read_masked_pixels(dataset, indexes or data_bands) if read_pixels else (None, None)
+            pixels, missing, scaled = read_chip_pixels(dataset, indexes or data_bands, band_names, read_pixels)
+            if layout is not None:
+                read_dtype = scaled_dtype(dataset.dtypes[0]) if scaled else np.dtype(dataset.dtypes[0])
+                _check_dtype(name, read_dtype.name, layout.dtype)
             bounds = dataset.bounds
             epsg = dataset.crs.to_epsg()
             crs = dataset.crs.to_wkt()
             transform = tuple(dataset.transform)[:6]
-            nodata = dataset.nodata
+            nodata = None if scaled else dataset.nodata  # a value in the stored unit is not one in v0's
             grid_size = (dataset.height, dataset.width)
     except ChipError:
         raise
@@ -481,6 +483,24 @@ def read_masked_pixels(
     if missing is not None and not missing.any():
         missing = None
     return pixels, missing
+
+
+def read_chip_pixels(
+    dataset: Any,
+    indexes: Sequence[int],
+    names: Sequence[str | None] | None,
+    read_pixels: bool = True,
+    window: Window | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    """The one pixel reader of chips and scenes: (pixels (C, H, W) of the 1-based band `indexes`, named `names`,
+    the missing-value mask ([`read_masked_pixels`]), whether a band was rescaled). A band whose GeoTIFF declares a
+    scale or offset is read in v0's unit, as the chipping steps write it ([`apply_scaling`]); the others keep the
+    file's values and dtype. Without `read_pixels`, only whether a band would be rescaled."""
+    scaling = declared_scaling(dataset, indexes, names)
+    if not read_pixels:
+        return None, None, bool(scaling)
+    pixels, missing = read_masked_pixels(dataset, indexes, window)
+    return apply_scaling(pixels, scaling), missing, bool(scaling)
 
 
 def _centre_lonlat(name: str, dataset: Any) -> tuple[float, float]:

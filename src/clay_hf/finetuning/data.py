@@ -35,7 +35,7 @@ from ..data.chips import (
     ChipLayout,
     fill_missing,
     read_chip,
-    read_masked_pixels,
+    read_chip_pixels,
     select_bands,
 )
 from ..data.dataset import GEOTIFF_SUFFIXES, BadChipLog, split_paths
@@ -208,8 +208,8 @@ class ChipReader:
         """A window of an open scene → (pixels (C, h, w) float32 in model band order with missing values filled,
         missing (h, w)); the parts of the window outside the scene count as missing."""
         layout = self.layout
-        _, indexes = select_bands(header.path, dataset, layout)
-        pixels, missing = read_masked_pixels(dataset, indexes, Window(col, row, width, height))
+        names, indexes = select_bands(header.path, dataset, layout)
+        pixels, missing, _ = read_chip_pixels(dataset, indexes, names, window=Window(col, row, width, height))
         return fill_missing(header.path, pixels, missing, layout), _pixel_mask(missing, (height, width))
 
 
