@@ -393,6 +393,30 @@ def test_a_new_run_beside_another_runs_checkpoints_keeps_both_and_resumes_its_ow
     assert {p: p.read_bytes() for p in a_files} == a_files
 
 
+def test_a_resume_with_another_recipe_is_refused_naming_each_change(training, tmp_path, capsys):
+    """The optimizer state and schedule of a checkpoint were made with its learning rate and batch size: a resume
+    with others would train with the checkpoint's while the summary records the new ones. It is refused instead."""
+    output = tmp_path / "run"
+    common = ["--checkpointing_steps", "1"]
+    assert pretrain_in_process(pretrain_args(training, output, *common, "--max_train_steps", "1")) == 0
+    (output / "model.safetensors").unlink()
+    capsys.readouterr()
+    changed = ["--learning_rate", "5e-2", "--weight_decay", "0.5", "--max_train_steps", "2"]
+    assert (
+        pretrain_in_process(pretrain_args(training, output, *common, *changed, "--resume_from_checkpoint", "latest"))
+        == 1
+    )
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot resume" in errors[0]
+    assert "--learning_rate 0.001 in the checkpoint, 0.05 now" in errors[0]
+    assert "--weight_decay" in errors[0] and "--per_device_train_batch_size" not in errors[0]
+    assert not (output / "model.safetensors").exists()
+    # More steps with the same recipe is a resume.
+    resumed = ["--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
+    assert pretrain_in_process(pretrain_args(training, output, *common, *resumed)) == 0
+    assert summary(output)["global_step"] == 2
+
+
 def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path, capsys):
     output = tmp_path / "run"
     assert (

@@ -19,7 +19,6 @@ on; a resume under another layout is refused by name.
 from __future__ import annotations
 
 import hashlib
-import logging
 import pickle
 import re
 import shutil
@@ -27,12 +26,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from transformers.utils.logging import get_logger
 
 from ..data.chips import chip_file_name
 from ..data.sources import ShardSelection
@@ -48,13 +49,36 @@ from ..utils.outputs import (
     writing,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
+
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)(?:-([0-9a-f]+))?$")
 PRETRAINED_PATTERN = re.compile(r"^pretrained-(\d+)$")
 TRAIN_STATE_NAME = "train_state.json"
 SCHEDULER_STATE_NAME = "scheduler_state.pt"
 CURRENT_RUN_NAME = "current_run.json"
+
+
+@dataclass
+class TrainState:
+    """The run's counters, saved with every checkpoint."""
+
+    global_step: int = 0
+    epoch: int = 0
+    chips_seen: int = 0
+    bad_chips: int = 0
+    nonfinite_steps: int = 0
+    consecutive_nonfinite: int = 0
+    empty_windows: int = 0
+    train_loss: float | None = None
+    validation_loss: float | None = None
+    validation_group_losses: dict[str, float] = field(default_factory=dict)
+    wall_time: float = 0.0
+    partial_windows: int = 0
+    data_layout: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    checkpoint_suffix: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoints_dir(output_dir: str | PathLike) -> Path:
@@ -266,6 +290,22 @@ def check_data_layout(saved: dict[str, Any], current: dict[str, Any], checkpoint
         )
 
 
+def check_recipe(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume a run under another recipe (learning rate, batch size, schedule, …), naming each change: the
+    optimizer state and schedule in the checkpoint were made with its values, and the run's summary records one."""
+    differences = [
+        f"--{key} {saved.get(key)!r} in the checkpoint, {value!r} now"
+        for key, value in current.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise ResumeError(
+            f"cannot resume {checkpoint} with another recipe ({'; '.join(differences)}): resume with the "
+            "checkpoint's values, or start a new run from its weights (--model_name_or_path on a "
+            "--save_every_checkpoint_as_pretrained folder)."
+        )
+
+
 def _rotate(output_dir: str | PathLike, total_limit: int | None, run_id: str | None) -> None:
     """Keep the run's newest `total_limit` checkpoints; never touch another run's."""
     if total_limit is None or total_limit < 1:
@@ -304,7 +344,9 @@ def _remove_stale_staging(folder: Path) -> None:
 
 
 __all__ = [
+    "TrainState",
     "check_data_layout",
+    "check_recipe",
     "checkpoint_run",
     "current_run",
     "data_layout",

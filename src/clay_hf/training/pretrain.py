@@ -41,26 +41,19 @@ from ..data.dataset import (
     worker_start_method,
 )
 from ..data.sources import ShardSelection, check_chips_usable, load_chip_dataset, split_chip_source
-from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, masked_error_totals, masking_description
+from ..evaluation.reconstruction import masked_error_totals
 from ..models.clay.configuration_clay import CLAY_V0_PRESETS, ClayConfig
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling
-from ..utils.benchmarking import FUSED_ADAMW_DEVICES, machine_description
+from ..utils.benchmarking import FUSED_ADAMW_DEVICES
 from ..utils.errors import ClayUserError
 from ..utils.memory import configure_training_malloc
-from ..utils.outputs import (
-    CHECKSUMS_NAME,
-    OutputLock,
-    atomic_files,
-    atomic_folder,
-    make_folder,
-    remove_partials,
-    write_checksums,
-    write_json,
-)
+from ..utils.outputs import OutputLock, make_folder, remove_partials
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .checkpointing import (
+    TrainState,
     check_data_layout,
+    check_recipe,
     current_run,
     data_layout,
     load_checkpoint,
@@ -71,37 +64,16 @@ from .checkpointing import (
     start_run,
 )
 from .prefetch import DevicePrefetcher
+from .summary import SUMMARY_NAME, save_pretrained_folder, tracker_config, training_recipe, training_summary
 
 logger = get_logger(__name__)
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11 on torch ≥ 2.10
 
-SUMMARY_NAME = "training_summary.json"
 ChipSource = list[str] | ShardSelection
 
 
 class NonFiniteLossError(ClayUserError, RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss."""
-
-
-@dataclass
-class TrainState:
-    """The run's counters, saved with every checkpoint."""
-
-    global_step: int = 0
-    epoch: int = 0
-    chips_seen: int = 0
-    bad_chips: int = 0
-    nonfinite_steps: int = 0
-    consecutive_nonfinite: int = 0
-    empty_windows: int = 0
-    train_loss: float | None = None
-    validation_loss: float | None = None
-    validation_group_losses: dict[str, float] = field(default_factory=dict)
-    wall_time: float = 0.0
-    partial_windows: int = 0
-    data_layout: dict[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
-    checkpoint_suffix: str = ""
 
 
 @dataclass
@@ -261,34 +233,6 @@ def evaluate(
     if totals.masked_mse() is None:
         return {}
     return {"loss": totals.masked_mse(), **totals.per_group()}
-
-
-def hardware_description(accelerator: Accelerator) -> dict[str, Any]:
-    return {
-        **machine_description(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": str(accelerator.mixed_precision),
-    }
-
-
-def save_pretrained_folder(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    processor: ClayImageProcessor,
-    folder: Path,
-    summary: dict,
-    shared: bool = False,
-) -> None:
-    """A `save_pretrained` folder: model, processor, the training summary the model card reads and their
-    `checksums.sha256`, written atomically: the whole folder, or each file when the folder is `shared` with other
-    outputs (the run's own folder, beside its checkpoints; the summary goes last)."""
-    if accelerator.is_main_process:
-        with atomic_files(folder, last=[SUMMARY_NAME]) if shared else atomic_folder(folder) as staging:
-            accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
-            processor.save_pretrained(staging)
-            write_json(staging / SUMMARY_NAME, summary)
-            write_checksums(staging, [path.name for path in staging.iterdir() if path.name != CHECKSUMS_NAME])
-    accelerator.wait_for_everyone()
 
 
 def synchronized_batches(loader: StatefulDataLoader, accelerator: Accelerator, last: dict[str, Any]):
@@ -453,7 +397,7 @@ class Pretrainer:
             self.data_args.shuffle_buffer_size,
             self.args.seed,
         )
-        state, resumed = TrainState(data_layout=layout, run_id=new_run_id()), None
+        state, resumed = TrainState(data_layout=layout, run_id=new_run_id(), recipe=training_recipe(self.args)), None
         if self.args.resume_from_checkpoint:
             state, resumed = self._resume(self.args.resume_from_checkpoint, layout)
         if self.accelerator.is_main_process:
@@ -468,6 +412,7 @@ class Pretrainer:
         checkpoint = resolve_checkpoint(self.output_dir, value)
         saved, data_state = load_checkpoint(self.accelerator, checkpoint, self.scheduler)
         check_data_layout(saved.get("data_layout") or {}, layout, checkpoint)
+        check_recipe(saved.get("recipe") or {}, training_recipe(self.args), checkpoint)
         state = TrainState(**{**saved, "data_layout": layout})
         self.train_loader.dataset.set_epoch(state.epoch)
         if data_state is not None:
@@ -481,7 +426,9 @@ class Pretrainer:
 
     def train(self) -> dict[str, Any]:
         """Train until --max_train_steps or --num_train_epochs, validate, save the model; return the summary."""
-        self.accelerator.init_trackers("clay_pretrain", config=self._tracker_config())
+        self.accelerator.init_trackers(
+            "clay_pretrain", config=tracker_config(self.model_args, self.data_args, self.args)
+        )
         seen_log = self._open_seen_log()
         self.progress = tqdm(
             total=self.max_steps,
@@ -736,49 +683,9 @@ class Pretrainer:
         return summary
 
     def summary(self, logged: list[float]) -> dict[str, Any]:
-        """`training_summary.json`: what the run did, on what, with which recipe (the model card reads it)."""
-        state, args, accelerator = self.state, self.args, self.accelerator
-        recipe = (
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "learning_rate",
-            "weight_decay",
-            "adam_beta1",
-            "adam_beta2",
-            "lr_scheduler",
-            "eta_min_factor",
-            "seed",
-        )
-        return {
-            "run_id": state.run_id,
-            "global_step": state.global_step,
-            "epochs_completed": state.epoch,
-            "partial_accumulation_windows_stepped": state.partial_windows,
-            "windows_without_chips_dropped": state.empty_windows,
-            "chips_seen": state.chips_seen,
-            "bad_chips_skipped": state.bad_chips,
-            "nonfinite_steps_skipped": state.nonfinite_steps,
-            "final_train_loss": state.train_loss,
-            "train_loss_history": logged,
-            "final_validation_loss": state.validation_loss,
-            "final_validation_group_losses": state.validation_group_losses,
-            "validation_masking": masking_description("random", VALIDATION_MASKING_SEED),
-            "wall_time_seconds": round(state.wall_time, 2),
-            "hardware": hardware_description(accelerator),
-            "num_parameters": accelerator.unwrap_model(self.model).num_parameters(),
-            "hyperparameters": {key: getattr(args, key) for key in recipe},
-            "effective_batch_size": args.per_device_train_batch_size
-            * args.gradient_accumulation_steps
-            * accelerator.num_processes,
-            "mask_ratio": self.config.mask_ratio,
-            # None: random weights (the published licence follows this)
-            "initialised_from": self.model_args.model_name_or_path,
-        }
-
-    def _tracker_config(self) -> dict[str, Any]:
-        """Tracker hyperparameters: only plain values (TensorBoard's hparams accept no None or lists)."""
-        values = {**asdict(self.model_args), **asdict(self.data_args), **asdict(self.args)}
-        return {key: value for key, value in values.items() if isinstance(value, (int, float, str, bool))}
+        """`training_summary.json` of the run so far ([`training_summary`])."""
+        model = self.accelerator.unwrap_model(self.model)
+        return training_summary(self.state, self.args, self.model_args, self.accelerator, model, logged)
 
 
 __all__ = ["NonFiniteLossError", "Pretrainer", "TrainState", "build_scheduler", "evaluate", "pretrain"]
