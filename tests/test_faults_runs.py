@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -286,6 +288,48 @@ def test_a_rank_that_never_reports_is_named_at_the_default_verbosity_and_given_u
     assert [report.processed for report in reports] == [5, 4]
 
 
+def _barrier_rank(index: int, port: int, results) -> None:
+    """One of three gloo ranks: rank 2 never reaches the barrier; ranks 0 and 1 report what their barrier said."""
+    import torch.distributed as dist
+
+    from clay_hf.inference.ranks import Rank
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=index, world_size=3)
+    if index == 2:
+        time.sleep(4)
+        return
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("clay_hf").addHandler(handler)
+    try:
+        Rank(index, 3, "cpu").barrier("the start", timeout_seconds=2.0, log_seconds=0.5)
+        results.put((index, "passed", said))
+    except RanksTimeoutError as error:
+        results.put((index, str(error), said))
+
+
+def test_a_rank_missing_at_a_barrier_is_named_at_the_default_verbosity_and_given_up_on():
+    """Ranks meet at the start of an embedding run: one that never comes (a dead machine) is not waited for
+    silently, nor forever; the main rank names it, the others name the main rank."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    processes = [context.Process(target=_barrier_rank, args=(index, port, results)) for index in range(3)]
+    for process in processes:
+        process.start()
+    said = dict((index, (error, logged)) for index, error, logged in (results.get(timeout=120) for _ in range(2)))
+    for process in processes:
+        process.join(timeout=60)
+    error, logged = said[0]
+    assert error.startswith("gave up waiting for rank(s) [2] at the start after 2 s")
+    assert any(line.startswith("rank 0 is waiting for the other ranks at the start") for line in logged)
+    assert said[1][0].startswith("gave up waiting for rank(s) [0] at the start")
+
+
 # --- publish --------------------------------------------------------------------------------------------------------------
 
 
@@ -415,6 +459,23 @@ def test_a_resume_with_another_recipe_is_refused_naming_each_change(training, tm
     resumed = ["--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
     assert pretrain_in_process(pretrain_args(training, output, *common, *resumed)) == 0
     assert summary(output)["global_step"] == 2
+
+
+def test_a_rank_that_stops_answering_in_pretraining_is_named_and_the_run_ends(training, tmp_path):
+    """Rank 1 stalls after step 1 (a machine that stops answering): rank 0 says it is waiting at the default
+    verbosity, gives up after --rank_timeout and ends the run with one error naming rank 1 (not torch's timeout
+    traceback, not a wait of torch's default 30 minutes); the checkpoint of step 1 is kept."""
+    output = tmp_path / "run"
+    args = pretrain_args(
+        training, output, "--max_train_steps", "4", "--checkpointing_steps", "1", "--rank_timeout", "8"
+    )
+    stalled = launch(args, processes=2, env={"CLAY_HF_STALL_AFTER_STEP": "1:1"}, check=False)
+    assert stalled.returncode != 0
+    assert "rank 0 has finished no micro-batch for a while" in stalled.stderr
+    errors = [line for line in stalled.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: gave up waiting for rank(s) [1] at a training step after 8 s; their machines may be gone. "
+                      "The finished work is kept: rerun with --resume"]  # fmt: skip
+    assert [path.name for path in list_checkpoints(output)] == ["checkpoint-1"]  # step 1's, whole
 
 
 def test_each_damaged_checkpoint_file_is_refused_by_name(training, tmp_path, capsys):

@@ -240,12 +240,12 @@ class EmbeddingJob:
         try:
             if self.rank.is_main:
                 self._take_parts()
-            self.rank.barrier()
+            self.rank.barrier("the start", self.options.rank_timeout)
             shape = self._check_resume()
             done, rows_before = _done_keys(self.parts_dir)
             sources = resolve_chip_source(source)  # GeoTIFF paths or Clay shard records
             remaining = without_chips(sources, done, key=resume_key)
-            self.rank.barrier()  # every rank has read the finished parts before any writes new ones
+            self.rank.barrier("the resume check", self.options.rank_timeout)  # all have read the finished parts
             report, shape = self._embed_share(_share(remaining, self.rank), shape)
             write_report(self.parts_dir, report)
             skipped_done = len(sources) - len(remaining)

@@ -15,10 +15,15 @@ from pathlib import Path
 
 from transformers.utils.logging import get_logger
 
+from ..utils.distributed import barrier_group, monitored_barrier
 from ..utils.errors import ClayUserError, RanksTimeoutError
 from ..utils.outputs import read_json, write_json
 
 logger = get_logger(__name__)
+
+
+#: How long the main process waits for a rank that gives no sign of life (default of `wait_for_reports`).
+RANK_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)
@@ -28,15 +33,16 @@ class Rank:
     index: int
     world_size: int
     device: str
-    _state: object | None = None  # accelerate's PartialState, for the barrier
+    _group: object | None = None  # the process group of barriers ([`barrier_group`]); None: the default
 
     @property
     def is_main(self) -> bool:
         return self.index == 0
 
-    def barrier(self) -> None:
+    def barrier(self, what: str, timeout_seconds: float = RANK_TIMEOUT_SECONDS, log_seconds: float = 60.0) -> None:
+        """Wait until every rank reaches `what`, never silently nor forever ([`monitored_barrier`])."""
         if self.world_size > 1:
-            self._state.wait_for_everyone()
+            monitored_barrier(what, self._group, self.index, timeout_seconds, log_seconds)
 
 
 def current_rank(device: str | None = None) -> Rank:
@@ -55,7 +61,7 @@ def current_rank(device: str | None = None) -> Rank:
             f"{os.environ['WORLD_SIZE']} processes were launched, but Accelerate set up "
             f"{state.num_processes}. On a CPU, launch with ACCELERATE_USE_CPU=1 and --multi_gpu."
         )
-    return Rank(state.process_index, state.num_processes, str(state.device), state)
+    return Rank(state.process_index, state.num_processes, str(state.device), barrier_group())
 
 
 def shard(items: Sequence, rank: int, world_size: int) -> list:
@@ -91,10 +97,6 @@ def write_report(folder: Path, report: RankReport) -> None:
 def clear_reports(folder: Path) -> None:
     for path in folder.glob("rank-*.done.json"):
         path.unlink()
-
-
-#: How long the main process waits for a rank that gives no sign of life (default of `wait_for_reports`).
-RANK_TIMEOUT_SECONDS = 1800.0
 
 
 def wait_for_reports(

@@ -140,6 +140,13 @@ class PretrainingArguments:
     save_every_checkpoint_as_pretrained: bool = field(
         default=False, metadata=_help("also write a save_pretrained folder beside each checkpoint")
     )
+    rank_timeout: float = field(
+        default=1800.0,
+        metadata=_help(
+            "seconds a rank waits for the others (a dead machine) before the run ends naming the missing ranks; a "
+            "rank that has finished nothing for a while says so"
+        ),
+    )
     log_seen_chips: bool = field(
         default=False, metadata=_help("write 'epoch<TAB>chip' lines of what each rank trained on")
     )

@@ -19,12 +19,13 @@ import os
 import time
 import warnings
 from dataclasses import asdict, astuple, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from datasets.distributed import split_dataset_by_node
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -46,6 +47,7 @@ from ..models.clay.configuration_clay import CLAY_V0_PRESETS, ClayConfig
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling
 from ..utils.benchmarking import FUSED_ADAMW_DEVICES
+from ..utils.distributed import Watchdog, barrier_group, monitored_barrier
 from ..utils.errors import ClayUserError
 from ..utils.memory import configure_training_malloc
 from ..utils.outputs import OutputLock, make_folder, remove_partials
@@ -287,10 +289,13 @@ def check_world(accelerator: Accelerator) -> None:
         )
 
 
-def simulated_crash(step: int) -> None:
-    """Die abruptly (no cleanup, like a kill) after `CLAY_HF_CRASH_AFTER_STEP` steps: for resume tests."""
+def simulated_fault(step: int, rank: int) -> None:
+    """For fault tests: die abruptly (no cleanup, like a kill) after `CLAY_HF_CRASH_AFTER_STEP` steps; stall for an
+    hour (a machine that stops answering) on rank R after step S with `CLAY_HF_STALL_AFTER_STEP=R:S`."""
     if os.environ.get("CLAY_HF_CRASH_AFTER_STEP") == str(step):
         os._exit(17)
+    if os.environ.get("CLAY_HF_STALL_AFTER_STEP") == f"{rank}:{step}":
+        time.sleep(3600)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -304,7 +309,9 @@ def pretrain(model_args: ModelArguments, data_args: DataArguments, args: Pretrai
     report_to = None if args.report_to == "none" else args.report_to
     # Gradient accumulation is ours (see `Pretrainer.micro_step`): windows end at an epoch's end too, as a partial
     # window.
-    accelerator = Accelerator(log_with=report_to, project_dir=args.output_dir)
+    # A collective that waits --rank_timeout seconds for a rank fails (see `Pretrainer.train`).
+    patience = InitProcessGroupKwargs(timeout=timedelta(seconds=args.rank_timeout))
+    accelerator = Accelerator(log_with=report_to, project_dir=args.output_dir, kwargs_handlers=[patience])
     check_world(accelerator)
     configure_training_malloc(accelerator.device, args.cpu_malloc_mmap_threshold)
     output_dir = make_folder(args.output_dir)
@@ -361,6 +368,13 @@ class Pretrainer:
         #: The epoch a resume continues (None for a fresh run), which may hold no chip left to train on.
         self.resumed_epoch = self.state.epoch if args.resume_from_checkpoint else None
         self.window = StepWindow()
+        # Ranks that wait for each other say so, and name the missing ones when they give up.
+        distributed = accelerator.num_processes > 1
+        self.barrier_group = barrier_group() if distributed else None
+        silence = min(300.0, args.rank_timeout / 3)
+        message = f"rank {accelerator.process_index} has finished no micro-batch for a while (waiting for its data or "
+        message += f"for other ranks; a rank that does not answer for {args.rank_timeout:.0f} s ends the run)"
+        self.watchdog = Watchdog(message, silence, active=distributed)
         self.logged_losses: list[float] = []  # every --logging_steps steps of this session
         self.elapsed_before = self.state.wall_time
         self.progress: tqdm | None = None  # the progress bar, while `train` runs
@@ -438,8 +452,12 @@ class Pretrainer:
             mininterval=1.0,
         )
         try:
-            while self._more_training():
-                self._train_epoch(seen_log)
+            with self.watchdog:
+                while self._more_training():
+                    self._train_epoch(seen_log)
+        except RuntimeError:  # a collective that timed out: name the ranks that are gone, if any
+            self._check_ranks("a training step")
+            raise
         finally:  # the bar ends its line, so that an error is a line of its own
             self.progress.close()
             if seen_log is not None:
@@ -450,6 +468,13 @@ class Pretrainer:
         summary = self._finish()
         self.accelerator.print(f"saved the pretrained model, processor and {SUMMARY_NAME} to {self.output_dir}")
         return summary
+
+    def _check_ranks(self, what: str) -> None:
+        """After a failed collective: a RanksTimeoutError naming the ranks that do not answer (a dead machine);
+        returns when every rank does (the failure was something else)."""
+        if self.accelerator.num_processes > 1:
+            index = self.accelerator.process_index
+            monitored_barrier(what, self.barrier_group, index, min(60.0, self.args.rank_timeout))
 
     def _open_seen_log(self):
         """`seen_chips_rankN.txt` of --log_seen_chips, line-buffered: each line is with the OS as soon as it is
@@ -527,6 +552,7 @@ class Pretrainer:
             if not window.bad:
                 weight = 0.0 if padding else 1.0 / self.args.gradient_accumulation_steps
                 accelerator.backward(loss * weight)
+        self.watchdog.beat()
         window.synced = sync
         window.loss += totals.loss / max(totals.real_batches, 1.0) if all_finite else 0.0
         window.chips += int(totals.chips)
@@ -603,7 +629,7 @@ class Pretrainer:
             self.validate()
         if args.checkpointing_steps and step % args.checkpointing_steps == 0:
             self.checkpoint()
-        simulated_crash(step)
+        simulated_fault(step, self.accelerator.process_index)
 
     def _report(self, window: StepWindow) -> None:
         """The progress bar every step; the trackers every --logging_steps steps."""
