@@ -262,14 +262,22 @@ def test_a_full_disk_while_embedding_is_one_line_and_the_resume_on_a_freed_disk_
     _assert_same_rows(output, uninterrupted)
 
 
-def test_a_full_disk_at_eval_results_is_one_line(model_dir, chips, small_disk, capsys):
+def test_a_full_disk_at_eval_results_is_one_line_and_the_rerun_is_whole(model_dir, chips, small_disk, tmp_path, capsys):
     disk = small_disk(64)
     (disk / "filler").write_bytes(b"x" * (64 * 1024 - 512))
-    args = ["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--output_dir", str(disk),
-            "--split", "all", "--max_chips", "2"]  # fmt: skip
-    assert evaluate_main(args) == 1
+    args = ["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--split", "all", "--max_chips", "2"]
+    assert evaluate_main([*args, "--output_dir", str(disk)]) == 1
     assert _one_error_line(capsys) == f"error: cannot write {disk / 'eval_results.json'}: No space left on device"
     assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+    (disk / "filler").unlink()
+    assert evaluate_main([*args, "--output_dir", str(disk)]) == 0
+    assert evaluate_main([*args, "--output_dir", str(tmp_path)]) == 0
+    assert _measured(read_json(disk / "eval_results.json")) == _measured(read_json(tmp_path / "eval_results.json"))
+
+
+def _measured(results: dict) -> dict:
+    """eval_results.json without the fields that differ between two runs of the same evaluation (time, paths)."""
+    return {key: value for key, value in results.items() if "time" not in key and "second" not in key}
 
 
 # --- item 9: no silent wait ---------------------------------------------------------------------------------------------
@@ -361,12 +369,21 @@ def test_publish_refuses_a_truncated_model_or_summary_by_name_and_leaves_no_copy
     assert list(no_stray_staging.iterdir()) == []
 
 
-def test_a_full_disk_while_staging_is_one_line_and_leaves_nothing(model_dir, small_disk, capsys):
+def test_a_full_disk_while_staging_is_one_line_and_leaves_nothing(model_dir, small_disk, tmp_path, capsys):
     disk = small_disk(128)
     staging = disk / "staging"
     assert publish_main(["--model_dir", str(model_dir), "--staging_dir", str(staging), "--dry_run"]) == 1
     assert _one_error_line(capsys) == f"error: cannot write {staging}: No space left on device"
     assert list(disk.iterdir()) == []
+    # The same command on a disk with room gives what staging on any disk gives.
+    roomy, elsewhere = small_disk(4096) / "staging", tmp_path / "staging"
+    for folder in (roomy, elsewhere):
+        assert publish_main(["--model_dir", str(model_dir), "--staging_dir", str(folder), "--dry_run"]) == 0
+    assert _files(roomy) == _files(elsewhere)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 # --- pretraining: runs, checkpoints, padding, a full disk ----------------------------------------------------------------
