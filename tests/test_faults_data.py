@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
-from conftest import small_config
+from conftest import PATCHED_DISK_ENV, small_config
 from geotiffs import sample_scene_or_skip, write_geotiff, write_scene_stack
 
 from clay_hf import ClayForImageClassification, ClayForMaskedImageModeling, ClayForSemanticSegmentation
@@ -45,10 +45,6 @@ def chip_pixels(folder: Path) -> dict[str, bytes]:
         with rasterio.open(path) as dataset:
             out[path.name] = dataset.read().tobytes() + repr(sorted(dataset.tags().items())).encode()
     return out
-
-
-def remount(mount_point: Path, size_kib: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(mount_point)], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +93,14 @@ def test_make_chips_on_a_full_disk_blames_the_output_and_reruns_to_the_uninterru
 ):
     args = [str(scene_file), "--chip_size", "64"]
     assert make_chips_main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
-    disk = small_disk(96)
+    disk = small_disk(96, real=True)  # GDAL writes the chips
     assert make_chips_main([*args, "--output_dir", str(disk / "chips")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: cannot write ") and "claytile_scene_20160511_v02_" in error
     assert "No space left on device" in error and "cannot be read" not in error
     for chip in (disk / "chips").glob("*"):
         assert chip.suffix == ".tif" and read_chip(chip).pixels is not None  # complete chips only
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     assert make_chips_main([*args, "--output_dir", str(disk / "chips")]) == 0
     assert chip_pixels(disk / "chips") == chip_pixels(tmp_path / "whole")
     assert sorted(tree(disk / "chips")) == sorted(tree(tmp_path / "whole"))
@@ -153,6 +149,34 @@ def test_a_flipped_date_in_a_record_header_is_refused_by_name(chips, tmp_path):
     assert records[0].pixels is not None
     assert isinstance(records[1], ValueError)
     assert f"{shard} record 1" in str(records[1]) and "header does not match its CRC-32" in str(records[1])
+
+
+def partials(folder: Path) -> list[str]:
+    """The temporary files of the fault contract (`.NAME.partial`) under `folder`."""
+    return sorted(path.name for path in folder.rglob(".*") if path.name.endswith(".partial"))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("patched", [False, True], ids=["tmpfs", "patched"])
+def test_pack_shards_on_a_full_disk_is_one_line_leaves_no_partial_and_reruns_to_a_fresh_run(
+    chips, tmp_path, small_disk, capsys, monkeypatch, num_workers, patched
+):
+    monkeypatch.setenv(PATCHED_DISK_ENV, "1" if patched else "0")
+    args = [str(Path(chips[0]).parent), "--chips_per_shard", "2", "--num_workers", str(num_workers)]
+    assert pack_shards_main([*args, "--output_dir", str(tmp_path / "fresh")]) == 0
+    disk = small_disk(80)  # room for two of the five shards
+    output = disk / "shards"
+    capsys.readouterr()
+    assert pack_shards_main([*args, "--output_dir", str(output)]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"error: cannot write {output}/chips-0000") and errors[0].endswith(
+        ".clayshard: No space left on device"
+    )
+    assert partials(disk) == [] and 0 < len(list(output.iterdir())) < 5
+    small_disk.resize(disk, 4096)
+    assert pack_shards_main([*args, "--output_dir", str(output)]) == 0
+    assert tree(output) == tree(tmp_path / "fresh")
 
 
 def _children(pid: int) -> list[int]:
@@ -223,9 +247,11 @@ def test_a_second_writer_of_an_output_is_refused_while_the_first_lives(chips, tm
 # --- WebDataset tars --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("patched", [False, True], ids=["tmpfs", "patched"])
 def test_pack_webdataset_on_a_full_disk_leaves_only_whole_tars_and_reruns_to_the_same_result(
-    chips, tmp_path, small_disk, capsys
+    chips, tmp_path, small_disk, capsys, monkeypatch, patched
 ):
+    monkeypatch.setenv(PATCHED_DISK_ENV, "1" if patched else "0")
     source = str(Path(chips[0]).parent)
     assert pack_webdataset_main([source, "--output_dir", str(tmp_path / "whole"), "--chips_per_shard", "2"]) == 0
     disk = small_disk(48)
@@ -234,7 +260,7 @@ def test_pack_webdataset_on_a_full_disk_leaves_only_whole_tars_and_reruns_to_the
     for tar in (disk / "tars").iterdir():
         with tarfile.open(tar) as archive:  # whole tars only, no partial ones
             assert len(archive.getnames()) == 4
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     assert pack_webdataset_main([source, "--output_dir", str(disk / "tars"), "--chips_per_shard", "2"]) == 0
     assert tree(disk / "tars") == tree(tmp_path / "whole")
 
@@ -288,7 +314,7 @@ def test_predict_on_a_full_disk_exits_1_and_resume_redoes_what_is_not_whole(
 ):
     args = ["--model_name_or_path", str(segmenter / "segmenter"), "--data_dir", str(scenes), "--tile_size", "32"]
     assert predict_cli([*args, "--output_dir", str(tmp_path / "whole")]) == 0
-    disk = small_disk(24)
+    disk = small_disk(24, real=True)  # GDAL writes the maps
     assert predict_cli([*args, "--output_dir", str(disk / "maps")]) == 1
     assert "No space left on device" in capsys.readouterr().err
     for path in (disk / "maps").rglob("*"):
@@ -296,7 +322,7 @@ def test_predict_on_a_full_disk_exits_1_and_resume_redoes_what_is_not_whole(
             assert path.suffix == ".tif" and not path.name.startswith(".")
             with rasterio.open(path) as dataset:
                 dataset.read()
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     written = sorted((disk / "maps").rglob("*.tif"))
     written[0].write_bytes(written[0].read_bytes()[:200])  # a map truncated by an earlier fault
     assert predict_cli([*args, "--output_dir", str(disk / "maps"), "--resume"]) == 0
@@ -304,12 +330,12 @@ def test_predict_on_a_full_disk_exits_1_and_resume_redoes_what_is_not_whole(
 
 
 def test_the_prediction_table_is_never_left_partial_on_a_full_disk(segmenter, scenes, tmp_path, small_disk, capsys):
-    disk = small_disk(8)
+    disk = small_disk(8, real=True)  # Arrow writes the table
     (disk / "filler").write_bytes(b"\0" * 4096)
     args = ["--model_name_or_path", str(segmenter / "classifier"), "--data_dir", str(scenes)]
     assert predict_cli([*args, "--output_dir", str(disk / "table")]) == 1
     assert "predictions.parquet" in capsys.readouterr().err
     assert not (disk / "table" / "predictions.parquet").exists()
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     assert predict_cli([*args, "--output_dir", str(disk / "table")]) == 0
     assert pq.read_table(disk / "table" / "predictions.parquet").num_rows == 12
