@@ -28,6 +28,8 @@ from clay_hf.commands.pack_webdataset import main as pack_webdataset_main
 from clay_hf.commands.predict import main as predict_cli
 from clay_hf.data import read_chip
 from clay_hf.data.shards import iter_shard, pack_shards, read_index
+from clay_hf.data.webdataset import load_chip_webdataset
+from clay_hf.utils.errors import IntegrityError
 from clay_hf.utils.outputs import OutputLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +265,31 @@ def test_pack_webdataset_on_a_full_disk_leaves_only_whole_tars_and_reruns_to_the
     small_disk.resize(disk, 4096)
     assert pack_webdataset_main([source, "--output_dir", str(disk / "tars"), "--chips_per_shard", "2"]) == 0
     assert tree(disk / "tars") == tree(tmp_path / "whole")
+
+
+def damage_tar(tar: Path, how: str) -> None:
+    """Cut a tar in half, or flip a bit of a member header's name (the header then fails its checksum)."""
+    data = bytearray(tar.read_bytes())
+    if how == "truncated":
+        tar.write_bytes(bytes(data[: len(data) // 2]))
+        return
+    with tarfile.open(tar) as archive:
+        member = archive.getmembers()[0 if how == "flipped first header" else 2]
+    data[member.offset] ^= 1
+    tar.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped header", "flipped first header"])
+def test_a_damaged_tar_is_refused_by_name_and_a_resume_packs_its_chips_again(chips, tmp_path, how):
+    args = [str(Path(chips[0]).parent), "--chips_per_shard", "4"]
+    assert pack_webdataset_main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "out"
+    assert pack_webdataset_main([*args, "--output_dir", str(out)]) == 0
+    damage_tar(out / "chips-000001.tar", how)
+    with pytest.raises(IntegrityError, match=rf"{out / 'chips-000001.tar'} is a damaged or truncated tar shard"):
+        load_chip_webdataset(out)
+    assert pack_webdataset_main([*args, "--output_dir", str(out), "--resume"]) == 0
+    assert tree(out) == tree(tmp_path / "whole")
 
 
 # --- predict (item 2, atomic tables) ----------------------------------------------------------------------------------
