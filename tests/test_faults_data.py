@@ -4,6 +4,8 @@ trusted wrongly — make_chips, pack_shards, pack_webdataset and predict; and th
 from __future__ import annotations
 
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import rasterio
 import torch
 from conftest import PATCHED_DISK_ENV, small_config
 from geotiffs import sample_scene_or_skip, write_geotiff, write_scene_stack
+from test_fault_injection import _kill_when, _Stall
 
 from clay_hf import ClayForImageClassification, ClayForMaskedImageModeling, ClayForSemanticSegmentation
 from clay_hf.chipping import write_synthetic_chips
@@ -356,13 +359,47 @@ def test_predict_on_a_full_disk_exits_1_and_resume_redoes_what_is_not_whole(
     assert class_maps(disk / "maps") == class_maps(tmp_path / "whole")
 
 
+def same_table(first: Path, second: Path) -> bool:
+    """Whether two prediction tables hold the same rows, columns and metadata (the whole table, not a count)."""
+    return pq.read_table(first).equals(pq.read_table(second), check_metadata=True)
+
+
 def test_the_prediction_table_is_never_left_partial_on_a_full_disk(segmenter, scenes, tmp_path, small_disk, capsys):
+    args = ["--model_name_or_path", str(segmenter / "classifier"), "--data_dir", str(scenes)]
+    assert predict_cli([*args, "--output_dir", str(tmp_path / "whole")]) == 0
     disk = small_disk(8, real=True)  # Arrow writes the table
     (disk / "filler").write_bytes(b"\0" * 4096)
-    args = ["--model_name_or_path", str(segmenter / "classifier"), "--data_dir", str(scenes)]
     assert predict_cli([*args, "--output_dir", str(disk / "table")]) == 1
     assert "predictions.parquet" in capsys.readouterr().err
     assert not (disk / "table" / "predictions.parquet").exists()
     small_disk.resize(disk, 4096)
     assert predict_cli([*args, "--output_dir", str(disk / "table")]) == 0
     assert pq.read_table(disk / "table" / "predictions.parquet").num_rows == 12
+    assert same_table(disk / "table" / "predictions.parquet", tmp_path / "whole" / "predictions.parquet")
+
+
+@pytest.mark.parametrize("head", ["segmenter", "classifier"])
+def test_predict_killed_at_a_seeded_input_resumes_to_the_uninterrupted_result(segmenter, scenes, tmp_path, head):
+    """predict.py is killed while it waits on an input at a seeded place (a FIFO that no one writes), after some
+    class maps are written (or before the table is), then run again with --resume."""
+    inputs = tmp_path / "in"
+    shutil.copytree(scenes, inputs)
+    stall_after = random.Random(11).randint(2, 8)  # the a/, b/ maps and s00 … sNN before the stall
+    stall = _Stall(inputs / f"s{stall_after:02d}x.tif")
+    args = ["--model_name_or_path", str(segmenter / head), "--data_dir", str(inputs), "--tile_size", "32"]
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), *args, "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert _kill_when(process, stall.reader_waits), "the run ended before the kill"
+    if head == "segmenter":
+        assert len(class_maps(tmp_path / "out")) == stall_after + 3  # maps written before the kill
+    stall.replace_with_chip()
+    assert predict_cli([*args, "--output_dir", str(tmp_path / "out"), "--resume"]) == 0
+    assert predict_cli([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    assert tree(tmp_path / "out").keys() == tree(tmp_path / "whole").keys()  # no partial or extra file
+    if head == "segmenter":
+        assert (
+            class_maps(tmp_path / "out") == class_maps(tmp_path / "whole") and len(class_maps(tmp_path / "out")) == 13
+        )
+    else:
+        assert same_table(tmp_path / "out" / "predictions.parquet", tmp_path / "whole" / "predictions.parquet")
