@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -127,24 +132,125 @@ def tiny_model():
     return convert_original_checkpoint(TINY_CKPT, num_attention_heads=4, decoder_num_attention_heads=2)
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A factory of folders on tiny file systems that fill up (tmpfs of `size_kib`), unmounted after the test.
+#: Set to 1 to give tests that do not ask for a real file system the patched small disk even where tmpfs mounts.
+PATCHED_DISK_ENV = "CLAY_TEST_PATCHED_DISK"
+_BLOCK = 4096  # what a file's size is rounded up to, as tmpfs counts pages
 
-    Where mounting is not allowed (not root, no tmpfs) the test is skipped; unit tests of the same contract patch
-    writes to raise ENOSPC instead (tests/test_outputs.py).
-    """
-    mounted: list[Path] = []
 
-    def make(size_kib: int) -> Path:
-        mount_point = tmp_path / f"disk{len(mounted)}"
-        mount_point.mkdir()
-        command = ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount_point)]
-        if subprocess.run(command, capture_output=True).returncode != 0:
+class SmallDisks:
+    """Folders on tiny file systems that fill up: a tmpfs of `size_kib` where mounting is allowed, otherwise (or
+    with `CLAY_TEST_PATCHED_DISK=1`) a folder whose Python-level writes raise `OSError(ENOSPC)` once its files
+    hold `size_kib` (patched in this process, and in the processes it forks: `open`/`io.open`/tarfile's open,
+    `os.write`, shutil's copies; `os.statvfs` reports the folder's free space). A test whose writes are made in C
+    (GDAL, Arrow, torch) or by a launched subprocess asks for `real=True`, skipped where mounting is not allowed.
+    `resize` frees (or shrinks) a disk; removing files frees their space on either kind."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root, self.monkeypatch = root, monkeypatch
+        self.mounted: list[Path] = []
+        self.patched: dict[Path, int] = {}  # folder → its size in bytes
+
+    def __call__(self, size_kib: int, real: bool = False) -> Path:
+        disk = self.root / f"disk{len(self.mounted) + len(self.patched)}"
+        disk.mkdir()
+        if not real and os.environ.get(PATCHED_DISK_ENV) == "1":
+            return self._patch(disk, size_kib)
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)]
+        if subprocess.run(command, capture_output=True).returncode == 0:
+            self.mounted.append(disk)
+            return disk
+        if real:
             pytest.skip("mounting a small tmpfs is not allowed here")
-        mounted.append(mount_point)
-        return mount_point
+        return self._patch(disk, size_kib)
 
-    yield make
-    for mount_point in mounted:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    def resize(self, disk: Path, size_kib: int) -> None:
+        if disk in self.patched:
+            self.patched[disk] = size_kib * 1024
+        else:
+            subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(disk)], check=True)
+
+    def unmount(self) -> None:
+        for disk in self.mounted:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+    # --- the patched disk ---
+
+    def _patch(self, disk: Path, size_kib: int) -> Path:
+        if not self.patched:
+            self._install()
+        self.patched[disk.resolve()] = size_kib * 1024
+        return disk.resolve()
+
+    def disk_of(self, file: object) -> Path | None:
+        """The patched disk that holds `file` (a path or an open descriptor), if any."""
+        try:
+            path = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else os.path.abspath(file)
+        except (OSError, TypeError):
+            return None
+        path = os.fsdecode(path)
+        return next((disk for disk in self.patched if path == str(disk) or path.startswith(f"{disk}{os.sep}")), None)
+
+    def free(self, disk: Path) -> int:
+        used = sum(
+            -(-os.lstat(os.path.join(folder, name)).st_size // _BLOCK) * _BLOCK
+            for folder, _, names in os.walk(disk)
+            for name in names
+        )
+        return self.patched[disk] - used
+
+    def check(self, disk: Path, size: int) -> None:
+        if size > self.free(disk):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def _install(self) -> None:
+        disks, real_open, real_write, real_statvfs = self, io.open, os.write, os.statvfs
+
+        class BudgetFileIO(io.FileIO):
+            def write(self, data) -> int:
+                disks.check(self.disk, memoryview(data).nbytes)
+                return super().write(data)
+
+        def budget_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, closefd=True,
+                        opener=None):  # fmt: skip
+            disk = disks.disk_of(file) if set(mode) & set("wax+") else None
+            if disk is None:
+                return real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+            raw = BudgetFileIO(file, mode.replace("b", "").replace("t", ""), closefd=closefd, opener=opener)
+            raw.disk = disk
+            if "b" in mode and buffering == 0:
+                return raw
+            buffered = (io.BufferedRandom if "+" in mode else io.BufferedWriter)(raw)
+            if "b" in mode:
+                return buffered
+            text = io.TextIOWrapper(buffered, encoding, errors, newline, line_buffering=buffering == 1)
+            text.mode = mode
+            return text
+
+        def budget_write(fd: int, data) -> int:
+            disk = disks.disk_of(fd)
+            if disk is not None:
+                disks.check(disk, memoryview(data).nbytes)
+            return real_write(fd, data)
+
+        def budget_statvfs(path):
+            disk = disks.disk_of(path)
+            if disk is None:
+                return real_statvfs(path)
+            blocks, free = disks.patched[disk] // _BLOCK, max(disks.free(disk), 0) // _BLOCK
+            return os.statvfs_result((_BLOCK, _BLOCK, blocks, free, free, 1 << 20, 1 << 20, 1 << 20, 0, 255))
+
+        for module, name in ((builtins, "open"), (io, "open"), (tarfile, "bltn_open")):
+            self.monkeypatch.setattr(module, name, budget_open)
+        self.monkeypatch.setattr(os, "write", budget_write)
+        self.monkeypatch.setattr(os, "statvfs", budget_statvfs)
+        self.monkeypatch.setattr(shutil, "_USE_CP_SENDFILE", False)  # copies through `open`, not sendfile
+
+
+@pytest.fixture()
+def small_disk(tmp_path, monkeypatch):
+    """A factory of folders on tiny file systems that fill up ([`SmallDisks`]): `small_disk(size_kib)` is a tmpfs,
+    or a patched folder where mounting is not allowed; `small_disk(size_kib, real=True)` a tmpfs or a skip.
+    `small_disk.resize(disk, size_kib)` frees space."""
+    disks = SmallDisks(tmp_path, monkeypatch)
+    yield disks
+    disks.unmount()

@@ -4,6 +4,8 @@ trusted wrongly — make_chips, pack_shards, pack_webdataset and predict; and th
 from __future__ import annotations
 
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
-from conftest import small_config
+from conftest import PATCHED_DISK_ENV, small_config
 from geotiffs import sample_scene_or_skip, write_geotiff, write_scene_stack
+from test_fault_injection import _kill_when, _Stall
 
 from clay_hf import ClayForImageClassification, ClayForMaskedImageModeling, ClayForSemanticSegmentation
 from clay_hf.chipping import write_synthetic_chips
@@ -28,6 +31,8 @@ from clay_hf.commands.pack_webdataset import main as pack_webdataset_main
 from clay_hf.commands.predict import main as predict_cli
 from clay_hf.data import read_chip
 from clay_hf.data.shards import iter_shard, pack_shards, read_index
+from clay_hf.data.webdataset import load_chip_webdataset
+from clay_hf.utils.errors import IntegrityError
 from clay_hf.utils.outputs import OutputLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +50,6 @@ def chip_pixels(folder: Path) -> dict[str, bytes]:
         with rasterio.open(path) as dataset:
             out[path.name] = dataset.read().tobytes() + repr(sorted(dataset.tags().items())).encode()
     return out
-
-
-def remount(mount_point: Path, size_kib: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(mount_point)], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +98,14 @@ def test_make_chips_on_a_full_disk_blames_the_output_and_reruns_to_the_uninterru
 ):
     args = [str(scene_file), "--chip_size", "64"]
     assert make_chips_main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
-    disk = small_disk(96)
+    disk = small_disk(96, real=True)  # GDAL writes the chips
     assert make_chips_main([*args, "--output_dir", str(disk / "chips")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: cannot write ") and "claytile_scene_20160511_v02_" in error
     assert "No space left on device" in error and "cannot be read" not in error
     for chip in (disk / "chips").glob("*"):
         assert chip.suffix == ".tif" and read_chip(chip).pixels is not None  # complete chips only
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     assert make_chips_main([*args, "--output_dir", str(disk / "chips")]) == 0
     assert chip_pixels(disk / "chips") == chip_pixels(tmp_path / "whole")
     assert sorted(tree(disk / "chips")) == sorted(tree(tmp_path / "whole"))
@@ -153,6 +154,34 @@ def test_a_flipped_date_in_a_record_header_is_refused_by_name(chips, tmp_path):
     assert records[0].pixels is not None
     assert isinstance(records[1], ValueError)
     assert f"{shard} record 1" in str(records[1]) and "header does not match its CRC-32" in str(records[1])
+
+
+def partials(folder: Path) -> list[str]:
+    """The temporary files of the fault contract (`.NAME.partial`) under `folder`."""
+    return sorted(path.name for path in folder.rglob(".*") if path.name.endswith(".partial"))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("patched", [False, True], ids=["tmpfs", "patched"])
+def test_pack_shards_on_a_full_disk_is_one_line_leaves_no_partial_and_reruns_to_a_fresh_run(
+    chips, tmp_path, small_disk, capsys, monkeypatch, num_workers, patched
+):
+    monkeypatch.setenv(PATCHED_DISK_ENV, "1" if patched else "0")
+    args = [str(Path(chips[0]).parent), "--chips_per_shard", "2", "--num_workers", str(num_workers)]
+    assert pack_shards_main([*args, "--output_dir", str(tmp_path / "fresh")]) == 0
+    disk = small_disk(80)  # room for two of the five shards
+    output = disk / "shards"
+    capsys.readouterr()
+    assert pack_shards_main([*args, "--output_dir", str(output)]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"error: cannot write {output}/chips-0000") and errors[0].endswith(
+        ".clayshard: No space left on device"
+    )
+    assert partials(disk) == [] and 0 < len(list(output.iterdir())) < 5
+    small_disk.resize(disk, 4096)
+    assert pack_shards_main([*args, "--output_dir", str(output)]) == 0
+    assert tree(output) == tree(tmp_path / "fresh")
 
 
 def _children(pid: int) -> list[int]:
@@ -223,9 +252,11 @@ def test_a_second_writer_of_an_output_is_refused_while_the_first_lives(chips, tm
 # --- WebDataset tars --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("patched", [False, True], ids=["tmpfs", "patched"])
 def test_pack_webdataset_on_a_full_disk_leaves_only_whole_tars_and_reruns_to_the_same_result(
-    chips, tmp_path, small_disk, capsys
+    chips, tmp_path, small_disk, capsys, monkeypatch, patched
 ):
+    monkeypatch.setenv(PATCHED_DISK_ENV, "1" if patched else "0")
     source = str(Path(chips[0]).parent)
     assert pack_webdataset_main([source, "--output_dir", str(tmp_path / "whole"), "--chips_per_shard", "2"]) == 0
     disk = small_disk(48)
@@ -234,9 +265,34 @@ def test_pack_webdataset_on_a_full_disk_leaves_only_whole_tars_and_reruns_to_the
     for tar in (disk / "tars").iterdir():
         with tarfile.open(tar) as archive:  # whole tars only, no partial ones
             assert len(archive.getnames()) == 4
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     assert pack_webdataset_main([source, "--output_dir", str(disk / "tars"), "--chips_per_shard", "2"]) == 0
     assert tree(disk / "tars") == tree(tmp_path / "whole")
+
+
+def damage_tar(tar: Path, how: str) -> None:
+    """Cut a tar in half, or flip a bit of a member header's name (the header then fails its checksum)."""
+    data = bytearray(tar.read_bytes())
+    if how == "truncated":
+        tar.write_bytes(bytes(data[: len(data) // 2]))
+        return
+    with tarfile.open(tar) as archive:
+        member = archive.getmembers()[0 if how == "flipped first header" else 2]
+    data[member.offset] ^= 1
+    tar.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped header", "flipped first header"])
+def test_a_damaged_tar_is_refused_by_name_and_a_resume_packs_its_chips_again(chips, tmp_path, how):
+    args = [str(Path(chips[0]).parent), "--chips_per_shard", "4"]
+    assert pack_webdataset_main([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "out"
+    assert pack_webdataset_main([*args, "--output_dir", str(out)]) == 0
+    damage_tar(out / "chips-000001.tar", how)
+    with pytest.raises(IntegrityError, match=rf"{out / 'chips-000001.tar'} is a damaged or truncated tar shard"):
+        load_chip_webdataset(out)
+    assert pack_webdataset_main([*args, "--output_dir", str(out), "--resume"]) == 0
+    assert tree(out) == tree(tmp_path / "whole")
 
 
 # --- predict (item 2, atomic tables) ----------------------------------------------------------------------------------
@@ -288,7 +344,7 @@ def test_predict_on_a_full_disk_exits_1_and_resume_redoes_what_is_not_whole(
 ):
     args = ["--model_name_or_path", str(segmenter / "segmenter"), "--data_dir", str(scenes), "--tile_size", "32"]
     assert predict_cli([*args, "--output_dir", str(tmp_path / "whole")]) == 0
-    disk = small_disk(24)
+    disk = small_disk(24, real=True)  # GDAL writes the maps
     assert predict_cli([*args, "--output_dir", str(disk / "maps")]) == 1
     assert "No space left on device" in capsys.readouterr().err
     for path in (disk / "maps").rglob("*"):
@@ -296,20 +352,54 @@ def test_predict_on_a_full_disk_exits_1_and_resume_redoes_what_is_not_whole(
             assert path.suffix == ".tif" and not path.name.startswith(".")
             with rasterio.open(path) as dataset:
                 dataset.read()
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     written = sorted((disk / "maps").rglob("*.tif"))
     written[0].write_bytes(written[0].read_bytes()[:200])  # a map truncated by an earlier fault
     assert predict_cli([*args, "--output_dir", str(disk / "maps"), "--resume"]) == 0
     assert class_maps(disk / "maps") == class_maps(tmp_path / "whole")
 
 
+def same_table(first: Path, second: Path) -> bool:
+    """Whether two prediction tables hold the same rows, columns and metadata (the whole table, not a count)."""
+    return pq.read_table(first).equals(pq.read_table(second), check_metadata=True)
+
+
 def test_the_prediction_table_is_never_left_partial_on_a_full_disk(segmenter, scenes, tmp_path, small_disk, capsys):
-    disk = small_disk(8)
-    (disk / "filler").write_bytes(b"\0" * 4096)
     args = ["--model_name_or_path", str(segmenter / "classifier"), "--data_dir", str(scenes)]
+    assert predict_cli([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    disk = small_disk(8, real=True)  # Arrow writes the table
+    (disk / "filler").write_bytes(b"\0" * 4096)
     assert predict_cli([*args, "--output_dir", str(disk / "table")]) == 1
     assert "predictions.parquet" in capsys.readouterr().err
     assert not (disk / "table" / "predictions.parquet").exists()
-    remount(disk, 4096)
+    small_disk.resize(disk, 4096)
     assert predict_cli([*args, "--output_dir", str(disk / "table")]) == 0
     assert pq.read_table(disk / "table" / "predictions.parquet").num_rows == 12
+    assert same_table(disk / "table" / "predictions.parquet", tmp_path / "whole" / "predictions.parquet")
+
+
+@pytest.mark.parametrize("head", ["segmenter", "classifier"])
+def test_predict_killed_at_a_seeded_input_resumes_to_the_uninterrupted_result(segmenter, scenes, tmp_path, head):
+    """predict.py is killed while it waits on an input at a seeded place (a FIFO that no one writes), after some
+    class maps are written (or before the table is), then run again with --resume."""
+    inputs = tmp_path / "in"
+    shutil.copytree(scenes, inputs)
+    stall_after = random.Random(11).randint(2, 8)  # the a/, b/ maps and s00 … sNN before the stall
+    stall = _Stall(inputs / f"s{stall_after:02d}x.tif")
+    args = ["--model_name_or_path", str(segmenter / head), "--data_dir", str(inputs), "--tile_size", "32"]
+    command = [sys.executable, str(REPO / "scripts" / "predict.py"), *args, "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert _kill_when(process, stall.reader_waits), "the run ended before the kill"
+    if head == "segmenter":
+        assert len(class_maps(tmp_path / "out")) == stall_after + 3  # maps written before the kill
+    stall.replace_with_chip()
+    assert predict_cli([*args, "--output_dir", str(tmp_path / "out"), "--resume"]) == 0
+    assert predict_cli([*args, "--output_dir", str(tmp_path / "whole")]) == 0
+    assert tree(tmp_path / "out").keys() == tree(tmp_path / "whole").keys()  # no partial or extra file
+    if head == "segmenter":
+        assert (
+            class_maps(tmp_path / "out") == class_maps(tmp_path / "whole") and len(class_maps(tmp_path / "out")) == 13
+        )
+    else:
+        assert same_table(tmp_path / "out" / "predictions.parquet", tmp_path / "whole" / "predictions.parquet")

@@ -6,11 +6,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
+from conftest import PATCHED_DISK_ENV
 
+from clay_hf.data.chips import ChipError
+from clay_hf.data.shards import ShardError
 from clay_hf.utils.errors import ClayUserError, IntegrityError, OutputError, OutputLockedError
 from clay_hf.utils.outputs import (
     CHECKSUMS_NAME,
@@ -60,6 +66,26 @@ def test_a_full_disk_is_one_output_error_naming_the_path(tmp_path, monkeypatch):
     assert str(caught.value) == f"cannot write {target}: No space left on device"
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OutputError("/out/x.bin", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
+        OutputError("/out/x.bin", "it did not read back"),
+        ShardError("/out/a.clayshard", "is truncated"),
+        ChipError("/in/a.tif", "has no date"),
+        IntegrityError("/out/x is damaged"),
+    ],
+)
+def test_user_errors_cross_a_process_boundary_as_themselves(error):
+    """A pool worker's error reaches the parent by pickle: an `__init__` whose parameters are not `args` must not
+    break it (a BrokenProcessPool in place of the one-line error)."""
+    restored = pickle.loads(pickle.dumps(error))
+    assert type(restored) is type(error) and str(restored) == str(error)
+    assert {key: str(value) for key, value in vars(restored).items()} == {
+        key: str(value) for key, value in vars(error).items()
+    }
 
 
 def test_a_vanished_folder_is_an_output_error(tmp_path):
@@ -175,10 +201,38 @@ def test_a_holder_on_another_host_is_never_taken_over(tmp_path):
         OutputLock(output).acquire()
 
 
-def test_a_really_full_disk_is_one_output_error(small_disk):
+@pytest.mark.parametrize("patched", [False, True], ids=["tmpfs", "patched"])
+def test_a_really_full_disk_is_one_output_error(small_disk, monkeypatch, patched):
+    monkeypatch.setenv(PATCHED_DISK_ENV, "1" if patched else "0")
     disk = small_disk(64)
     (disk / "filler").write_bytes(b"x" * 60 * 1024)
     full = pytest.raises(OutputError, match=r"big\.bin: No space left on device")
     with full, atomic_file(disk / "big.bin") as temporary:
         temporary.write_bytes(b"y" * 64 * 1024)
     assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+    (disk / "filler").unlink()  # space freed: the same write goes through
+    with atomic_file(disk / "big.bin") as temporary:
+        temporary.write_bytes(b"y" * 60 * 1024)
+    assert (disk / "big.bin").read_bytes() == b"y" * 60 * 1024
+
+
+def test_the_patched_small_disk_fills_up_through_every_python_write(small_disk, monkeypatch):
+    """The fallback where tmpfs cannot be mounted: open, os.write, tarfile and shutil copies all hit its size."""
+    monkeypatch.setenv(PATCHED_DISK_ENV, "1")
+    disk = small_disk(16)
+    assert os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize == 16 * 1024
+    (disk / "a").write_text("x" * 8 * 1024)
+    with pytest.raises(OSError, match="No space left on device"), open(disk / "b", "wb") as file:
+        file.write(b"y" * 12 * 1024)
+    descriptor = os.open(disk / "c", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError, match="No space left on device"):
+        os.write(descriptor, b"z" * 12 * 1024)
+    os.close(descriptor)
+    (tmp := disk.parent / "big").write_bytes(b"w" * 12 * 1024)
+    with pytest.raises(OSError, match="No space left on device"):
+        shutil.copyfile(tmp, disk / "copy")
+    with pytest.raises(OSError, match="No space left on device"), tarfile.open(disk / "t.tar", "w") as archive:
+        archive.add(tmp, "big")
+    small_disk.resize(disk, 64)
+    shutil.copyfile(tmp, disk / "copy")
+    assert (disk / "copy").read_bytes() == tmp.read_bytes()

@@ -272,7 +272,8 @@ def _set_version(shard, old: int, new: int) -> None:
 
 
 def _write_old_shard(paths, shard, version: int) -> None:
-    """A shard as versions 1 (no filter) and 2 wrote it: records without header checksum or mask."""
+    """A shard as versions 1 (no filter), 2 and 3 wrote it: no index checksum (nor, before 3, header checksum or
+    mask)."""
     shard.parent.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(shard, version=version)
     for path in paths:
@@ -280,7 +281,7 @@ def _write_old_shard(paths, shard, version: int) -> None:
     writer.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_shards_are_read_and_newer_ones_refused(chips, tmp_path, version):
     _write_old_shard(chips, tmp_path / "shards" / "chips-000000.clayshard", version)
     assert read_index(tmp_path / "shards" / "chips-000000.clayshard").version == version
@@ -288,8 +289,28 @@ def test_older_shards_are_read_and_newer_ones_refused(chips, tmp_path, version):
     for path in chips:
         loaded = read_chip(path, layout=LAYOUT).pixels
         assert np.asarray(records[path]["pixels"]).tobytes() == loaded.tobytes()
-    _set_version(tmp_path / "shards" / "chips-000000.clayshard", version, 4)  # a version from the future
-    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: is format version 4; this clay_hf reads up to 3"):
+    _set_version(tmp_path / "shards" / "chips-000000.clayshard", version, 5)  # a version from the future
+    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: is format version 5; this clay_hf reads up to 4"):
+        load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
+
+
+def _flip_in_index(shard, text: bytes) -> None:
+    """Flip the lowest bit of the last byte of `text` in the shard's index (at its end)."""
+    data = bytearray(shard.read_bytes())
+    at = data.rindex(text) + len(text) - 1
+    data[at] ^= 1
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where", ["name", "offset"])
+def test_a_flipped_bit_in_the_index_is_refused_by_name(chips, tmp_path, where):
+    shard = pack_shards(chips, tmp_path / "shards").shards[0]
+    index = read_index(shard)
+    assert index.version == 4
+    _flip_in_index(shard, b"claytile_T2" if where == "name" else f"[{index.offsets[3]}".encode())  # T3, an offset ±1
+    with pytest.raises(ShardError, match=rf"{shard}: has a damaged index \(it does not match its CRC-32\)"):
+        read_index(shard)
+    with pytest.raises(ShardError, match=r"chips-000000\.clayshard: has a damaged index"):
         load_chip_dataset(tmp_path / "shards", layout=LAYOUT)
 
 

@@ -6,8 +6,9 @@ A shard file is:
     b"CLAYSHD1"                                   magic
     record … record                               one record per chip
     index (UTF-8 JSON)                            {"format", "version", "records": [[offset, length, name], …]}
+    index CRC-32 (4 bytes, little-endian)         from version 4 (end magic b"CLAYEND4")
     index length (8 bytes, little-endian)
-    b"CLAYEND1"                                   magic: a shard without it is truncated
+    b"CLAYEND4"                                   magic (b"CLAYEND1" up to version 3): a shard without it is truncated
 
 A record is a 4-byte little-endian header length, (from version 3) the header's 4-byte CRC-32, the header (UTF-8
 JSON: the chip's metadata, its raster facts and one entry per band), then each band's payload, then (version 3, a
@@ -20,7 +21,8 @@ bands stored as floats, whose exponent bytes then compress well). Each payload i
 so a corrupted record is detected and skipped, never read as wrong pixels. Format version 2 added the filter;
 version 3 the header checksum (a damaged header — a flipped date — is refused by name) and the missing-pixel mask
 (the pixels the GeoTIFF's nodata value, NaN, ±inf or GDAL mask declared missing are missing when read back from the
-shard). Versions 1 and 2 are read as before; a newer version is refused by name.
+shard). Version 4 added the index's CRC-32 in the footer (a damaged index — a flipped name or offset — is refused by
+name, never read as other records). Versions 1 to 3 are read as before; a newer version is refused by name.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ logger = get_logger(__name__)
 
 SHARD_SUFFIX = ".clayshard"
 MAGIC = b"CLAYSHD1"
-END_MAGIC = b"CLAYEND1"
-FORMAT_VERSION = 3
+END_MAGIC = b"CLAYEND4"
+#: The end magic of versions 1 to 3, whose footer has no index checksum.
+END_MAGIC_V1 = b"CLAYEND1"
+FORMAT_VERSION = 4
 #: The first version whose record headers carry a CRC-32 and whose records may carry a missing-pixel mask.
 MASK_VERSION = 3
 #: The default codec, chosen by measurement (benchmarks/results/loader_*_v2_*.txt, the README's loader table): zstd's
@@ -71,7 +75,10 @@ SHUFFLES = ("float", "all", "none")
 DEFAULT_SHUFFLE = "float"
 #: Integer types tried, narrowest first, for bands of a float chip whose values are all integral.
 INTEGER_CANDIDATES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
-_FOOTER = struct.Struct("<Q8s")
+_FOOTER_V1 = struct.Struct("<Q8s")  # versions 1-3: index length, end magic
+_FOOTER = struct.Struct("<IQ8s")  # version 4: index CRC-32, index length, end magic
+#: The first version whose footer carries a CRC-32 of the index.
+INDEX_CHECKSUM_VERSION = 4
 _HEADER_LENGTH = struct.Struct("<I")
 _HEADER_PREFIX = struct.Struct("<II")  # version 3: header length, header CRC-32
 _THREAD = threading.local()  # a zstd decompression context per thread (they are not thread-safe)
@@ -408,7 +415,10 @@ class ShardWriter:
             index.update(inputs=self.inputs, settings=self.settings)
         data = json.dumps(index).encode()
         self._write(data)
-        self._write(_FOOTER.pack(len(data), END_MAGIC))
+        if self.version < INDEX_CHECKSUM_VERSION:
+            self._write(_FOOTER_V1.pack(len(data), END_MAGIC_V1))
+        else:
+            self._write(_FOOTER.pack(zlib.crc32(data), len(data), END_MAGIC))
         try:
             self._file.close()
         except OSError as error:
@@ -518,14 +528,11 @@ def pack_shards(
             else:
                 jobs.append((chunk, target, codec, shuffle, inputs))
         _remove_stale_shards(output, prefix, len(starts))
-        results: list[tuple[Path, int, list[str]]]
-        if num_workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(
-                max_workers=num_workers, initializer=end_with_parent, initargs=(os.getpid(),)
-            ) as pool:
-                results = list(pool.map(_pack_job, jobs))
-        else:
-            results = [_pack_job(job) for job in jobs]
+        try:
+            results = _run_jobs(jobs, num_workers)
+        except BaseException:
+            remove_partials(output)  # a failed run (a full disk) leaves no temporary shard behind
+            raise
     bad = [message for _, _, messages in results for message in messages]
     return PackReport(
         sorted(kept + [path for path, _, _ in results]), chips + sum(count for _, count, _ in results), bad
@@ -566,6 +573,20 @@ def end_with_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
+def _run_jobs(jobs: list[tuple], num_workers: int) -> list[tuple[Path, int, list[str]]]:
+    """Pack each job's shard, in `num_workers` processes when there are several; on a failure, every started job
+    has ended (and no queued one starts) before the error is raised."""
+    if num_workers <= 1 or len(jobs) <= 1:
+        return [_pack_job(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=num_workers, initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(_pack_job, job) for job in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
 def _pack_job(job: tuple[list[str], Path, str, str, list]) -> tuple[Path, int, list[str]]:
     return pack_shard(*job)
 
@@ -601,32 +622,26 @@ def _open(path: str) -> BinaryIO:
 
 
 def read_index(path: str | PathLike, file: BinaryIO | None = None) -> ShardIndex:
-    """The index of a shard; a truncated or foreign file is a ShardError naming it."""
+    """The index of a shard; a truncated, damaged (from version 4, its CRC-32) or foreign file is a ShardError
+    naming it."""
     path = str(path)
     handle = file or _open(path)
     try:
-        handle.seek(0, io.SEEK_END)
-        size = handle.tell()
-        if size < len(MAGIC) + _FOOTER.size:
-            raise ShardError(path, f"is truncated or not a Clay shard ({size} bytes)")
-        handle.seek(0)
-        if handle.read(len(MAGIC)) != MAGIC:
-            raise ShardError(path, "is not a Clay shard (wrong magic bytes at the start)")
-        handle.seek(size - _FOOTER.size)
-        index_length, end = _FOOTER.unpack(handle.read(_FOOTER.size))
-        if end != END_MAGIC or index_length > size - len(MAGIC) - _FOOTER.size:
-            raise ShardError(path, "is truncated (no complete index at its end): pack it again")
-        handle.seek(size - _FOOTER.size - index_length)
+        data, checksum = _read_index_bytes(handle, path)
+        if checksum is not None and zlib.crc32(data) != checksum:
+            raise ShardError(path, "has a damaged index (it does not match its CRC-32): pack it again")
         try:
-            index = json.loads(handle.read(index_length))
+            index = json.loads(data)
             records = index["records"]
-        except (ValueError, KeyError, TypeError) as error:
+            version = index.get("version", 0)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ShardError(path, f"has a corrupted index ({error})") from None
-        version = index.get("version", 0)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ShardError(
                 path, f"is format version {version}; this clay_hf reads up to {FORMAT_VERSION} (upgrade clay_hf)"
             )
+        if (checksum is not None) != (version >= INDEX_CHECKSUM_VERSION):
+            raise ShardError(path, f"has a damaged index (version {version} with the footer of another version)")
     finally:
         if file is None:
             handle.close()
@@ -634,6 +649,30 @@ def read_index(path: str | PathLike, file: BinaryIO | None = None) -> ShardIndex
         path, [r[0] for r in records], [r[1] for r in records], [r[2] for r in records], version,
         index.get("inputs") or [], index.get("settings") or {},
     )  # fmt: skip
+
+
+def _read_index_bytes(handle: BinaryIO, path: str) -> tuple[bytes, int | None]:
+    """(the index's JSON bytes, its CRC-32 or None before version 4) from the end of an open shard."""
+    handle.seek(0, io.SEEK_END)
+    size = handle.tell()
+    if size < len(MAGIC) + _FOOTER_V1.size:
+        raise ShardError(path, f"is truncated or not a Clay shard ({size} bytes)")
+    handle.seek(0)
+    if handle.read(len(MAGIC)) != MAGIC:
+        raise ShardError(path, "is not a Clay shard (wrong magic bytes at the start)")
+    handle.seek(size - len(END_MAGIC))
+    end = handle.read(len(END_MAGIC))
+    footer = {END_MAGIC: _FOOTER, END_MAGIC_V1: _FOOTER_V1}.get(end)
+    if footer is None and end[:-1] == END_MAGIC[:-1]:
+        raise ShardError(path, f"has a newer footer ({end!r}) than this clay_hf reads (upgrade clay_hf)")
+    if footer is None or size < len(MAGIC) + footer.size:
+        raise ShardError(path, "is truncated (no complete index at its end): pack it again")
+    handle.seek(size - footer.size)
+    *checksum, index_length, _ = footer.unpack(handle.read(footer.size))
+    if index_length > size - len(MAGIC) - footer.size:
+        raise ShardError(path, "is truncated (no complete index at its end): pack it again")
+    handle.seek(size - footer.size - index_length)
+    return handle.read(index_length), (checksum[0] if checksum else None)
 
 
 def _read_exactly(handle: BinaryIO, offset: int, length: int) -> memoryview:

@@ -21,6 +21,7 @@ from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 from transformers.utils.logging import get_logger
 
+from ..utils.errors import IntegrityError
 from ..utils.outputs import OutputLock, atomic_file, make_folder, remove_partials
 from .chips import ChipError, ChipLayout, chip_band_names, data_band_indexes, nodata_error, read_chip
 from .dataset import BadChipLog, chip_features, fsspec_url
@@ -46,44 +47,74 @@ def pack_webdataset(
 
     Each shard is written atomically (the one fault contract: a temporary name, read back, fsynced, renamed), so an
     interrupted run leaves only complete shards, and one run writes an output folder at a time. `resume=True` keeps
-    them, packs only the chips they lack and numbers new shards after them; without it the prefix's shards are
-    written anew and older ones numbered past them removed.
+    them, packs only the chips they lack and numbers new shards with the lowest free numbers; a damaged shard (see
+    [`check_tar`]) is removed and its chips packed again, under its number when the chips are the same, so the
+    rerun gives what an uninterrupted run gives. Without `resume` the prefix's shards are written anew and older
+    ones numbered past them removed.
     """
     output = make_folder(output_dir)
     with OutputLock(output):
         remove_partials(output)
-        shards = sorted(output.glob(f"{prefix}-*.tar")) if resume else []
-        done = _packed_keys(shards)
+        shards, done = _intact_shards(output, prefix) if resume else ([], set())
         bad: list[ChipError] = []
         samples = _readable_samples([path for path in paths if sample_key(str(path)) not in done], bad)
-        index = 1 + max((int(shard.stem.rsplit("-", 1)[1]) for shard in shards), default=-1)
+        taken = {_shard_number(shard) for shard in shards}
+        numbers = (number for number in itertools.count() if number not in taken)
         while chunk := list(itertools.islice(samples, chips_per_shard)):
-            shard = output / f"{prefix}-{index:06d}.tar"
-            with atomic_file(shard, verify=_verify_tar) as staging, tarfile.open(staging, "w") as archive:
+            shard = output / f"{prefix}-{next(numbers):06d}.tar"
+            with atomic_file(shard, verify=check_tar) as staging, tarfile.open(staging, "w") as archive:
                 for key, data, metadata in chunk:
                     _add(archive, f"{key}.tif", data)
                     _add(archive, f"{key}.json", json.dumps(metadata).encode())
             shards.append(shard)
-            index += 1
         if not resume:
             for stale in set(output.glob(f"{prefix}-*.tar")) - set(shards):
                 stale.unlink()
-    return shards, bad
+    return sorted(shards), bad
 
 
-def _verify_tar(path: Path) -> None:
-    """Read a tar shard's every member header back; raises when it is truncated."""
-    with tarfile.open(path) as archive:
-        archive.getmembers()
+def check_tar(path: str | PathLike) -> list[str]:
+    """The member names of a tar shard, read through to its end; a truncated or damaged tar (a member header that
+    fails its checksum, which tarfile takes for the archive's end, or data cut short) is an [`IntegrityError`]
+    naming it."""
+    path = str(path)
+    try:
+        with fsspec.open(path, "rb") as handle:
+            with tarfile.open(fileobj=handle, mode="r:") as archive:
+                names = archive.getnames()
+                end = archive.offset  # where tarfile stopped: the end-of-archive blocks of a whole tar
+            handle.seek(end)
+            trailer = handle.read()
+    except FileNotFoundError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise IntegrityError(f"{path} is a damaged or truncated tar shard ({error})") from None
+    if len(trailer) < 2 * tarfile.BLOCKSIZE or trailer.count(0) != len(trailer):
+        raise IntegrityError(
+            f"{path} is a damaged or truncated tar shard (its members end at byte {end}, not followed by the "
+            "end-of-archive blocks)"
+        )
+    return names
 
 
-def _packed_keys(shards: Sequence[Path]) -> set[str]:
-    """The sample keys already in complete shards."""
-    keys: set[str] = set()
-    for shard in shards:
-        with tarfile.open(shard) as archive:
-            keys.update(name.rsplit(".", 1)[0] for name in archive.getnames())
-    return keys
+def _intact_shards(output: Path, prefix: str) -> tuple[list[Path], set[str]]:
+    """The prefix's shards in `output` that `check_tar` accepts, and the sample keys they hold; damaged ones are
+    removed (a warning names each), so that their chips are packed again."""
+    shards, keys = [], set()
+    for shard in sorted(output.glob(f"{prefix}-*.tar")):
+        try:
+            names = check_tar(shard)
+        except IntegrityError as error:
+            logger.warning("packing the chips of a damaged shard again: %s", error)
+            shard.unlink()
+            continue
+        shards.append(shard)
+        keys.update(name.rsplit(".", 1)[0] for name in names)
+    return shards, keys
+
+
+def _shard_number(shard: Path) -> int:
+    return int(shard.stem.rsplit("-", 1)[1])
 
 
 def _readable_samples(paths: Sequence[str], bad: list[ChipError]) -> Iterator[tuple[str, bytes, dict[str, str]]]:
@@ -192,8 +223,11 @@ def load_chip_webdataset(
     """Stream WebDataset chip shards (a folder, a glob, a list or one shard) as the same records (and features) as
     `load_geotiff_dataset`. Chips must fit `layout` (`ChipLayout.for_model(config)` when a model reads them); without
     one, the shards' own layout (the first chip's bands, size and dtype). Chips that do not fit are skipped and
-    counted."""
+    counted. A damaged or truncated local shard is an [`IntegrityError`] naming it ([`check_tar`])."""
     shards = resolve_shards(data_files)
+    for shard in shards:
+        if "://" not in shard:  # a local shard is checked whole (its member headers): cheap, unlike a remote one
+            check_tar(shard)
     layout = layout or shard_layout(shards[0])
     dataset = load_dataset("webdataset", data_files=shards, streaming=True, split="train")
     dataset = dataset.cast_column("tif", Image(decode=False))
@@ -208,6 +242,7 @@ def load_chip_webdataset(
 
 
 __all__ = [
+    "check_tar",
     "decode_samples",
     "load_chip_webdataset",
     "pack_webdataset",

@@ -15,7 +15,14 @@ from pathlib import Path
 
 
 class ClayUserError(Exception):
-    """A mistake in the input, the options or the machine's state (a full disk, a locked output), not a bug."""
+    """A mistake in the input, the options or the machine's state (a full disk, a locked output), not a bug.
+
+    Every subclass pickles as it is, whatever its `__init__` takes, so that it crosses a process boundary (a pool
+    worker's error reaches the parent as itself, not as a broken pool).
+    """
+
+    def __reduce__(self) -> tuple:
+        return _restore_error, (type(self), self.args, self.__dict__)
 
 
 class OutputError(ClayUserError):
@@ -42,6 +49,14 @@ class ResumeError(ClayUserError):
 
 class RanksTimeoutError(ClayUserError):
     """Ranks of a multi-process job gave no sign of life for too long (a dead machine): names them."""
+
+
+def _restore_error(cls: type[ClayUserError], args: tuple, state: dict) -> ClayUserError:
+    """Unpickle a [`ClayUserError`] without calling its `__init__` (whose parameters are not its `args`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 def user_errors(main: Callable[..., int]) -> Callable[..., int]:
