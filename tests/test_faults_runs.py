@@ -593,11 +593,13 @@ def test_a_full_disk_at_the_final_save_keeps_the_previous_model_and_summary_whol
     assert sorted(path.name for path in disk.iterdir()) == ["model.safetensors", "training_summary.json"]
 
 
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial(training, small_disk):
-    disk = small_disk(512)
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_is_whole(training, small_disk, tmp_path):
+    """A launched run writes on a real small file system (the patched one is this process's); once the disk has
+    room, the same command trains to the weights of an uninterrupted run."""
+    disk = small_disk(512, real=True)
     output = disk / "run"
-    result = launch(pretrain_args(training, output, "--max_train_steps", "2", "--checkpointing_steps", "1"),
-                    check=False)  # fmt: skip
+    args = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    result = launch(pretrain_args(training, output, *args), check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: cannot write {output / 'checkpoints' / 'checkpoint-1'}: No space left on device"], (
@@ -606,3 +608,8 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial(train
     assert "OSError" not in result.stderr and "RuntimeError" not in result.stderr
     assert not [path for path in disk.rglob("*") if path.name.endswith(".partial")]
     assert not lock_path(output).exists() and not (output / "training_summary.json").exists()
+    small_disk.resize(disk, 64 * 1024)
+    launch(pretrain_args(training, output, *args))
+    assert pretrain_in_process(pretrain_args(training, tmp_path / "unbroken", *args)) == 0
+    _assert_same_weights(load_file(tmp_path / "unbroken" / "model.safetensors"), output)
+    assert [path.name for path in list_checkpoints(output)] == ["checkpoint-1", "checkpoint-2"]
