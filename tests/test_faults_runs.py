@@ -32,7 +32,7 @@ from conftest import (
     start_pretraining,
 )
 from safetensors.torch import load_file
-from test_fault_injection import _kill_when, _Stall
+from test_fault_injection import REPO, _kill_when, _Stall
 from test_pretrain import launch, summary
 
 import clay_hf.inference.embeddings as embeddings
@@ -47,7 +47,6 @@ from clay_hf.training.checkpointing import CURRENT_RUN_NAME, checkpoint_run, ver
 from clay_hf.utils.errors import IntegrityError, OutputError, RanksTimeoutError, ResumeError
 from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, lock_path, read_json, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
@@ -613,3 +612,60 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_is_whole(trai
     assert pretrain_in_process(pretrain_args(training, tmp_path / "unbroken", *args)) == 0
     _assert_same_weights(load_file(tmp_path / "unbroken" / "model.safetensors"), output)
     assert [path.name for path in list_checkpoints(output)] == ["checkpoint-1", "checkpoint-2"]
+
+
+# --- kill -9 just before an output is renamed into place ---------------------------------------------------------------
+
+
+def _killed_before_rename(command: list[str], output: Path, fifo: Path) -> None:
+    """Run `command` until it is about to rename `output` into place (it then waits on `fifo`:
+    `utils.outputs.fault_point`), and kill -9 it there."""
+    stall = _Stall(fifo)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "CLAY_HF_STALL_BEFORE_RENAME": str(output), "CLAY_HF_STALL_FIFO": str(fifo)}  # fmt: skip
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert _kill_when(process, stall.reader_waits), f"ended before the kill: {process.stderr.read()[-3000:]}"
+
+
+def test_embed_killed_as_it_renames_the_joined_file_resumes_to_the_uninterrupted_rows(
+    model_dir, chips, uninterrupted, tmp_path
+):
+    output = tmp_path / "e.parquet"
+    args = ["--model_name_or_path", str(model_dir), "--data_dir", str(chips), "--output", str(output),
+            "--batch_size", "2", "--rows_per_part", "2"]  # fmt: skip
+    _killed_before_rename([sys.executable, str(REPO / "scripts" / "embed.py"), *args], output, tmp_path / "fifo")
+    assert not output.exists()  # the joined file is whole or absent
+    assert embed_main([*args, "--resume"]) == 0
+    _assert_same_rows(output, uninterrupted)
+
+
+def test_pretraining_killed_at_its_final_save_resumes_to_the_uninterrupted_model_and_summary(training, tmp_path):
+    """Killed between the model's rename and the summary's (the summary comes last: a folder without it is not a
+    finished run), the run resumes from its last checkpoint to the uninterrupted weights and summary."""
+    args = ["--max_train_steps", "3", "--checkpointing_steps", "1"]
+    unbroken = tmp_path / "unbroken"
+    assert pretrain_in_process(pretrain_args(training, unbroken, *args)) == 0
+    broken = tmp_path / "broken"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_machines", "1",
+               "--num_processes", "1", "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "scripts" / "pretrain.py"), *pretrain_args(training, broken, *args)]  # fmt: skip
+    _killed_before_rename(command, broken / "training_summary.json", tmp_path / "fifo")
+    assert (broken / "model.safetensors").exists() and not (broken / "training_summary.json").exists()
+    launch(pretrain_args(training, broken, *args, "--resume_from_checkpoint", "latest"))
+    expected, resumed = summary(unbroken), summary(broken)
+    for key in ("global_step", "chips_seen", "epochs_completed", "final_train_loss", "hyperparameters"):
+        assert resumed[key] == expected[key], key
+    _assert_same_weights(load_file(unbroken / "model.safetensors"), broken)
+    assert not [path for path in broken.rglob("*") if path.name.endswith(".partial")]
+
+
+def test_publish_killed_as_it_renames_the_staged_repository_reruns_to_the_uninterrupted_one(model_dir, tmp_path):
+    staging = tmp_path / "staging"
+    args = ["--model_dir", str(model_dir), "--staging_dir", str(staging), "--dry_run"]
+    _killed_before_rename([sys.executable, str(REPO / "scripts" / "publish.py"), *args], staging, tmp_path / "fifo")
+    assert not staging.exists()
+    assert publish_main(args) == 0
+    elsewhere = tmp_path / "elsewhere"
+    assert publish_main(["--model_dir", str(model_dir), "--staging_dir", str(elsewhere), "--dry_run"]) == 0
+    assert _files(staging) == _files(elsewhere)
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]

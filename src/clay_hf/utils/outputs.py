@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from fnmatch import fnmatch
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def atomic_file(path: str | PathLike, verify: Callable[[Path], None] | None = No
                 full = "; No space left on device" if _nearly_full(path.parent) else ""
                 raise OutputError(path, f"it did not read back complete ({error}){full}") from error
         _fsync(temporary)
+        fault_point(path)
         os.replace(temporary, path)
         _fsync(path.parent)
 
@@ -105,6 +107,7 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
         for file in sorted(temporary.rglob("*")):
             _fsync(file)
         _fsync(temporary)
+        fault_point(path)
         if path.exists():
             _remove(previous)
             os.replace(path, previous)
@@ -131,11 +134,22 @@ def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[P
         for file in order:
             _fsync(file)
         for file in order:
+            fault_point(folder / file.name)
             if (folder / file.name).is_dir():
                 _remove(folder / file.name)
             os.replace(file, folder / file.name)
         _fsync(folder)
         _remove(temporary)
+
+
+def fault_point(path: Path) -> None:
+    """Where fault tests kill a writer, deterministically: just before `path` is renamed into place. With
+    `CLAY_HF_STALL_BEFORE_RENAME` set to a glob that `path` matches (the whole path), the writer stops there reading
+    the FIFO named by `CLAY_HF_STALL_FIFO` (which no one writes): the test kills it once it waits."""
+    pattern = os.environ.get("CLAY_HF_STALL_BEFORE_RENAME")
+    if pattern and fnmatch(str(path), pattern):
+        with open(os.environ["CLAY_HF_STALL_FIFO"], "rb") as fifo:
+            fifo.read()
 
 
 @contextmanager
