@@ -133,38 +133,36 @@ def stage_repository(
         raise StagingError(f"--base_model {base_model!r} is not a Hub repository id (OWNER/NAME).")
     weights_licence = weights_license(weights_from_scratch(model_dir), license, license_name, license_link)
     check_model_files(model_dir, weights)
-    with OutputLock(staging_dir):  # one writer per staged repository
-        final, reused = prepare_staging_dir(staging_dir, model_dir)
-        notes: list[str] = []
-        with atomic_folder(final.resolve()) as staging:  # the staged repository is complete or absent
-            _mark_staging(staging)
-            for name in (*weights, TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
-                if (model_dir / name).is_file():
-                    shutil.copy2(model_dir / name, staging / name)
-            auto_map = (
-                MODEL_AUTO_MAP
-                if task is None
-                else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
-            )
-            hub_task = PRETRAINED_PIPELINE_TAG if task is None else pipeline_task(task)
-            write_json(
-                staging / "config.json",
-                {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)},
-                sort_keys=True,
-            )
-            processor_config = {**read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
-            write_json(staging / "preprocessor_config.json", processor_config, sort_keys=True)
-            for name in REMOTE_CODE:
-                shutil.copy2(REMOTE_CODE_DIR / name, staging / name)
-            (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
+    final, reused = prepare_staging_dir(staging_dir, model_dir)
+    notes: list[str] = []
+    # one writer per staged repository (its lock); the staged repository is complete or absent
+    with OutputLock(final), atomic_folder(final.resolve()) as staging:
+        _mark_staging(staging)
+        for name in (*weights, TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, staging / name)
+        auto_map = (
+            MODEL_AUTO_MAP if task is None else {**ENCODER_AUTO_MAP, task.auto_class: HEAD_AUTO_MAP[task.auto_class]}
+        )
+        hub_task = PRETRAINED_PIPELINE_TAG if task is None else pipeline_task(task)
+        write_json(
+            staging / "config.json",
+            {**config, "auto_map": auto_map, "custom_pipelines": custom_pipelines(hub_task)},
+            sort_keys=True,
+        )
+        processor_config = {**read_json(model_dir / "preprocessor_config.json"), "auto_map": PROCESSOR_AUTO_MAP}
+        write_json(staging / "preprocessor_config.json", processor_config, sort_keys=True)
+        for name in REMOTE_CODE:
+            shutil.copy2(REMOTE_CODE_DIR / name, staging / name)
+        (staging / LICENSE_FILE).write_text(license_file_text(weights_licence))
 
-            if task is None:
-                render_model_card(model_dir, repo_id, weights_licence).save(staging / "README.md")
-                validate_model_card(staging / "README.md", license=weights_licence)
-            else:
-                render_finetuned_card(model_dir, repo_id, task, base_model, weights_licence).save(staging / "README.md")
-                validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task), weights_licence)
-                notes += _base_model_notes(model_dir, base_model)
+        if task is None:
+            render_model_card(model_dir, repo_id, weights_licence).save(staging / "README.md")
+            validate_model_card(staging / "README.md", license=weights_licence)
+        else:
+            render_finetuned_card(model_dir, repo_id, task, base_model, weights_licence).save(staging / "README.md")
+            validate_model_card(staging / "README.md", task.pipeline_tag, finetuned_tags(task), weights_licence)
+            notes += _base_model_notes(model_dir, base_model)
     staging = final
     files = sorted(
         str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file() and path.name != STAGING_MARKER
