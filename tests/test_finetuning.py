@@ -16,6 +16,7 @@ from geotiffs import write_geotiff
 from transformers import AutoModelForSemanticSegmentation
 
 from clay_hf import CLAY_V0_BAND_NAMES, ClayForMaskedImageModeling, ClayForSemanticSegmentation, ClayImageProcessor
+from clay_hf.commands.finetune import main as finetune_cli
 from clay_hf.commands.finetune import run as finetune_main
 from clay_hf.commands.predict import run as predict_main
 from clay_hf.data import ChipError, split_paths
@@ -38,6 +39,7 @@ from clay_hf.metrics import (
     REGRESSION_PATH,
     SEMANTIC_SEGMENTATION_PATH,
 )
+from clay_hf.utils.outputs import OutputLock
 
 V0_MEANS = ClayImageProcessor().image_mean
 
@@ -246,6 +248,19 @@ def test_finetuned_segmentation_beats_the_majority_class_and_predicts_on_the_chi
             classes = predicted.read(1)
             assert (classes[:8, :8] == 255).all()  # where the chip had nodata
             assert set(np.unique(classes[8:])) <= {0, 1}
+
+
+def test_a_second_finetuning_run_on_one_output_is_refused_naming_the_holder(mim_folder, floods, tmp_path, capsys):
+    output = tmp_path / "run"
+    argv = ["--task", "semantic-segmentation", "--num_labels", "2", "--max_steps", "1", "--model_name_or_path"]
+    argv += [str(mim_folder), "--train_dir", str(floods), "--output_dir", str(output), "--use_cpu", "--report_to"]
+    argv += ["none", "--save_strategy", "no", "--disable_tqdm", "true"]
+    with OutputLock(output) as first:  # the first run: this live process holds the output
+        assert finetune_cli(argv) == 1
+        holder = first.holder()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {output} is being written by another run (pid {holder['pid']} on ")
+    assert not (output / "eval_results.json").exists()
 
 
 def test_frozen_encoder_is_unchanged_after_training(mim_folder, floods, tmp_path):

@@ -32,6 +32,7 @@ from clay_hf.models.clay.convert_clay_original_checkpoint import (
     V0_1_RELEASE_FILE,
     conversion_record,
 )
+from clay_hf.utils.outputs import OutputLock
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "made-with-clay/Clay"
@@ -312,6 +313,18 @@ def test_an_empty_or_new_staging_folder_is_used(tmp_path):
     for staging in (tmp_path / "empty", tmp_path / "new" / "repo"):
         staged = stage_repository(folder, staging, REPO_ID)
         assert not staged.reused and "README.md" in staged.files
+
+
+def test_a_second_staging_run_into_one_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    folder = model_folder(tmp_path / "model")
+    staging = tmp_path / "staging"
+    with OutputLock(staging) as first:  # the first staging run: this live process holds the folder
+        status, _, err = publish(capsys, "--model_dir", str(folder), "--staging_dir", str(staging))
+        holder = first.holder()
+    assert status == 1 and err.strip().splitlines()[-1].startswith(
+        f"error: {staging} is being written by another run (pid {holder['pid']} on "
+    )
+    assert not staging.exists()
 
 
 def test_validation_refuses_a_card_with_placeholders_or_a_wrong_licence(staged, tmp_path):

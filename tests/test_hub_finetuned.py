@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from clay_hf.commands.finetune import run as finetune_main
 from clay_hf.commands.publish import main as publish_main
 from clay_hf.finetuning.synthetic import write_synthetic_classification, write_synthetic_segmentation
 from clay_hf.hub.publish import StagingError, stage_repository
+from clay_hf.utils.errors import IntegrityError
+from clay_hf.utils.outputs import read_checksums, write_checksums
 
 BASE_ID = "made-with-clay/Clay"
 
@@ -182,13 +185,49 @@ def test_staged_folder_loads_without_clay_hf_and_gives_the_same_logits(finetuned
     torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_the_staged_repository_of_a_finetuning_run_ships_its_clay_pipeline(staged, task):
+    config = json.loads((staged[task] / "config.json").read_text())
+    pipeline_class = {
+        "semantic-segmentation": "ClayImageSegmentationPipeline",
+        "image-classification": "ClayImageClassificationPipeline",
+    }[task]
+    assert config["custom_pipelines"] == {
+        PIPELINE_TAGS[task]: {
+            "impl": f"pipeline_clay.{pipeline_class}",
+            "pt": [TASKS[task].auto_class],
+            "type": "image",
+        }
+    }
+    assert (staged[task] / "pipeline_clay.py").is_file()
+
+
+# --- the fault contract -----------------------------------------------------------------------------------------------
+
+
+def test_a_finetuning_output_carries_checksums_and_publish_refuses_a_flipped_byte(finetuned, tmp_path):
+    output = finetuned["image-classification"]
+    listed = set(read_checksums(output))
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "eval_results.json"} <= listed
+    folder = tmp_path / "model"
+    shutil.copytree(output, folder)
+    weights = bytearray((folder / "model.safetensors").read_bytes())
+    weights[-1] ^= 0x01  # a tensor's byte: the header still reads
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(IntegrityError, match=re.escape(f"{folder / 'model.safetensors'} is damaged")):
+        stage_repository(folder, tmp_path / "repo", "o/landcover")
+    assert not (tmp_path / "repo").exists()
+
+
 # --- the base model --------------------------------------------------------------------------------------------------
 
 
 def copy_with_results(source: Path, target: Path, **changes) -> Path:
+    """A copy of a `clay-finetune` output as it would have recorded other results (checksums included)."""
     shutil.copytree(source, target)
     results = json.loads((target / "eval_results.json").read_text())
     (target / "eval_results.json").write_text(json.dumps({**results, **changes}))
+    write_checksums(target, read_checksums(target))
     return target
 
 

@@ -107,6 +107,90 @@ def test_a_model_finetuned_from_scratch_takes_apache_2_one_from_a_base_openrail(
     assert licence_fields(card) == ("openrail", None, None) and "the licence of the Clay v0 weights" in card.text
 
 
+# The licence follows the weights' origin through every base they were trained from.
+
+
+def own_pretrained(pretrained: Path, folder: Path) -> Path:
+    """A model pretrained from random weights (clay-pretrain without --model_name_or_path)."""
+    return with_records(pretrained, folder, training_summary={**SUMMARY, "initialised_from": None})
+
+
+def converted(pretrained: Path, folder: Path) -> Path:
+    return with_records(pretrained, folder, clay_conversion={"source_checkpoint": "v0.ckpt"})
+
+
+def test_a_model_finetuned_from_an_own_from_scratch_model_takes_apache_2_or_the_publishers_licence(
+    pretrained, tmp_path
+):
+    base = own_pretrained(pretrained, tmp_path / "own")
+    folder = finetuned_folder(tmp_path / "tuned", from_scratch=False, base_model=str(base), base_model_is_local=True)
+    card = card_of(stage_repository(folder, tmp_path / "a", "o/landcover"))
+    assert licence_fields(card) == ("apache-2.0", None, None) and "the licence of the Clay" not in card.text
+    card = card_of(stage_repository(folder, tmp_path / "b", "o/landcover", license="mit"))
+    assert licence_fields(card) == ("mit", None, None)
+
+
+def test_a_model_finetuned_from_a_converted_base_is_openrail_and_keeps_it(pretrained, tmp_path):
+    base = converted(pretrained, tmp_path / "v0")
+    folder = finetuned_folder(tmp_path / "tuned", from_scratch=False, base_model=str(base), base_model_is_local=True)
+    card = card_of(stage_repository(folder, tmp_path / "a", "o/landcover"))
+    assert licence_fields(card) == ("openrail", None, None) and "the licence of the Clay v0 weights" in card.text
+    with pytest.raises(StagingError, match="derive from the Clay v0 weights"):
+        stage_repository(folder, tmp_path / "b", "o/landcover", license="mit")
+
+
+@pytest.mark.parametrize(("origin", "licence"), [("own", "apache-2.0"), ("converted", "openrail")])
+def test_continued_pretraining_keeps_the_licence_of_its_base(pretrained, tmp_path, origin, licence):
+    base = (
+        own_pretrained(pretrained, tmp_path / "base") if origin == "own" else converted(pretrained, tmp_path / "base")
+    )
+    continued = with_records(
+        pretrained, tmp_path / "continued", training_summary={**SUMMARY, "initialised_from": str(base)}
+    )
+    assert licence_fields(card_of(stage_repository(continued, tmp_path / "repo", REPO_ID)))[0] == licence
+
+
+@pytest.mark.parametrize(("origin", "licence"), [("own", "apache-2.0"), ("converted", "openrail")])
+def test_the_licence_follows_the_origin_through_two_steps(pretrained, tmp_path, origin, licence):
+    """Pretrained (own or converted) → pretraining continued → fine-tuned: the licence of the first."""
+    base = (
+        own_pretrained(pretrained, tmp_path / "base") if origin == "own" else converted(pretrained, tmp_path / "base")
+    )
+    continued = with_records(
+        pretrained, tmp_path / "continued", training_summary={**SUMMARY, "initialised_from": str(base)}
+    )
+    folder = finetuned_folder(tmp_path / "tuned", base_model=str(continued), base_model_is_local=True)
+    assert licence_fields(card_of(stage_repository(folder, tmp_path / "repo", "o/landcover")))[0] == licence
+
+
+def test_a_base_whose_records_cannot_be_read_counts_as_derived_from_clay_v0(pretrained, tmp_path):
+    """A base folder no longer there (or a Hub id): OpenRAIL-M, and no other licence."""
+    folder = finetuned_folder(tmp_path / "tuned", base_model=str(tmp_path / "gone"), base_model_is_local=True)
+    assert licence_fields(card_of(stage_repository(folder, tmp_path / "repo", "o/landcover")))[0] == "openrail"
+    with pytest.raises(StagingError, match="a base model whose records cannot be read here"):
+        stage_repository(folder, tmp_path / "other", "o/landcover", license="mit")
+
+
+def publish_cli(capsys, *args: str) -> tuple[int, str]:
+    from clay_hf.commands.publish import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_clay_publish_writes_the_license_the_publisher_names(pretrained, tmp_path, capsys):
+    folder = own_pretrained(pretrained, tmp_path / "own")
+    common = ["--model_dir", str(folder), "--repo_id", REPO_ID, "--dry_run"]
+    assert publish_cli(capsys, *common, "--staging_dir", str(tmp_path / "mit"), "--license", "mit") == (0, "")
+    assert licence_fields(ModelCard.load(tmp_path / "mit" / "README.md")) == ("mit", None, None)
+    link = "https://example.org/ours"
+    other = ["--license", "other", "--license_name", "ours-1.0", "--license_link", link]
+    assert publish_cli(capsys, *common, "--staging_dir", str(tmp_path / "other"), *other) == (0, "")
+    assert licence_fields(ModelCard.load(tmp_path / "other" / "README.md")) == ("other", "ours-1.0", link)
+    code, err = publish_cli(capsys, *common, "--staging_dir", str(tmp_path / "bad"), "--license", "other")
+    assert code == 1 and err.startswith("error: --license other: license: other needs license_name and license_link")
+
+
 @pytest.mark.parametrize(
     ("fields", "valid"),
     [

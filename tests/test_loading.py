@@ -4,6 +4,7 @@ the package's log messages."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import random_inputs, small_config
+from conftest import pretrain_in_process, random_inputs, small_config
 
 from clay_hf import (
     ClayBackbone,
@@ -25,6 +26,7 @@ from clay_hf import (
     ClayForSemanticSegmentation,
     ClayModel,
 )
+from clay_hf.chipping import write_synthetic_chips
 from clay_hf.inference.embeddings import _progress
 from clay_hf.training.arguments import ModelArguments
 from clay_hf.training.pretrain import build_model
@@ -173,6 +175,37 @@ def test_set_verbosity_error_silences_load_reports_and_band_warnings(segmenter_d
     assert logging.getLogger("clay_hf.models.clay.modeling_clay").isEnabledFor(logging.INFO)
 
 
+@contextlib.contextmanager
+def no_logging_configured():
+    """A Python session that configured no logging: the root logger without handlers (pytest's set aside)."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    for handler in handlers:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.addHandler(handler)
+
+
+def test_records_reach_stderr_as_transformers_own_at_its_verbosity(segmenter_dir, tmp_path, verbosity, capfd):
+    torch.manual_seed(0)
+    ClayForMaskedImageModeling(small_config()).save_pretrained(tmp_path / "mim")
+    capfd.readouterr()
+    with no_logging_configured():
+        verbosity.set_verbosity_info()
+        ClayForSemanticSegmentation.from_pretrained(segmenter_dir)
+        err = capfd.readouterr().err
+        assert err.count(f"[clay_hf] ClayForSemanticSegmentation from {segmenter_dir}: ") == 1, err  # INFO summary
+        verbosity.set_verbosity_warning()
+        ClayModel.from_pretrained(tmp_path / "mim", bands=["red", "green", "blue"])
+        assert capfd.readouterr().err.count("dropped the groups") == 1  # shown once
+        verbosity.set_verbosity_error()
+        ClayModel.from_pretrained(tmp_path / "mim", bands=["red", "green", "blue"])
+        assert "dropped the groups" not in capfd.readouterr().err
+
+
 def test_transformers_verbosity_env_silences_band_warnings(tmp_path):
     torch.manual_seed(0)
     ClayForMaskedImageModeling(small_config()).save_pretrained(tmp_path / "mim")
@@ -205,6 +238,24 @@ def test_progress_bars_follow_transformers_switch(capsys, verbosity):
         verbosity.enable_progress_bar()
     list(_progress(iter(batches), total=6, enabled=True))
     assert "embedding" in capsys.readouterr().err
+
+
+def test_the_pretraining_progress_bar_follows_transformers_switch(tmp_path, capsys, verbosity):
+    write_synthetic_chips(tmp_path / "chips", 2, size=32, seed=1)
+    small_config().to_json_file(tmp_path / "config.json")
+
+    def pretrain_one_step(output: str) -> str:
+        args = ["--train_dir", str(tmp_path / "chips"), "--validation_dir", str(tmp_path / "chips"), "--output_dir"]
+        args += [str(tmp_path / output), "--config_name", str(tmp_path / "config.json"), "--max_train_steps", "1"]
+        assert pretrain_in_process([*args, "--per_device_train_batch_size", "2", "--report_to", "none"]) == 0
+        return capsys.readouterr().err
+
+    verbosity.disable_progress_bar()
+    try:
+        assert "pretraining" not in pretrain_one_step("quiet")
+    finally:
+        verbosity.enable_progress_bar()
+    assert "pretraining: 100%" in pretrain_one_step("shown")
 
 
 # --- gradient checkpointing --------------------------------------------------------------------------------------

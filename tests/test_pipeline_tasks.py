@@ -56,7 +56,15 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "segmentation": save_head(root / "segmentation", ClayForSemanticSegmentation),
         "classification": save_head(root / "classification", ClayForImageClassification),
         "pretrained": save_pretraining_model(root / "pretrained"),
+        "regression": save_regressor(root / "regression"),
     }
+
+
+def save_regressor(folder: Path) -> Path:
+    torch.manual_seed(0)
+    ClayForImageClassification(small_config(num_labels=1, problem_type="regression")).save_pretrained(folder)
+    ClayImageProcessor().save_pretrained(folder)
+    return folder
 
 
 def logits_of(model_class: type, folder: Path, images, dates, lonlat) -> torch.Tensor:
@@ -114,6 +122,16 @@ def test_a_geotiff_path_gives_what_its_pixels_date_and_place_give(folders, tmp_p
     torch.testing.assert_close(extractor(path, return_tensors=True), expected)
 
 
+def test_a_geotiff_path_without_clay_hf_says_what_to_install_or_pass(folders, tmp_path, monkeypatch):
+    path = write_geotiff(tmp_path / "chip.tif", dtype="uint16", date="2021-06-15")
+    classifier = pipeline("clay-image-classification", model=folders["classification"])
+    for name in ("clay_hf", "clay_hf.data"):  # not importable, as where clay_hf is not installed (remote code)
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"reading a GeoTIFF path needs clay_hf \(pip install clay_hf\); without it, "
+                       r"pass the chip's pixels with dates= and lonlat="):  # fmt: skip
+        classifier(str(path))
+
+
 def test_post_process_semantic_segmentation_gives_label_maps_at_the_target_sizes():
     logits = torch.randn(2, 3, 8, 8)
     processor = ClayImageProcessor()
@@ -134,6 +152,8 @@ HUB_TASKS = {
                      "AutoModelForSemanticSegmentation"),
     "classification": ("made-with-clay/Clay-landcover", "image-classification", "ClayImageClassificationPipeline",
                        "AutoModelForImageClassification"),
+    "regression": ("made-with-clay/Clay-biomass", "image-classification", "ClayImageClassificationPipeline",
+                   "AutoModelForImageClassification"),  # the Hub has no regression pipeline: classification's
 }  # fmt: skip
 
 SNIPPET_RESULT = """

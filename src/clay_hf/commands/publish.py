@@ -27,8 +27,9 @@ class PublishArguments:
     license: str | None = field(
         default=None,
         metadata={
-            "help": "weights trained from scratch: their licence, a Hub licence id (default apache-2.0; 'other' with "
-            "--license_name and --license_link). Converted Clay v0 weights and models trained from them are OpenRAIL-M"
+            "help": "weights that descend from random initialisation alone (trained from scratch, or from such "
+            "weights): their licence, a Hub licence id (default apache-2.0; 'other' with --license_name and "
+            "--license_link). Converted Clay v0 weights and models trained from them, at any remove, are OpenRAIL-M"
         },
     )
     license_name: str | None = field(

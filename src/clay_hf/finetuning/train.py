@@ -22,8 +22,8 @@ from ..data.chips import file_band_names
 from ..evaluation.reconstruction import EVAL_RESULTS_NAME, write_eval_results
 from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..models.clay.modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
-from ..utils.model_source import from_pretrained_checked
-from ..utils.outputs import atomic_files
+from ..utils.model_source import from_pretrained_checked, model_reference
+from ..utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, make_folder, remove_partials, write_checksums
 from .data import (
     TASKS,
     ChipLabelDataset,
@@ -190,7 +190,22 @@ def training_record(training_args: TrainingArguments, global_step: int) -> dict[
 
 
 def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dict[str, Any]:
-    """Train, evaluate, save the model with its processor and `eval_results.json`; return the results."""
+    """Train, evaluate, save the model with its processor and `eval_results.json`; return the results. The run holds
+    the output folder's lock (one run per output folder: another is refused, naming this one)."""
+    output_dir = make_folder(training_args.output_dir)
+    main = training_args.process_index == 0
+    lock = OutputLock(output_dir).acquire() if main else None
+    try:
+        if lock is not None:
+            remove_partials(output_dir)  # what a killed run left unfinished
+        return train_and_save(args, training_args)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_and_save(args: FineTuningArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    """The run itself (on every process): train, evaluate, save; [`finetune`] holds the output folder."""
     label_names, num_labels = resolve_labels(args)
     model = build_model(args, label_names, num_labels, input_band_names(args, first_training_image(args)))
     if args.freeze_encoder:
@@ -225,7 +240,7 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
     metrics = trainer.evaluate()
     results = {
         "task": args.task,
-        "base_model": None if args.from_scratch else args.model_name_or_path,
+        "base_model": None if args.from_scratch else model_reference(args.model_name_or_path),
         "base_model_is_local": Path(args.model_name_or_path).is_dir(),  # a folder here, not a Hub id
         "from_scratch": args.from_scratch,
         "freeze_encoder": args.freeze_encoder,
@@ -243,13 +258,16 @@ def finetune(args: FineTuningArguments, training_args: TrainingArguments) -> dic
 
 
 def save_outputs(trainer: Trainer, output_dir: Path, results: dict[str, Any]) -> None:
-    """The model, its processor and `eval_results.json`, each file atomic (the folder also holds the Trainer's
-    checkpoints; `eval_results.json` goes last, once the model is complete)."""
+    """The model, its processor, `eval_results.json` and their `checksums.sha256`, each file atomic (the folder also
+    holds the Trainer's checkpoints, which the checksums do not cover; the checksums and `eval_results.json` go last,
+    once the model is complete)."""
     main = trainer.is_world_process_zero()
-    with atomic_files(output_dir, last=[EVAL_RESULTS_NAME]) if main else nullcontext(output_dir) as staging:
+    last = [CHECKSUMS_NAME, EVAL_RESULTS_NAME]
+    with atomic_files(output_dir, last=last) if main else nullcontext(output_dir) as staging:
         if main:
             trainer.save_model(str(staging))
             write_eval_results(results, staging)
+            write_checksums(staging, [path.name for path in staging.iterdir() if path.is_file()])
     if main:
         logger.info("wrote %s: %s", output_dir / EVAL_RESULTS_NAME, results["metrics"])
 

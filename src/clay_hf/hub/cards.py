@@ -143,14 +143,6 @@ class WeightsOrigin:
         return self.converted and bool(self.conversion.get("v0_1_architecture")) and self.v0_1_config
 
     @property
-    def from_scratch(self) -> bool | None:
-        """True: pretrained here from random weights; False: converted, or pretraining continued from weights;
-        None: not recorded."""
-        if self.trained:
-            return self.summary["initialised_from"] is None if "initialised_from" in self.summary else None
-        return False if self.converted else None
-
-    @property
     def source(self) -> str:
         return f"`{self.conversion.get('source_checkpoint', 'unknown')}`" if self.conversion else ""
 
@@ -421,13 +413,34 @@ def finetuned_task(config: dict[str, Any]) -> FineTunedTask | None:
     return None
 
 
-def finetuned_from_scratch(evaluation: dict[str, Any] | None) -> bool | None:
-    """True: trained from random weights (`--from_scratch`); False: fine-tuned from a base model; None: no record."""
-    if not evaluation:
+def weights_from_scratch(model_dir: str | PathLike, _followed: frozenset[Path] = frozenset()) -> bool | None:
+    """Whether a model folder's weights descend from random initialisation alone, followed through every base they
+    were trained from (the weights' licence follows this). True: pretrained or fine-tuned from scratch, or trained
+    from weights that were; False: converted Clay v0 weights, trained from them, or trained from a base whose records
+    cannot be read here (a Hub id, a folder no longer there); None: the folder records no origin."""
+    model_dir = Path(model_dir)
+    summary, evaluation = _optional_json(model_dir / TRAINING_SUMMARY), _optional_json(model_dir / EVAL_RESULTS)
+    config = _optional_json(model_dir / "config.json") or {}
+    if finetuned_task(config) is not None:  # clay-finetune's record: eval_results.json
+        if not evaluation:
+            return None
+        if evaluation.get("from_scratch"):
+            return True
+        base = evaluation.get("base_model")
+    elif summary is not None:  # clay-pretrain's record: training_summary.json
+        if "initialised_from" not in summary:
+            return None
+        base = summary["initialised_from"]
+        if base is None:
+            return True
+    else:
+        return False if (model_dir / CONVERSION_RECORD).is_file() else None
+    if not base:
         return None
-    if evaluation.get("from_scratch"):
-        return True
-    return False if evaluation.get("base_model") else None
+    base_dir = Path(base).expanduser().resolve()
+    if not base_dir.is_dir() or base_dir in _followed:
+        return False
+    return weights_from_scratch(base_dir, _followed | {model_dir.resolve()})
 
 
 def finetuned_tags(task: FineTunedTask) -> list[str]:
@@ -711,7 +724,6 @@ __all__ = [
     "TAGS",
     "FineTunedTask",
     "WeightsOrigin",
-    "finetuned_from_scratch",
     "finetuned_tags",
     "finetuned_task",
     "hub_base_model",
@@ -719,4 +731,5 @@ __all__ = [
     "pipeline_task",
     "render_finetuned_card",
     "render_model_card",
+    "weights_from_scratch",
 ]

@@ -17,11 +17,10 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard
 
 from ..evaluation.reconstruction import EVAL_RESULTS_NAME as EVAL_RESULTS
-from ..models.clay.configuration_clay import ClayConfig
 from ..models.clay.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
 from ..models.clay.pipeline_clay import CLAY_PIPELINES
 from ..utils.errors import ClayUserError, IntegrityError
-from ..utils.outputs import atomic_folder, read_json, verify_checksums, write_json
+from ..utils.outputs import OutputLock, atomic_folder, read_json, verify_checksums, write_json
 from .cards import (
     CARD_DIR,
     LICENSE_FILE,
@@ -29,7 +28,6 @@ from .cards import (
     TAGS,
     TRAINING_SUMMARY,
     WeightsOrigin,
-    finetuned_from_scratch,
     finetuned_tags,
     finetuned_task,
     hub_base_model,
@@ -37,6 +35,7 @@ from .cards import (
     pipeline_task,
     render_finetuned_card,
     render_model_card,
+    weights_from_scratch,
 )
 from .weights_license import OPENRAIL, OWN_WEIGHTS_LICENSE, WeightsLicense, license_file_text, license_problems
 
@@ -112,11 +111,12 @@ def stage_repository(
     fine-tuned card, whose `base_model` is the Hub id `clay-finetune` recorded, or `base_model` when given (for a
     model fine-tuned from a local folder). `staging_dir` must be new, empty, or a staging folder this tool made
     before (it holds `STAGING_MARKER`); it is never the model folder, inside it, or a folder that contains it.
-    Nothing else is ever deleted.
+    Nothing else is ever deleted. One staging run writes a folder at a time (its `OutputLock`).
 
-    The weights' licence follows their origin (see [`weights_license`]): OpenRAIL-M for converted Clay v0 weights
-    and what was trained from them; `license` (a Hub licence id, default apache-2.0; `other` with `license_name`
-    and `license_link`) for weights the folder records as trained from scratch.
+    The weights' licence follows their origin through every base they were trained from (see
+    [`weights_from_scratch`], [`weights_license`]): OpenRAIL-M for converted Clay v0 weights and what was trained
+    from them; `license` (a Hub licence id, default apache-2.0; `other` with `license_name` and `license_link`) for
+    weights that descend from random initialisation alone.
     """
     model_dir = Path(model_dir)
     missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
@@ -131,17 +131,12 @@ def stage_repository(
         raise StagingError(f"{model_dir}: --base_model is for fine-tuned models; this folder holds a pretrained Clay.")
     if base_model is not None and not is_repo_id(base_model):
         raise StagingError(f"--base_model {base_model!r} is not a Hub repository id (OWNER/NAME).")
-    evaluation = read_json(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).is_file() else None
-    if task is None:
-        from_scratch = WeightsOrigin.of(model_dir, ClayConfig.from_pretrained(model_dir)).from_scratch
-    else:
-        from_scratch = finetuned_from_scratch(evaluation)
-    weights_licence = weights_license(from_scratch, license, license_name, license_link)
+    weights_licence = weights_license(weights_from_scratch(model_dir), license, license_name, license_link)
     check_model_files(model_dir, weights)
     final, reused = prepare_staging_dir(staging_dir, model_dir)
     notes: list[str] = []
-
-    with atomic_folder(final.resolve()) as staging:  # the staged repository is complete or absent
+    # one writer per staged repository (its lock); the staged repository is complete or absent
+    with OutputLock(final), atomic_folder(final.resolve()) as staging:
         _mark_staging(staging)
         for name in (*weights, TRAINING_SUMMARY, EVAL_RESULTS, CONVERSION_RECORD):
             if (model_dir / name).is_file():
@@ -189,10 +184,10 @@ def _weights_files(model_dir: Path) -> list[str]:
 def weights_license(
     from_scratch: bool | None, license: str | None, name: str | None = None, link: str | None = None
 ) -> WeightsLicense:
-    """The licence of weights of this origin: `from_scratch` False (converted Clay v0 weights, or trained on from
-    them) is OpenRAIL-M, whose terms bind derivatives, so no other `license` is accepted; True (recorded as trained
-    from random weights) is `license`, by default the code's apache-2.0; None (no record) is OpenRAIL-M unless the
-    publisher names a `license`."""
+    """The licence of weights of this origin ([`weights_from_scratch`], followed through every base): `from_scratch`
+    False (converted Clay v0 weights, or trained from them at any remove) is OpenRAIL-M, whose terms bind
+    derivatives, so no other `license` is accepted; True (descended from random weights alone) is `license`, by
+    default the code's apache-2.0; None (no record) is OpenRAIL-M unless the publisher names a `license`."""
     if license is None and (name or link):
         raise StagingError("--license_name and --license_link go with --license other.")
     if license is None:
@@ -200,8 +195,10 @@ def weights_license(
     if from_scratch is False and license != OPENRAIL:
         raise StagingError(
             f"--license {license}: these weights derive from the Clay v0 weights (converted, or trained from them), "
-            "released under OpenRAIL-M, whose terms pass on to derivatives; another licence is for weights trained "
-            "from scratch (clay-pretrain without --model_name_or_path, clay-finetune --from_scratch)."
+            "released under OpenRAIL-M, whose terms pass on to derivatives, or from a base model whose records cannot "
+            "be read here (a Hub id, a folder no longer there); another licence is for weights that descend from "
+            "random initialisation alone (clay-pretrain without --model_name_or_path, clay-finetune --from_scratch, "
+            "and models trained from those)."
         )
     problems = license_problems(license, name, link)
     if problems:
@@ -223,8 +220,8 @@ def _base_model_notes(model_dir: Path, base_model: str | None) -> list[str]:
 
 def check_model_files(model_dir: str | PathLike, weights: list[str] | None = None) -> None:
     """Refuse a model folder whose files were damaged after they were saved: the files its `checksums.sha256`
-    lists (folders `clay-pretrain` wrote), each safetensors file of its weights (its header must cover the file: a
-    truncated copy is refused), and the JSON files the card reads. Each refusal names the file."""
+    lists (folders `clay-pretrain` and `clay-finetune` wrote), each safetensors file of its weights (its header must
+    cover the file: a truncated copy is refused), and the JSON files the card reads. Each refusal names the file."""
     from safetensors import safe_open
 
     model_dir = Path(model_dir)
@@ -355,5 +352,6 @@ __all__ = [
     "stage_repository",
     "upload_repository",
     "validate_model_card",
+    "weights_from_scratch",
     "weights_license",
 ]

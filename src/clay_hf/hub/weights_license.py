@@ -1,7 +1,8 @@
 """The licence of published Clay weights, as the Hub's model-card spec writes it, and the card text that states it.
 
-Converted Clay v0 weights, and weights trained from them, keep the OpenRAIL-M licence of the v0 release
-(`license: openrail`); weights a user trained from random initialisation take the licence the publisher chooses.
+Converted Clay v0 weights, and weights trained from them at any remove, keep the OpenRAIL-M licence of the v0 release
+(`license: openrail`); weights that descend from random initialisation alone (a user's own from-scratch model, and
+models trained only from such weights) take the licence the publisher chooses.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def license_section(license: WeightsLicense) -> str:
             "code in this repository is Apache-2.0."
         )
     return (
-        f"The weights were trained from random initialisation, with no Clay v0 weights in them, and their publisher "
+        f"The weights descend from random initialisation alone, with no Clay v0 weights in them, and their publisher "
         f"released them under {license.title} ([LICENSE]({LICENSE_FILE})). The modelling code in this repository "
         "is Apache-2.0."
     )
@@ -77,10 +78,11 @@ def license_file_text(license: WeightsLicense) -> str:
         return (CARD_DIR / "LICENSE.md").read_text()
     where = f": {license.link}" if license.link else " (the Hub licence of that id)"
     return (
-        f"# Licences of this repository\n\n## Model weights: {license.title}\n\nThe model weights were trained "
-        f"from random initialisation with clay_hf (no Clay v0 weights) and are licensed by their publisher under "
-        f"{license.title}{where}.\n\n## Code: Apache-2.0\n\nThe modelling code in this repository is part of "
-        "`clay_hf` and licensed under the Apache License, Version 2.0: https://www.apache.org/licenses/LICENSE-2.0\n"
+        f"# Licences of this repository\n\n## Model weights: {license.title}\n\nThe model weights descend from "
+        f"random initialisation alone, trained with clay_hf (no Clay v0 weights), and are licensed by their "
+        f"publisher under {license.title}{where}.\n\n## Code: Apache-2.0\n\nThe modelling code in this repository is "
+        "part of `clay_hf` and licensed under the Apache License, Version 2.0: "
+        "https://www.apache.org/licenses/LICENSE-2.0\n"
     )
 
 
@@ -89,7 +91,7 @@ def prohibited_uses(license: WeightsLicense) -> str:
     if license.openrail:
         return (CARD_DIR / "prohibited_uses.md").read_text().strip()
     return (
-        f"None beyond the terms of the weights' licence, {license.title}: trained from random initialisation, they "
+        f"None beyond the terms of the weights' licence, {license.title}: descended from random initialisation, they "
         "hold no Clay v0 weights, so OpenRAIL-M's use restrictions do not apply. Use them lawfully and with care."
     )
 
