@@ -30,6 +30,7 @@ from clay_hf.models.clay.convert_clay_original_checkpoint import (
     load_original_checkpoint,
     save_converted,
 )
+from clay_hf.utils.outputs import lock_path
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = Path(__file__).parent / "fixtures" / "clay_v0_small_state_dict_keys.tsv"
@@ -192,4 +193,4 @@ def test_conversion_mistakes_are_one_line_not_a_traceback(tmp_path, capsys, args
     assert convert_main(argv) == 1  # returned, not raised: no traceback
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message.format(**names)), err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not lock_path(tmp_path / "out").exists()

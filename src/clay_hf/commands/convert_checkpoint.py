@@ -1,19 +1,29 @@
-"""Convert an original Clay v0 Lightning checkpoint (`*.ckpt`) into a [`ClayForMaskedImageModeling`]."""
+"""Convert an original Clay v0 Lightning checkpoint (`*.ckpt`) into a [`ClayForMaskedImageModeling`].
+
+The folder is written under the fault contract of `clay_hf.utils.outputs`: staged aside and swapped into place
+whole (an earlier conversion there is replaced only once the new one is complete), with `checksums.sha256`, under
+`OUTPUT_DIR.lock` (one run per folder).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..models.clay.configuration_clay import ClayConfig
 from ..models.clay.convert_clay_original_checkpoint import (
+    CONVERSION_RECORD_NAME,
     CheckpointConversionError,
     conversion_record,
     convert_original_checkpoint,
     save_converted,
 )
+from ..models.clay.modeling_clay import ClayForMaskedImageModeling
 from ..utils.errors import user_errors
+from ..utils.outputs import OutputLock, atomic_folder, write_checksums
 from ._common import parse_arguments
 
 
@@ -38,7 +48,8 @@ class ConvertCheckpointArguments:
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert a checkpoint and write a `save_pretrained` folder (config.json, model.safetensors,
-    preprocessor_config.json and the conversion record). A user mistake is one line on stderr and exit status 1."""
+    preprocessor_config.json, the conversion record and checksums.sha256). A user mistake, a full disk or a locked
+    output is one line on stderr and exit status 1."""
     args = parse_arguments(ConvertCheckpointArguments, argv, __doc__.splitlines()[0])
     overrides = {
         key: value
@@ -51,12 +62,35 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.checkpoint).is_file():
         raise CheckpointConversionError(f"{args.checkpoint}: no such file.")
     config = _read_config_file(args.config) if args.config else None
-    model = convert_original_checkpoint(
-        args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
-    )
-    output_dir = save_converted(model, args.output_dir, conversion_record(args.checkpoint, model.config))
+    output_dir = Path(args.output_dir)
+    _check_output_dir(output_dir)
+    with OutputLock(output_dir):  # one run per folder, taken before the conversion: a second run stops at once
+        model = convert_original_checkpoint(
+            args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
+        )
+        write_converted(model, output_dir, conversion_record(args.checkpoint, model.config))
     print(f"Converted {args.checkpoint} ({model.num_parameters():,} parameters) to {output_dir}")
     return 0
+
+
+def write_converted(model: ClayForMaskedImageModeling, output_dir: Path, record: dict[str, Any]) -> Path:
+    """[`save_converted`] into a staging folder beside `output_dir`, with `checksums.sha256` (which `publish.py`
+    checks), swapped into place whole: a full disk is an OutputError naming `output_dir`, and leaves nothing."""
+    with atomic_folder(os.path.abspath(output_dir)) as staging:
+        save_converted(model, staging, record)
+        write_checksums(staging)
+    return output_dir
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Refuse a folder that holds anything but an earlier conversion: the new one replaces the folder whole."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CheckpointConversionError(f"--output_dir {output_dir} is a file, not a folder.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / CONVERSION_RECORD_NAME).is_file():
+        raise CheckpointConversionError(
+            f"--output_dir {output_dir} is not empty and holds no earlier conversion ({CONVERSION_RECORD_NAME}): "
+            "the converted folder replaces it whole. Choose a new or empty folder."
+        )
 
 
 def _read_config_file(path: str) -> ClayConfig:

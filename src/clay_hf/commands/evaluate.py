@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..evaluation.reconstruction import MASKINGS, SPLITS
 from ..models.clay.image_processing_clay import parse_fill_value
 from ..utils.errors import user_errors
+from ..utils.outputs import OutputLock
 from ._common import parse_arguments
 
 
@@ -56,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..evaluation.reconstruction import evaluate_reconstruction, load_pretraining_model, write_eval_results
 
     args = parse_arguments(EvaluateArguments, argv, main.__doc__)
-    model, processor = load_pretraining_model(args.model_name_or_path)
-    results = evaluate_reconstruction(
-        model, processor, args.data_dir, args.batch_size, masking=args.masking, seed=args.seed,
-        max_chips=args.max_chips, split=args.split, validation_fraction=args.validation_fraction,
-        fill_value=args.fill_value,
-    )  # fmt: skip
-    path = write_eval_results(results, args.output_dir)
+    # One writer per folder (OUTPUT_DIR.lock, beside it: never a file in the model folder), taken before the work.
+    with OutputLock(args.output_dir):
+        model, processor = load_pretraining_model(args.model_name_or_path)
+        results = evaluate_reconstruction(
+            model, processor, args.data_dir, args.batch_size, masking=args.masking, seed=args.seed,
+            max_chips=args.max_chips, split=args.split, validation_fraction=args.validation_fraction,
+            fill_value=args.fill_value,
+        )  # fmt: skip
+        path = write_eval_results(results, args.output_dir)
     print(json.dumps(results, indent=2))
     print(f"wrote {path}")
     return 0

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 
 from ..utils.errors import user_errors
+from ..utils.outputs import OutputLock
 from ._common import parse_arguments
 
 
@@ -23,18 +24,20 @@ class ExportOnnxArguments:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    """Export the Clay encoder to ONNX and check ONNX Runtime against PyTorch at batch 1 and 3."""
+    """Export the Clay encoder to ONNX and check ONNX Runtime against PyTorch at batch 1 and 3 (one run per output:
+    it holds OUTPUT.lock)."""
     from ..export.onnx import OnnxEncoder, export_onnx, max_difference
     from ..inference.embeddings import load_encoder
 
     args = parse_arguments(ExportOnnxArguments, argv, main.__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model, processor = load_encoder(args.model_name_or_path)
-    path = export_onnx(model, args.output, processor, not args.fixed_image_size, args.opset_version)
-    encoder = OnnxEncoder(path)
-    patches = model.config.image_size // model.config.patch_size if args.fixed_image_size else 3
-    differences = {batch: max_difference(model, encoder, batch, patches) for batch in (1, 3)}
+    with OutputLock(args.output):  # taken before the export: a second run on the same file stops at once
+        model, processor = load_encoder(args.model_name_or_path)
+        path = export_onnx(model, args.output, processor, not args.fixed_image_size, args.opset_version)
+        encoder = OnnxEncoder(path)
+        patches = model.config.image_size // model.config.patch_size if args.fixed_image_size else 3
+        differences = {batch: max_difference(model, encoder, batch, patches) for batch in (1, 3)}
     print(
         f"wrote {path}; largest difference from PyTorch: "
         + ", ".join(f"batch {b}: {d:.2e}" for b, d in differences.items())

@@ -28,21 +28,23 @@ class LinearProbeArguments:
 def main(argv: list[str] | None = None) -> int:
     """Linear probe: logistic regression on mean embeddings of labelled chips, accuracy on a fixed split."""
     import json
+    from contextlib import nullcontext
 
     from ..evaluation.probe import labels_from_csv, labels_from_folders, linear_probe
     from ..inference.embeddings import load_encoder
-    from ..utils.outputs import write_json
+    from ..utils.outputs import OutputLock, write_json
 
     parser = CommandParser(LinearProbeArguments, description=main.__doc__)
     (args,) = parser.parse(argv)
     if not (args.data_dir or args.labels):
         parser.error("give --data_dir (class folders) or --labels (CSV)")
     labels = labels_from_csv(args.labels) if args.labels else labels_from_folders(args.data_dir)
-    model, processor = load_encoder(args.model_name_or_path)
-    results = linear_probe(model, processor, labels, args.test_size, args.seed)
-    print(json.dumps(results, indent=2))
-    if args.output:
-        write_json(args.output, results)
+    with OutputLock(args.output) if args.output else nullcontext():  # one run per results file, taken first
+        model, processor = load_encoder(args.model_name_or_path)
+        results = linear_probe(model, processor, labels, args.test_size, args.seed)
+        print(json.dumps(results, indent=2))
+        if args.output:
+            write_json(args.output, results)
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 
 from ..utils.errors import user_errors
+from ..utils.outputs import OutputLock, make_folder, remove_partials
 from ._common import parse_arguments
 
 
@@ -22,13 +23,17 @@ class ReconstructArguments:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    """Save PNGs of input, masked input, reconstruction and per-group error for N chips (fixed seed)."""
+    """Save PNGs of input, masked input, reconstruction and per-group error for N chips (fixed seed); one run per
+    output folder (it holds OUTPUT_DIR.lock)."""
     from ..evaluation.reconstruction import load_pretraining_model
     from ..evaluation.visualize import save_reconstructions
 
     args = parse_arguments(ReconstructArguments, argv, main.__doc__)
-    model, processor = load_pretraining_model(args.model_name_or_path)
-    for path in save_reconstructions(model, processor, args.data_dir, args.output_dir, args.num_chips, args.seed):
+    with OutputLock(args.output_dir):  # one writer per folder; a killed run's partial PNGs go first
+        remove_partials(make_folder(args.output_dir))
+        model, processor = load_pretraining_model(args.model_name_or_path)
+        written = save_reconstructions(model, processor, args.data_dir, args.output_dir, args.num_chips, args.seed)
+    for path in written:
         print(f"wrote {path}")
     return 0
 

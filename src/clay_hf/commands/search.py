@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..search.table import ANN_THRESHOLD, INDEX_TYPES, METRICS
 from ..utils.errors import user_errors
+from ..utils.outputs import OutputLock
 from ._common import CommandParser, arguments_from
 
 
@@ -16,7 +17,9 @@ class IndexArguments:
     """The arguments of `clay-search index`."""
 
     embeddings: str = field(metadata={"help": "a GeoParquet written by embed.py (mean or patch level)"})
-    index_dir: str = field(metadata={"help": "the LanceDB folder to write (its table is replaced)"})
+    index_dir: str = field(
+        metadata={"help": "the LanceDB folder to write (replaced whole once the new index is complete)"}
+    )
     metric: str = field(default="cosine", metadata={"help": "cosine (1 − cos) or l2 (Euclidean)", "choices": METRICS})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "the model that made the embeddings (to embed new query chips)"}
@@ -77,7 +80,8 @@ def parse(argv: list[str] | None = None) -> IndexArguments | QueryArguments:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    """Build a search index (`index`) or query one (`query`)."""
+    """Build a search index (`index`) or query one (`query`); each holds its output's lock (one writer per index
+    folder, per hits file)."""
     from ..search.query import search
     from ..search.table import build_index
 
@@ -95,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{info.metric} distance, {ann}"
         )
     else:
-        hits = search(
-            args.index_dir, args.like, args.point, args.k, args.where, args.bbox, args.output,
-            args.model_name_or_path, args.nprobes, args.refine_factor,
-        )  # fmt: skip
+        with OutputLock(args.output):
+            hits = search(
+                args.index_dir, args.like, args.point, args.k, args.where, args.bbox, args.output,
+                args.model_name_or_path, args.nprobes, args.refine_factor,
+            )  # fmt: skip
         print(f"wrote {hits.num_rows} nearest to {args.output}")
     return 0
 

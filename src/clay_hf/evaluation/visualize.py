@@ -19,6 +19,7 @@ from ..data.dataset import collate_chips
 from ..data.sources import load_chip_dataset
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling, clay_per_patch_loss
+from ..utils.outputs import atomic_file, make_folder
 
 logger = get_logger(__name__)
 
@@ -146,9 +147,8 @@ def save_reconstructions(
     dpi: int = 100,
 ) -> list[Path]:
     """Save one PNG per chip for the first `num_chips` good chips (bad ones are skipped and named in a warning),
-    masking randomly with a fixed `seed`."""
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    masking randomly with a fixed `seed`. Each PNG is written atomically ([`save_figure`])."""
+    output = make_folder(output_dir)
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     written = []
@@ -169,11 +169,19 @@ def save_reconstructions(
         except NonFiniteReconstruction as error:
             logger.warning("skipped %s: %s", record["source_url"], error)
             continue
-        path = output / f"{name}.png"
-        figure.savefig(path, dpi=dpi)
-        plt.close(figure)
-        written.append(path)
+        written.append(save_figure(figure, output / f"{name}.png", dpi))
     return written
+
+
+def save_figure(figure: plt.Figure, path: Path, dpi: int = 100) -> Path:
+    """Save `figure` as the PNG `path`, atomically: it appears once it decodes whole; a full disk is an OutputError
+    naming `path`. The figure is closed."""
+    try:
+        with atomic_file(path, verify=plt.imread) as temporary:
+            figure.savefig(temporary, dpi=dpi, format="png")
+    finally:
+        plt.close(figure)
+    return path
 
 
 __all__ = [
@@ -182,6 +190,7 @@ __all__ = [
     "reconstruction_figure",
     "reconstruction_panels",
     "rgb_image",
+    "save_figure",
     "save_reconstructions",
     "stretch_limits",
 ]

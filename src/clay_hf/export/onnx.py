@@ -4,7 +4,8 @@ The graph takes `pixel_values` (B, C, H, W) float32, `timestep` (B, 3), `latlon`
 `last_hidden_state` (B, G·h·w + 2, D) and `pooler_output` (B, D). Batch size and image size (H, W multiples of the
 patch size) are dynamic: torch.export traces the sin-cos position encoding as operations on the input's grid.
 The file carries the model's config and image processor (metadata `clay:config`, `clay:image_processor`), so it
-embeds chips on its own.
+embeds chips on its own. It is written under the fault contract of `clay_hf.utils.outputs`: aside, checked by
+`onnx.checker` with its metadata read back, then renamed into place; `clay-export-onnx` holds `OUTPUT.lock`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,18 @@ from transformers.utils.logging import get_logger
 from ..models.clay.configuration_clay import ClayConfig
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayModel, ClayModelOutput
+from ..utils.errors import IntegrityError
+from ..utils.outputs import atomic_file, make_folder
 
 logger = get_logger(__name__)
 
 INPUT_NAMES = ("pixel_values", "timestep", "latlon")
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+CONFIG_METADATA = "clay:config"
+PROCESSOR_METADATA = "clay:image_processor"
+#: Weights above this size go to an external data file `NAME.onnx.data` beside the graph (as torch's exporter does:
+#: a protobuf holds at most 2 GiB).
+EXTERNAL_DATA_BYTES = 3 << 29  # 1.5 GiB
 
 
 class ClayEncoderForExport(nn.Module):
@@ -64,11 +72,13 @@ def export_onnx(
     opset_version: int | None = None,
 ) -> Path:
     """Export the encoder to `output` (dynamic batch; dynamic image size unless told otherwise, when the graph is
-    traced at `config.image_size`). The model's config and `processor` are stored in the file's metadata."""
-    import onnx
+    traced at `config.image_size`). The model's config and `processor` are stored in the file's metadata.
 
+    The file is written aside and renamed into place once `onnx.checker` accepts it and its metadata reads back
+    ([`atomic_file`]): a full disk is an OutputError naming `output`, and an earlier file there stays whole.
+    """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(output.parent)
     config = model.config
     model = model.float().eval()
     batch = torch.export.Dim("batch", min=1)
@@ -94,14 +104,34 @@ def export_onnx(
             dynamo=True,
             verbose=False,
         )
-    program.save(str(output))
-    proto = onnx.load(str(output), load_external_data=False)
-    metadata = {"clay:config": config.to_json_string(use_diff=False)}
+    program.model.metadata_props[CONFIG_METADATA] = config.to_json_string(use_diff=False)
     if processor is not None:
-        metadata["clay:image_processor"] = json.dumps(processor.to_dict())
-    onnx.helper.set_model_props(proto, metadata)
-    onnx.save(proto, str(output))
+        program.model.metadata_props[PROCESSOR_METADATA] = json.dumps(processor.to_dict())
+    with atomic_file(output, verify=check_onnx_file) as temporary:
+        _save_program(program, temporary, output.name)
     return output
+
+
+def _save_program(program: torch.onnx.ONNXProgram, path: Path, name: str) -> None:
+    """Save the exported graph to `path`; weights over `EXTERNAL_DATA_BYTES` go to `NAME.data` beside it, named
+    after the final `name` (not the temporary one) so that the graph still finds them once renamed."""
+    weights = sum(value.const_value.nbytes for value in program.model.graph.initializers.values())
+    if weights <= EXTERNAL_DATA_BYTES:
+        program.save(str(path), external_data=False)
+        return
+    import onnx_ir
+
+    onnx_ir.save(program.model, path, external_data=f"{name}.data")
+
+
+def check_onnx_file(path: Path) -> None:
+    """Refuse an ONNX file that `onnx.checker` rejects or whose `clay:config` metadata does not read back."""
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    metadata = {prop.key for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+    if CONFIG_METADATA not in metadata:
+        raise IntegrityError(f"{path}: has no '{CONFIG_METADATA}' metadata")
 
 
 @contextlib.contextmanager
@@ -129,10 +159,10 @@ class OnnxEncoder:
             raise FileNotFoundError(f"{self.path}: no such ONNX file.")
         self.session = onnxruntime.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
         metadata = self.session.get_modelmeta().custom_metadata_map
-        if "clay:config" not in metadata:
-            raise ValueError(f"{self.path}: has no 'clay:config' metadata; export it with export_onnx.py.")
-        self.config = ClayConfig.from_dict(json.loads(metadata["clay:config"]))
-        processor = metadata.get("clay:image_processor")
+        if CONFIG_METADATA not in metadata:
+            raise ValueError(f"{self.path}: has no '{CONFIG_METADATA}' metadata; export it with export_onnx.py.")
+        self.config = ClayConfig.from_dict(json.loads(metadata[CONFIG_METADATA]))
+        processor = metadata.get(PROCESSOR_METADATA)
         self.processor = (
             ClayImageProcessor.from_dict(json.loads(processor))
             if processor
@@ -164,4 +194,4 @@ def max_difference(model: ClayModel, encoder: OnnxEncoder, batch_size: int, patc
     return max(float((getattr(expected, name) - getattr(actual, name)).abs().max()) for name in OUTPUT_NAMES)
 
 
-__all__ = ["ClayEncoderForExport", "OnnxEncoder", "export_onnx", "max_difference", "sample_inputs"]
+__all__ = ["ClayEncoderForExport", "OnnxEncoder", "check_onnx_file", "export_onnx", "max_difference", "sample_inputs"]

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import shapely
 from transformers.utils.logging import get_logger
 
+from ..utils.outputs import atomic_file, make_folder
 from .table import BBOX_COLUMNS, IndexInfo, SearchIndexError, open_index
 
 logger = get_logger(__name__)
@@ -218,12 +219,13 @@ def _search(table, info, vector, limit, where, nprobes, refine_factor) -> pa.Tab
 
 
 def write_hits(hits: pa.Table, output: str | PathLike, info: IndexInfo, query: Query) -> Path:
-    """Write hits as GeoParquet (geometry WKB in OGC:CRS84, `geo` metadata as embed.py writes)."""
+    """Write hits as GeoParquet (geometry WKB in OGC:CRS84, `geo` metadata as embed.py writes), atomically: the
+    file appears once it reads back whole; a full disk is an OutputError naming `output`."""
     from ..inference.geoparquet import geo_metadata
     from ..utils.geometry import lonlat_bbox
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(output.parent)
     geometries = [g for g in shapely.from_wkb(hits.column("geometry").to_pylist()) if g is not None]
     types = {geometry.geom_type for geometry in geometries} or {"Polygon"}
     metadata = {
@@ -232,7 +234,8 @@ def write_hits(hits: pa.Table, output: str | PathLike, info: IndexInfo, query: Q
             {"metric": info.metric, "level": info.level, "index": info.embeddings, "query": query.sources}
         ).encode(),
     }
-    pq.write_table(hits.replace_schema_metadata(metadata), output)
+    with atomic_file(output, verify=pq.read_table) as temporary:
+        pq.write_table(hits.replace_schema_metadata(metadata), temporary)
     return output
 
 

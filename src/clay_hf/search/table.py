@@ -3,6 +3,10 @@
 The table records, in its `vector` column's metadata (`clay:search`), the embeddings file it came from, the model
 that made them (a path, Hub id or .onnx file, for embedding new query chips), the level, the metric and the ANN
 index with its query settings.
+
+A build is written under the fault contract of `clay_hf.utils.outputs`: the whole LanceDB folder is built aside
+(`.INDEX_DIR.partial`) and swapped into place once complete ([`atomic_folder`]), so a kill or a full disk leaves the
+previous index whole and queryable; one build per folder at a time (`INDEX_DIR.lock`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from transformers.utils.logging import get_logger
 
 from ..utils.errors import ClayUserError
 from ..utils.model_source import model_reference
+from ..utils.outputs import OutputLock, atomic_folder
 from .patches import patch_footprints
 
 logger = get_logger(__name__)
@@ -110,7 +115,12 @@ def build_index(
     **ann_settings: int,
 ) -> IndexInfo:
     """Build (or replace) the search table of `embeddings` in `index_dir`; `patch` files become one row per patch.
-    `ann_settings` override [`AnnIndex`]'s fields (e.g. `max_iterations=10` builds a large index faster)."""
+    `ann_settings` override [`AnnIndex`]'s fields (e.g. `max_iterations=10` builds a large index faster).
+
+    The folder is built aside and swapped into place whole once its table, metadata and ANN index are complete: a
+    kill or a full disk (an OutputError naming `index_dir`) leaves the previous index as it was. A folder holding
+    anything but a search table is refused; another build of the same folder is refused while it runs.
+    """
     import lancedb
 
     if metric not in METRICS:
@@ -131,17 +141,32 @@ def build_index(
     first = next(batches, None)
     if first is None:
         raise SearchIndexError(f"{path}: holds no embeddings with a finite vector to index.")
-    db = lancedb.connect(str(index_dir))
+    index_dir = Path(index_dir)
     reader = pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
-    if TABLE_NAME in db.list_tables().tables:
-        db.drop_table(TABLE_NAME)  # then create: LanceDB's "overwrite" warns when there is nothing to overwrite
-    table = db.create_table(TABLE_NAME, data=reader)
-    info.rows, info.skipped = table.count_rows(), skipped[0]
-    _record(table, info)
-    if info.rows >= ann_threshold:
-        create_ann_index(table, info, index_type, **ann_settings)
+    with OutputLock(index_dir):
+        _check_index_dir(index_dir)
+        with atomic_folder(index_dir.absolute()) as staging:
+            table = lancedb.connect(str(staging)).create_table(TABLE_NAME, data=reader)
+            info.rows, info.skipped = table.count_rows(), skipped[0]
+            _record(table, info)
+            if info.rows >= ann_threshold:
+                create_ann_index(table, info, index_type, **ann_settings)
     logger.info("indexed %d rows of %s (%d skipped) in %s; ANN: %s", info.rows, path, info.skipped, index_dir, info.ann)
     return info
+
+
+def _check_index_dir(index_dir: Path) -> None:
+    """Refuse an `index_dir` that holds anything but a search table: a build replaces the folder whole."""
+    if not index_dir.exists():
+        return
+    if not index_dir.is_dir():
+        raise SearchIndexError(f"{index_dir}: is a file, not an index folder.")
+    others = sorted(path.name for path in index_dir.iterdir() if path.name != f"{TABLE_NAME}.lance")
+    if others:
+        raise SearchIndexError(
+            f"{index_dir}: holds {', '.join(others[:5])}, not only a search table: a build replaces the folder "
+            "whole. Choose a new or empty folder."
+        )
 
 
 def create_ann_index(table, info: IndexInfo, index_type: str = "IVF_PQ", **settings) -> IndexInfo:

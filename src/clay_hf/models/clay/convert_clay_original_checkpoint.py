@@ -281,7 +281,11 @@ def conversion_record(checkpoint_path: str | PathLike, config: ClayConfig) -> di
 
 
 def save_converted(model: ClayForMaskedImageModeling, output_dir: str | PathLike, record: dict[str, Any]) -> Path:
-    """A `save_pretrained` folder for converted weights: model, the v0 processor for its bands, and the record."""
+    """A `save_pretrained` folder for converted weights: model, the v0 processor for its bands, and the record.
+
+    It writes into `output_dir` as it is: `clay-convert-checkpoint` gives it a staging folder that is swapped into
+    place whole, with checksums, under a lock (this module ships as Hub remote code, so the fault contract of
+    `clay_hf.utils.outputs` lives in the command)."""
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     ClayImageProcessor(band_names=model.config.band_names).save_pretrained(output_dir)
