@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_pretraining_model, small_config
+from conftest import pretrain_in_process, save_pretraining_model, small_config
 from huggingface_hub import ModelCard
 
 from clay_hf import ClayForImageClassification, ClayForMaskedImageModeling, ClayImageProcessor
+from clay_hf.chipping import write_synthetic_chips
 from clay_hf.hub.publish import StagingError, stage_repository, validate_model_card
 
 REPO_ID = "made-with-clay/Clay"
@@ -148,6 +149,25 @@ def test_continued_pretraining_keeps_the_licence_of_its_base(pretrained, tmp_pat
         pretrained, tmp_path / "continued", training_summary={**SUMMARY, "initialised_from": str(base)}
     )
     assert licence_fields(card_of(stage_repository(continued, tmp_path / "repo", REPO_ID)))[0] == licence
+
+
+def test_a_run_from_a_relative_base_path_records_it_absolute_so_the_licence_resolves_anywhere(
+    pretrained, tmp_path, monkeypatch
+):
+    """`--model_name_or_path base` typed relative to the run's directory: the summary records the base's absolute
+    path, so staging from another directory still finds the base and its licence (apache-2.0 for an own model)."""
+    own_pretrained(pretrained, tmp_path / "base")
+    write_synthetic_chips(tmp_path / "chips", 2, size=32, seed=1)
+    monkeypatch.chdir(tmp_path)
+    args = ["--model_name_or_path", "base", "--train_dir", "chips", "--output_dir", "continued", "--max_train_steps",
+            "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--validation_fraction", "0", "--report_to", "none"]  # fmt: skip
+    assert pretrain_in_process(args) == 0
+    recorded = json.loads((tmp_path / "continued" / "training_summary.json").read_text())["initialised_from"]
+    assert recorded == str(tmp_path / "base")
+    monkeypatch.chdir(tmp_path / "chips")
+    repository = stage_repository(tmp_path / "continued", tmp_path / "repo", REPO_ID)
+    assert licence_fields(card_of(repository))[0] == "apache-2.0"
 
 
 @pytest.mark.parametrize(("origin", "licence"), [("own", "apache-2.0"), ("converted", "openrail")])

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, masking_description
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..utils.benchmarking import machine_description
+from ..utils.model_source import model_reference
 from ..utils.outputs import CHECKSUMS_NAME, atomic_files, atomic_folder, write_checksums, write_json
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .checkpointing import TrainState
@@ -82,7 +83,7 @@ def training_summary(
         * accelerator.num_processes,
         "mask_ratio": model.config.mask_ratio,
         # None: random weights (the published licence follows this)
-        "initialised_from": model_args.model_name_or_path,
+        "initialised_from": model_reference(model_args.model_name_or_path),
     }
 
 
