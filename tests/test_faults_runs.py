@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -208,6 +209,27 @@ def test_resume_with_another_model_is_refused_naming_both(
     assert f"embeddings of the model {model_dir.resolve()}; this run embeds with {other_model_dir.resolve()}" in err
     with pytest.raises(ResumeError):
         embed_to_geoparquet(*load_encoder(str(other_model_dir)), chips, output, resume=True, progress=False)
+
+
+def test_resume_with_the_same_folder_holding_other_weights_is_refused(
+    chips, model_dir, other_model_dir, tmp_path, monkeypatch, capsys
+):
+    """The same --model_name_or_path, but its weights replaced (a model saved again into the folder) since the
+    parts were embedded: the parts' recorded weights checksum differs, so the rows of two models never mix."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    output = tmp_path / "e.parquet"
+    _interrupted_embedding(load_encoder(str(model)), chips, output, monkeypatch)
+    shutil.copy(other_model_dir / "model.safetensors", model / "model.safetensors")
+    status = embed_main(["--model_name_or_path", str(model), "--data_dir", str(chips), "--output", str(output),
+                         "--resume"])  # fmt: skip
+    assert status == 1
+    err = _one_error_line(capsys)
+    assert f"embeddings of the model {model.resolve()} as it was then (sha256:" in err
+    assert "its weights have changed since (sha256:" in err
+    shutil.copy(model_dir / "model.safetensors", model / "model.safetensors")  # the same weights again: resumed
+    assert embed_main(["--model_name_or_path", str(model), "--data_dir", str(chips), "--output", str(output),
+                       "--resume"]) == 0  # fmt: skip
 
 
 # --- item 8: damaged parts --------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from ..models.clay.image_processing_clay import ClayImageProcessor, load_image_p
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling, ClayModel
 from ..utils.errors import ClayUserError, IntegrityError, ResumeError
 from ..utils.geometry import lonlat_bbox
-from ..utils.model_source import from_pretrained_checked, model_reference
+from ..utils.model_source import from_pretrained_checked, model_reference, model_revision
 from ..utils.outputs import (
     OutputLock,
     add_checksums,
@@ -230,6 +230,7 @@ class EmbeddingJob:
         self.reconstruction = reconstruction
         self.layout = embedding_layout(model, processor, options.bands, options.fill_value, options.image_size)
         self.model_name = model_reference(getattr(model, "name_or_path", None))
+        self.model_revision = model_revision(self.model_name, getattr(model, "config", None))
         self.output = Path(output)
         self.parts_dir = self.output.with_name(self.output.name + ".parts")
 
@@ -274,7 +275,7 @@ class EmbeddingJob:
                 "or start again without --resume"
             )
         _check_recorded_columns(self.parts_dir, self.reconstruction is not None)
-        _check_recorded_model(self.parts_dir, self.model_name)
+        _check_recorded_model(self.parts_dir, self.model_name, self.model_revision)
         return recorded[1] if recorded else None
 
     def _embed_share(
@@ -286,7 +287,7 @@ class EmbeddingJob:
         folder = _rank_folder(self.parts_dir, self.rank)
         writer = _PartWriter(
             folder, options.rows_per_part, options.level, options.embeddings_dtype, self.reconstruction is not None,
-            self.model_name,
+            self.model_name, self.model_revision,
         )  # fmt: skip
         embedded, bad_chips = 0, 0
         for batch in self._batches(paths):
@@ -383,7 +384,7 @@ class EmbeddingJob:
                 "masking": masking_description("random", VALIDATION_MASKING_SEED),
                 "mask_ratio": self.reconstruction.config.mask_ratio,
             }
-        return {**written, "model_name_or_path": self.model_name}
+        return {**written, "model_name_or_path": self.model_name, "model_revision": self.model_revision}
 
 
 def _source_name(source: str | PathLike | Sequence[str]) -> str:
@@ -431,10 +432,11 @@ class _PartWriter:
         embeddings_dtype: str = "float32",
         reconstruction_error: bool = False,
         model_name: str | None = None,
+        model_revision: str | None = None,
     ) -> None:
         self.folder, self.rows_per_part, self.level = folder, rows_per_part, level
         self.embeddings_dtype, self.reconstruction_error = embeddings_dtype, reconstruction_error
-        self.model_name = model_name
+        self.model_name, self.model_revision = model_name, model_revision
         make_folder(folder)
         self.rows: list[dict] = []
         self.shape: tuple[int, ...] | None = None
@@ -473,7 +475,8 @@ class _PartWriter:
         if not self.rows:
             return
         length = len(self.rows[0]["embeddings"])
-        recorded = {"level": self.level, "shape": list(self.shape), "model_name_or_path": self.model_name}
+        recorded = {"level": self.level, "shape": list(self.shape), "model_name_or_path": self.model_name,
+                    "model_revision": self.model_revision}  # fmt: skip
         metadata = {SHAPE_KEY: json.dumps(recorded).encode()}
         table = pa.table(
             {
@@ -595,14 +598,21 @@ def _recorded_layout(parts_dir: Path) -> tuple[str, tuple[int, ...]] | None:
     return recorded["level"], tuple(recorded["shape"])
 
 
-def _check_recorded_model(parts_dir: Path, model_name: str | None) -> None:
-    """Refuse to resume parts another model embedded (parts of a model without a name pass)."""
+def _check_recorded_model(parts_dir: Path, model_name: str | None, revision: str | None) -> None:
+    """Refuse to resume parts another model embedded, or the same model before its weights changed (parts of a model
+    without a name or a known revision pass that check)."""
     for part in _parts(parts_dir):
-        recorded = _recorded(part)["model_name_or_path"]
-        if recorded is not None and recorded != model_name:
+        recorded = _recorded(part)
+        name, recorded_revision = recorded["model_name_or_path"], recorded.get("model_revision")
+        if name is not None and name != model_name:
             raise ResumeError(
-                f"{parts_dir} holds embeddings of the model {recorded}; this run embeds with {model_name}: resume "
-                f"with --model_name_or_path {recorded}, or start again without --resume"
+                f"{parts_dir} holds embeddings of the model {name}; this run embeds with {model_name}: resume "
+                f"with --model_name_or_path {name}, or start again without --resume"
+            )
+        if None not in (recorded_revision, revision) and recorded_revision != revision:
+            raise ResumeError(
+                f"{parts_dir} holds embeddings of the model {name} as it was then ({recorded_revision}); its weights "
+                f"have changed since ({revision}): start again without --resume"
             )
 
 

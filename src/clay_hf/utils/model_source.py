@@ -3,6 +3,7 @@ failed connection to the Hub."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import ClayUserError
+from .outputs import sha256_file
 
 T = TypeVar("T")
 
@@ -37,6 +39,29 @@ def model_reference(name_or_path: str | Path | None) -> str | None:
         return None
     path = Path(str(name_or_path)).expanduser()
     return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
+#: The files whose bytes are a model's weights: a save_pretrained folder's (whole or sharded), or an exported file.
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data")
+
+
+def model_revision(name_or_path: str | Path | None, config: Any = None) -> str | None:
+    """What identifies a model's weights beyond its name, so that a resume can tell a folder whose weights were
+    replaced: `sha256:…` over a local model's weight files (a folder's, or the file itself), a Hub model's commit
+    (`config._commit_hash`); None when neither is known."""
+    if name_or_path:
+        path = Path(str(name_or_path)).expanduser()
+        files = (
+            sorted({file for pattern in WEIGHT_FILE_PATTERNS for file in path.glob(pattern)}) if path.is_dir() else []
+        )
+        files = [path] if path.is_file() else files
+        if files:
+            digest = hashlib.sha256()
+            for file in files:
+                digest.update(f"{file.name}:{sha256_file(file)}\n".encode())
+            return f"sha256:{digest.hexdigest()}"
+    commit = getattr(config, "_commit_hash", None)
+    return f"commit:{commit}" if commit else None
 
 
 def check_model_source(name_or_path: str | Path) -> None:
