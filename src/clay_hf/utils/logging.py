@@ -32,8 +32,8 @@ class PackageLogger(logging.Logger):
 
 
 class ConsoleHandler(logging.StreamHandler):
-    """Writes the package's records to stderr as transformers' library handler writes its own (`[clay_hf] message`),
-    while the application has configured no logging (the root logger has no handler, where `logging.lastResort`
+    """Writes the package's records to stderr, as transformers' library handler writes its own (prefixed
+    `[clay_hf] `, to say whose they are), while the application has configured no logging (the root logger has no handler, where `logging.lastResort`
     would print warnings alone). An application that configures logging (`logging.basicConfig`, a file, pytest)
     gets the records through the root logger's handlers instead: each record is shown once."""
 
