@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,9 +184,14 @@ def test_the_licence_follows_the_origin_through_two_steps(pretrained, tmp_path, 
     assert licence_fields(card_of(stage_repository(folder, tmp_path / "repo", "o/landcover")))[0] == licence
 
 
-def test_a_base_whose_records_cannot_be_read_counts_as_derived_from_clay_v0(pretrained, tmp_path):
-    """A base folder no longer there (or a Hub id): OpenRAIL-M, and no other licence."""
-    folder = finetuned_folder(tmp_path / "tuned", base_model=str(tmp_path / "gone"), base_model_is_local=True)
+@pytest.mark.parametrize("base", ["gone", "unrecorded", "hub"])
+def test_a_base_whose_origin_is_unknown_counts_as_derived_from_clay_v0(pretrained, tmp_path, base):
+    """A base folder no longer there, one that records no origin (a save_pretrained copy of released weights), or a
+    Hub id: OpenRAIL-M, and no other licence."""
+    if base == "unrecorded":
+        shutil.copytree(pretrained, tmp_path / base)
+    name, local = (REPO_ID, False) if base == "hub" else (str(tmp_path / base), True)
+    folder = finetuned_folder(tmp_path / "tuned", base_model=name, base_model_is_local=local)
     assert licence_fields(card_of(stage_repository(folder, tmp_path / "repo", "o/landcover")))[0] == "openrail"
     with pytest.raises(StagingError, match="a base model whose records cannot be read here"):
         stage_repository(folder, tmp_path / "other", "o/landcover", license="mit")

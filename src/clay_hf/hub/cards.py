@@ -416,8 +416,9 @@ def finetuned_task(config: dict[str, Any]) -> FineTunedTask | None:
 def weights_from_scratch(model_dir: str | PathLike, _followed: frozenset[Path] = frozenset()) -> bool | None:
     """Whether a model folder's weights descend from random initialisation alone, followed through every base they
     were trained from (the weights' licence follows this). True: pretrained or fine-tuned from scratch, or trained
-    from weights that were; False: converted Clay v0 weights, trained from them, or trained from a base whose records
-    cannot be read here (a Hub id, a folder no longer there); None: the folder records no origin."""
+    from weights that were; False: converted Clay v0 weights, trained from them, or trained from a base whose origin
+    is unknown here (a Hub id, a folder no longer there, a folder that records no origin); None: the folder itself
+    records no origin."""
     model_dir = Path(model_dir)
     summary, evaluation = _optional_json(model_dir / TRAINING_SUMMARY), _optional_json(model_dir / EVAL_RESULTS)
     config = _optional_json(model_dir / "config.json") or {}
@@ -440,7 +441,8 @@ def weights_from_scratch(model_dir: str | PathLike, _followed: frozenset[Path] =
     base_dir = Path(base).expanduser().resolve()
     if not base_dir.is_dir() or base_dir in _followed:
         return False
-    return weights_from_scratch(base_dir, _followed | {model_dir.resolve()})
+    # A base that records no origin (e.g. a save_pretrained copy of released weights) counts as Clay v0's.
+    return weights_from_scratch(base_dir, _followed | {model_dir.resolve()}) is True
 
 
 def finetuned_tags(task: FineTunedTask) -> list[str]:
