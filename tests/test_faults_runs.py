@@ -45,6 +45,7 @@ from clay_hf.inference.embeddings import embed_to_geoparquet, load_encoder
 from clay_hf.inference.ranks import RankReport, wait_for_reports, write_report
 from clay_hf.training import list_checkpoints, resolve_checkpoint
 from clay_hf.training.checkpointing import CURRENT_RUN_NAME, checkpoint_run, verify_checkpoint
+from clay_hf.utils.distributed import Watchdog, is_rank_failure
 from clay_hf.utils.errors import IntegrityError, OutputError, RanksTimeoutError, ResumeError
 from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, lock_path, read_json, write_json
 
@@ -322,9 +323,11 @@ def _barrier_rank(index: int, port: int, results) -> None:
     import torch.distributed as dist
 
     from clay_hf.inference.ranks import Rank
+    from clay_hf.utils.distributed import barrier_group
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=index, world_size=3)
+    rank = Rank(index, 3, "cpu", barrier_group())  # every rank makes the barriers' group, as `current_rank` does
     if index == 2:
         time.sleep(4)
         return
@@ -333,10 +336,30 @@ def _barrier_rank(index: int, port: int, results) -> None:
     handler.emit = lambda record: said.append(record.getMessage())
     logging.getLogger("clay_hf").addHandler(handler)
     try:
-        Rank(index, 3, "cpu").barrier("the start", timeout_seconds=2.0, log_seconds=0.5)
+        rank.barrier("the start", timeout_seconds=2.0, log_seconds=0.5)
         results.put((index, "passed", said))
     except RanksTimeoutError as error:
         results.put((index, str(error), said))
+
+
+def test_only_a_silent_or_gone_rank_is_taken_for_a_dead_machine():
+    """A collective's timeout or closed connection is another rank's failure; this rank's out-of-memory or a bug is
+    its own, and keeps its own error."""
+    assert is_rank_failure(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv"))
+    assert is_rank_failure(RuntimeError("Connection closed by peer [127.0.0.1]:25217"))
+    assert not is_rank_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_rank_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"))
+
+
+def test_a_watchdog_speaks_only_after_a_silence_and_counts_from_the_last_beat(caplog):
+    with caplog.at_level(logging.WARNING, logger="clay_hf"):
+        with Watchdog("nothing finished", log_seconds=0.4, first_seconds=0.4) as watchdog:
+            for _ in watchdog.beating(range(8)):
+                time.sleep(0.1)  # steady progress: never silent for 0.4 s
+        assert "nothing finished" not in caplog.text
+        with Watchdog("nothing finished", log_seconds=0.2, first_seconds=0.2):
+            time.sleep(0.5)
+    assert "nothing finished (0 s so far)" in caplog.text or "nothing finished (" in caplog.text
 
 
 def test_a_rank_missing_at_a_barrier_is_named_at_the_default_verbosity_and_given_up_on():
@@ -511,8 +534,9 @@ def test_a_rank_that_stops_answering_in_pretraining_is_named_and_the_run_ends(tr
     assert stalled.returncode != 0
     assert "rank 0 has finished no micro-batch for a while" in stalled.stderr
     errors = [line for line in stalled.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: gave up waiting for rank(s) [1] at a training step after 8 s; their machines may be gone. "
-                      "The finished work is kept: rerun with --resume"]  # fmt: skip
+    assert errors == ["error: rank(s) [1] stopped answering at step 2 (a collective waited for them up to "
+                      "--rank_timeout 8 s); their machines may be gone. Resume from the newest checkpoint with "
+                      "--resume_from_checkpoint latest"]  # fmt: skip
     assert [path.name for path in list_checkpoints(output)] == ["checkpoint-1"]  # step 1's, whole
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, astuple, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,8 +48,8 @@ from ..models.clay.configuration_clay import CLAY_V0_PRESETS, ClayConfig
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling
 from ..utils.benchmarking import FUSED_ADAMW_DEVICES
-from ..utils.distributed import Watchdog, barrier_group, monitored_barrier
-from ..utils.errors import ClayUserError
+from ..utils.distributed import Watchdog, barrier_group, is_rank_failure, monitored_barrier
+from ..utils.errors import ClayUserError, RanksTimeoutError
 from ..utils.memory import configure_training_malloc
 from ..utils.outputs import OutputLock, make_folder, remove_partials
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
@@ -217,7 +218,7 @@ def steps_per_epoch(paths: ChipSource, data_args: DataArguments, args: Pretraini
 
 def evaluate(
     model: torch.nn.Module,
-    loader: StatefulDataLoader,
+    loader: Iterable[dict[str, Any]],
     processor: ClayImageProcessor,
     accelerator: Accelerator,
     config: ClayConfig,
@@ -374,7 +375,7 @@ class Pretrainer:
         silence = min(300.0, args.rank_timeout / 3)
         message = f"rank {accelerator.process_index} has finished no micro-batch for a while (waiting for its data or "
         message += f"for other ranks; a rank that does not answer for {args.rank_timeout:.0f} s ends the run)"
-        self.watchdog = Watchdog(message, silence, active=distributed)
+        self.watchdog = Watchdog(message, silence, active=distributed, first_seconds=silence)
         self.logged_losses: list[float] = []  # every --logging_steps steps of this session
         self.elapsed_before = self.state.wall_time
         self.progress: tqdm | None = None  # the progress bar, while `train` runs
@@ -455,8 +456,9 @@ class Pretrainer:
             with self.watchdog:
                 while self._more_training():
                     self._train_epoch(seen_log)
-        except RuntimeError:  # a collective that timed out: name the ranks that are gone, if any
-            self._check_ranks("a training step")
+        except RuntimeError as error:  # a collective that timed out: name the ranks that are gone, if any
+            if is_rank_failure(error):
+                self._check_ranks(error)
             raise
         finally:  # the bar ends its line, so that an error is a line of its own
             self.progress.close()
@@ -469,12 +471,20 @@ class Pretrainer:
         self.accelerator.print(f"saved the pretrained model, processor and {SUMMARY_NAME} to {self.output_dir}")
         return summary
 
-    def _check_ranks(self, what: str) -> None:
-        """After a failed collective: a RanksTimeoutError naming the ranks that do not answer (a dead machine);
-        returns when every rank does (the failure was something else)."""
-        if self.accelerator.num_processes > 1:
-            index = self.accelerator.process_index
-            monitored_barrier(what, self.barrier_group, index, min(60.0, self.args.rank_timeout))
+    def _check_ranks(self, failure: RuntimeError) -> None:
+        """After a collective failed for want of a rank: a RanksTimeoutError naming the ranks that do not answer (a
+        dead machine), chained to the collective's error; returns when every rank answers."""
+        if self.accelerator.num_processes == 1:
+            return
+        step, timeout = self.state.global_step + 1, self.args.rank_timeout
+        try:
+            monitored_barrier(f"step {step}", self.barrier_group, self.accelerator.process_index, min(60.0, timeout))
+        except RanksTimeoutError as gone:
+            raise RanksTimeoutError(
+                f"{gone.missing} stopped answering at step {step} (a collective waited for them up to "
+                f"--rank_timeout {timeout:.0f} s); their machines may be gone. Resume from the newest checkpoint "
+                "with --resume_from_checkpoint latest"
+            ) from failure
 
     def _open_seen_log(self):
         """`seen_chips_rankN.txt` of --log_seen_chips, line-buffered: each line is with the OS as soon as it is
@@ -665,9 +675,8 @@ class Pretrainer:
             return
         # The unwrapped model: ranks may hold different numbers of validation chips, and DDP must not be involved.
         model = self.accelerator.unwrap_model(self.model)
-        metrics = evaluate(
-            model, self.eval_loader, self.processor, self.accelerator, self.config, self.data_args.max_eval_chips
-        )
+        loader = self.watchdog.beating(self.eval_loader)  # each validation batch is progress
+        metrics = evaluate(model, loader, self.processor, self.accelerator, self.config, self.data_args.max_eval_chips)
         if not metrics:
             return
         self.state.validation_loss = metrics["loss"]
@@ -679,6 +688,7 @@ class Pretrainer:
         """A resumable checkpoint of this step (and a `pretrained-N` folder with
         --save_every_checkpoint_as_pretrained)."""
         state, args = self.state, self.args
+        self.watchdog.beat()
         data_state = {
             "loader": self.train_loader.state_dict(),
             "padding_batch": padding_state(self.padding.get("batch")),
@@ -698,6 +708,7 @@ class Pretrainer:
             save_pretrained_folder(self.accelerator, self.model, self.processor, folder, self.summary(logged=[]))
             if self.accelerator.is_main_process:
                 prune_pretrained_folders(self.output_dir, args.checkpoints_total_limit, state.run_id)
+        self.watchdog.beat()
         self.accelerator.print(f"checkpoint saved to {path}")
 
     def _finish(self) -> dict[str, Any]:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import TypeVar
 
+import torch
 from transformers.utils.logging import get_logger
 
 from .errors import RanksTimeoutError
 
 logger = get_logger(__name__)
+T = TypeVar("T")
 
 #: torch's gloo message of a monitored barrier that timed out: "Ranks 1, 3 failed to pass monitoredBarrier".
 _FAILED_RANKS = re.compile(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier")
@@ -42,10 +45,26 @@ def monitored_barrier(
         try:
             dist.monitored_barrier(group, timedelta(seconds=timeout_seconds), wait_all_ranks=True)
         except RuntimeError as error:
-            raise RanksTimeoutError(
+            gone = RanksTimeoutError(
                 f"gave up waiting for {_missing_ranks(str(error), rank)} at {what} after {timeout_seconds:.0f} s; "
                 "their machines may be gone. The finished work is kept: rerun with --resume"
-            ) from None
+            )
+            gone.missing = _missing_ranks(str(error), rank)
+            raise gone from error
+
+
+def is_rank_failure(error: BaseException) -> bool:
+    """Whether `error`, raised by a collective, says that another rank is gone or silent (a timeout, a closed
+    connection), rather than something of this rank's own (out of memory, a bug)."""
+    import torch.distributed as dist
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return False
+    return isinstance(error, dist.DistError) or _RANK_FAILURE.search(str(error)) is not None
+
+
+#: What gloo and NCCL say when a peer is silent or gone.
+_RANK_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset)|broken pipe", re.IGNORECASE)
 
 
 def _missing_ranks(message: str, rank: int) -> str:
@@ -67,11 +86,12 @@ def saying_while_waiting(message: str, log_seconds: float = 60.0) -> Iterator[No
 
 class Watchdog:
     """A thread that logs `message` (with the seconds since the last [`beat`]) whenever `log_seconds` pass without a
-    beat; the first word comes after 10 s (or `log_seconds`, if shorter). A context manager: it watches inside the
+    beat; the first word comes after `first_seconds` (10 s; or `log_seconds`, if shorter). A context manager: it watches inside the
     block (unless not `active`: a process that waits for nobody)."""
 
-    def __init__(self, message: str, log_seconds: float, active: bool = True) -> None:
+    def __init__(self, message: str, log_seconds: float, active: bool = True, first_seconds: float = 10.0) -> None:
         self.message, self.log_seconds, self.active = message, log_seconds, active
+        self.first_seconds = min(first_seconds, log_seconds)
         self._done = threading.Event()
         self._beat = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -80,8 +100,14 @@ class Watchdog:
         """Progress: the silence starts again."""
         self._beat.set()
 
+    def beating(self, items: Iterable[T]) -> Iterator[T]:
+        """`items`, with a beat after each (a loop whose every step is progress)."""
+        for item in items:
+            yield item
+            self.beat()
+
     def _watch(self) -> None:
-        silent, interval = 0.0, min(10.0, self.log_seconds)
+        silent, interval = 0.0, self.first_seconds
         while not self._done.wait(interval):
             if self._beat.is_set():
                 self._beat.clear()
@@ -102,4 +128,4 @@ class Watchdog:
             self._thread.join()
 
 
-__all__ = ["Watchdog", "barrier_group", "monitored_barrier", "saying_while_waiting"]
+__all__ = ["Watchdog", "barrier_group", "is_rank_failure", "monitored_barrier", "saying_while_waiting"]
