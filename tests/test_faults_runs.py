@@ -47,7 +47,15 @@ from clay_hf.training import list_checkpoints, resolve_checkpoint
 from clay_hf.training.checkpointing import CURRENT_RUN_NAME, checkpoint_run, verify_checkpoint
 from clay_hf.utils.distributed import Watchdog, is_rank_failure
 from clay_hf.utils.errors import IntegrityError, OutputError, RanksTimeoutError, ResumeError
-from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, lock_path, read_json, write_json
+from clay_hf.utils.outputs import (
+    CHECKSUMS_NAME,
+    OutputLock,
+    atomic_files,
+    lock_path,
+    read_json,
+    write_checksums,
+    write_json,
+)
 
 SIZE = 32
 
@@ -513,9 +521,21 @@ def test_a_resume_with_another_recipe_is_refused_naming_each_change(training, tm
     )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cannot resume" in errors[0]
-    assert "--learning_rate 0.001 in the checkpoint, 0.05 now" in errors[0]
+    assert "--learning_rate: 0.001 in the checkpoint, 0.05 now" in errors[0]
     assert "--weight_decay" in errors[0] and "--per_device_train_batch_size" not in errors[0]
     assert not (output / "model.safetensors").exists()
+    # A checkpoint that records no recipe (an earlier clay_hf's; intact: its checksums match) is refused by name.
+    checkpoint = list_checkpoints(output)[-1]
+    intact = {name: (checkpoint / name).read_bytes() for name in ("train_state.json", CHECKSUMS_NAME)}
+    state = json.loads(intact["train_state.json"])
+    del state["recipe"]
+    (checkpoint / "train_state.json").write_text(json.dumps(state))
+    write_checksums(checkpoint)
+    resume = ["--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
+    assert pretrain_in_process(pretrain_args(training, output, *common, *resume)) == 1
+    assert f"cannot resume {checkpoint}: it records no training recipe" in capsys.readouterr().err
+    for name, content in intact.items():
+        (checkpoint / name).write_bytes(content)
     # More steps with the same recipe is a resume.
     resumed = ["--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
     assert pretrain_in_process(pretrain_args(training, output, *common, *resumed)) == 0

@@ -24,7 +24,9 @@ from clay_hf.utils.outputs import (
     atomic_file,
     atomic_folder,
     lock_path,
+    model_folder,
     partial_path,
+    read_checksums,
     read_json,
     remove_partials,
     verify_checksums,
@@ -236,3 +238,24 @@ def test_the_patched_small_disk_fills_up_through_every_python_write(small_disk, 
     small_disk.resize(disk, 64)
     shutil.copyfile(tmp, disk / "copy")
     assert (disk / "copy").read_bytes() == tmp.read_bytes()
+
+
+def test_a_model_folder_shared_with_other_outputs_gets_its_record_last_and_checksums_over_all(tmp_path, monkeypatch):
+    """Pretraining's run folder and fine-tuning's output hold checkpoints too: their model files move in one rename
+    each, the weights first, then the checksums, then the record that says the folder is complete."""
+    renamed: list[str] = []
+    replace = os.replace
+
+    def recording(source, target):
+        if os.path.dirname(target) == str(tmp_path):  # a move into the model folder (not a write inside staging)
+            renamed.append(os.path.basename(target))
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording)
+    (tmp_path / "checkpoints").mkdir()
+    with model_folder(tmp_path, "training_summary.json", shared=True) as staging:
+        for name in ("training_summary.json", "config.json", "model.safetensors"):
+            (staging / name).write_text(name)
+    assert renamed == ["config.json", "model.safetensors", CHECKSUMS_NAME, "training_summary.json"]
+    assert sorted(read_checksums(tmp_path)) == ["config.json", "model.safetensors", "training_summary.json"]
+    assert verify_checksums(tmp_path) and (tmp_path / "checkpoints").is_dir()

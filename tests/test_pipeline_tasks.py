@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from conftest import save_pretraining_model, small_config
 from geotiffs import write_geotiff
@@ -120,6 +121,26 @@ def test_a_geotiff_path_gives_what_its_pixels_date_and_place_give(folders, tmp_p
     extractor = pipeline("clay-feature-extraction", model=folders["pretrained"])
     expected = extractor(chip.pixels, dates="2021-06-15", lonlat=(chip.lon, chip.lat), return_tensors=True)
     torch.testing.assert_close(extractor(path, return_tensors=True), expected)
+
+
+def test_a_geotiff_paths_missing_pixels_are_missing_not_values(folders, tmp_path):
+    """A pixel the file marks missing (its nodata value, here one whose scale makes it -1000 in v0's unit) reaches
+    the processor as missing: refused with the count, or filled as the processor says; never read as a value."""
+    data = np.full((13, 32, 32), 1500, dtype=np.uint16)
+    data[:, 0, 0] = 0
+    path = write_geotiff(tmp_path / "chip.tif", dtype="uint16", nodata=0, data=data)
+    with rasterio.open(path, "r+") as dataset:
+        dataset.scales, dataset.offsets = (1e-4,) * 13, (-0.1,) * 13
+    extractor = pipeline("clay-feature-extraction", model=folders["pretrained"])
+    with pytest.raises(ValueError, match="images hold 13 missing pixels"):
+        extractor(str(path))
+    chip = read_chip(path)
+    filled = chip.pixels.copy()
+    processor = extractor.image_processor
+    filled[:, 0, 0] = processor.fill_values("mean")
+    processor.fill_value = "mean"
+    expected = extractor(filled, dates=chip.date, lonlat=(chip.lon, chip.lat), return_tensors=True)
+    torch.testing.assert_close(extractor(str(path), return_tensors=True), expected)
 
 
 def test_a_geotiff_path_without_clay_hf_says_what_to_install_or_pass(folders, tmp_path, monkeypatch):

@@ -442,3 +442,17 @@ def test_a_shard_cut_short_during_a_run_counts_its_records_as_bad(tmp_path):
     report.shards[0].write_bytes(report.shards[0].read_bytes()[:100])
     batches = list(chip_dataloader(dataset, batch_size=4))
     assert batches[0]["source_url"] == paths[2:] and batches[0]["bad_chips"] == 2
+
+
+def test_a_rerun_repacks_a_shard_of_an_older_format_packed_from_the_same_chips(chips, tmp_path):
+    """An older format's records may hold other values for the same chips (before format 4 a GeoTIFF's own scale was
+    not applied): a rerun keeps only shards of this format, so one dataset never mixes both."""
+    shard = pack_shards(chips, tmp_path / "shards").shards[0]
+    index = read_index(shard)
+    writer = ShardWriter(shard, index.inputs, index.settings, version=3)
+    for path in chips:
+        writer.add(encode_record(read_chip(path), raster_facts(path), version=3), path)
+    writer.close()
+    assert read_index(shard).version == 3 and read_index(shard).inputs == index.inputs
+    pack_shards(chips, tmp_path / "shards")
+    assert read_index(shard).version == 4

@@ -540,15 +540,16 @@ def pack_shards(
 
 
 def _reusable_index(target: Path, inputs: list[list[Any]], settings: dict[str, Any]) -> ShardIndex | None:
-    """The index of an existing shard that was packed from exactly `inputs` with `settings`; else None (absent,
-    damaged, older than the records of what it was packed from, or packed from other chips)."""
+    """The index of an existing shard of this format version that was packed from exactly `inputs` with `settings`;
+    else None (absent, damaged, of an older format, whose records may hold other values for the same chips, or
+    packed from other chips)."""
     if not target.exists():
         return None
     try:
         index = read_index(target)
     except ShardError:
         return None
-    same = index.inputs == inputs and index.settings == settings
+    same = index.version == FORMAT_VERSION and index.inputs == inputs and index.settings == settings
     return index if same else None
 
 

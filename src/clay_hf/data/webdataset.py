@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 from datasets import Image, IterableDataset, load_dataset
 from rasterio.io import MemoryFile
 from transformers.utils.logging import get_logger
 
 from ..utils.errors import IntegrityError
 from ..utils.outputs import OutputLock, atomic_file, make_folder, remove_partials
+from .bands import declared_scaling, scaled_dtype
 from .chips import ChipError, ChipLayout, chip_band_names, data_band_indexes, nodata_error, read_chip
 from .dataset import BadChipLog, chip_features, fsspec_url
 
@@ -208,10 +210,12 @@ def shard_layout(shard: str) -> ChipLayout:
                         (named[position] if named else None) or f"band{position + 1}"
                         for position in range(len(data_bands))
                     )
+                    rescaled = declared_scaling(dataset, data_bands, named)  # read in v0's unit, as float
+                    dtype = scaled_dtype(dataset.dtypes[0]) if rescaled else np.dtype(dataset.dtypes[0])
                     return ChipLayout(
                         bands=bands,
                         size=(dataset.height, dataset.width),
-                        dtype=dataset.dtypes[0],
+                        dtype=dtype.name,
                         chip_bands=bands if unnamed else None,  # unnamed bands: all of them, in the file's order
                     )
     raise ChipError(shard, "holds no .tif member, so the chips' layout is unknown")

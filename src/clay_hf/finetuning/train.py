@@ -23,7 +23,7 @@ from ..evaluation.reconstruction import EVAL_RESULTS_NAME, write_eval_results
 from ..models.clay.image_processing_clay import CLAY_V0_BAND_STATISTICS, ClayImageProcessor
 from ..models.clay.modeling_clay_heads import ClayForImageClassification, ClayForSemanticSegmentation
 from ..utils.model_source import from_pretrained_checked, model_reference
-from ..utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_files, make_folder, remove_partials, write_checksums
+from ..utils.outputs import OutputLock, make_folder, model_folder, remove_partials
 from .data import (
     TASKS,
     ChipLabelDataset,
@@ -262,12 +262,10 @@ def save_outputs(trainer: Trainer, output_dir: Path, results: dict[str, Any]) ->
     holds the Trainer's checkpoints, which the checksums do not cover; the checksums and `eval_results.json` go last,
     once the model is complete)."""
     main = trainer.is_world_process_zero()
-    last = [CHECKSUMS_NAME, EVAL_RESULTS_NAME]
-    with atomic_files(output_dir, last=last) if main else nullcontext(output_dir) as staging:
+    with model_folder(output_dir, EVAL_RESULTS_NAME, shared=True) if main else nullcontext(output_dir) as staging:
         if main:
             trainer.save_model(str(staging))
             write_eval_results(results, staging)
-            write_checksums(staging, [path.name for path in staging.iterdir() if path.is_file()])
     if main:
         logger.info("wrote %s: %s", output_dir / EVAL_RESULTS_NAME, results["metrics"])
 

@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
@@ -275,11 +275,7 @@ DATA_LAYOUT_FLAGS = {
 def check_data_layout(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
     """Refuse to resume a data position under another layout, or one the checkpoint does not record (a clear message
     naming what must match)."""
-    differences = [
-        f"{DATA_LAYOUT_FLAGS.get(key, key)}: {saved.get(key)} in the checkpoint, {current[key]} now"
-        for key in current
-        if saved.get(key) != current[key]
-    ]
+    differences = _changes(saved, current, lambda key: DATA_LAYOUT_FLAGS.get(key, key))
     if differences:
         raise ResumeError(
             f"cannot resume the data position of {checkpoint}: it was saved with another data layout ("
@@ -293,17 +289,27 @@ def check_data_layout(saved: dict[str, Any], current: dict[str, Any], checkpoint
 def check_recipe(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path) -> None:
     """Refuse to resume a run under another recipe (learning rate, batch size, schedule, …), naming each change: the
     optimizer state and schedule in the checkpoint were made with its values, and the run's summary records one."""
-    differences = [
-        f"--{key} {saved.get(key)!r} in the checkpoint, {value!r} now"
-        for key, value in current.items()
-        if saved.get(key) != value
-    ]
+    start_anew = (
+        "start a new run from its weights (--model_name_or_path on a --save_every_checkpoint_as_pretrained folder)"
+    )
+    if not saved:
+        raise ResumeError(f"cannot resume {checkpoint}: it records no training recipe (an earlier clay_hf saved it); "
+                          f"{start_anew}.")  # fmt: skip
+    differences = _changes(saved, current, lambda key: f"--{key}")
     if differences:
         raise ResumeError(
             f"cannot resume {checkpoint} with another recipe ({'; '.join(differences)}): resume with the "
-            "checkpoint's values, or start a new run from its weights (--model_name_or_path on a "
-            "--save_every_checkpoint_as_pretrained folder)."
+            f"checkpoint's values, or {start_anew}."
         )
+
+
+def _changes(saved: dict[str, Any], current: dict[str, Any], flag: Callable[[str], str]) -> list[str]:
+    """ "FLAG: SAVED in the checkpoint, CURRENT now" for each key of `current` whose value `saved` does not hold."""
+    return [
+        f"{flag(key)}: {saved.get(key)} in the checkpoint, {value} now"
+        for key, value in current.items()
+        if saved.get(key) != value
+    ]
 
 
 def _rotate(output_dir: str | PathLike, total_limit: int | None, run_id: str | None) -> None:

@@ -14,7 +14,7 @@ from ..evaluation.reconstruction import VALIDATION_MASKING_SEED, masking_descrip
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..utils.benchmarking import machine_description
 from ..utils.model_source import model_reference
-from ..utils.outputs import CHECKSUMS_NAME, atomic_files, atomic_folder, write_checksums, write_json
+from ..utils.outputs import model_folder, write_json
 from .arguments import DataArguments, ModelArguments, PretrainingArguments
 from .checkpointing import TrainState
 
@@ -105,11 +105,10 @@ def save_pretrained_folder(
     `checksums.sha256`, written atomically: the whole folder, or each file when the folder is `shared` with other
     outputs (the run's own folder, beside its checkpoints; the summary goes last)."""
     if accelerator.is_main_process:
-        with atomic_files(folder, last=[SUMMARY_NAME]) if shared else atomic_folder(folder) as staging:
+        with model_folder(folder, SUMMARY_NAME, shared) as staging:
             accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
             processor.save_pretrained(staging)
             write_json(staging / SUMMARY_NAME, summary)
-            write_checksums(staging, [path.name for path in staging.iterdir() if path.name != CHECKSUMS_NAME])
     accelerator.wait_for_everyone()
 
 

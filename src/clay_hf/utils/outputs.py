@@ -153,6 +153,17 @@ def fault_point(path: Path) -> None:
 
 
 @contextmanager
+def model_folder(folder: str | PathLike, record: str, shared: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder to write a model folder's files into (weights, processor, `record`: the run's JSON
+    record); on success `checksums.sha256` covers them all and they go into place, the whole folder at once or,
+    when `folder` is `shared` with other outputs (a run's checkpoints), one rename each: the model's files first,
+    then the checksums, then `record`, whose presence says the folder is complete."""
+    with atomic_files(folder, last=[CHECKSUMS_NAME, record]) if shared else atomic_folder(folder) as staging:
+        yield staging
+        write_checksums(staging, [path.name for path in staging.iterdir() if path.is_file()])
+
+
+@contextmanager
 def writing(path: str | PathLike, temporary: Path | None = None) -> Iterator[None]:
     """Turn an error while writing `path` into an [`OutputError`] (see `_output_error`), removing `temporary` (the
     atomic helpers' partial output) first; alone, for what is written by other means (another rank's share of a

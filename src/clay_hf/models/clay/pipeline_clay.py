@@ -44,7 +44,11 @@ def read_geotiff(path: str | PathLike) -> dict[str, Any]:
             "dates= and lonlat=."
         ) from error
     chip = read_chip(path)
-    return {"image": chip.pixels, "dates": chip.date, "lonlat": (chip.lon, chip.lat), "bands": chip.band_names}
+    pixels = chip.pixels
+    if chip.missing is not None:  # a missing pixel is not a value: NaN, which the processor refuses or fills
+        pixels = pixels.astype(np.result_type(pixels.dtype, np.float32))
+        pixels[chip.missing] = np.nan
+    return {"image": pixels, "dates": chip.date, "lonlat": (chip.lon, chip.lat), "bands": chip.band_names}
 
 
 class ClayPipeline(Pipeline):
