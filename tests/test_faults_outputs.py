@@ -143,8 +143,44 @@ def test_a_conversion_never_replaces_a_folder_it_did_not_write(tmp_path, capsys)
     output.mkdir()
     (output / "notes.txt").write_text("keep me")
     assert convert_main(convert_args(output)) == 1
-    assert "holds no earlier conversion (clay_conversion.json)" in _one_error_line(capsys)
+    assert "holds notes.txt, which this conversion does not write" in _one_error_line(capsys)
     assert files(output) == {"notes.txt": b"keep me"}
+
+
+def test_a_conversion_refuses_an_earlier_one_beside_other_files_naming_them(tmp_path, capsys):
+    """Once, a folder holding an earlier conversion was replaced whole, with the checkpoint and notes beside it."""
+    output = tmp_path / "model"
+    assert convert_main(convert_args(output)) == 0
+    (output / "clay.ckpt").write_bytes(TINY_CKPT.read_bytes())
+    (output / "my_notes.txt").write_text("keep me")
+    before = files(output)
+    assert convert_main(convert_args(output)) == 1
+    assert f"--output_dir {output} holds clay.ckpt, my_notes.txt, which this conversion does not write" in (
+        _one_error_line(capsys)
+    )
+    assert files(output) == before
+
+
+def test_a_conversion_refuses_a_checkpoint_inside_the_output_folder(tmp_path, capsys):
+    output = tmp_path / "model"
+    assert convert_main(convert_args(output)) == 0
+    checkpoint = output / "model.safetensors"  # even named as one of the conversion's own files
+    checkpoint.write_bytes(TINY_CKPT.read_bytes())
+    before = files(output)
+    assert convert_main(["--checkpoint", str(checkpoint), "--output_dir", str(output), *HEADS]) == 1
+    assert f"--checkpoint {checkpoint} is inside --output_dir {output}" in _one_error_line(capsys)
+    assert files(output) == before
+
+
+def test_a_conversion_replaces_a_folder_holding_only_an_earlier_one(converted, tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    for name, data in converted.items():
+        (output / name).write_bytes(b"an earlier conversion's " + data[:16])
+    (output / "model-00001-of-00002.safetensors").write_bytes(b"an earlier, sharded one")
+    (output / "model.safetensors.index.json").write_text("{}")
+    assert convert_main(convert_args(output)) == 0
+    assert files(output) == converted
 
 
 # --- ONNX export ------------------------------------------------------------------------------------------------------
