@@ -233,6 +233,54 @@ def test_an_export_that_does_not_read_back_is_refused_and_the_rerun_is_whole(
     assert output.read_bytes() == exported and list(tmp_path.iterdir()) == [output]
 
 
+def onnx_outputs(path: Path) -> tuple[np.ndarray, ...]:
+    """What an exported encoder gives on fixed inputs (ONNX Runtime, with its external data if any)."""
+    encoder = onnx_export.OnnxEncoder(path)
+    outputs = encoder(**onnx_export.sample_inputs(encoder.config, batch_size=1))
+    return outputs.last_hidden_state.numpy(), outputs.pooler_output.numpy()
+
+
+def test_an_export_with_external_data_is_checked_whole_before_either_file_is_renamed(
+    model_dir, exported, tmp_path, monkeypatch, capsys
+):
+    """The data file was once written under its final name before the graph's check: a failed check left the earlier
+    graph beside new data, and the data file behind."""
+    import onnx
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # the tiny model's weights go to encoder.onnx.data
+    output, data = tmp_path / "encoder.onnx", tmp_path / "encoder.onnx.data"
+    assert export_main(export_args(model_dir, output)) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
+    graph = onnx.load(str(output), load_external_data=False)
+    assert {entry.value for tensor in graph.graph.initializer for entry in tensor.external_data
+            if entry.key == "location"} == {"encoder.onnx.data"}  # fmt: skip
+    (tmp_path / "small.onnx").write_bytes(exported)
+    for external, whole in zip(onnx_outputs(output), onnx_outputs(tmp_path / "small.onnx"), strict=True):
+        np.testing.assert_allclose(external, whole, atol=1e-6)
+    (tmp_path / "small.onnx").unlink()
+    before = files(tmp_path)
+
+    save = onnx_export._save_program
+
+    def cut_short(program, path, name):
+        save(program, path, name)
+        data_file = path.parent / f"{name}.data"
+        data_file.write_bytes(data_file.read_bytes()[:-1000])  # what a write that failed silently leaves
+
+    monkeypatch.setattr(onnx_export, "_save_program", cut_short)
+    assert export_main(export_args(model_dir, output)) == 1
+    err = _one_error_line(capsys)
+    assert err.startswith(f"error: cannot write {output}: it did not read back complete") and "cut short" in err
+    assert files(tmp_path) == before  # the earlier pair, whole; no new file, no partial
+    monkeypatch.setattr(onnx_export, "_save_program", save)
+    onnx_export.staging_folder(output).mkdir()  # what a kill leaves: the staging folder and a dead run's lock
+    (onnx_export.staging_folder(output) / "encoder.onnx.data").write_bytes(b"half")
+    leave_dead_holders_lock(output)
+    data.unlink()
+    assert export_main(export_args(model_dir, output)) == 0
+    assert files(tmp_path) == before
+
+
 # --- search: the index and the hits -----------------------------------------------------------------------------------
 
 
