@@ -101,7 +101,7 @@ def test_a_conversion_carries_checksums_that_publish_checks(converted, tmp_path)
 
 
 def test_a_full_disk_while_converting_is_one_line_and_leaves_nothing(small_disk, capsys):
-    disk = small_disk(512)
+    disk = small_disk(512, real=True)  # safetensors writes in Rust: a real file system
     output = disk / "model"
     assert convert_main(convert_args(output)) == 1
     assert _one_error_line(capsys) == f"error: cannot write {output}: No space left on device"
@@ -199,7 +199,7 @@ def exported(model_dir, tmp_path_factory) -> bytes:
 
 
 def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(model_dir, small_disk, capsys):
-    disk = small_disk(128)
+    disk = small_disk(128, real=True)  # ONNX writes and checks in C++: a real file system
     output = disk / "encoder.onnx"
     assert export_main(export_args(model_dir, output)) == 1
     assert _one_error_line(capsys) == f"error: cannot write {output}: No space left on device"
@@ -311,7 +311,7 @@ def indexed(embeddings, tmp_path_factory) -> list:
 
 
 def test_a_full_disk_while_indexing_is_one_line_and_leaves_nothing(embeddings, small_disk, capsys):
-    disk = small_disk(24)
+    disk = small_disk(24, real=True)  # LanceDB writes in Rust: a real file system
     index_dir = disk / "index"
     assert search_main(index_args(embeddings, index_dir)) == 1
     assert _one_error_line(capsys) == f"error: cannot write {index_dir}: No space left on device"
@@ -360,7 +360,7 @@ def test_hits_on_a_full_disk_are_one_line_and_a_held_output_is_refused(embedding
     work = tmp_path / "work"
     index_dir = work / "index"
     assert search_main(index_args(embeddings, index_dir)) == 0
-    disk = small_disk(8)
+    disk = small_disk(8, real=True)  # Arrow writes in C++: a real file system
     (disk / "filler").write_bytes(b"x" * 4096)  # a page left: the lock's
     output = disk / "hits.parquet"
     assert search_main(query_args(index_dir, output)) == 1
