@@ -35,7 +35,14 @@ from clay_hf.commands.reconstruct import main as reconstruct_main
 from clay_hf.commands.search import main as search_main
 from clay_hf.search import open_index, search
 from clay_hf.utils.errors import OutputError
-from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, lock_path, partial_path, verify_checksums
+from clay_hf.utils.outputs import (
+    CHECKSUMS_NAME,
+    OutputLock,
+    foreign_contents,
+    lock_path,
+    partial_path,
+    verify_checksums,
+)
 
 HEADS = ["--num_attention_heads", "4", "--decoder_num_attention_heads", "2"]
 
@@ -181,6 +188,20 @@ def test_a_conversion_replaces_a_folder_holding_only_an_earlier_one(converted, t
     (output / "model.safetensors.index.json").write_text("{}")
     assert convert_main(convert_args(output)) == 0
     assert files(output) == converted
+
+
+def test_foreign_contents_names_what_replacing_a_folder_would_delete(tmp_path):
+    folder = tmp_path / "out"
+    assert foreign_contents(folder, own=("*.json",)) == []  # absent: nothing to delete
+    folder.mkdir()
+    for name in ("config.json", "notes.txt", "model-00001-of-00002.safetensors"):
+        (folder / name).write_text("x")
+    assert foreign_contents(folder, own=("*.json", "model-*-of-*.safetensors")) == ["notes.txt"]
+    assert foreign_contents(folder) == ["config.json", "model-00001-of-00002.safetensors", "notes.txt"]
+    (folder / ".mine").write_text("")
+    assert foreign_contents(folder, marker=".mine") == []
+    with pytest.raises(OutputError, match=r"cannot write .*notes\.txt: it is a file, not a folder"):
+        foreign_contents(folder / "notes.txt")
 
 
 # --- ONNX export ------------------------------------------------------------------------------------------------------
