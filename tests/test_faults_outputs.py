@@ -35,7 +35,14 @@ from clay_hf.commands.reconstruct import main as reconstruct_main
 from clay_hf.commands.search import main as search_main
 from clay_hf.search import open_index, search
 from clay_hf.utils.errors import OutputError
-from clay_hf.utils.outputs import CHECKSUMS_NAME, OutputLock, lock_path, partial_path, verify_checksums
+from clay_hf.utils.outputs import (
+    CHECKSUMS_NAME,
+    OutputLock,
+    foreign_contents,
+    lock_path,
+    partial_path,
+    verify_checksums,
+)
 
 HEADS = ["--num_attention_heads", "4", "--decoder_num_attention_heads", "2"]
 
@@ -101,7 +108,7 @@ def test_a_conversion_carries_checksums_that_publish_checks(converted, tmp_path)
 
 
 def test_a_full_disk_while_converting_is_one_line_and_leaves_nothing(small_disk, capsys):
-    disk = small_disk(512)
+    disk = small_disk(512, real=True)  # safetensors writes in Rust: a real file system
     output = disk / "model"
     assert convert_main(convert_args(output)) == 1
     assert _one_error_line(capsys) == f"error: cannot write {output}: No space left on device"
@@ -143,8 +150,58 @@ def test_a_conversion_never_replaces_a_folder_it_did_not_write(tmp_path, capsys)
     output.mkdir()
     (output / "notes.txt").write_text("keep me")
     assert convert_main(convert_args(output)) == 1
-    assert "holds no earlier conversion (clay_conversion.json)" in _one_error_line(capsys)
+    assert "holds notes.txt, which this conversion does not write" in _one_error_line(capsys)
     assert files(output) == {"notes.txt": b"keep me"}
+
+
+def test_a_conversion_refuses_an_earlier_one_beside_other_files_naming_them(tmp_path, capsys):
+    """Once, a folder holding an earlier conversion was replaced whole, with the checkpoint and notes beside it."""
+    output = tmp_path / "model"
+    assert convert_main(convert_args(output)) == 0
+    (output / "clay.ckpt").write_bytes(TINY_CKPT.read_bytes())
+    (output / "my_notes.txt").write_text("keep me")
+    before = files(output)
+    assert convert_main(convert_args(output)) == 1
+    assert f"--output_dir {output} holds clay.ckpt, my_notes.txt, which this conversion does not write" in (
+        _one_error_line(capsys)
+    )
+    assert files(output) == before
+
+
+def test_a_conversion_refuses_a_checkpoint_inside_the_output_folder(tmp_path, capsys):
+    output = tmp_path / "model"
+    assert convert_main(convert_args(output)) == 0
+    checkpoint = output / "model.safetensors"  # even named as one of the conversion's own files
+    checkpoint.write_bytes(TINY_CKPT.read_bytes())
+    before = files(output)
+    assert convert_main(["--checkpoint", str(checkpoint), "--output_dir", str(output), *HEADS]) == 1
+    assert f"--checkpoint {checkpoint} is inside --output_dir {output}" in _one_error_line(capsys)
+    assert files(output) == before
+
+
+def test_a_conversion_replaces_a_folder_holding_only_an_earlier_one(converted, tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    for name, data in converted.items():
+        (output / name).write_bytes(b"an earlier conversion's " + data[:16])
+    (output / "model-00001-of-00002.safetensors").write_bytes(b"an earlier, sharded one")
+    (output / "model.safetensors.index.json").write_text("{}")
+    assert convert_main(convert_args(output)) == 0
+    assert files(output) == converted
+
+
+def test_foreign_contents_names_what_replacing_a_folder_would_delete(tmp_path):
+    folder = tmp_path / "out"
+    assert foreign_contents(folder, own=("*.json",)) == []  # absent: nothing to delete
+    folder.mkdir()
+    for name in ("config.json", "notes.txt", "model-00001-of-00002.safetensors"):
+        (folder / name).write_text("x")
+    assert foreign_contents(folder, own=("*.json", "model-*-of-*.safetensors")) == ["notes.txt"]
+    assert foreign_contents(folder) == ["config.json", "model-00001-of-00002.safetensors", "notes.txt"]
+    (folder / ".mine").write_text("")
+    assert foreign_contents(folder, marker=".mine") == []
+    with pytest.raises(OutputError, match=r"cannot write .*notes\.txt: it is a file, not a folder"):
+        foreign_contents(folder / "notes.txt")
 
 
 # --- ONNX export ------------------------------------------------------------------------------------------------------
@@ -163,7 +220,7 @@ def exported(model_dir, tmp_path_factory) -> bytes:
 
 
 def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(model_dir, small_disk, capsys):
-    disk = small_disk(128)
+    disk = small_disk(128, real=True)  # ONNX writes and checks in C++: a real file system
     output = disk / "encoder.onnx"
     assert export_main(export_args(model_dir, output)) == 1
     assert _one_error_line(capsys) == f"error: cannot write {output}: No space left on device"
@@ -197,6 +254,54 @@ def test_an_export_that_does_not_read_back_is_refused_and_the_rerun_is_whole(
     assert output.read_bytes() == exported and list(tmp_path.iterdir()) == [output]
 
 
+def onnx_outputs(path: Path) -> tuple[np.ndarray, ...]:
+    """What an exported encoder gives on fixed inputs (ONNX Runtime, with its external data if any)."""
+    encoder = onnx_export.OnnxEncoder(path)
+    outputs = encoder(**onnx_export.sample_inputs(encoder.config, batch_size=1))
+    return outputs.last_hidden_state.numpy(), outputs.pooler_output.numpy()
+
+
+def test_an_export_with_external_data_is_checked_whole_before_either_file_is_renamed(
+    model_dir, exported, tmp_path, monkeypatch, capsys
+):
+    """The data file was once written under its final name before the graph's check: a failed check left the earlier
+    graph beside new data, and the data file behind."""
+    import onnx
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # the tiny model's weights go to encoder.onnx.data
+    output, data = tmp_path / "encoder.onnx", tmp_path / "encoder.onnx.data"
+    assert export_main(export_args(model_dir, output)) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
+    graph = onnx.load(str(output), load_external_data=False)
+    assert {entry.value for tensor in graph.graph.initializer for entry in tensor.external_data
+            if entry.key == "location"} == {"encoder.onnx.data"}  # fmt: skip
+    (tmp_path / "small.onnx").write_bytes(exported)
+    for external, whole in zip(onnx_outputs(output), onnx_outputs(tmp_path / "small.onnx"), strict=True):
+        np.testing.assert_allclose(external, whole, atol=1e-6)
+    (tmp_path / "small.onnx").unlink()
+    before = files(tmp_path)
+
+    save = onnx_export._save_program
+
+    def cut_short(program, path, name):
+        save(program, path, name)
+        data_file = path.parent / f"{name}.data"
+        data_file.write_bytes(data_file.read_bytes()[:-1000])  # what a write that failed silently leaves
+
+    monkeypatch.setattr(onnx_export, "_save_program", cut_short)
+    assert export_main(export_args(model_dir, output)) == 1
+    err = _one_error_line(capsys)
+    assert err.startswith(f"error: cannot write {output}: it did not read back complete") and "cut short" in err
+    assert files(tmp_path) == before  # the earlier pair, whole; no new file, no partial
+    monkeypatch.setattr(onnx_export, "_save_program", save)
+    onnx_export.staging_folder(output).mkdir()  # what a kill leaves: the staging folder and a dead run's lock
+    (onnx_export.staging_folder(output) / "encoder.onnx.data").write_bytes(b"half")
+    leave_dead_holders_lock(output)
+    data.unlink()
+    assert export_main(export_args(model_dir, output)) == 0
+    assert files(tmp_path) == before
+
+
 # --- search: the index and the hits -----------------------------------------------------------------------------------
 
 
@@ -227,7 +332,7 @@ def indexed(embeddings, tmp_path_factory) -> list:
 
 
 def test_a_full_disk_while_indexing_is_one_line_and_leaves_nothing(embeddings, small_disk, capsys):
-    disk = small_disk(24)
+    disk = small_disk(24, real=True)  # LanceDB writes in Rust: a real file system
     index_dir = disk / "index"
     assert search_main(index_args(embeddings, index_dir)) == 1
     assert _one_error_line(capsys) == f"error: cannot write {index_dir}: No space left on device"
@@ -276,7 +381,7 @@ def test_hits_on_a_full_disk_are_one_line_and_a_held_output_is_refused(embedding
     work = tmp_path / "work"
     index_dir = work / "index"
     assert search_main(index_args(embeddings, index_dir)) == 0
-    disk = small_disk(8)
+    disk = small_disk(8, real=True)  # Arrow writes in C++: a real file system
     (disk / "filler").write_bytes(b"x" * 4096)  # a page left: the lock's
     output = disk / "hits.parquet"
     assert search_main(query_args(index_dir, output)) == 1

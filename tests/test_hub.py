@@ -291,7 +291,10 @@ def test_staging_into_a_working_folder_with_other_files_is_refused(tmp_path, cap
     monkeypatch.chdir(work)
     status, _, err = publish(capsys, "--model_dir", str(folder), "--staging_dir", ".")
     assert status == 1 and len(err.strip().splitlines()) == 1
-    assert "error: --staging_dir . is not empty and was not made by this tool: refusing to delete its contents" in err
+    assert (
+        "error: --staging_dir . is not empty and was not made by this tool: refusing to delete its contents "
+        "(data.csv, notes)" in err
+    )
     assert snapshot(work) == before
 
 

@@ -2,7 +2,8 @@
 
 The folder is written under the fault contract of `clay_hf.utils.outputs`: staged aside and swapped into place
 whole (an earlier conversion there is replaced only once the new one is complete), with `checksums.sha256`, under
-`OUTPUT_DIR.lock` (one run per folder).
+`OUTPUT_DIR.lock` (one run per folder). A folder holding anything else (the checkpoint itself, notes) is refused,
+naming what it holds: replacing it would delete them.
 """
 
 from __future__ import annotations
@@ -23,8 +24,20 @@ from ..models.clay.convert_clay_original_checkpoint import (
 )
 from ..models.clay.modeling_clay import ClayForMaskedImageModeling
 from ..utils.errors import user_errors
-from ..utils.outputs import OutputLock, atomic_folder, write_checksums
+from ..utils.outputs import CHECKSUMS_NAME, OutputLock, atomic_folder, foreign_contents, write_checksums
 from ._common import parse_arguments
+
+#: What a conversion writes (save_pretrained's weights whole or in shards, the processor, the record, the checksums):
+#: the only files a folder may hold for a conversion to replace it.
+CONVERTED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "preprocessor_config.json",
+    CONVERSION_RECORD_NAME,
+    CHECKSUMS_NAME,
+)
 
 
 @dataclass(kw_only=True)
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CheckpointConversionError(f"{args.checkpoint}: no such file.")
     config = _read_config_file(args.config) if args.config else None
     output_dir = Path(args.output_dir)
-    _check_output_dir(output_dir)
+    _check_output_dir(output_dir, Path(args.checkpoint))
     with OutputLock(output_dir):  # one run per folder, taken before the conversion: a second run stops at once
         model = convert_original_checkpoint(
             args.checkpoint, config=config, allow_unsafe_pickle=args.allow_unsafe_pickle, **overrides
@@ -82,10 +95,20 @@ def write_converted(model: ClayForMaskedImageModeling, output_dir: Path, record:
     return output_dir
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    """Refuse a folder that holds anything but an earlier conversion: the new one replaces the folder whole."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise CheckpointConversionError(f"--output_dir {output_dir} is a file, not a folder.")
+def _check_output_dir(output_dir: Path, checkpoint: Path) -> None:
+    """Refuse a folder that holds anything but an earlier conversion (files `CONVERTED_FILES` matches, with its
+    record): the new one replaces the folder whole. Refuse a checkpoint inside it too, which that would delete."""
+    if output_dir.resolve() in checkpoint.resolve().parents:
+        raise CheckpointConversionError(
+            f"--checkpoint {checkpoint} is inside --output_dir {output_dir}, which the converted folder replaces "
+            "whole: choose an --output_dir that does not hold the checkpoint."
+        )
+    foreign = foreign_contents(output_dir, own=CONVERTED_FILES)
+    if foreign:
+        raise CheckpointConversionError(
+            f"--output_dir {output_dir} holds {', '.join(foreign)}, which this conversion does not write: the "
+            "converted folder replaces it whole. Choose a new or empty folder."
+        )
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / CONVERSION_RECORD_NAME).is_file():
         raise CheckpointConversionError(
             f"--output_dir {output_dir} is not empty and holds no earlier conversion ({CONVERSION_RECORD_NAME}): "

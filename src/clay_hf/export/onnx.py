@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from os import PathLike
@@ -25,8 +27,8 @@ from transformers.utils.logging import get_logger
 from ..models.clay.configuration_clay import ClayConfig
 from ..models.clay.image_processing_clay import ClayImageProcessor
 from ..models.clay.modeling_clay import ClayModel, ClayModelOutput
-from ..utils.errors import IntegrityError
-from ..utils.outputs import atomic_file, make_folder
+from ..utils.errors import IntegrityError, OutputError
+from ..utils.outputs import atomic_file, disk_full, make_folder, partial_path, writing
 
 logger = get_logger(__name__)
 
@@ -75,7 +77,8 @@ def export_onnx(
     traced at `config.image_size`). The model's config and `processor` are stored in the file's metadata.
 
     The file is written aside and renamed into place once `onnx.checker` accepts it and its metadata reads back
-    ([`atomic_file`]): a full disk is an OutputError naming `output`, and an earlier file there stays whole.
+    ([`atomic_file`]): a full disk is an OutputError naming `output`, and an earlier file there stays whole. Large
+    weights go to `NAME.data`, written and checked with the graph before either is renamed (the data first).
     """
     output = Path(output)
     make_folder(output.parent)
@@ -107,16 +110,24 @@ def export_onnx(
     program.model.metadata_props[CONFIG_METADATA] = config.to_json_string(use_diff=False)
     if processor is not None:
         program.model.metadata_props[PROCESSOR_METADATA] = json.dumps(processor.to_dict())
-    with atomic_file(output, verify=check_onnx_file) as temporary:
-        _save_program(program, temporary, output.name)
+    for leftover in (partial_path(output), staging_folder(output)):  # what a killed run left
+        _discard(leftover)
+    if _weights_bytes(program) > EXTERNAL_DATA_BYTES:
+        _write_with_external_data(program, output)
+    else:
+        with atomic_file(output, verify=check_onnx_file) as temporary:
+            _save_program(program, temporary, output.name)
     return output
+
+
+def _weights_bytes(program: torch.onnx.ONNXProgram) -> int:
+    return sum(value.const_value.nbytes for value in program.model.graph.initializers.values())
 
 
 def _save_program(program: torch.onnx.ONNXProgram, path: Path, name: str) -> None:
     """Save the exported graph to `path`; weights over `EXTERNAL_DATA_BYTES` go to `NAME.data` beside it, named
-    after the final `name` (not the temporary one) so that the graph still finds them once renamed."""
-    weights = sum(value.const_value.nbytes for value in program.model.graph.initializers.values())
-    if weights <= EXTERNAL_DATA_BYTES:
+    after the final `name` (the graph records that name, relative to its folder)."""
+    if _weights_bytes(program) <= EXTERNAL_DATA_BYTES:
         program.save(str(path), external_data=False)
         return
     import onnx_ir
@@ -124,14 +135,60 @@ def _save_program(program: torch.onnx.ONNXProgram, path: Path, name: str) -> Non
     onnx_ir.save(program.model, path, external_data=f"{name}.data")
 
 
+def _write_with_external_data(program: torch.onnx.ONNXProgram, output: Path) -> None:
+    """Write the graph and its weights (`NAME.data`) into a folder beside `output` ([`staging_folder`]) under their
+    final names, so that the graph names its final data file and the check reads the pair; then rename the data into
+    place, and the graph after it. A failed check or a full disk leaves neither new file (an earlier pair stays
+    whole); only a kill between the two renames leaves the new data beside the earlier graph, until the rerun."""
+    staging = staging_folder(output)
+    with writing(output, staging):
+        staging.mkdir()
+        _save_program(program, staging / output.name, output.name)
+        try:
+            check_onnx_file(staging / output.name)
+        except Exception as error:
+            full = "; No space left on device" if disk_full(output.parent) else ""
+            raise OutputError(output, f"it did not read back complete ({error}){full}") from error
+        for file in (external_data_path(output), output):  # the data first: a graph in place finds its data
+            with atomic_file(file) as temporary:
+                os.replace(staging / file.name, temporary)
+        staging.rmdir()
+
+
+def staging_folder(output: Path) -> Path:
+    """Where a graph with external data is written and checked with its data: `.NAME.staging.partial/`."""
+    return partial_path(output.with_name(f"{output.name}.staging"))
+
+
+def external_data_path(output: str | PathLike) -> Path:
+    """The file that holds the weights of a large exported graph: `NAME.data` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.data")
+
+
 def check_onnx_file(path: Path) -> None:
-    """Refuse an ONNX file that `onnx.checker` rejects or whose `clay:config` metadata does not read back."""
+    """Refuse an ONNX file that `onnx.checker` rejects, whose `clay:config` metadata does not read back, or whose
+    external data file is shorter than the weights the graph places in it."""
     import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     onnx.checker.check_model(str(path))
-    metadata = {prop.key for prop in onnx.load(str(path), load_external_data=False).metadata_props}
-    if CONFIG_METADATA not in metadata:
+    model = onnx.load(str(path), load_external_data=False)
+    if CONFIG_METADATA not in {prop.key for prop in model.metadata_props}:
         raise IntegrityError(f"{path}: has no '{CONFIG_METADATA}' metadata")
+    for tensor in filter(uses_external_data, model.graph.initializer):
+        info = ExternalDataInfo(tensor)
+        data = path.parent / info.location
+        if info.length is None or data.stat().st_size < (info.offset or 0) + info.length:
+            raise IntegrityError(f"{data}: cut short (weight {tensor.name} ends past its end)")
+
+
+def _discard(path: Path) -> None:
+    """Remove a file or folder if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

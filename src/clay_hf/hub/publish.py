@@ -20,7 +20,7 @@ from ..evaluation.reconstruction import EVAL_RESULTS_NAME as EVAL_RESULTS
 from ..models.clay.convert_clay_original_checkpoint import CONVERSION_RECORD_NAME as CONVERSION_RECORD
 from ..models.clay.pipeline_clay import CLAY_PIPELINES
 from ..utils.errors import ClayUserError, IntegrityError
-from ..utils.outputs import OutputLock, atomic_folder, read_json, verify_checksums, write_json
+from ..utils.outputs import OutputLock, atomic_folder, foreign_contents, read_json, verify_checksums, write_json
 from .cards import (
     CARD_DIR,
     LICENSE_FILE,
@@ -261,16 +261,14 @@ def prepare_staging_dir(staging_dir: str | PathLike, model_dir: str | PathLike) 
         raise StagingError(
             f"--staging_dir {staging_dir} is inside the model folder {model_dir}: choose a folder outside it."
         )
-    if staging.exists() and not staging.is_dir():
-        raise StagingError(f"--staging_dir {staging_dir} is a file, not a folder.")
-    reused = False
-    if staging.is_dir() and any(staging.iterdir()):
-        if not (staging / STAGING_MARKER).is_file():
-            raise StagingError(
-                f"--staging_dir {staging_dir} is not empty and was not made by this tool: refusing to delete its "
-                "contents. Choose a new or empty folder (or leave --staging_dir out for a temporary one)."
-            )
-        reused = True  # a staging folder made by an earlier run: its files are ours, replaced whole
+    foreign = foreign_contents(staging, marker=STAGING_MARKER)
+    if foreign:
+        raise StagingError(
+            f"--staging_dir {staging_dir} is not empty and was not made by this tool: refusing to delete its "
+            f"contents ({', '.join(foreign[:5])}). Choose a new or empty folder (or leave --staging_dir out for a "
+            "temporary one)."
+        )
+    reused = staging.is_dir() and any(staging.iterdir())  # a staging folder of an earlier run: ours, replaced whole
     return Path(staging_dir), reused
 
 

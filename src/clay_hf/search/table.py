@@ -27,7 +27,7 @@ from transformers.utils.logging import get_logger
 
 from ..utils.errors import ClayUserError
 from ..utils.model_source import model_reference
-from ..utils.outputs import OutputLock, atomic_folder
+from ..utils.outputs import OutputLock, atomic_folder, foreign_contents
 from .patches import patch_footprints
 
 logger = get_logger(__name__)
@@ -157,11 +157,7 @@ def build_index(
 
 def _check_index_dir(index_dir: Path) -> None:
     """Refuse an `index_dir` that holds anything but a search table: a build replaces the folder whole."""
-    if not index_dir.exists():
-        return
-    if not index_dir.is_dir():
-        raise SearchIndexError(f"{index_dir}: is a file, not an index folder.")
-    others = sorted(path.name for path in index_dir.iterdir() if path.name != f"{TABLE_NAME}.lance")
+    others = foreign_contents(index_dir, own=(f"{TABLE_NAME}.lance",))
     if others:
         raise SearchIndexError(
             f"{index_dir}: holds {', '.join(others[:5])}, not only a search table: a build replaces the folder "

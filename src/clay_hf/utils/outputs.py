@@ -10,6 +10,8 @@
 - **Integrity**: [`write_checksums`] records SHA-256 sums of a folder's files in `checksums.sha256`
   (`sha256sum -c` reads it; [`add_checksums`] adds files one by one); [`verify_checksums`] refuses a damaged or
   missing file by name.
+- **Never delete what is not ours**: a folder output replaces its folder whole, so [`foreign_contents`] names what
+  a folder holds that the output did not write, for the writer to refuse it.
 """
 
 from __future__ import annotations
@@ -140,6 +142,20 @@ def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[P
             os.replace(file, folder / file.name)
         _fsync(folder)
         _remove(temporary)
+
+
+def foreign_contents(folder: str | PathLike, own: Iterable[str] = (), marker: str | None = None) -> list[str]:
+    """The names in `folder` that an output replacing it whole would delete without having written them (sorted):
+    those no glob of `own` matches. None when `folder` is absent, or holds `marker` (the file by which a writer marks
+    a folder as its own). A file at `folder` is an [`OutputError`]: a folder output cannot replace it."""
+    folder, own = Path(folder), tuple(own)
+    if not folder.exists() and not folder.is_symlink():
+        return []
+    if not folder.is_dir():
+        raise OutputError(folder, "it is a file, not a folder")
+    if marker is not None and (folder / marker).is_file():
+        return []
+    return sorted(path.name for path in folder.iterdir() if not any(fnmatch(path.name, glob) for glob in own))
 
 
 def fault_point(path: Path) -> None:
