@@ -300,6 +300,10 @@ def test_an_export_with_external_data_is_checked_whole_before_either_file_is_ren
     data.unlink()
     assert export_main(export_args(model_dir, output)) == 0
     assert files(tmp_path) == before
+    # A graph small enough to hold its weights replaces the pair whole: no earlier data file is left beside it.
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 2**40)
+    assert export_main(export_args(model_dir, output)) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["encoder.onnx"]
 
 
 # --- search: the index and the hits -----------------------------------------------------------------------------------

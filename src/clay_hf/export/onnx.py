@@ -117,6 +117,7 @@ def export_onnx(
     else:
         with atomic_file(output, verify=check_onnx_file) as temporary:
             _save_program(program, temporary, output.name)
+        _discard(external_data_path(output))  # an earlier large export's weights: this graph holds its own
     return output
 
 
