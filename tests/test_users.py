@@ -65,6 +65,7 @@ def test_geoparquet_schema_crs_geometry_and_mean_embeddings(model_dir, chips, tm
     assert pa.types.is_fixed_size_list(embeddings_type) and embeddings_type.list_size == 32
     assert embeddings_type.value_type == pa.float32()
     metadata = json.loads(table.schema.metadata[b"clay:embeddings"])
+    assert metadata.pop("model_revision").startswith("sha256:")  # the weights' checksum (a resume checks it)
     assert metadata == {"level": "mean", "shape": [32], "dtype": "float32", "model_name_or_path": str(model_dir)}
 
     frame = gpd.read_parquet(output)

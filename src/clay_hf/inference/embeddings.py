@@ -377,7 +377,8 @@ class EmbeddingJob:
         return reports, rows
 
     def _written_layout(self, shape: tuple[int, ...]) -> dict:
-        """What the output's `clay:embeddings` metadata records: level, shape, dtype, masking, model."""
+        """What the output's `clay:embeddings` metadata records: level, shape, dtype, masking, model and its weights'
+        checksum (`model_revision`)."""
         written = {"level": self.options.level, "shape": list(shape), "dtype": self.options.embeddings_dtype}
         if self.reconstruction is not None:
             written["reconstruction_error"] = {
@@ -582,7 +583,7 @@ def _done_keys(parts_dir: Path) -> tuple[set[str], int]:
 
 
 def _recorded(part: Path) -> dict:
-    """What a part records in its `clay:embeddings` metadata: level, shape and model."""
+    """What a part records in its `clay:embeddings` metadata: level, shape, model and `model_revision`."""
     metadata = pq.read_schema(part).metadata or {}
     if SHAPE_KEY not in metadata:
         raise _damaged(part, f"its schema has no {SHAPE_KEY.decode()} metadata")
