@@ -45,11 +45,12 @@ def monitored_barrier(
         try:
             dist.monitored_barrier(group, timedelta(seconds=timeout_seconds), wait_all_ranks=True)
         except RuntimeError as error:
+            missing = _missing_ranks(str(error), rank)
             gone = RanksTimeoutError(
-                f"gave up waiting for {_missing_ranks(str(error), rank)} at {what} after {timeout_seconds:.0f} s; "
-                "their machines may be gone. The finished work is kept: rerun with --resume"
+                f"gave up waiting for {missing} at {what} after {timeout_seconds:.0f} s; their machines may be gone. "
+                "The finished work is kept: rerun with --resume"
             )
-            gone.missing = _missing_ranks(str(error), rank)
+            gone.missing = missing
             raise gone from error
 
 

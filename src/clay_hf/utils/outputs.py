@@ -146,7 +146,7 @@ def atomic_files(folder: str | PathLike, last: Iterable[str] = ()) -> Iterator[P
 
 def foreign_contents(folder: str | PathLike, own: Iterable[str] = (), marker: str | None = None) -> list[str]:
     """The names in `folder` that an output replacing it whole would delete without having written them (sorted):
-    those no glob of `own` matches. None when `folder` is absent, or holds `marker` (the file by which a writer marks
+    those no glob of `own` matches; none when `folder` is absent, or holds `marker` (the file by which a writer marks
     a folder as its own). A file at `folder` is an [`OutputError`]: a folder output cannot replace it."""
     folder, own = Path(folder), tuple(own)
     if not folder.exists() and not folder.is_symlink():
